@@ -1,0 +1,168 @@
+"""Typed configuration of Top-k attention.
+
+`TopKConfig` is plain data: it says which keys each query may attend to. It is validated in
+``__post_init__`` so that a bad value fails at once, with a message naming the value and what is
+allowed, instead of producing a silently wrong answer later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+Phase = Literal["decode", "prefill"]
+Granularity = Literal["query_head", "kv_group"]
+
+PHASES: tuple[str, ...] = ("decode", "prefill")
+GRANULARITIES: tuple[str, ...] = ("query_head", "kv_group")
+
+
+class TopKConfigError(ValueError):
+    """A configuration value is outside what is allowed."""
+
+
+def resolve_k(k: int | None, k_ratio: float | None, context: int) -> int:
+    """Number of keys to keep for a query that sees ``context`` keys.
+
+    ``k`` is absolute; ``k_ratio`` is a share of the visible context, rounded up, at least 1.
+    A result larger than the context means dense attention for that query.
+    """
+    if k is not None:
+        return k
+    if k_ratio is None:  # pragma: no cover - prevented by TopKConfig validation
+        raise TopKConfigError("one of k or k_ratio must be set")
+    return max(1, math.ceil(k_ratio * context))
+
+
+@dataclass(frozen=True)
+class TopKConfig:
+    """Which keys each query attends to.
+
+    Attributes:
+        k: keys kept per query (absolute), in addition to the sink and local positions.
+            ``None`` with ``k_ratio`` set uses the ratio instead; both ``None`` means dense.
+        k_ratio: keys kept as a share of the visible context, in (0, 1].
+        phases: where top-k applies: ``"decode"`` (one new query per step against the cache),
+            ``"prefill"`` (every query row of a prompt or training sequence), or both.
+        sink: the first ``sink`` positions are always kept (attention sinks).
+        local: the ``local`` most recent visible positions (the query's own included) are
+            always kept.
+        dense_layers: layer indices left dense.
+        min_context: below this many keys a query attends densely.
+        granularity: ``"query_head"`` selects per query head; ``"kv_group"`` selects one set per
+            KV head from the sum of its query heads' scores (shares one KV read on GPU).
+        selector: name of the selector in ``topkattn.selectors.SELECTORS`` (``"exact"`` is
+            exact top-k by q.k); approximate selectors replace exact selection.
+        selector_args: keyword arguments for the selector's constructor.
+        backend: ``"auto"`` (Triton kernels on CUDA when available, reference elsewhere),
+            ``"reference"`` or ``"triton"``.
+    """
+
+    k: int | None = 64
+    k_ratio: float | None = None
+    phases: tuple[str, ...] = ("decode",)
+    sink: int = 0
+    local: int = 0
+    dense_layers: tuple[int, ...] = ()
+    min_context: int = 0
+    granularity: str = "query_head"
+    selector: str = "exact"
+    selector_args: dict = field(default_factory=dict, hash=False, compare=True)
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.k is not None and self.k_ratio is not None:
+            raise TopKConfigError(
+                f"set k or k_ratio, not both (got k={self.k}, k_ratio={self.k_ratio})"
+            )
+        if self.k is not None:
+            if isinstance(self.k, bool) or not isinstance(self.k, int):
+                raise TopKConfigError(f"k must be a positive integer, got {self.k!r}")
+            if self.k <= 0:
+                raise TopKConfigError(f"k must be a positive integer (k >= 1), got k={self.k}")
+        if self.k_ratio is not None:
+            r = self.k_ratio
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 < r <= 1.0):
+                raise TopKConfigError(f"k_ratio must be in (0, 1], got k_ratio={r!r}")
+        phases = (self.phases,) if isinstance(self.phases, str) else tuple(self.phases)
+        bad = [p for p in phases if p not in PHASES]
+        if bad or not phases:
+            raise TopKConfigError(
+                f"phases must be a non-empty subset of {PHASES}, got {tuple(self.phases)!r}"
+            )
+        object.__setattr__(self, "phases", phases)
+        for name in ("sink", "local", "min_context"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise TopKConfigError(f"{name} must be an integer >= 0, got {name}={v!r}")
+        layers = tuple(self.dense_layers)
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+            raise TopKConfigError(
+                f"dense_layers must be layer indices >= 0, got {tuple(self.dense_layers)!r}"
+            )
+        object.__setattr__(self, "dense_layers", layers)
+        if self.granularity not in GRANULARITIES:
+            raise TopKConfigError(
+                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
+            )
+        if self.backend not in ("auto", "reference", "triton"):
+            raise TopKConfigError(
+                f"backend must be one of ('auto', 'reference', 'triton'), got {self.backend!r}"
+            )
+        # Imported here: config is plain data and must not pull selectors at import time.
+        from topkattn.selectors.registry import check_selector_name
+
+        check_selector_name(self.selector)
+
+    @property
+    def dense(self) -> bool:
+        """True when no key is ever dropped (k and k_ratio both unset)."""
+        return self.k is None and self.k_ratio is None
+
+    def k_for(self, context: int) -> int:
+        """Keys kept for a query seeing ``context`` keys (>= context means dense)."""
+        if self.dense:
+            return context
+        return resolve_k(self.k, self.k_ratio, context)
+
+    def applies_to(self, layer_idx: int | None, phase: str, context: int) -> bool:
+        """Whether attention of this layer, phase and context length is sparse."""
+        if self.dense or phase not in self.phases:
+            return False
+        if layer_idx is not None and layer_idx in self.dense_layers:
+            return False
+        if context < self.min_context:
+            return False
+        return self.k_for(context) + self.sink + self.local < context
+
+    def with_(self, **changes) -> "TopKConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def parse_k(text: str) -> TopKConfig | None:
+    """Parse a CLI k value: ``"64"`` (absolute), ``"0.05"`` or ``"5%"`` (ratio), ``"full"``.
+
+    Returns ``None`` for ``"full"`` (dense attention). Raises `TopKConfigError` otherwise.
+    """
+    t = text.strip().lower()
+    if t in ("full", "dense"):
+        return None
+    try:
+        if t.endswith("%"):
+            return TopKConfig(k=None, k_ratio=float(t[:-1]) / 100.0)
+        if any(c in t for c in ".e"):
+            return TopKConfig(k=None, k_ratio=float(t))
+        return TopKConfig(k=int(t))
+    except ValueError as e:
+        if isinstance(e, TopKConfigError):
+            raise
+        raise TopKConfigError(
+            f"k must be a positive integer, a ratio in (0, 1] such as 0.05 or 5%, or 'full'; "
+            f"got {text!r}"
+        ) from None

@@ -1,0 +1,1 @@
+"""Operators: Top-k attention (`ops.topk`) and top-k selection (`ops.select`)."""
