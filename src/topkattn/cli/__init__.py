@@ -1,0 +1,65 @@
+"""The `topkattn` command line (a typer app).
+
+Each subcommand lives in its own module ``topkattn.cli.<name>_cmd`` that defines
+``register(app: typer.Typer) -> None``; this package discovers them, so adding a command never
+touches another command's file. Bad input raises `CLIError` (or a ValueError subclass from the
+library), which is printed as one line ``error: ...`` with exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="topkattn",
+    help="Top-k sparse attention for Hugging Face causal LMs: evaluate, measure fidelity and "
+    "entropy, train natively with top-k, and benchmark GPU kernels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class CLIError(ValueError):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+def _register_commands() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.endswith("_cmd"):
+            importlib.import_module(f"{__name__}.{info.name}").register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad-input errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished results are kept; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+__all__ = ["CLIError", "app", "main"]
