@@ -1,0 +1,206 @@
+"""Hugging Face integration: Top-k attention inside any `AttentionInterface` causal LM.
+
+`sparsify(model, cfg)` registers the attention function ``"topk"`` with transformers'
+`AttentionInterface` (and its mask function with `AttentionMaskInterface`), attaches the
+config to every attention module, switches the model to it, and switches back on exit.
+Layers, phases and contexts that `TopKConfig.applies_to` leaves dense run transformers' own
+SDPA path, so they are bit-for-bit the dense model.
+
+Phase: a call with one query (Lq == 1) is a decode step; more queries are prefill (a prompt,
+a chunk of one, or a training sequence). Works with ``model.generate`` and plain forward calls
+and the default `DynamicCache`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from topkattn.config import TopKConfig
+from topkattn.ops.topk import topk_attention
+from topkattn.selectors import SelectionContext, Selector, make_selector
+
+ATTENTION_NAME = "topk"
+_STATE_ATTR = "_topkattn_state"
+
+
+class UnsupportedModelError(ValueError):
+    """A model that `sparsify` cannot switch to Top-k attention."""
+
+
+@dataclass
+class LayerState:
+    """What one attention module needs while sparsified."""
+
+    cfg: TopKConfig
+    selector: Selector | None  # None = exact top-k done by the operator itself
+    layer_idx: int | None
+    store: dict = field(default_factory=dict)
+    hidden_states: torch.Tensor | None = None
+    calls: dict = field(default_factory=lambda: {"sparse": 0, "dense": 0})
+
+
+def _to_bool_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """transformers' mask (None, bool True=attend, or additive float) -> bool or None."""
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+def topk_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The ``"topk"`` attention function.
+
+    query [B, Hq, Lq, D]; key, value [B, Hkv, Lk, D] (the whole cache of this layer);
+    returns (out [B, Lq, Hq, D], None) like transformers' SDPA function.
+    """
+    state: LayerState | None = getattr(module, _STATE_ATTR, None)
+    Lq, Lk = query.shape[2], key.shape[2]
+    phase = "decode" if Lq == 1 else "prefill"
+    if state is not None and Lq == Lk:
+        state.store.clear()  # a new sequence starts: selectors' per-sequence state is stale
+    if state is None or not state.cfg.applies_to(state.layer_idx, phase, Lk):
+        if state is not None:
+            state.calls["dense"] += 1
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    cfg = state.cfg
+    if dropout and module.training:
+        warnings.warn("topk attention ignores attention dropout", stacklevel=2)
+    state.calls["sparse"] += 1
+    mask = _to_bool_mask(attention_mask)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    topk = cfg.k_for(Lk)
+    indices = None
+    if state.selector is not None:
+        ctx = SelectionContext(
+            layer_idx=state.layer_idx,
+            topk=topk,
+            granularity=cfg.granularity,
+            scale=scale,
+            phase=phase,
+            store=state.store,
+            module=module,
+            hidden_states=state.hidden_states,
+        )
+        indices = state.selector.select(query, key, ctx)
+    out = topk_attention(
+        query,
+        key,
+        value,
+        topk=topk,
+        # transformers' mask already holds causality (with the right offsets, also for static
+        # caches); without one, the queries are the last Lq positions.
+        causal=mask is None,
+        scale=scale,
+        sink=cfg.sink,
+        local=cfg.local,
+        granularity=cfg.granularity,
+        indices=indices,
+        attn_mask=mask,
+        backend=cfg.backend,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    """Register ``"topk"`` with transformers' attention and mask interfaces (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, topk_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def attention_modules(model: torch.nn.Module) -> list[tuple[int | None, torch.nn.Module]]:
+    """(layer index, module) for every self-attention module of a decoder."""
+    found = []
+    for name, mod in model.named_modules():
+        if name.endswith(("self_attn", "attention", "attn")) and hasattr(mod, "layer_idx"):
+            found.append((getattr(mod, "layer_idx", None), mod))
+    return found
+
+
+def check_supported(model: torch.nn.Module) -> None:
+    """Raise `UnsupportedModelError` unless Top-k attention can be switched on for ``model``."""
+    cls = type(model).__name__
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "set_attn_implementation"):
+        raise UnsupportedModelError(
+            f"{cls} is not a Hugging Face transformers model; topkattn supports causal LMs "
+            "loaded with AutoModelForCausalLM"
+        )
+    if getattr(config, "is_encoder_decoder", False) or not cls.endswith("ForCausalLM"):
+        raise UnsupportedModelError(
+            f"{cls} ({config.model_type}) is not a decoder-only causal LM; topkattn supports "
+            "*ForCausalLM models (Llama, Qwen2, Qwen3, Mistral, ...)"
+        )
+    if not model._can_set_attn_implementation() or not attention_modules(model):
+        raise UnsupportedModelError(
+            f"{cls} ({config.model_type}) does not route attention through transformers' "
+            "AttentionInterface, so its attention cannot be replaced by Top-k attention"
+        )
+
+
+def _capture_hidden_states(state: LayerState):
+    def hook(module, args, kwargs):
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        state.hidden_states = hs
+
+    return hook
+
+
+@contextlib.contextmanager
+def sparsify(model: torch.nn.Module, cfg: TopKConfig) -> Iterator[dict[int | None, LayerState]]:
+    """Switch ``model``'s attention to Top-k attention inside a ``with`` block.
+
+    Yields a dict layer index -> `LayerState` (its ``calls`` counts sparse and dense calls).
+    On exit the previous attention implementation and states are restored, also after an
+    exception. Blocks nest: the inner config wins until it exits.
+    """
+    if not isinstance(cfg, TopKConfig):
+        raise TypeError(f"cfg must be a TopKConfig, got {type(cfg).__name__}")
+    check_supported(model)
+    register_attention()
+    selector = None
+    if cfg.selector != "exact":
+        selector = make_selector(cfg.selector, **cfg.selector_args)
+    modules = attention_modules(model)
+    previous_impl = model.config._attn_implementation
+    previous_states = [getattr(m, _STATE_ATTR, None) for _, m in modules]
+    states: dict[int | None, LayerState] = {}
+    hooks = []
+    for layer_idx, mod in modules:
+        st = LayerState(cfg=cfg, selector=selector, layer_idx=layer_idx)
+        setattr(mod, _STATE_ATTR, st)
+        states[layer_idx] = st
+        if selector is not None and selector.needs_hidden_states:
+            hooks.append(
+                mod.register_forward_pre_hook(_capture_hidden_states(st), with_kwargs=True)
+            )
+    model.set_attn_implementation(ATTENTION_NAME)
+    try:
+        yield states
+    finally:
+        for h in hooks:
+            h.remove()
+        for (_, mod), prev in zip(modules, previous_states):
+            if prev is None:
+                if hasattr(mod, _STATE_ATTR):
+                    delattr(mod, _STATE_ATTR)
+            else:
+                setattr(mod, _STATE_ATTR, prev)
+        model.set_attn_implementation(previous_impl)
