@@ -1,0 +1,239 @@
+"""Exact top-k selection per row in Triton: radix select over the fp32 bit pattern, no sort.
+
+Design (one row = one selection problem; n up to 1M, k up to 8192):
+1. ``_hist_kernel`` (grid rows x blocks): histogram of the top 12 bits of the order-preserving
+   uint32 key of every candidate score, accumulated with atomics into [R, 4096].
+2. ``_select_kernel`` (one program per row): picks the 12-bit bin b holding the k-th largest key,
+   streams the row once, writing every position of a higher bin straight to the output and
+   compacting the (key, position) pairs of bin b into a scratch buffer (position order); then
+   three radix passes (8 + 8 + 4 bits) over that small buffer give the exact k-th key T and the
+   number of ties at T still needed; a last pass over the buffer writes keys > T and the first
+   ties by position (the lowest position wins, as in the reference). When bin b is larger than
+   the buffer, the refinement passes re-read the row instead (slower, same result).
+
+Rows may carry a visible length L (per-sequence lengths) and ``sink`` / ``local`` forced
+positions (the first ``sink`` and last ``local`` visible positions): forced positions are
+appended after the top-k of the remaining candidates, and the rest of each output row is -1.
+Scores are compared in fp32; -0.0 equals +0.0; NaN is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
+from topkattn.ops.select.reference import _check
+
+NB0 = 4096  # first-level bins: the top 12 bits of the key
+
+
+@triton.jit
+def _f32_key(x):
+    """fp32 -> uint32 whose unsigned order is the float order (-0.0 folded into +0.0)."""
+    x = x + 0.0
+    b = x.to(tl.uint32, bitcast=True)
+    return tl.where((b >> 31) != 0, b ^ 0xFFFFFFFF, b | 0x80000000)
+
+
+@triton.jit
+def _cand_range(L, sink, local):
+    """Candidates of a row with L visible keys: [c_lo, c_hi); the rest of [0, L) is forced."""
+    c_lo = tl.minimum(sink, L)
+    c_hi = tl.maximum(c_lo, L - local)
+    return c_lo, c_hi
+
+
+@triton.jit
+def _pick(h, rem, NB: tl.constexpr):
+    """h [NB] counts per digit (ascending key). Digit d with count(> d) < rem <= count(>= d).
+
+    Returns (d, count above d, count in d)."""
+    idx = tl.arange(0, NB)
+    cum = tl.cumsum(h, 0)
+    tot = tl.sum(h, 0)
+    ge = tot - cum + h
+    d = tl.max(tl.where(ge >= rem, idx, -1), 0)
+    hd = tl.sum(tl.where(idx == d, h, 0), 0)
+    ged = tl.sum(tl.where(idx == d, ge, 0), 0)
+    return d, ged - hd, hd
+
+
+@triton.jit
+def _load_src(srow, bk, bp, use_buf, c_lo, n_src, i):
+    """Keys, positions and validity of candidates i (buffer entries or row positions)."""
+    valid = i < n_src
+    if use_buf:
+        key = tl.load(bk + i, mask=valid, other=0).to(tl.uint32, bitcast=True)
+        pos = tl.load(bp + i, mask=valid, other=0)
+    else:
+        pos = c_lo + i
+        key = _f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
+    return key, pos, valid
+
+
+@triton.jit
+def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem,
+            HI: tl.constexpr, SHIFT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr):
+    """One radix pass: fix key bits [SHIFT, HI) of the k-th key among keys matching want>>HI."""
+    offs = tl.arange(0, BLOCK)
+    h = tl.zeros([1 << NBITS], dtype=tl.int32)
+    for start in range(0, n_src, BLOCK):
+        key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+        match = valid & ((key >> HI) == (want >> HI))
+        d = ((key >> SHIFT) & ((1 << NBITS) - 1)).to(tl.int32)
+        h += tl.histogram(d, 1 << NBITS, mask=match)
+    d, above, nd = _pick(h, rem, 1 << NBITS)
+    return want | (d.to(tl.uint32) << SHIFT), rem - above
+
+
+@triton.jit
+def _hist_kernel(S, stride_s, LENS, HSEL, sink, local, HIST, BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    blk = tl.program_id(1)
+    L = tl.load(LENS + r // HSEL)
+    c_lo, c_hi = _cand_range(L, sink, local)
+    if blk * BLOCK < c_hi:
+        pos = blk * BLOCK + tl.arange(0, BLOCK)
+        m = (pos >= c_lo) & (pos < c_hi)
+        x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=m, other=0.0).to(tl.float32)
+        pre = (_f32_key(x) >> 20).to(tl.int32)
+        h = tl.histogram(pre, 4096, mask=m)
+        tl.atomic_add(HIST + r.to(tl.int64) * 4096 + tl.arange(0, 4096), h, mask=h > 0)
+
+
+@triton.jit
+def _select_kernel(S, stride_s, LENS, HSEL, sink, local, k, HIST, OUT, stride_o, KOUT,
+                   BUFK, BUFP, CAP, BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    r64 = r.to(tl.int64)
+    srow = S + r64 * stride_s
+    orow = OUT + r64 * stride_o
+    bk = BUFK + r64 * CAP
+    bp = BUFP + r64 * CAP
+    L = tl.load(LENS + r // HSEL)
+    c_lo, c_hi = _cand_range(L, sink, local)
+    ncand = c_hi - c_lo
+    offs = tl.arange(0, BLOCK)
+    cursor = ncand * 0
+    if ncand <= k:
+        for start in range(c_lo, c_hi, BLOCK):
+            pos = start + offs
+            tl.store(orow + (pos - c_lo), pos, mask=pos < c_hi)
+        cursor = ncand
+    else:
+        h0 = tl.load(HIST + r64 * 4096 + tl.arange(0, 4096))
+        b, above, nb = _pick(h0, k, 4096)
+        rem = k - above
+        bu = b.to(tl.uint32)
+        use_buf = nb <= CAP
+        bcur = ncand * 0
+        for start in range(c_lo, c_hi, BLOCK):
+            pos = start + offs
+            m = pos < c_hi
+            key = _f32_key(tl.load(srow + pos, mask=m, other=0.0).to(tl.float32))
+            pre = key >> 20
+            up = m & (pre > bu)
+            ui = up.to(tl.int32)
+            tl.store(orow + (cursor + tl.cumsum(ui, 0) - ui), pos, mask=up)
+            cursor += tl.sum(ui, 0)
+            if use_buf:
+                inb = m & (pre == bu)
+                ii = inb.to(tl.int32)
+                dst = bcur + tl.cumsum(ii, 0) - ii
+                tl.store(bk + dst, key.to(tl.int32, bitcast=True), mask=inb)
+                tl.store(bp + dst, pos, mask=inb)
+                bcur += tl.sum(ii, 0)
+        n_src = tl.where(use_buf, nb, ncand)
+        want = bu << 20
+        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 20, 12, 8, BLOCK)
+        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 12, 4, 8, BLOCK)
+        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 4, 0, 4, BLOCK)
+        tie_seen = ncand * 0
+        for start in range(0, n_src, BLOCK):
+            key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+            match = valid & ((key >> 20) == bu)
+            tie = match & (key == want)
+            ti = tie.to(tl.int32)
+            sel = (match & (key > want)) | (tie & (tie_seen + tl.cumsum(ti, 0) - ti < rem))
+            si = sel.to(tl.int32)
+            tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
+            cursor += tl.sum(si, 0)
+            tie_seen += tl.sum(ti, 0)
+    # forced positions: [0, c_lo) and [c_hi, L)
+    for start in range(0, c_lo, BLOCK):
+        pos = start + offs
+        tl.store(orow + cursor + pos, pos, mask=pos < c_lo)
+    cursor += c_lo
+    for start in range(c_hi, L, BLOCK):
+        pos = start + offs
+        tl.store(orow + cursor + (pos - c_hi), pos, mask=pos < L)
+    cursor += L - c_hi
+    for start in range(cursor, KOUT, BLOCK):
+        i = start + offs
+        tl.store(orow + i, tl.full([BLOCK], -1, tl.int32), mask=i < KOUT)
+
+
+def select_rows(
+    scores: torch.Tensor,
+    k: int,
+    lens: torch.Tensor | None = None,
+    rows_per_len: int = 1,
+    sink: int = 0,
+    local: int = 0,
+    block: int = 1024,
+    num_warps: int = 4,
+) -> torch.Tensor:
+    """Top-k positions of each row plus forced positions; the building block of the kernels.
+
+    Args:
+        scores: [R, n] (last dim contiguous; fp32/fp16/bf16).
+        k: positions selected among each row's candidates.
+        lens: int32 [R // rows_per_len] visible length of each group of rows (None: n).
+        rows_per_len: consecutive rows sharing one length (e.g. the query heads of a sequence).
+        sink, local: forced first / last visible positions of each row (appended after the
+            top-k; they are not candidates).
+
+    Returns:
+        int32 [R, k + sink + local]: the selected positions (order: unspecified within the
+        top-k part, then the forced ones), -1 where a row has fewer.
+    """
+    R, n = scores.shape
+    if scores.stride(-1) != 1:
+        scores = scores.contiguous()
+    dev = scores.device
+    if lens is None:
+        lens = torch.full((R,), n, dtype=torch.int32, device=dev)
+        rows_per_len = 1
+    kout = k + sink + local
+    out = torch.empty(R, kout, dtype=torch.int32, device=dev)
+    hist = torch.zeros(R, NB0, dtype=torch.int32, device=dev)
+    cap = min(n, max(4096, 2 * k))
+    bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
+    bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
+    hblock = 4096
+    _hist_kernel[(R, triton.cdiv(n, hblock))](
+        scores, scores.stride(0), lens, rows_per_len, sink, local, hist, BLOCK=hblock, num_warps=8
+    )
+    _select_kernel[(R,)](
+        scores, scores.stride(0), lens, rows_per_len, sink, local, k, hist, out, out.stride(0),
+        kout, bufk, bufp, cap, BLOCK=block, num_warps=num_warps,
+    )
+    return out
+
+
+def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tensor:
+    """Indices of the ``k`` largest scores of each row (exact; ties: lowest position wins).
+
+    Args:
+        scores: [R, n] float32 / float16 / bfloat16 (compared in fp32).
+        k: number of positions per row (k >= n returns every position).
+        sort: return each row's positions in ascending order (costs a sort of [R, k]).
+
+    Returns:
+        int32 [R, min(k, n)] positions; the set equals `topk_select_reference`'s.
+    """
+    _check(scores, k)
+    out = select_rows(scores, min(k, scores.shape[1]))
+    return out.sort(dim=-1).values if sort else out
