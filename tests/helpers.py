@@ -1,0 +1,36 @@
+"""Tiny random causal LMs of several families, for CPU tests."""
+
+from __future__ import annotations
+
+import torch
+
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def tiny_causal_lm(family: str = "llama", layers: int = 2, seed: int = 0, vocab: int = 97):
+    """A random-weight causal LM of ``family`` with 4 query and 2 KV heads, head_dim 16."""
+    import transformers as tf
+
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    config_cls, model_cls = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+    }[family]
+    extra = {"head_dim": 16} if family in ("qwen3", "mistral") else {}
+    config = config_cls(**common, **extra)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return model_cls(config).eval()
