@@ -1,0 +1,270 @@
+"""Sparse attention by indices in Triton: each query row attends to the listed key rows only.
+
+``sparse_attention(q, k, v, indices)`` with indices [B, Hq or Hkv, Lq, n] (entries < 0 are
+padding): a program takes one query row (one query head, or all G query heads of a KV head when
+the indices are per KV head, so the group shares one gather of K/V rows), walks a slice of its
+index list in blocks, gathers those K and V rows, and keeps an online softmax (flash-decoding).
+Long index lists are split over several programs and combined by ``_combine_kernel`` from the
+partial (max, sum, acc). The decode kernel reuses this with precomputed fp32 scores (``S``)
+instead of gathered K rows. This is the primitive that approximate selectors reuse.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
+
+NUM_SMS_DEFAULT = 132
+# The CPU interpreter mis-computes tl.dot on bf16 operands: upcast to fp32 there.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def mm(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b with fp32 accumulation (exact fp32 for fp32 inputs; fp32 operands under the
+    interpreter)."""
+    if IEEE:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _sparse_fwd_kernel(
+    Q, K, V, IDX, S, LENS, O, LSE, PM, PL, PACC,
+    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sib, sih, sim, ssb, ssh,
+    Hq, Hi, Lq, Lk, NIDX, G, CHUNK, scale,
+    CAUSAL: tl.constexpr, HEADS: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+    BLOCK: tl.constexpr, SPLITS: tl.constexpr, HAS_S: tl.constexpr, HAS_LENS: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    row = tl.program_id(0)  # (b, hi, m)
+    split = tl.program_id(1)
+    m = row % Lq
+    bh = row // Lq
+    hi = bh % Hi
+    b = bh // Hi
+    h0 = hi * HEADS  # first query head of this program
+    hkv = h0 // G
+    b64 = b.to(tl.int64)
+    Lb = Lk
+    if HAS_LENS:
+        Lb = tl.minimum(tl.load(LENS + b), Lk)
+    vis_end = Lb
+    if CAUSAL:
+        vis_end = tl.minimum(Lk - Lq + m + 1, Lb)
+    g = tl.arange(0, GP)
+    gm = g < HEADS
+    d = tl.arange(0, D)
+    q = tl.load(Q + b64 * sqb + (h0 + g)[:, None].to(tl.int64) * sqh + m.to(tl.int64) * sqm
+                + d[None, :], mask=gm[:, None], other=0.0)
+    kbase = K + b64 * skb + hkv.to(tl.int64) * skh
+    vbase = V + b64 * svb + hkv.to(tl.int64) * svh
+    ibase = IDX + b64 * sib + hi.to(tl.int64) * sih + m.to(tl.int64) * sim
+    m_i = tl.full([GP], float("-inf"), tl.float32)
+    l_i = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, D], tl.float32)
+    lo = split * CHUNK
+    hi_end = tl.minimum(lo + CHUNK, NIDX)
+    offs = tl.arange(0, BLOCK)
+    for j in range(lo, hi_end, BLOCK):
+        jj = j + offs
+        idx = tl.load(ibase + jj, mask=jj < hi_end, other=-1)
+        valid = (idx >= 0) & (idx < vis_end)
+        idx64 = tl.where(valid, idx, 0).to(tl.int64)
+        if HAS_S:
+            s = tl.load(S + b64 * ssb + (h0 + g)[:, None].to(tl.int64) * ssh + idx64[None, :],
+                        mask=gm[:, None] & valid[None, :], other=0.0)
+        else:
+            kt = tl.load(kbase + idx64[:, None] * skn + d[None, :], mask=valid[:, None], other=0.0)
+            s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
+        s = tl.where(gm[:, None] & valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        vt = tl.load(vbase + idx64[:, None] * svn + d[None, :], mask=valid[:, None], other=0.0)
+        acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    orow = (b64 * Hq + (h0 + g).to(tl.int64)) * Lq + m  # [GP] rows of [B, Hq, Lq]
+    if SPLITS == 1:
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        lse = tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf"))
+        tl.store(O + orow[:, None] * D + d[None, :], out.to(O.dtype.element_ty), mask=gm[:, None])
+        tl.store(LSE + orow, lse, mask=gm)
+    else:
+        prow = orow * SPLITS + split
+        tl.store(PM + prow, m_i, mask=gm)
+        tl.store(PL + prow, l_i, mask=gm)
+        tl.store(PACC + prow[:, None] * D + d[None, :], acc, mask=gm[:, None])
+
+
+@triton.jit
+def _combine_kernel(PM, PL, PACC, O, LSE, SPLITS, SP: tl.constexpr, D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    sp = tl.arange(0, SP)
+    d = tl.arange(0, D)
+    sm = sp < SPLITS
+    pm = tl.load(PM + row * SPLITS + sp, mask=sm, other=float("-inf"))
+    pl = tl.load(PL + row * SPLITS + sp, mask=sm, other=0.0)
+    pacc = tl.load(PACC + (row * SPLITS + sp)[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+    mx = tl.max(pm, 0)
+    mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
+    w = tl.where(pm == float("-inf"), 0.0, tl.exp(pm - mx_safe))
+    l = tl.sum(w * pl, 0)
+    acc = tl.sum(w[:, None] * pacc, 0)
+    l_safe = tl.where(l > 0, l, 1.0)
+    tl.store(O + row * D + d, (acc / l_safe).to(O.dtype.element_ty))
+    tl.store(LSE + row, tl.where(l > 0, mx_safe + tl.log(l_safe), float("-inf")))
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return NUM_SMS_DEFAULT
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Shape / dtype checks shared by the kernels (ValueError naming the value)."""
+    from topkattn.ops.topk.naive import _check_inputs
+
+    _check_inputs(q, k, v, None)
+    if q.dtype == torch.float64:
+        raise ValueError("Triton kernels support float32, float16 and bfloat16, not float64")
+    D = q.shape[-1]
+    if D not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
+
+
+def forced_indices(Lq: int, Lk: int, causal: bool, sink: int, local: int,
+                   seq_lens: torch.Tensor | None, B: int, device: torch.device) -> torch.Tensor:
+    """Sink / local positions of every query row as indices [B, 1, Lq, sink + local] (-1 = none)."""
+    Lb = seq_lens.long().clamp(max=Lk).view(B, 1) if seq_lens is not None else torch.full(
+        (B, 1), Lk, device=device, dtype=torch.long)
+    if causal:
+        vis_end = torch.minimum(torch.arange(Lk - Lq + 1, Lk + 1, device=device).view(1, Lq), Lb)
+    else:
+        vis_end = Lb.expand(B, Lq)
+    parts = []
+    if sink > 0:
+        p = torch.arange(sink, device=device).view(1, 1, sink)
+        parts.append(torch.where(p < vis_end[..., None], p, -1))
+    if local > 0:
+        p = vis_end[..., None] - local + torch.arange(local, device=device).view(1, 1, local)
+        parts.append(torch.where(p >= 0, p, -1))
+    return torch.cat(parts, -1).unsqueeze(1)
+
+
+def dedupe_indices(indices: torch.Tensor) -> torch.Tensor:
+    """Sort each row and replace repeated positions by -1 (the reference treats the index list
+    as a set). int32, same shape."""
+    srt = indices.long().sort(dim=-1).values
+    dup = torch.zeros_like(srt, dtype=torch.bool)
+    dup[..., 1:] = srt[..., 1:] == srt[..., :-1]
+    return torch.where(dup | (srt < 0), -1, srt).to(torch.int32)
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+    sink: int = 0,
+    local: int = 0,
+    seq_lens: torch.Tensor | None = None,
+    return_lse: bool = False,
+    assume_unique: bool = False,
+    scores: torch.Tensor | None = None,
+    block: int = 64,
+    splits: int | None = None,
+):
+    """Attention of each query row over the key rows named by ``indices`` (plus sink/local).
+
+    Args:
+        q: [B, Hq, Lq, D]; k, v: [B, Hkv, Lk, D] (last dim contiguous).
+        indices: int [B, Hq or Hkv, Lq, n]; entries < 0 are padding; positions the query may
+            not see (causality, ``seq_lens``) are dropped, as in the reference.
+        causal: query i sits at position Lk - Lq + i.
+        scale: default 1/sqrt(D).
+        sink, local: first / most recent visible positions always attended.
+        seq_lens: int [B] visible keys per sequence (a right-padding mask), or None.
+        return_lse: also return fp32 [B, Hq, Lq] log-sum-exp of the selected scores.
+        assume_unique: skip de-duplication (each row's indices already distinct and without
+            the sink/local positions, e.g. from an exact selector).
+        scores: optional precomputed fp32 scores [B, Hq, Lk] (decode, Lq == 1), read instead of
+            gathering K rows.
+
+    Returns:
+        out [B, Hq, Lq, D] in q's dtype (zero rows where nothing is selected) [, lse].
+    """
+    check_qkv(q, k, v)
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    if indices.dim() != 4 or indices.shape[0] != B or indices.shape[2] != Lq or indices.shape[1] not in (Hq, Hkv):
+        raise ValueError(f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got {tuple(indices.shape)}")
+    if indices.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"indices must be int32 or int64, got {indices.dtype}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    shared = indices.shape[1] == Hkv and G > 1 or (indices.shape[1] == Hkv == Hq)
+    if sink or local:
+        f = forced_indices(Lq, Lk, causal, sink, local, seq_lens, B, q.device)
+        indices = torch.cat([indices.long(), f.expand(B, indices.shape[1], Lq, -1)], -1)
+        assume_unique = False
+    if not assume_unique:
+        indices = dedupe_indices(indices)
+    indices = indices.to(torch.int32).contiguous()
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    Hi = indices.shape[1]
+    heads = G if (Hi == Hkv and G > 1) else 1
+    gp = max(16, triton.next_power_of_2(heads))
+    nidx = indices.shape[-1]
+    rows = B * Hi * Lq
+    if splits is None:
+        want = max(1, (2 * _num_sms(q.device)) // max(rows, 1))
+        splits = max(1, min(want, triton.cdiv(nidx, block), 64))
+    chunk = triton.cdiv(triton.cdiv(nidx, splits), block) * block
+    splits = max(1, triton.cdiv(nidx, chunk))
+    out = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
+    if splits > 1:
+        pm = torch.empty(B * Hq * Lq * splits, dtype=torch.float32, device=q.device)
+        pl = torch.empty_like(pm)
+        pacc = torch.empty(B * Hq * Lq * splits, D, dtype=torch.float32, device=q.device)
+    else:
+        pm = pl = pacc = lse
+    lens = seq_lens.to(device=q.device, dtype=torch.int32) if seq_lens is not None else lse
+    s_arg = scores if scores is not None else lse
+    ss = (scores.stride(0), scores.stride(1)) if scores is not None else (0, 0)
+    _sparse_fwd_kernel[(rows, splits)](
+        q, k, v, indices, s_arg, lens, out, lse, pm, pl, pacc,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        indices.stride(0), indices.stride(1), indices.stride(2), ss[0], ss[1],
+        Hq, Hi, Lq, Lk, nidx, G, chunk, scale,
+        CAUSAL=causal, HEADS=heads, GP=gp, D=D, BLOCK=block, SPLITS=splits,
+        HAS_S=scores is not None, HAS_LENS=seq_lens is not None,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=4,
+    )
+    if splits > 1:
+        _combine_kernel[(B * Hq * Lq,)](
+            pm, pl, pacc, out, lse, splits, SP=triton.next_power_of_2(splits), D=D, num_warps=4
+        )
+    return (out, lse) if return_lse else out
