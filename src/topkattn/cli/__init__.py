@@ -28,6 +28,11 @@ class CLIError(ValueError):
     """Bad command-line input: printed as one line, exit code 2."""
 
 
+@app.callback()
+def _root() -> None:
+    """Top-k sparse attention for Hugging Face causal LMs."""
+
+
 def _register_commands() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.endswith("_cmd"):
@@ -40,7 +45,7 @@ _register_commands()
 def main() -> None:
     """Entry point: run the app, turning bad-input errors into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()  # click handles usage errors (exit 2) and --help itself
     except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
@@ -49,17 +54,6 @@ def main() -> None:
         print("interrupted: finished results are kept; rerun the same command to resume",
               file=sys.stderr)
         sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 __all__ = ["CLIError", "app", "main"]

@@ -1,0 +1,43 @@
+"""The CLI entry point: commands are discovered, bad input is one line and exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from topkattn.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_help_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    assert "info" in r.stdout
+
+
+def test_info_runs():
+    r = run_cli("info")
+    assert r.returncode == 0, r.stderr
+    assert "selectors" in r.stdout and "exact" in r.stdout
+
+
+def test_value_errors_become_one_line(monkeypatch):
+    import topkattn.cli as cli
+
+    @cli.app.command("fail-for-test")
+    def fail() -> None:
+        raise ValueError("k must be a positive integer, got k=0")
+
+    monkeypatch.setattr(sys, "argv", ["topkattn", "fail-for-test"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+
+
+def test_unknown_option_is_a_usage_error():
+    r = run_cli("info", "--bogus")
+    assert r.returncode == 2 and "No such option" in r.stderr
