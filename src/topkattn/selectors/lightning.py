@@ -1,0 +1,260 @@
+"""``lightning``: a DeepSeek-V3.2-style Lightning Indexer added to any model.
+
+DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, 2025) scores every cached token s for a query t
+with a small multi-head ReLU indexer
+
+    I(t, s) = sum_h w_{t,h} * ReLU(q_{t,h} . k_s)
+
+where the indexer heads are few and narrow (here 4 x 64 by default), there is one indexer key
+per token shared by all heads (MQA), and the ``topk`` tokens by I(t, s) are attended to.
+Indexer queries and head weights come from the layer's input hidden states
+(``query_source="hidden"``, so ``needs_hidden_states`` is True) or from the layer's own
+queries (``"query"``).
+
+Difference from DeepSeek: the indexer key of a token is computed from that token's cached
+model keys (all KV heads concatenated, after RoPE, so it carries position), not from its hidden
+state. Any cached position's indexer key can then be recomputed from the KV cache alone, which
+keeps the indexer consistent however the cache is copied or branched (the evaluation runner
+deep-copies a prefilled cache and decodes several branches from it) and lets a selector that
+was not active during the (dense) prefill index the prompt at its first decode step.
+Indexer keys are kept in ``ctx.store`` and computed for new positions only; stored positions
+are validated against fingerprints of the cached keys.
+
+The indexer is trained by `topkattn.train.indexer` (base model frozen, KL divergence to the
+model's own dense attention) and saved/loaded with `LightningIndexer.save` / `.load`
+(safetensors, or torch.save for a ``.pt`` path).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from topkattn.selectors._common import PrefixStore, check_int, fingerprint, topk_by_score, visibility
+from topkattn.selectors.base import SelectionContext, Selector
+
+QUERY_SOURCES = ("hidden", "query")
+
+
+@dataclass
+class IndexerConfig:
+    """Shape of a Lightning Indexer for one model.
+
+    Attributes:
+        n_layers: decoder layers (one indexer layer each).
+        q_in: width of the indexer's query input (hidden size, or Hq * head_dim for "query").
+        kv_dim: Hkv * head_dim of the model's keys (input of the indexer key projection).
+        n_heads: indexer heads. head_dim: indexer head width.
+        query_source: "hidden" (layer input hidden states) or "query" (the layer's queries).
+    """
+
+    n_layers: int
+    q_in: int
+    kv_dim: int
+    n_heads: int = 4
+    head_dim: int = 64
+    query_source: str = "hidden"
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "q_in", "kv_dim", "n_heads", "head_dim"):
+            setattr(self, name, check_int(name, getattr(self, name), 1))
+        if self.query_source not in QUERY_SOURCES:
+            raise ValueError(
+                f"query_source must be one of {QUERY_SOURCES}, got {self.query_source!r}"
+            )
+
+
+class IndexerLayer(nn.Module):
+    """One layer's indexer: I(t, s) = H^-1/2 * sum_h w_{t,h} ReLU(d^-1/2 q_{t,h} . k_s)."""
+
+    def __init__(self, cfg: IndexerConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.q_in, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.kv_dim, cfg.head_dim, bias=False)
+        self.k_norm = nn.LayerNorm(cfg.head_dim, eps=1e-6)
+        self.weights_proj = nn.Linear(cfg.q_in, cfg.n_heads, bias=False)
+
+    def keys(self, k: torch.Tensor) -> torch.Tensor:
+        """Model keys k [B, Hkv, L, D] -> indexer keys [B, L, head_dim] (fp32)."""
+        B, H, L, D = k.shape
+        x = k.to(self.wk.weight.dtype).transpose(1, 2).reshape(B, L, H * D)
+        return self.k_norm(self.wk(x)).float()
+
+    def queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, Lq, q_in] -> (q [B, Lq, n_heads, head_dim], w [B, Lq, n_heads]) fp32."""
+        x = x.to(self.wq.weight.dtype)
+        B, Lq, _ = x.shape
+        q = self.wq(x).view(B, Lq, self.n_heads, self.head_dim).float()
+        w = self.weights_proj(x).float() * self.n_heads**-0.5
+        return q, w
+
+    def scores(self, q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """q [B, Lq, H, d], w [B, Lq, H], keys [B, L, d] -> index scores [B, Lq, L] fp32."""
+        s = torch.relu(torch.einsum("bqhd,bld->bqhl", q, keys) * self.head_dim**-0.5)
+        return torch.einsum("bqh,bqhl->bql", w, s)
+
+
+class LightningIndexer(nn.Module):
+    """Indexer layers for every decoder layer of a model (trained separately from it)."""
+
+    def __init__(self, cfg: IndexerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(IndexerLayer(cfg) for _ in range(cfg.n_layers))
+
+    @classmethod
+    def for_model(cls, model, n_heads: int = 4, head_dim: int = 64,
+                  query_source: str = "hidden") -> "LightningIndexer":
+        """An untrained indexer shaped for a Hugging Face causal LM."""
+        c = model.config
+        hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        hkv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        q_in = c.hidden_size if query_source == "hidden" else c.num_attention_heads * hd
+        cfg = IndexerConfig(n_layers=c.num_hidden_layers, q_in=q_in, kv_dim=hkv * hd,
+                            n_heads=n_heads, head_dim=head_dim, query_source=query_source)
+        p = next(model.parameters())
+        return cls(cfg).to(device=p.device, dtype=torch.float32)
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights and config: safetensors (config in the metadata) or torch.save
+        (``.pt``/``.pth``/``.bin``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if path.suffix in (".pt", ".pth", ".bin"):
+            torch.save({"config": asdict(self.cfg), "state_dict": state}, path)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(state, str(path), metadata={"indexer_config": json.dumps(asdict(self.cfg))})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device=None) -> "LightningIndexer":
+        """Read an indexer written by `save`. Raises FileNotFoundError for a missing path."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"indexer weights {str(path)!r} not found")
+        if path.suffix in (".pt", ".pth", ".bin"):
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            cfg, state = IndexerConfig(**blob["config"]), blob["state_dict"]
+        else:
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            if "indexer_config" not in meta:
+                raise ValueError(f"{str(path)!r} has no indexer_config metadata; not an indexer file")
+            cfg, state = IndexerConfig(**json.loads(meta["indexer_config"])), load_file(str(path))
+        ind = cls(cfg)
+        ind.load_state_dict(state)
+        return ind.to(device) if device is not None else ind
+
+
+@dataclass
+class LightningSelector(Selector):
+    """Top-k by a Lightning Indexer's scores (one set per query row, shared by all heads).
+
+    Attributes:
+        path: indexer weights to load (spec ``lightning:runs/indexer.safetensors``).
+        indexer: an in-memory `LightningIndexer` (wins over ``path``). With neither, an
+            untrained (random) indexer is made at the first call, with a warning.
+        n_heads, head_dim, query_source: shape of that untrained indexer.
+        seed: seed of the untrained indexer's initialisation.
+    """
+
+    path: str | None = None
+    indexer: LightningIndexer | None = None
+    n_heads: int = 4
+    head_dim: int = 64
+    query_source: str = "hidden"
+    seed: int = 0
+    _warned: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.indexer is None and self.path is not None:
+            self.indexer = LightningIndexer.load(self.path)
+        if self.indexer is not None:
+            if not isinstance(self.indexer, LightningIndexer):
+                raise ValueError(f"indexer must be a LightningIndexer, got {type(self.indexer).__name__}")
+            self.query_source = self.indexer.cfg.query_source
+        if self.query_source not in QUERY_SOURCES:
+            raise ValueError(
+                f"query_source must be one of {QUERY_SOURCES}, got {self.query_source!r}"
+            )
+
+    @property
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+        return self.query_source == "hidden"
+
+    def _layer(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> IndexerLayer:
+        if self.indexer is None:
+            if not self._warned:
+                warnings.warn("lightning selector without trained weights: using a random "
+                              "indexer (train one with `topkattn train-indexer`)", stacklevel=3)
+                self._warned = True
+            B, Hq, Lq, D = q.shape
+            q_in = (ctx.hidden_states.shape[-1] if self.query_source == "hidden" else Hq * D)
+            mcfg = getattr(ctx.module, "config", None)
+            n_layers = getattr(mcfg, "num_hidden_layers", None) or max(64, (ctx.layer_idx or 0) + 1)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.indexer = LightningIndexer(IndexerConfig(
+                    n_layers=n_layers, q_in=q_in, kv_dim=k.shape[1] * D,
+                    n_heads=self.n_heads, head_dim=self.head_dim, query_source=self.query_source))
+        if self.indexer.layers[0].wq.weight.device != q.device:
+            self.indexer.to(q.device)
+        li = 0 if ctx.layer_idx is None else ctx.layer_idx
+        if li >= len(self.indexer.layers):
+            raise ValueError(
+                f"layer_idx {li} out of range: the indexer has {len(self.indexer.layers)} layers"
+            )
+        return self.indexer.layers[li]
+
+    def index_keys(self, layer: IndexerLayer, k: torch.Tensor, store: dict) -> torch.Tensor:
+        """Indexer keys of all cached positions [B, Lk, d], new positions computed only."""
+        B, Lk = k.shape[0], k.shape[2]
+        fp_now = fingerprint(k)
+        st: PrefixStore | None = store.get("lightning")
+        if st is None or st.data.shape[0] != B or st.data.shape[-1] != layer.head_dim:
+            st = PrefixStore.empty(B, (layer.head_dim,), k.device)
+        nv = st.valid_prefix(fp_now)
+        st.truncate(nv)
+        if Lk > nv:
+            st.append(layer.keys(k[:, :, nv:]), fp_now[:, nv:])
+        store["lightning"] = st
+        return st.data
+
+    @torch.no_grad()
+    def scores(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
+        """Index scores [B, Lq, Lk] (fp32) for queries q [B, Hq, Lq, D] over keys k."""
+        layer = self._layer(q, k, ctx)
+        keys = self.index_keys(layer, k, ctx.store)
+        if self.query_source == "hidden":
+            if ctx.hidden_states is None:
+                raise ValueError("the lightning selector needs the layer's hidden states "
+                                 "(ctx.hidden_states is None; use it through sparsify)")
+            x = ctx.hidden_states[:, -q.shape[2]:]
+        else:
+            B, Hq, Lq, D = q.shape
+            x = q.transpose(1, 2).reshape(B, Lq, Hq * D)
+        iq, w = layer.queries(x)
+        return layer.scores(iq, w, keys)
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
+        """q [B, Hq, Lq, D], k [B, Hkv, Lk, D] -> int64 [B, Hkv, Lq, topk] (same set per head)."""
+        Lq, Lk, Hkv = q.shape[2], k.shape[2], k.shape[1]
+        s = self.scores(q, k, ctx)
+        idx = topk_by_score(s, ctx.topk, visibility(Lq, Lk, q.device))  # [B, Lq, n]
+        return idx[:, None].expand(idx.shape[0], Hkv, Lq, idx.shape[-1])
+
+
+__all__ = ["IndexerConfig", "IndexerLayer", "LightningIndexer", "LightningSelector",
+           "QUERY_SOURCES"]
