@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One device call: GPU-marked kernel tests, then every benchmark (each step time-limited and
+# logged under $OUT). Usage on the device machine, from the repo root:
+#   bash scripts/device_bench.sh [ops]      (ops default: select,decode,sparse,prefill)
+set -u
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+OUT=${OUT:-runs/device}
+mkdir -p "$OUT/bench"
+OPS=${1:-select,decode,sparse,prefill}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
+if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
+  timeout 240 python3 -m pytest tests/ops -q -m gpu -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+fi
+for op in ${OPS//,/ }; do
+  case $op in
+    select)  args="--ctx 32k,128k,1m --k 256,2048,8192 --batch 1,8" ;;
+    decode)  args="--ctx 8k,32k,128k --k 256,2048,8192 --batch 1,8" ;;
+    sparse)  args="--ctx 32k,128k --k 2048 --batch 1,8" ;;
+    prefill) args="--ctx 8k,16k --k 2048 --batch 1" ;;
+  esac
+  timeout 300 python3 -m topkattn.bench.run --op $op $args --out "$OUT/bench" 2>&1 | tail -40 | tee "$OUT/bench_$op.log"
+done

@@ -1,0 +1,109 @@
+"""Shared benchmark helpers: GPU timing (CUDA events via triton.testing.do_bench, median),
+size parsing, device/version info and writing JSON + markdown + PNG results."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+LLAMA3_8B = {"Hq": 32, "Hkv": 8, "D": 128, "dtype": torch.bfloat16}
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'8k,32k,128k' -> [8192, 32768, 131072]; '1,8' -> [1, 8]. ValueError on bad items."""
+    out = []
+    for item in str(text).split(","):
+        t = item.strip().lower()
+        if not t:
+            continue
+        mult = 1
+        if t.endswith("k"):
+            mult, t = 1024, t[:-1]
+        elif t.endswith("m"):
+            mult, t = 1024 * 1024, t[:-1]
+        if not t.isdigit() or int(t) <= 0:
+            raise ValueError(f"size {item!r} must be a positive integer, optionally with k/m suffix")
+        out.append(int(t) * mult)
+    if not out:
+        raise ValueError(f"no sizes in {text!r}")
+    return out
+
+
+def time_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of ``fn`` on the GPU (CUDA events; warm-up and repeat in ms)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (read + write bytes / time) in GB/s, measured now."""
+    a = torch.empty(nbytes // 2, dtype=torch.int16, device="cuda").random_()
+    b = torch.empty_like(a)
+    ms = time_ms(lambda: b.copy_(a))
+    del a, b
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def env_info() -> dict:
+    """Device name, versions, date."""
+    import triton
+
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+    return info
+
+
+def fmt(x: float | None, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def write_results(op: str, rows: list[dict], columns: list[str], out_dir: str | Path,
+                  meta: dict, plot: tuple[str, str, list[str]] | None = None) -> Path:
+    """Write ``{op}.json`` (meta + rows), ``{op}.md`` (table of ``columns``) and, when
+    ``plot=(x, title, y_columns)`` is given and matplotlib is available, ``{op}.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{op}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(
+            fmt(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in columns) + " |")
+    md = f"### {op}\n\n{meta.get('device', '')}, torch {meta.get('torch')}, triton " \
+         f"{meta.get('triton')}, {meta.get('date')}\n\n" + "\n".join(lines) + "\n"
+    (out / f"{op}.md").write_text(md)
+    if plot is not None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            x, title, ys = plot
+            fig, ax = plt.subplots(figsize=(7, 4))
+            labels = [str(r[x]) for r in rows]
+            for y in ys:
+                ax.plot(range(len(rows)), [r.get(y) or float("nan") for r in rows], marker="o", label=y)
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel("ms (lower is better)")
+            ax.set_yscale("log")
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / f"{op}.png", dpi=110)
+            plt.close(fig)
+        except ImportError:  # pragma: no cover
+            pass
+    print(md, flush=True)
+    return out / f"{op}.md"

@@ -1,0 +1,42 @@
+"""Run GPU benchmarks without the CLI: ``python -m topkattn.bench.run --op decode ...``.
+
+Same options as ``topkattn bench``; needs a CUDA device."""
+
+from __future__ import annotations
+
+import argparse
+
+OPS = ("select", "decode", "sparse", "prefill")
+
+
+def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str) -> None:
+    """Run each benchmark in ``ops`` ("select", "decode", "sparse", "prefill")."""
+    import importlib
+
+    import torch
+
+    from topkattn.bench.common import parse_sizes
+
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        raise ValueError(f"--op must be among {OPS}; got {bad}")
+    if not torch.cuda.is_available():
+        raise ValueError("benchmarks need a CUDA device (none found)")
+    ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)
+    for op in ops:
+        importlib.import_module(f"topkattn.bench.{op}").run(ctxs, ks, batches, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--op", default="decode", help="comma list of " + ",".join(OPS))
+    p.add_argument("--ctx", default="8k,32k,128k")
+    p.add_argument("--k", default="256,2048,8192")
+    p.add_argument("--batch", default="1,8")
+    p.add_argument("--out", default="runs/bench")
+    a = p.parse_args(argv)
+    run_ops([o.strip() for o in a.op.split(",") if o.strip()], a.ctx, a.k, a.batch, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""`topkattn bench`: GPU kernel benchmarks vs PyTorch SDPA and FlexAttention."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command to the app."""
+
+    @app.command("bench")
+    def bench(
+        op: str = typer.Option("decode", help="select, decode, sparse, prefill (comma list)"),
+        ctx: str = typer.Option("8k,32k,128k", help="context lengths, e.g. 8k,32k,128k"),
+        k: str = typer.Option("256,2048,8192", help="top-k values"),
+        batch: str = typer.Option("1,8", help="batch sizes"),
+        out: str = typer.Option("runs/bench", help="output folder (JSON, markdown, PNG)"),
+    ) -> None:
+        """Time the Triton kernels against SDPA dense / FlexAttention on this GPU."""
+        from topkattn.bench.run import run_ops
+
+        run_ops([o.strip() for o in op.split(",") if o.strip()], ctx, k, batch, out)
