@@ -4,13 +4,16 @@
 #   bash scripts/device_bench.sh [ops]      (ops default: select,decode,sparse,prefill)
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-OUT=${OUT:-runs/device}
-mkdir -p "$OUT/bench"
+FINAL=${OUT:-runs/device}
+OUT=/tmp/topkattn_res  # at most 8 files come back: everything is packed into res.tgz
+mkdir -p "$OUT/bench" "$FINAL"
+pack() { tar czf "$FINAL/res.tgz" -C "$OUT" . ; }
 OPS=${1:-select,decode,sparse,prefill}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   timeout 240 python3 -m pytest tests/ops -q -m gpu -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+  pack
 fi
 for op in ${OPS//,/ }; do
   case $op in
@@ -20,4 +23,5 @@ for op in ${OPS//,/ }; do
     prefill) args="--ctx 8k,16k --k 2048 --batch 1" ;;
   esac
   timeout 300 python3 -m topkattn.bench.run --op $op $args --out "$OUT/bench" 2>&1 | tail -40 | tee "$OUT/bench_$op.log"
+  pack
 done
