@@ -64,6 +64,15 @@ def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return x
 
 
+def gather_strings(text: str, info: DistInfo) -> list[str]:
+    """Every rank's ``text``, in rank order (a one-element list when not distributed)."""
+    if not info.enabled:
+        return [text]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, text)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

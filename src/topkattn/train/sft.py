@@ -205,7 +205,11 @@ def build_model(cfg: TrainConfig, device: torch.device):
     gc = cfg.gradient_checkpointing == "on" or (
         cfg.gradient_checkpointing == "auto" and device.type == "cuda")
     if gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kw = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
     base = model
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
@@ -215,6 +219,15 @@ def build_model(cfg: TrainConfig, device: torch.device):
         model = get_peft_model(model, lcfg)
     model.train()
     return model, base, tok
+
+
+def _call_first(obj, names: tuple[str, ...], **kwargs):
+    """Call the first method of ``names`` that ``obj`` has (transformers renamed some)."""
+    for n in names:
+        fn = getattr(obj, n, None)
+        if fn is not None:
+            return fn(**kwargs)
+    raise AttributeError(f"{type(obj).__name__} has none of {names}")
 
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -488,16 +501,29 @@ def _train(cfg, info, on_step, progress, make_sched) -> TrainResult:
         if log is not None:
             log.close()
     tps = tokens_seen * info.world_size / max(time.time() - t_loop, 1e-9)
+    digests = D.gather_strings(weights_digest(model), info)
     if info.is_main:
         save_final(model, tok, out, cfg)
         summary = {"steps": step, "final_loss": losses[-1] if losses else None,
                    "first_loss": losses[0] if losses else None, "losses": losses,
                    "tokens_per_s": round(tps, 1), "resumed_from": resumed,
-                   "world_size": info.world_size, "data": stats, "config": cfg.to_dict(),
+                   "world_size": info.world_size, "rank_weight_digests": digests,
+                   "data": stats, "config": cfg.to_dict(),
                    "seconds": round(time.time() - t_start, 2)}
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     D.barrier(info)
     return TrainResult(str(out), step, losses, tps, resumed, time.time() - t_start)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of all parameters' bytes (ranks of a DDP run must agree)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for n, p in sorted(model.named_parameters()):
+        h.update(n.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _sparsify(base, topk: TopKConfig):
@@ -512,7 +538,7 @@ def save_final(model, tokenizer, out: Path, cfg: TrainConfig) -> None:
         model.save_pretrained(out / "adapter")
         model = model.merge_and_unload()
     if getattr(model, "supports_gradient_checkpointing", False):
-        model.gradient_checkpointing_disable()
+        _call_first(model, ("activation_checkpointing_disable", "gradient_checkpointing_disable"))
     model.config.use_cache = True
     _strip_gguf(model)
     model.save_pretrained(out, safe_serialization=True)
