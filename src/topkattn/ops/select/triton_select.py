@@ -3,12 +3,14 @@
 Design (one row = one selection problem; n up to 1M, k up to 8192):
 1. ``_hist_kernel`` (grid rows x blocks): histogram of the top 12 bits of the order-preserving
    uint32 key of every candidate score, accumulated with atomics into [R, 4096].
-2. ``_select_kernel`` (one program per row): picks the 12-bit bin b holding the k-th largest key,
-   streams the row once, writing every position of a higher bin straight to the output and
-   compacting the (key, position) pairs of bin b into a scratch buffer (position order); then
-   three radix passes (8 + 8 + 4 bits) over that small buffer give the exact k-th key T and the
-   number of ties at T still needed; a last pass over the buffer writes keys > T and the first
-   ties by position (the lowest position wins, as in the reference). When bin b is larger than
+2. ``_pick_kernel`` (one program per row): the 12-bit bin b holding the k-th largest key.
+3. ``_scan_kernel`` (grid rows x blocks): streams the row once, writing every position of a
+   higher bin straight to the output and compacting the (key, position) pairs of bin b into a
+   scratch buffer, both through per-row atomic cursors.
+4. ``_finish_kernel`` (one program per row): three radix passes (8 + 8 + 4 bits) over that
+   small buffer give the exact k-th key T and the number of ties at T still needed; the
+   rare partial tie is cut at a position found by bisection (the lowest positions win, as in
+   the reference); a last pass writes keys > T and the kept ties. When bin b is larger than
    the buffer, the refinement passes re-read the row instead (slower, same result).
 
 Rows may carry a visible length L (per-sequence lengths) and ``sink`` / ``local`` forced
@@ -104,8 +106,63 @@ def _hist_kernel(S, stride_s, LENS, HSEL, sink, local, HIST, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _select_kernel(S, stride_s, LENS, HSEL, sink, local, k, HIST, OUT, stride_o, KOUT,
+def _pick_kernel(HIST, LENS, HSEL, sink, local, k, INFO):
+    """Per row: INFO = (mode, bin b, count above b, count in b); mode 0 = keep all candidates."""
+    r = tl.program_id(0)
+    L = tl.load(LENS + r // HSEL)
+    c_lo, c_hi = _cand_range(L, sink, local)
+    h0 = tl.load(HIST + r.to(tl.int64) * 4096 + tl.arange(0, 4096))
+    b, above, nb = _pick(h0, k, 4096)
+    mode = (c_hi - c_lo > k).to(tl.int32)
+    tl.store(INFO + r * 4 + 0, mode)
+    tl.store(INFO + r * 4 + 1, b)
+    tl.store(INFO + r * 4 + 2, above)
+    tl.store(INFO + r * 4 + 3, nb)
+
+
+@triton.jit
+def _scan_kernel(S, stride_s, LENS, HSEL, sink, local, INFO, CNT, OUT, stride_o, BUFK, BUFP,
+                 CAP, BLOCK: tl.constexpr):
+    """Parallel over (row, block): positions above bin b go to the output, bin b's (key, pos)
+    to the scratch buffer, each through a per-row atomic cursor (order within a row varies)."""
+    r = tl.program_id(0)
+    blk = tl.program_id(1)
+    r64 = r.to(tl.int64)
+    L = tl.load(LENS + r // HSEL)
+    c_lo, c_hi = _cand_range(L, sink, local)
+    pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
+    m = pos < c_hi
+    mode = tl.load(INFO + r * 4)
+    if c_lo + blk * BLOCK < c_hi:
+        if mode == 0:
+            tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
+        else:
+            bu = tl.load(INFO + r * 4 + 1).to(tl.uint32)
+            nb = tl.load(INFO + r * 4 + 3)
+            key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=m, other=0.0).to(tl.float32))
+            pre = key >> 20
+            up = m & (pre > bu)
+            ui = up.to(tl.int32)
+            nup = tl.sum(ui, 0)
+            if nup > 0:
+                base = tl.atomic_add(CNT + r * 2, nup)
+                tl.store(OUT + r64 * stride_o + (base + tl.cumsum(ui, 0) - ui), pos, mask=up)
+            if nb <= CAP:
+                inb = m & (pre == bu)
+                ii = inb.to(tl.int32)
+                nin = tl.sum(ii, 0)
+                if nin > 0:
+                    base2 = tl.atomic_add(CNT + r * 2 + 1, nin)
+                    dst = base2 + tl.cumsum(ii, 0) - ii
+                    tl.store(BUFK + r64 * CAP + dst, key.to(tl.int32, bitcast=True), mask=inb)
+                    tl.store(BUFP + r64 * CAP + dst, pos, mask=inb)
+
+
+@triton.jit
+def _finish_kernel(S, stride_s, LENS, HSEL, sink, local, k, INFO, OUT, stride_o, KOUT,
                    BUFK, BUFP, CAP, BLOCK: tl.constexpr):
+    """Per row: exact k-th key among bin b's candidates (8+8+4 bit radix passes), write keys
+    above it and the lowest-position ties, then the forced positions and -1 padding."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     srow = S + r64 * stride_s
@@ -116,51 +173,48 @@ def _select_kernel(S, stride_s, LENS, HSEL, sink, local, k, HIST, OUT, stride_o,
     c_lo, c_hi = _cand_range(L, sink, local)
     ncand = c_hi - c_lo
     offs = tl.arange(0, BLOCK)
-    cursor = ncand * 0
-    if ncand <= k:
-        for start in range(c_lo, c_hi, BLOCK):
-            pos = start + offs
-            tl.store(orow + (pos - c_lo), pos, mask=pos < c_hi)
-        cursor = ncand
-    else:
-        h0 = tl.load(HIST + r64 * 4096 + tl.arange(0, 4096))
-        b, above, nb = _pick(h0, k, 4096)
+    mode = tl.load(INFO + r * 4)
+    cursor = ncand
+    if mode != 0:
+        bu = tl.load(INFO + r * 4 + 1).to(tl.uint32)
+        above = tl.load(INFO + r * 4 + 2)
+        nb = tl.load(INFO + r * 4 + 3)
         rem = k - above
-        bu = b.to(tl.uint32)
+        cursor = above
         use_buf = nb <= CAP
-        bcur = ncand * 0
-        for start in range(c_lo, c_hi, BLOCK):
-            pos = start + offs
-            m = pos < c_hi
-            key = _f32_key(tl.load(srow + pos, mask=m, other=0.0).to(tl.float32))
-            pre = key >> 20
-            up = m & (pre > bu)
-            ui = up.to(tl.int32)
-            tl.store(orow + (cursor + tl.cumsum(ui, 0) - ui), pos, mask=up)
-            cursor += tl.sum(ui, 0)
-            if use_buf:
-                inb = m & (pre == bu)
-                ii = inb.to(tl.int32)
-                dst = bcur + tl.cumsum(ii, 0) - ii
-                tl.store(bk + dst, key.to(tl.int32, bitcast=True), mask=inb)
-                tl.store(bp + dst, pos, mask=inb)
-                bcur += tl.sum(ii, 0)
         n_src = tl.where(use_buf, nb, ncand)
         want = bu << 20
         want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 20, 12, 8, BLOCK)
         want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 12, 4, 8, BLOCK)
         want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 4, 0, 4, BLOCK)
-        tie_seen = ncand * 0
+        # ties at want: count them; when some must be dropped, find the position cutoff P
+        # (the buffer is not in position order) by bisection over positions
+        nt = ncand * 0
+        for start in range(0, n_src, BLOCK):
+            key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+            nt += tl.sum((valid & (key == want)).to(tl.int32), 0)
+        P = c_hi
+        if nt > rem:
+            lo = c_lo
+            hi = c_hi - 1  # smallest P with count(ties at pos <= P) >= rem lies in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                c = ncand * 0
+                for start in range(0, n_src, BLOCK):
+                    key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+                    c += tl.sum((valid & (key == want) & (pos <= mid)).to(tl.int32), 0)
+                if c >= rem:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            P = lo
         for start in range(0, n_src, BLOCK):
             key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
             match = valid & ((key >> 20) == bu)
-            tie = match & (key == want)
-            ti = tie.to(tl.int32)
-            sel = (match & (key > want)) | (tie & (tie_seen + tl.cumsum(ti, 0) - ti < rem))
+            sel = match & ((key > want) | ((key == want) & (pos <= P)))
             si = sel.to(tl.int32)
             tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
             cursor += tl.sum(si, 0)
-            tie_seen += tl.sum(ti, 0)
     # forced positions: [0, c_lo) and [c_hi, L)
     for start in range(0, c_lo, BLOCK):
         pos = start + offs
@@ -182,7 +236,7 @@ def select_rows(
     rows_per_len: int = 1,
     sink: int = 0,
     local: int = 0,
-    block: int = 1024,
+    block: int = 512,
     num_warps: int = 4,
     cap: int | None = None,
 ) -> torch.Tensor:
@@ -219,8 +273,16 @@ def select_rows(
     _hist_kernel[(R, triton.cdiv(n, hblock))](
         scores, scores.stride(0), lens, rows_per_len, sink, local, hist, BLOCK=hblock, num_warps=8
     )
-    _select_kernel[(R,)](
-        scores, scores.stride(0), lens, rows_per_len, sink, local, k, hist, out, out.stride(0),
+    info = torch.empty(R, 4, dtype=torch.int32, device=dev)
+    cnt = torch.zeros(R, 2, dtype=torch.int32, device=dev)
+    _pick_kernel[(R,)](hist, lens, rows_per_len, sink, local, k, info, num_warps=4)
+    sblock = 2048
+    _scan_kernel[(R, triton.cdiv(n, sblock))](
+        scores, scores.stride(0), lens, rows_per_len, sink, local, info, cnt, out, out.stride(0),
+        bufk, bufp, cap, BLOCK=sblock, num_warps=8,
+    )
+    _finish_kernel[(R,)](
+        scores, scores.stride(0), lens, rows_per_len, sink, local, k, info, out, out.stride(0),
         kout, bufk, bufp, cap, BLOCK=block, num_warps=num_warps,
     )
     return out

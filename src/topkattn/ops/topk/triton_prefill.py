@@ -79,7 +79,7 @@ def _thresh_kernel(Q, K, TB, PB, sqb, sqh, sqm, skb, skh, skn, Hq, G, Lq, Lk, to
     done = ~active
     f = tl.arange(0, 16)
     for it in tl.static_range(8):
-        SHIFT: tl.constexpr = 28 - 4 * it
+        SHIFT = 28 - 4 * it
         if tl.sum((~done).to(tl.int32), 0) > 0:
             h16 = tl.zeros([BM, 16], tl.int32)
             for start in range(0, n_end, BN):
