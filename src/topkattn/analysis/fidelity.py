@@ -1,0 +1,430 @@
+"""Fidelity of approximate selectors against exact Top-k, and how fidelity drives accuracy.
+
+`measure_fidelity` decodes each task sample greedily with dense attention (so every selector
+is judged on the same trajectory) and, at every decode step, layer and query head, compares
+each selector's set S with the exact top-k set E of q.k:
+
+- precision = |S ∩ E| / k (recall@k of the exact set);
+- attention-mass recall = sum_{j in S} p_j of the dense attention distribution p (the share of
+  attention probability the set holds; the exact set's own mass recall is the ceiling);
+- output error = ||o_S - o_E|| / ||o_E||, o_S the top-k attention output over S (softmax over
+  S only) and o_E the exact Top-k output.
+
+`run_downstream` then evaluates every selector (and the ``precision:p`` sweep, with and without
+protecting the top member) on the task with Top-k decoding (prefill dense once per sample, a
+deep copy of the cache per selector), and `correlate` / `plot_downstream` relate accuracy to
+precision and to mass recall (Pearson r).
+
+Selector specs here are ``name[:arg][@key=value,...]``, e.g. ``precision:0.75@protect=1`` or
+``lightning:runs/indexer.safetensors``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from topkattn.selectors import SelectionContext, Selector, make_selector
+from topkattn.selectors.registry import check_selector_name
+
+FIDELITY_ATTN = "topkattn_fidelity"
+_REC_ATTR = "_topkattn_fidelity"
+METRICS = ("precision", "mass_recall", "out_err")
+
+#: the precision dial sweep of the downstream study
+PRECISION_SWEEP = (0.2, 0.4, 0.6, 0.75, 0.9, 1.0)
+
+
+def parse_selector_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``"precision:0.75@protect=1,swap=lowest"`` -> (``"precision:0.75"``, {protect: 1, ...}).
+
+    Values are parsed as int, float, true/false, else kept as strings. Raises ValueError naming
+    an unknown selector.
+    """
+    spec, _, rest = text.strip().partition("@")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise ValueError(f"selector option {item!r} in {text!r} must be key=value")
+        v: Any = val
+        for conv in (int, float):
+            try:
+                v = conv(val)
+                break
+            except ValueError:
+                pass
+        if val.lower() in ("true", "false"):
+            v = val.lower() == "true"
+        kwargs[key.strip()] = v
+    check_selector_name(spec)
+    return spec, kwargs
+
+
+def build_selector(text: str) -> Selector:
+    spec, kwargs = parse_selector_spec(text)
+    return make_selector(spec, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-step metrics
+
+
+def step_metrics(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
+                 topk: int, scale: float) -> dict[str, torch.Tensor]:
+    """Fidelity of one decode step.
+
+    q [B, Hq, 1, D]; k, v [B, Hkv, Lk, D]; indices [B, Hq or Hkv, 1, n] (< 0 = padding).
+    Returns precision, mass_recall and out_err, each fp32 [B, Hq].
+    """
+    from topkattn.ops.topk.naive import indices_to_mask, select_topk_mask
+
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    kk = k.float().repeat_interleave(G, 1) if G > 1 else k.float()
+    vv = v.float().repeat_interleave(G, 1) if G > 1 else v.float()
+    s = torch.matmul(q.float(), kk.transpose(-1, -2))[:, :, 0] * scale  # [B, Hq, Lk]
+    p = torch.softmax(s, -1)
+    n = min(topk, Lk)
+    vis = torch.ones_like(s, dtype=torch.bool)
+    exact = select_topk_mask(s, n, vis)
+    sel = indices_to_mask(indices[:, :, 0], Lk)
+    if sel.shape[1] != Hq:
+        sel = sel.repeat_interleave(Hq // sel.shape[1], 1)
+
+    def out(mask):
+        w = torch.softmax(s.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
+        return torch.einsum("bhl,bhld->bhd", w, vv)
+
+    oe, os_ = out(exact), out(sel)
+    return {
+        "precision": (sel & exact).sum(-1).float() / n,
+        "mass_recall": (p * sel).sum(-1),
+        "out_err": (os_ - oe).norm(dim=-1) / oe.norm(dim=-1).clamp(min=1e-12),
+    }
+
+
+@dataclass
+class _Acc:
+    """Running sums per metric: [layers, heads] tensors and a step count per layer."""
+
+    sums: dict = field(default_factory=dict)
+    count: dict = field(default_factory=dict)
+
+    def add(self, layer: int, m: dict[str, torch.Tensor]) -> None:
+        for name, val in m.items():
+            row = val.sum(0).double().cpu()  # over batch
+            key = (name, layer)
+            self.sums[key] = self.sums.get(key, 0) + row
+        self.count[layer] = self.count.get(layer, 0) + next(iter(m.values())).shape[0]
+
+
+def _fidelity_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                      **kwargs):
+    """Attention function of the fidelity run: dense SDPA output, selectors measured aside."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rec = getattr(module, _REC_ATTR, None)
+    if rec is not None:
+        Lq, Lk = query.shape[2], key.shape[2]
+        if Lq == Lk:
+            for st in rec["stores"]:
+                st.clear()
+        elif Lq == 1 and Lk > rec["topk"]:
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            for i, (label, sel) in enumerate(rec["selectors"]):
+                ctx = SelectionContext(layer_idx=rec["layer"], topk=rec["topk"],
+                                       granularity="query_head", scale=scale, phase="decode",
+                                       store=rec["stores"][i], module=module,
+                                       hidden_states=rec.get("hidden"))
+                with torch.no_grad():
+                    idx = sel.select(query, key, ctx)
+                    m = step_metrics(query, key, value, idx, rec["topk"], scale)
+                rec["acc"][label].add(rec["layer"], m)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, **kwargs)
+
+
+def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
+                     selectors: list[str] | dict[str, Selector], max_new_tokens: int = 8,
+                     progress: bool = True) -> dict[str, dict]:
+    """Per selector: mean and per-layer / per-head precision, mass recall and output error.
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM (any `AttentionInterface` model).
+        prompts: texts; each is decoded greedily (dense) for ``max_new_tokens`` steps.
+        topk: k of the exact Top-k reference and of every selector.
+        selectors: specs (``name[:arg][@k=v,...]``) or label -> `Selector`.
+
+    Returns:
+        {label: {"precision": float, "mass_recall": float, "out_err": float,
+                 "per_layer": {metric: [n_layers]}, "per_head": {metric: [[heads]...]},
+                 "steps": decode steps measured per layer}}
+    """
+    from rich.progress import Progress
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from topkattn.integrations.hf import attention_modules
+
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+    sels = selectors if isinstance(selectors, dict) else {s: build_selector(s) for s in selectors}
+    AttentionInterface.register(FIDELITY_ATTN, _fidelity_forward)
+    AttentionMaskInterface.register(FIDELITY_ATTN, sdpa_mask)
+    accs = {label: _Acc() for label in sels}
+    mods = attention_modules(model)
+    hooks = []
+    for layer, m in mods:
+        rec = {"layer": layer, "topk": topk, "selectors": list(sels.items()),
+               "stores": [dict() for _ in sels], "acc": accs}
+        setattr(m, _REC_ATTR, rec)
+
+        def pre(module, args, kwargs, rec=rec):
+            rec["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+
+        hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+    prev = model.config._attn_implementation
+    model.set_attn_implementation(FIDELITY_ATTN)
+    dev = next(model.parameters()).device
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            job = bar.add_task(f"fidelity k={topk}", total=len(prompts))
+            for text in prompts:
+                ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(dev)
+                with torch.no_grad():
+                    model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)
+                bar.advance(job)
+    finally:
+        model.set_attn_implementation(prev)
+        for h in hooks:
+            h.remove()
+        for _, m in mods:
+            if hasattr(m, _REC_ATTR):
+                delattr(m, _REC_ATTR)
+    return summarize(accs)
+
+
+def summarize(accs: dict[str, _Acc]) -> dict[str, dict]:
+    out = {}
+    for label, acc in accs.items():
+        layers = sorted(acc.count)
+        res: dict[str, Any] = {"per_layer": {}, "per_head": {}, "steps": acc.count}
+        for name in METRICS:
+            per_head = [(acc.sums[(name, l)] / acc.count[l]).tolist() for l in layers]
+            res["per_head"][name] = per_head
+            res["per_layer"][name] = [sum(h) / len(h) for h in per_head]
+            res[name] = (sum(res["per_layer"][name]) / len(layers)) if layers else float("nan")
+        res["steps"] = {str(k): v for k, v in acc.count.items()}
+        out[label] = res
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Downstream: accuracy with each selector
+
+
+@dataclass
+class DownstreamRow:
+    selector: str
+    accuracy: float
+    n: int
+    predictions: list[str] = field(default_factory=list)
+
+
+def _greedy_decode(model, cache, first_token: torch.Tensor, start: int, steps: int,
+                   eos: set[int]) -> list[int]:
+    """Greedy decode from a prefilled ``cache`` (first token already chosen). Returns ids."""
+    out = [int(first_token)]
+    tok = first_token.view(1, 1)
+    for i in range(steps - 1):
+        if out[-1] in eos:
+            break
+        pos = torch.tensor([[start + i]], device=tok.device)
+        with torch.no_grad():
+            o = model(input_ids=tok, past_key_values=cache, use_cache=True, position_ids=pos,
+                      cache_position=pos[0])
+        tok = o.logits[:, -1].argmax(-1, keepdim=True)
+        out.append(int(tok))
+    return out
+
+
+def run_downstream(model, tokenizer, task, samples, topk: int, selectors: list[str],
+                   max_new_tokens: int = 12, include_full: bool = True,
+                   progress: bool = True, on_row=None) -> list[DownstreamRow]:
+    """Accuracy of Top-k decoding with each selector (and dense ``full`` as reference).
+
+    Each sample is prefilled once densely; every selector decodes from a deep copy of that
+    cache inside ``sparsify(model, TopKConfig(k=topk, selector=...))``. ``task.score`` scores
+    the generated text. Selector-kept state lives in each `sparsify` block's own stores.
+    """
+    from rich.progress import Progress
+
+    from topkattn.config import TopKConfig
+    from topkattn.integrations.hf import sparsify
+
+    labels = (["full"] if include_full else []) + list(selectors)
+    parsed = {lab: parse_selector_spec(lab) for lab in selectors}
+    scores: dict[str, list[float]] = {lab: [] for lab in labels}
+    preds: dict[str, list[str]] = {lab: [] for lab in labels}
+    dev = next(model.parameters()).device
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos |= set(getattr(model.generation_config, "eos_token_id", None) or []) if isinstance(
+        getattr(model.generation_config, "eos_token_id", None), list) else set()
+    with Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task("downstream", total=len(samples) * len(labels))
+        for smp in samples:
+            ids = tokenizer(smp.prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(dev)
+            with torch.no_grad():
+                o = model(input_ids=ids, use_cache=True)
+            first = o.logits[0, -1].argmax()
+            for lab in labels:
+                cache = copy.deepcopy(o.past_key_values)
+                if lab == "full":
+                    toks = _greedy_decode(model, cache, first, ids.shape[1], max_new_tokens, eos)
+                else:
+                    spec, kw = parsed[lab]
+                    cfg = TopKConfig(k=topk, selector=spec, selector_args=kw)
+                    with sparsify(model, cfg):
+                        toks = _greedy_decode(model, cache, first, ids.shape[1], max_new_tokens,
+                                              eos)
+                text = tokenizer.decode(toks, skip_special_tokens=True)
+                scores[lab].append(task.score(text, smp))
+                preds[lab].append(text)
+                bar.advance(job)
+            if on_row is not None:
+                on_row(smp, {lab: (scores[lab][-1], preds[lab][-1]) for lab in labels})
+    return [DownstreamRow(lab, sum(scores[lab]) / max(1, len(scores[lab])), len(scores[lab]),
+                          preds[lab]) for lab in labels]
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """Pearson correlation coefficient (nan when undefined)."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in x))
+    sy = math.sqrt(sum((b - my) ** 2 for b in y))
+    return sxy / (sx * sy) if sx > 0 and sy > 0 else float("nan")
+
+
+def correlate(fidelity: dict[str, dict], accuracy: dict[str, float]) -> dict[str, float]:
+    """Pearson r of accuracy vs precision and vs mass recall over the selectors in both."""
+    labs = [l for l in accuracy if l in fidelity]
+    acc = [accuracy[l] for l in labs]
+    return {f"r_{m}": pearson([fidelity[l][m] for l in labs], acc)
+            for m in ("precision", "mass_recall")} | {"n": len(labs)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def markdown_table(fidelity: dict[str, dict], accuracy: dict[str, float] | None = None) -> str:
+    head = "| selector | precision | mass recall | output rel. L2 |" + (
+        " accuracy |" if accuracy else "")
+    sep = "|---|---|---|---|" + ("---|" if accuracy else "")
+    lines = [head, sep]
+    for lab, r in fidelity.items():
+        row = f"| {lab} | {r['precision']:.3f} | {r['mass_recall']:.3f} | {r['out_err']:.3f} |"
+        if accuracy:
+            a = accuracy.get(lab)
+            row += f" {a:.2f} |" if a is not None else " - |"
+        lines.append(row)
+    if accuracy and "full" in accuracy:
+        lines.append(f"| full (dense) | 1 | 1 | - | {accuracy['full']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_per_layer(fidelity: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """PNG: per-layer precision, mass recall and output error, one line per selector."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for lab, r in fidelity.items():
+        for ax, m in zip(axes, METRICS):
+            ax.plot(r["per_layer"][m], marker=".", label=lab)
+    for ax, m in zip(axes, ("precision vs exact top-k", "attention-mass recall",
+                            "output rel. L2 vs exact top-k")):
+        ax.set_title(m)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_downstream(fidelity: dict[str, dict], accuracy: dict[str, float], path: str | Path,
+                    title: str = "", full: float | None = None) -> Path:
+    """PNG: accuracy vs precision and vs mass recall (one point per selector, r in titles)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labs = [l for l in accuracy if l in fidelity]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, m in zip(axes, ("precision", "mass_recall")):
+        xs = [fidelity[l][m] for l in labs]
+        ys = [accuracy[l] for l in labs]
+        for l, x, y in zip(labs, xs, ys):
+            color = ("tab:red" if "protect" in l else "tab:blue") if l.startswith("precision") \
+                else "tab:green"
+            ax.scatter([x], [y], color=color, s=30)
+            ax.annotate(l.replace("precision:", "p=").replace("@protect=", "+prot"),
+                        (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if full is not None:
+            ax.axhline(full, color="gray", ls="--", lw=1, label=f"full attention {full:.2f}")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel(m.replace("_", " "))
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"accuracy vs {m.replace('_', ' ')} (Pearson r = {pearson(xs, ys):.2f})")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title + "   (blue: precision:p, red: with protect, green: selectors)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def default_sweep(with_protect: int = 1) -> list[str]:
+    """precision:p for p in `PRECISION_SWEEP`, without and with ``protect`` (p < 1 only)."""
+    out = [f"precision:{p}" for p in PRECISION_SWEEP]
+    out += [f"precision:{p}@protect={with_protect}" for p in PRECISION_SWEEP if p < 1.0]
+    return out
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
+    return path
+
+
+__all__ = ["DownstreamRow", "METRICS", "PRECISION_SWEEP", "build_selector", "correlate",
+           "default_sweep", "markdown_table", "measure_fidelity", "parse_selector_spec",
+           "pearson", "plot_downstream", "plot_per_layer", "run_downstream", "step_metrics",
+           "summarize", "write_json"]
