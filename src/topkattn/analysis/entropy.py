@@ -1,0 +1,350 @@
+"""Attention entropy at decode steps: how concentrated is each layer's and head's attention?
+
+For a model and a task, every sample's prompt is prefilled (dense) and a few tokens are decoded
+greedily. At each decode step, for every layer and query head, the dense attention distribution
+p over the visible keys is computed from the captured query and keys (scores q.K^T * scale,
+masked, softmax in fp32) and summarised:
+
+- ``entropy``: Shannon entropy H(p) = -sum p log p in nats (0 for one-hot, log n for uniform
+  over n keys);
+- for each k: ``mass`` = sum of the k largest p (the share of attention Top-k keeps) and
+  ``topk_entropy`` = H of the renormalised top-k distribution p_S / mass.
+
+Low entropy and high top-k mass are what make Top-k attention (arXiv 2512.03494) lossless;
+comparing a model before and after Top-k SFT shows whether training made attention sparser.
+
+Capture: `capture_entropy` registers its own `AttentionInterface` function (``"topkattn_
+entropy"``) that computes these statistics from query/key and then calls transformers' SDPA,
+so no ``output_attentions`` tensor of the whole model is ever materialised (memory stays
+O(heads x context) per layer, fine at long context).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+CAPTURE_NAME = "topkattn_entropy"
+_ATTR = "_topkattn_entropy"
+
+
+# --------------------------------------------------------------------------------------------
+# The statistics (pure functions; tests check uniform -> log n, one-hot -> 0)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats over the last dim of a probability tensor (0 log 0 = 0)."""
+    return torch.special.entr(p.double() if p.dtype == torch.float64 else p.float()).sum(-1)
+
+
+def topk_stats(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entropy of the renormalised top-k distribution, attention mass of the top k keys).
+
+    p: [..., n] probabilities (rows sum to 1; masked keys hold 0). k >= n keeps all keys.
+    """
+    k = max(1, min(int(k), p.shape[-1]))
+    vals = p.topk(k, dim=-1).values
+    mass = vals.sum(-1)
+    q = vals / mass.clamp_min(torch.finfo(vals.dtype).tiny).unsqueeze(-1)
+    return entropy(q), mass
+
+
+def parse_ks(ks: str | list | tuple) -> list[str]:
+    """``"16,64,5%"`` -> ["16", "64", "5%"] (validated with `topkattn.config.parse_k`)."""
+    from topkattn.config import parse_k
+
+    items = [s.strip() for s in (ks.split(",") if isinstance(ks, str) else ks) if str(s).strip()]
+    for s in items:
+        if parse_k(str(s)) is None:
+            raise ValueError(f"entropy --k takes integers or ratios, not {s!r}")
+    return [str(s) for s in items]
+
+
+def k_value(k: str, context: int) -> int:
+    """Keys kept for a k string ("64" or "0.05"/"5%") at ``context`` keys."""
+    from topkattn.config import parse_k
+
+    return parse_k(k).k_for(context)
+
+
+# --------------------------------------------------------------------------------------------
+# Accumulation
+
+
+@dataclass
+class EntropyAccumulator:
+    """Running sums per layer and query head over decode steps (and batch rows)."""
+
+    ks: list[str]
+    sums: dict = field(default_factory=dict)  # layer -> {"entropy": [H], "count": int, ...}
+    contexts: list[int] = field(default_factory=list)
+
+    def add(self, layer: int, query: torch.Tensor, key: torch.Tensor,
+            mask: torch.Tensor | None, scale: float) -> None:
+        """One decode call: query [B, Hq, 1, D], key [B, Hkv, Lk, D], mask bool/additive/None."""
+        B, Hq, Lq, D = query.shape
+        G = Hq // key.shape[1]
+        kk = key.float().repeat_interleave(G, dim=1) if G > 1 else key.float()
+        s = torch.matmul(query.float(), kk.transpose(-1, -2)) * scale  # [B, Hq, 1, Lk]
+        s = s[:, :, -1]  # [B, Hq, Lk]
+        if mask is not None:
+            m = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+            m = m[..., -1, : s.shape[-1]]  # [B or 1, 1 or H, Lk]
+            s = s.masked_fill(~m.expand_as(s), float("-inf"))
+            n_vis = int(m[0].reshape(-1, m.shape[-1])[0].sum())
+        else:
+            n_vis = s.shape[-1]
+        p = torch.softmax(s, dim=-1)
+        slot = self.sums.setdefault(layer, {"entropy": torch.zeros(Hq, dtype=torch.float64),
+                                            "count": 0, "topk": {}})
+        slot["entropy"] += entropy(p).double().sum(0).cpu()
+        slot["count"] += B
+        for k in self.ks:
+            ent, mass = topk_stats(p, k_value(k, n_vis))
+            t = slot["topk"].setdefault(k, {"entropy": torch.zeros(Hq, dtype=torch.float64),
+                                            "mass": torch.zeros(Hq, dtype=torch.float64)})
+            t["entropy"] += ent.double().sum(0).cpu()
+            t["mass"] += mass.double().sum(0).cpu()
+        if layer == min(self.sums):
+            self.contexts.append(n_vis)
+
+    def result(self) -> dict:
+        """Means: entropy [L][H], topk[k] {entropy, mass} [L][H], per-layer means, contexts."""
+        layers = sorted(self.sums)
+        if not layers:
+            raise ValueError("no decode step was captured (decode_steps must be >= 1)")
+
+        def mean(layer, t):
+            return (t / self.sums[layer]["count"]).tolist()
+
+        ent = [mean(L, self.sums[L]["entropy"]) for L in layers]
+        topk = {k: {"entropy": [mean(L, self.sums[L]["topk"][k]["entropy"]) for L in layers],
+                    "mass": [mean(L, self.sums[L]["topk"][k]["mass"]) for L in layers]}
+                for k in self.ks}
+        ctx = sum(self.contexts) / max(1, len(self.contexts))
+        return {
+            "layers": layers,
+            "n_heads": len(ent[0]),
+            "entropy": ent,
+            "topk": topk,
+            "per_layer": {
+                "entropy": [sum(r) / len(r) for r in ent],
+                "topk": {k: {m: [sum(r) / len(r) for r in v[m]] for m in ("entropy", "mass")}
+                         for k, v in topk.items()},
+            },
+            "mean_context": ctx,
+            "log_context": math.log(ctx) if ctx > 0 else 0.0,
+            "decode_calls": len(self.contexts),
+            "k_values": {k: k_value(k, max(1, round(ctx))) for k in self.ks},
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Capture through transformers' AttentionInterface
+
+
+def capture_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                              scaling: float | None = None, **kwargs):
+    """Attention function ``"topkattn_entropy"``: record decode-step statistics, then SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    acc: EntropyAccumulator | None = getattr(module, _ATTR, None)
+    if acc is not None and query.shape[2] == 1:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        with torch.no_grad():
+            acc.add(int(getattr(module, "layer_idx", 0) or 0), query, key, attention_mask, scale)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, **kwargs)
+
+
+@contextlib.contextmanager
+def capture_entropy(model, ks: list[str]) -> Iterator[EntropyAccumulator]:
+    """Inside the block, every decode step of ``model`` adds to the yielded accumulator."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from topkattn.integrations.hf import attention_modules, check_supported
+
+    check_supported(model)
+    AttentionInterface.register(CAPTURE_NAME, capture_attention_forward)
+    AttentionMaskInterface.register(CAPTURE_NAME, sdpa_mask)
+    acc = EntropyAccumulator(ks=list(ks))
+    mods = [m for _, m in attention_modules(model)]
+    prev = model.config._attn_implementation
+    for m in mods:
+        setattr(m, _ATTR, acc)
+    model.set_attn_implementation(CAPTURE_NAME)
+    try:
+        yield acc
+    finally:
+        for m in mods:
+            if hasattr(m, _ATTR):
+                delattr(m, _ATTR)
+        model.set_attn_implementation(prev)
+
+
+# --------------------------------------------------------------------------------------------
+# Running on a task
+
+
+@dataclass
+class EntropyConfig:
+    """What to measure. Validated in ``__post_init__``.
+
+    Attributes:
+        model: "default", a Hub id or a local folder.
+        task: a registered task name (see `topkattn.tasks.TASK_NAMES`).
+        length: prompt length in tokens.
+        samples: prompts.
+        decode_steps: greedy decode steps measured per prompt (after the prefill).
+        ks: k values for top-k mass / entropy ("64" or ratios "0.05" / "5%").
+        seed: task seed (evaluation range).
+        device: "cpu", "cuda" (default: CUDA when available).
+        label: name in tables and plots (default: the model argument).
+    """
+
+    model: str | None = None
+    task: str = "niah_multikey"
+    length: int = 1024
+    samples: int = 4
+    decode_steps: int = 8
+    ks: tuple[str, ...] = ("16", "64")
+    seed: int = 0
+    device: str | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("length", "samples", "decode_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {name}={v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got seed={self.seed!r}")
+        self.ks = tuple(parse_ks(self.ks))
+        if not self.ks:
+            raise ValueError("ks must name at least one k (e.g. 16,64 or 5%)")
+        if self.label is None:
+            self.label = self.model or "default"
+
+
+def measure(model, tokenizer, cfg: EntropyConfig, progress: bool = True) -> dict:
+    """Entropy statistics of ``model`` over ``cfg.samples`` prompts of ``cfg.task``.
+
+    Returns the `EntropyAccumulator.result` dict plus config, greedy answers' accuracy and the
+    label. Each prompt: one dense prefill (not measured), then ``decode_steps`` measured steps.
+    """
+    from rich.progress import Progress
+
+    from topkattn.tasks import get_task
+
+    task = get_task(cfg.task)
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    samples = task.samples(tokenizer, cfg.length, cfg.samples, seed=cfg.seed,
+                           **({"max_length": max_len} if max_len else {}))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scores = []
+    with capture_entropy(model, list(cfg.ks)) as acc, torch.no_grad(), \
+            Progress(disable=not progress, transient=True) as bar:
+        t = bar.add_task(f"entropy {cfg.label}", total=len(samples))
+        for s in samples:
+            ids = tokenizer(s.prompt, return_tensors="pt", add_special_tokens=False)
+            ids = {k: v.to(device) for k, v in ids.items()}
+            out = model(**ids, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            gen = [nxt]
+            mask = ids["attention_mask"]
+            for _ in range(cfg.decode_steps):
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                out = model(input_ids=nxt, attention_mask=mask, past_key_values=past,
+                            use_cache=True)
+                past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                gen.append(nxt)
+            text = tokenizer.decode(torch.cat(gen, 1)[0], skip_special_tokens=True)
+            scores.append(task.score(text, s))
+            bar.advance(t)
+    if was_training:
+        model.train()
+    res = acc.result()
+    res.update({"label": cfg.label, "config": asdict(cfg), "n_samples": len(samples),
+                "accuracy": sum(scores) / len(scores)})
+    return res
+
+
+def run_entropy(cfg: EntropyConfig, compare: EntropyConfig | None = None,
+                out: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Measure one model (and a second with ``compare``); write JSON, markdown and PNGs."""
+    from topkattn.models import load_model
+
+    results = []
+    for c in [cfg] + ([compare] if compare is not None else []):
+        model, tok = load_model(c.model, device=c.device)
+        results.append(measure(model, tok, c, progress=progress))
+        del model
+    if out is not None:
+        write_outputs(results, out)
+    return results
+
+
+def markdown_table(results: list[dict]) -> str:
+    """Per-layer table: dense entropy (nats), then top-k entropy and mass per k, per model."""
+    ks = list(results[0]["topk"])
+    head = ["layer"]
+    for r in results:
+        tag = f" ({r['label']})" if len(results) > 1 else ""
+        head.append(f"H{tag}")
+        for k in ks:
+            head += [f"H top-{k}{tag}", f"mass top-{k}{tag}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    layers = results[0]["layers"]
+    for i, L in enumerate(layers):
+        row = [str(L)]
+        for r in results:
+            pl = r["per_layer"]
+            row.append(f"{pl['entropy'][i]:.3f}")
+            for k in ks:
+                row += [f"{pl['topk'][k]['entropy'][i]:.3f}", f"{pl['topk'][k]['mass'][i]:.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    row = ["mean"]
+    for r in results:
+        pl = r["per_layer"]
+        row.append(f"{sum(pl['entropy']) / len(pl['entropy']):.3f}")
+        for k in ks:
+            e, m = pl["topk"][k]["entropy"], pl["topk"][k]["mass"]
+            row += [f"{sum(e) / len(e):.3f}", f"{sum(m) / len(m):.3f}"]
+    lines.append("| " + " | ".join(row) + " |")
+    notes = []
+    for r in results:
+        kv = ", ".join(f"{k} -> {v} keys" for k, v in r["k_values"].items())
+        notes.append(f"- {r['label']}: task {r['config']['task']}, {r['n_samples']} prompts of "
+                     f"{r['config']['length']} tokens, {r['config']['decode_steps']} decode steps "
+                     f"each; mean context {r['mean_context']:.0f} keys (log n = "
+                     f"{r['log_context']:.3f} nats = uniform attention); k: {kv}; greedy "
+                     f"answer accuracy {r['accuracy']:.2f}")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def write_outputs(results: list[dict], out: str | Path) -> dict[str, Path]:
+    """entropy.json, entropy.md, entropy_heatmap.png, entropy_layers.png under ``out``."""
+    from topkattn.analysis.plots import plot_entropy_heatmap, plot_entropy_layers
+
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"json": d / "entropy.json", "md": d / "entropy.md",
+             "heatmap": d / "entropy_heatmap.png", "layers": d / "entropy_layers.png"}
+    paths["json"].write_text(json.dumps(results, indent=1))
+    paths["md"].write_text("# Attention entropy at decode steps\n\n" + markdown_table(results))
+    plot_entropy_heatmap(results, paths["heatmap"])
+    plot_entropy_layers(results, paths["layers"])
+    return paths
+
+
+__all__ = ["CAPTURE_NAME", "EntropyAccumulator", "EntropyConfig", "capture_entropy", "entropy",
+           "markdown_table", "measure", "run_entropy", "topk_stats", "write_outputs"]

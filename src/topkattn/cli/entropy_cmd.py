@@ -1,0 +1,58 @@
+"""``topkattn entropy``: per layer/head attention entropy and top-k mass at decode steps."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def _length(text: str) -> int:
+    t = text.strip().lower()
+    try:
+        return int(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
+    except ValueError:
+        raise ValueError(f"--length must be a token count such as 1024 or 2k, got {text!r}") \
+            from None
+
+
+def entropy_command(
+    model: str = typer.Option("default", "--model", help="'default', a Hub id or a folder"),
+    task: str = typer.Option("niah_multikey", "--task", help="synthetic task name"),
+    length: str = typer.Option("1k", "--length", help="prompt length in tokens (1024, 2k)"),
+    samples: int = typer.Option(4, "--samples", help="prompts"),
+    steps: int = typer.Option(8, "--steps", help="decode steps measured per prompt"),
+    k: str = typer.Option("16,64", "--k", help="k values for top-k mass: 16,64 or 5%"),
+    seed: int = typer.Option(0, "--seed", help="task seed"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="a second model, side by "
+                                          "side (e.g. after Top-k SFT)"),
+    label: Optional[str] = typer.Option(None, "--label", help="name of --model in outputs"),
+    compare_label: Optional[str] = typer.Option(None, "--compare-label"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda"),
+    out: str = typer.Option("runs/entropy", "--out", help="output folder"),
+) -> None:
+    """Shannon entropy of each layer's and head's attention, renormalised top-k entropy and the
+    attention mass the top k keys hold; JSON, markdown table, heatmap and per-layer plot."""
+    from rich.console import Console
+
+    from topkattn.analysis.entropy import EntropyConfig, run_entropy, write_outputs
+
+    common = dict(task=task, length=_length(length), samples=samples, decode_steps=steps,
+                  ks=k, seed=seed, device=device)
+    cfg = EntropyConfig(model=model, label=label, **common)
+    cmp = EntropyConfig(model=compare, label=compare_label, **common) if compare else None
+    results = run_entropy(cfg, cmp, out=None)
+    paths = write_outputs(results, out)
+    con = Console()
+    for r in results:
+        pl = r["per_layer"]
+        k0 = next(iter(pl["topk"]))
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        con.print(f"{r['label']}: mean entropy {mean(pl['entropy']):.3f} nats "
+                  f"(uniform {r['log_context']:.3f}), top-{k0} mass "
+                  f"{mean(pl['topk'][k0]['mass']):.3f}, accuracy {r['accuracy']:.2f}")
+    con.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("entropy")(entropy_command)
