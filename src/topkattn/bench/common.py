@@ -41,6 +41,25 @@ def time_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
+def time_graph_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float | None:
+    """Median ms of replaying ``fn`` captured in a CUDA graph (no host launch gaps), or None
+    when capture fails. ``fn`` is run a few times first (compilation)."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        return time_ms(g.replay, warmup, rep)
+    except Exception as e:  # pragma: no cover
+        print(f"graph capture failed: {e}")
+        return None
+
+
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth (read + write bytes / time) in GB/s, measured now."""
     a = torch.empty(nbytes // 2, dtype=torch.int16, device="cuda").random_()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from topkattn.bench.common import LLAMA3_8B, env_info, time_ms, write_results
+from topkattn.bench.common import LLAMA3_8B, env_info, time_graph_ms, time_ms, write_results
 
 
 def _naive(q, k, v, kk):
@@ -35,20 +35,28 @@ def run(ctxs: list[int], ks: list[int], batches: list[int], out_dir: str, naive:
             q = torch.randn(B, Hq, 1, D, device="cuda", dtype=dt)
             k = torch.randn(B, Hkv, n, D, device="cuda", dtype=dt)
             v = torch.randn(B, Hkv, n, D, device="cuda", dtype=dt)
-            sdpa = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+            sdpa_fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            sdpa = time_ms(sdpa_fn)
+            sdpa_g = time_graph_ms(sdpa_fn)
             for kk in ks:
                 if kk > n:
                     continue
                 qh = time_ms(lambda: topk_decode(q, k, v, kk))
                 kg = time_ms(lambda: topk_decode(q, k, v, kk, granularity="kv_group"))
+                qh_g = time_graph_ms(lambda: topk_decode(q, k, v, kk))
+                kg_g = time_graph_ms(lambda: topk_decode(q, k, v, kk, granularity="kv_group"))
                 nv = time_ms(lambda: _naive(q, k, v, kk)) if naive and B * n <= 8 * 131072 else None
                 rows.append({"B": B, "ctx": n, "k": kk, "sdpa_ms": sdpa, "ours_qhead_ms": qh,
                              "ours_kvgroup_ms": kg, "naive_ms": nv,
                              "ratio_qhead_vs_sdpa": qh / sdpa, "ratio_kvgroup_vs_sdpa": kg / sdpa,
+                             "sdpa_graph_ms": sdpa_g, "qhead_graph_ms": qh_g, "kvgroup_graph_ms": kg_g,
+                             "graph_ratio_qhead": qh_g / sdpa_g if qh_g and sdpa_g else None,
+                             "graph_ratio_kvgroup": kg_g / sdpa_g if kg_g and sdpa_g else None,
                              "case": f"B{B} {n // 1024}k k={kk}"})
             del q, k, v
             torch.cuda.empty_cache()
     write_results("decode", rows, ["B", "ctx", "k", "sdpa_ms", "ours_qhead_ms", "ours_kvgroup_ms", "naive_ms",
-                                   "ratio_qhead_vs_sdpa", "ratio_kvgroup_vs_sdpa"], out_dir, env_info(),
+                                   "ratio_qhead_vs_sdpa", "ratio_kvgroup_vs_sdpa", "sdpa_graph_ms",
+                                   "qhead_graph_ms", "kvgroup_graph_ms", "graph_ratio_qhead", "graph_ratio_kvgroup"], out_dir, env_info(),
                   plot=("case", "top-k decode vs SDPA dense (ms)", ["sdpa_ms", "ours_qhead_ms", "ours_kvgroup_ms"]))
     return rows

@@ -236,8 +236,8 @@ def select_rows(
     rows_per_len: int = 1,
     sink: int = 0,
     local: int = 0,
-    block: int = 512,
-    num_warps: int = 4,
+    block: int = 2048,
+    num_warps: int = 8,
     cap: int | None = None,
 ) -> torch.Tensor:
     """Top-k positions of each row plus forced positions; the building block of the kernels.
@@ -250,7 +250,7 @@ def select_rows(
         sink, local: forced first / last visible positions of each row (appended after the
             top-k; they are not candidates).
         cap: scratch entries per row for the candidates of the threshold bin (default
-            max(4096, 2k)); a larger bin falls back to re-reading the row.
+            max(16384, 2k)); a larger bin falls back to re-reading the row.
 
     Returns:
         int32 [R, k + sink + local]: the selected positions (order: unspecified within the
@@ -266,7 +266,7 @@ def select_rows(
     kout = k + sink + local
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
     hist = torch.zeros(R, NB0, dtype=torch.int32, device=dev)
-    cap = min(n, max(4096, 2 * k)) if cap is None else max(1, cap)
+    cap = min(n, max(16384, 2 * k)) if cap is None else max(1, cap)
     bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
     hblock = 4096

@@ -30,7 +30,7 @@ from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import _f32_key
 from topkattn.ops.topk.triton_sparse import INTERPRET, check_qkv, mm
 
-P_INF = 2**31 - 1
+P_INF: tl.constexpr = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
