@@ -424,7 +424,85 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["DownstreamRow", "METRICS", "PRECISION_SWEEP", "build_selector", "correlate",
+# ---------------------------------------------------------------------------------------------
+# DeepSeek-V3.2's built-in indexer
+
+
+@torch.no_grad()
+def deepseek_v32_indexer_fidelity(model, input_ids: torch.Tensor, topk: int,
+                                  min_pos: int | None = None) -> dict[str, Any]:
+    """Precision of a ``deepseek_v32`` checkpoint's own Lightning Indexer vs exact top-k of the
+    model's attention, measured the same way as our selectors.
+
+    The model runs densely (``index_topk`` raised above the length, eager attention, so the
+    returned attention weights are the dense distributions); each layer's indexer is re-run
+    on its captured inputs with ``index_topk = topk``. The indexer picks one set per query row
+    for all heads, so it is compared with the exact top-k of the head-summed attention
+    (``precision``) and, per head, with each head's own top-k (``precision_per_head``).
+    Rows at positions >= ``min_pos`` (default 2 * topk) are measured.
+
+    Returns precision, precision_per_head, mass_recall (mean over heads), random_precision
+    (the chance level, mean of topk / visible keys) and the same per layer.
+    """
+    cfg = model.config
+    if cfg.model_type != "deepseek_v32":
+        raise ValueError(f"model must be a deepseek_v32 model, got model_type={cfg.model_type!r}")
+    L = input_ids.shape[1]
+    min_pos = 2 * topk if min_pos is None else min_pos
+    if min_pos >= L:
+        raise ValueError(f"min_pos ({min_pos}) must be below the sequence length ({L})")
+    captured: dict[int, tuple] = {}
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        ind = layer.self_attn.indexer
+
+        def hook(mod, args, kwargs, i=i):
+            captured[i] = (args, kwargs)
+
+        hooks.append(ind.register_forward_pre_hook(hook, with_kwargs=True))
+    prev_topk = cfg.index_topk
+    prev_impl = cfg._attn_implementation
+    try:
+        for layer in model.model.layers:
+            layer.self_attn.indexer.index_topk = max(prev_topk, L)
+        model.set_attn_implementation("eager")
+        out = model(input_ids=input_ids, output_attentions=True, use_cache=False)
+        per_layer = []
+        for i, layer in enumerate(model.model.layers):
+            ind = layer.self_attn.indexer
+            ind.index_topk = topk
+            args, kwargs = captured[i]
+            sel_idx = ind(*args, **kwargs).long()  # [B, S, topk]
+            att = out.attentions[i].float()  # [B, H, S, S]
+            rows = torch.arange(min_pos, L, device=att.device)
+            a = att[:, :, rows]  # [B, H, R, S]
+            vis = torch.arange(L, device=att.device)[None] <= rows[:, None]  # [R, S]
+            sel = torch.zeros_like(a[:, 0], dtype=torch.bool).scatter(-1, sel_idx[:, rows], True)
+            sel &= vis
+            n = topk
+            summed = a.sum(1)
+            exact = torch.zeros_like(sel).scatter(
+                -1, summed.masked_fill(~vis, -1).topk(n, -1).indices, True)
+            exact_h = torch.zeros_like(a, dtype=torch.bool).scatter(
+                -1, a.masked_fill(~vis, -1).topk(n, -1).indices, True)
+            per_layer.append({
+                "precision": float((sel & exact).sum(-1).float().mean() / n),
+                "precision_per_head": float((sel[:, None] & exact_h).sum(-1).float().mean() / n),
+                "mass_recall": float((a * sel[:, None]).sum(-1).mean()),
+                "random_precision": float((n / (rows + 1).float()).mean()),
+            })
+    finally:
+        for h in hooks:
+            h.remove()
+        for layer in model.model.layers:
+            layer.self_attn.indexer.index_topk = prev_topk
+        model.set_attn_implementation(prev_impl)
+    res: dict[str, Any] = {m: sum(r[m] for r in per_layer) / len(per_layer) for m in per_layer[0]}
+    res["per_layer"] = per_layer
+    return res
+
+
+__all__ = ["DownstreamRow", "deepseek_v32_indexer_fidelity", "METRICS", "PRECISION_SWEEP", "build_selector", "correlate",
            "default_sweep", "markdown_table", "measure_fidelity", "parse_selector_spec",
            "pearson", "plot_downstream", "plot_per_layer", "run_downstream", "step_metrics",
            "summarize", "write_json"]

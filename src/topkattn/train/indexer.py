@@ -186,6 +186,29 @@ def indexer_loss(layer, rec: LayerRecord, restrict_topk: int = 0) -> torch.Tenso
     return kl.sum(-1).mean()
 
 
+def fit_indexer(indexer: LightningIndexer, data: list[list[LayerRecord]], steps: int,
+                lr: float = 3e-3, restrict_topk: int = 0, bar=None) -> list[float]:
+    """Adam on the mean over layers of `indexer_loss`, one recorded sequence per step
+    (cycling), warm-up then cosine decay. Returns the loss of every step."""
+    opt = torch.optim.Adam(indexer.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    losses = []
+    job = bar.add_task("fitting indexer", total=steps) if bar is not None else None
+    for step in range(steps):
+        seq = data[step % len(data)]
+        loss = sum(indexer_loss(indexer.layers[i], r, restrict_topk)
+                   for i, r in enumerate(seq)) / len(seq)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(job, advance=1, description=f"fitting indexer (KL {loss.item():.3f})")
+    return losses
+
+
 def train_indexer(cfg: IndexerTrainConfig, model=None, tokenizer=None,
                   progress: bool = True) -> IndexerTrainResult:
     """Record the model's attention on task prompts and fit a Lightning Indexer to it.
@@ -218,25 +241,11 @@ def train_indexer(cfg: IndexerTrainConfig, model=None, tokenizer=None,
             rows = sample_rows(ids.shape[1], cfg.rows, rng)
             data.append(record_sequence(model, ids, rows, cfg.query_source))
             bar.advance(job)
-        opt = torch.optim.Adam(indexer.parameters(), lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-        losses = []
-        job = bar.add_task("fitting indexer", total=cfg.steps)
-        for step in range(cfg.steps):
-            seq = data[step % len(data)]
-            loss = sum(indexer_loss(indexer.layers[i], r, cfg.restrict_topk)
-                       for i, r in enumerate(seq)) / len(seq)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(job, advance=1, description=f"fitting indexer (KL {loss.item():.3f})")
+        losses = fit_indexer(indexer, data, cfg.steps, cfg.lr, cfg.restrict_topk, bar)
     path = indexer.save(cfg.out)
     return IndexerTrainResult(out=path, losses=losses, seconds=time.time() - t0,
                               sequences=len(data))
 
 
-__all__ = ["IndexerTrainConfig", "IndexerTrainResult", "LayerRecord", "indexer_loss",
+__all__ = ["IndexerTrainConfig", "IndexerTrainResult", "LayerRecord", "fit_indexer", "indexer_loss",
            "record_sequence", "sample_rows", "train_indexer"]
