@@ -1,13 +1,15 @@
 """Exact top-k selection per row in Triton: radix select over the fp32 bit pattern, no sort.
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
-1. ``_hist_kernel`` (grid rows x blocks): histogram of the top 12 bits of the order-preserving
-   uint32 key of every candidate score, accumulated with atomics into [R, 4096].
-2. ``_pick_kernel`` (one program per row): the 12-bit bin b holding the k-th largest key.
+1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of the top byte of the
+   order-preserving uint32 key of every candidate score (atomics into [R, 256]);
+   ``_pick_kernel`` (one program per row) picks the byte holding the k-th largest key; a second
+   hist/pick round over the next byte narrows it to a 16-bit bin b (two 256-bin rounds cost far
+   less than one 4096-bin histogram: Triton's histogram is O(bins) per element).
 3. ``_scan_kernel`` (grid rows x blocks): streams the row once, writing every position of a
    higher bin straight to the output and compacting the (key, position) pairs of bin b into a
    scratch buffer, both through per-row atomic cursors.
-4. ``_finish_kernel`` (one program per row): three radix passes (8 + 8 + 4 bits) over that
+4. ``_finish_kernel`` (one program per row): two radix passes (8 + 8 bits) over that
    small buffer give the exact k-th key T and the number of ties at T still needed; the
    rare partial tie is cut at a position found by bisection (the lowest positions win, as in
    the reference); a last pass writes keys > T and the kept ties. When bin b is larger than
@@ -28,7 +30,6 @@ import triton.language as tl
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
 
-NB0 = 4096  # first-level bins: the top 12 bits of the key
 
 
 @triton.jit
@@ -91,33 +92,55 @@ def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem,
 
 
 @triton.jit
-def _hist_kernel(S, stride_s, LENS, HSEL, sink, local, HIST, BLOCK: tl.constexpr):
+def _hist_kernel(S, stride_s, LENS, HSEL, sink, local, HIST, INFO, LEVEL2: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """256-bin histogram of key bits [31:24] (level 1) or of bits [23:16] among keys whose
+    top byte is the level-1 bin (level 2), accumulated with atomics into HIST [R, 256]."""
     r = tl.program_id(0)
     blk = tl.program_id(1)
     L = tl.load(LENS + r // HSEL)
     c_lo, c_hi = _cand_range(L, sink, local)
-    if blk * BLOCK < c_hi:
+    go = blk * BLOCK < c_hi
+    if LEVEL2:
+        go = go & (tl.load(INFO + r * 4) != 0)
+    if go:
         pos = blk * BLOCK + tl.arange(0, BLOCK)
         m = (pos >= c_lo) & (pos < c_hi)
         x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=m, other=0.0).to(tl.float32)
-        pre = (_f32_key(x) >> 20).to(tl.int32)
-        h = tl.histogram(pre, 4096, mask=m)
-        tl.atomic_add(HIST + r.to(tl.int64) * 4096 + tl.arange(0, 4096), h, mask=h > 0)
+        key = _f32_key(x)
+        if LEVEL2:
+            b1 = tl.load(INFO + r * 4 + 1).to(tl.uint32)
+            m = m & ((key >> 24) == b1)
+            dg = ((key >> 16) & 255).to(tl.int32)
+        else:
+            dg = (key >> 24).to(tl.int32)
+        h = tl.histogram(dg, 256, mask=m)
+        tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
 
 
 @triton.jit
-def _pick_kernel(HIST, LENS, HSEL, sink, local, k, INFO):
-    """Per row: INFO = (mode, bin b, count above b, count in b); mode 0 = keep all candidates."""
+def _pick_kernel(HIST, LENS, HSEL, sink, local, k, INFO, LEVEL2: tl.constexpr):
+    """Per row: INFO = (mode, bin, count above the bin, count in the bin); mode 0 = keep all
+    candidates. Level 1 picks the top byte; level 2 extends it to the top 16 bits."""
     r = tl.program_id(0)
     L = tl.load(LENS + r // HSEL)
     c_lo, c_hi = _cand_range(L, sink, local)
-    h0 = tl.load(HIST + r.to(tl.int64) * 4096 + tl.arange(0, 4096))
-    b, above, nb = _pick(h0, k, 4096)
-    mode = (c_hi - c_lo > k).to(tl.int32)
-    tl.store(INFO + r * 4 + 0, mode)
-    tl.store(INFO + r * 4 + 1, b)
-    tl.store(INFO + r * 4 + 2, above)
-    tl.store(INFO + r * 4 + 3, nb)
+    h = tl.load(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256))
+    if LEVEL2:
+        mode = tl.load(INFO + r * 4)
+        b1 = tl.load(INFO + r * 4 + 1)
+        above1 = tl.load(INFO + r * 4 + 2)
+        b2, above2, nb = _pick(h, k - above1, 256)
+        if mode != 0:
+            tl.store(INFO + r * 4 + 1, b1 * 256 + b2)
+            tl.store(INFO + r * 4 + 2, above1 + above2)
+            tl.store(INFO + r * 4 + 3, nb)
+    else:
+        b, above, nb = _pick(h, k, 256)
+        tl.store(INFO + r * 4 + 0, (c_hi - c_lo > k).to(tl.int32))
+        tl.store(INFO + r * 4 + 1, b)
+        tl.store(INFO + r * 4 + 2, above)
+        tl.store(INFO + r * 4 + 3, nb)
 
 
 @triton.jit
@@ -140,7 +163,7 @@ def _scan_kernel(S, stride_s, LENS, HSEL, sink, local, INFO, CNT, OUT, stride_o,
             bu = tl.load(INFO + r * 4 + 1).to(tl.uint32)
             nb = tl.load(INFO + r * 4 + 3)
             key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=m, other=0.0).to(tl.float32))
-            pre = key >> 20
+            pre = key >> 16
             up = m & (pre > bu)
             ui = up.to(tl.int32)
             nup = tl.sum(ui, 0)
@@ -183,10 +206,9 @@ def _finish_kernel(S, stride_s, LENS, HSEL, sink, local, k, INFO, OUT, stride_o,
         cursor = above
         use_buf = nb <= CAP
         n_src = tl.where(use_buf, nb, ncand)
-        want = bu << 20
-        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 20, 12, 8, BLOCK)
-        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 12, 4, 8, BLOCK)
-        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 4, 0, 4, BLOCK)
+        want = bu << 16
+        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 16, 8, 8, BLOCK)
+        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 8, 0, 8, BLOCK)
         # ties at want: count them; when some must be dropped, find the position cutoff P
         # (the buffer is not in position order) by bisection over positions
         nt = ncand * 0
@@ -210,7 +232,7 @@ def _finish_kernel(S, stride_s, LENS, HSEL, sink, local, k, INFO, OUT, stride_o,
             P = lo
         for start in range(0, n_src, BLOCK):
             key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
-            match = valid & ((key >> 20) == bu)
+            match = valid & ((key >> 16) == bu)
             sel = match & ((key > want) | ((key == want) & (pos <= P)))
             si = sel.to(tl.int32)
             tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
@@ -265,17 +287,20 @@ def select_rows(
         rows_per_len = 1
     kout = k + sink + local
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
-    hist = torch.zeros(R, NB0, dtype=torch.int32, device=dev)
+    hist = torch.zeros(2, R, 256, dtype=torch.int32, device=dev)
     cap = min(n, max(16384, 2 * k)) if cap is None else max(1, cap)
     bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
     hblock = 4096
-    _hist_kernel[(R, triton.cdiv(n, hblock))](
-        scores, scores.stride(0), lens, rows_per_len, sink, local, hist, BLOCK=hblock, num_warps=8
-    )
     info = torch.empty(R, 4, dtype=torch.int32, device=dev)
     cnt = torch.zeros(R, 2, dtype=torch.int32, device=dev)
-    _pick_kernel[(R,)](hist, lens, rows_per_len, sink, local, k, info, num_warps=4)
+    for level in (0, 1):
+        _hist_kernel[(R, triton.cdiv(n, hblock))](
+            scores, scores.stride(0), lens, rows_per_len, sink, local, hist[level], info,
+            LEVEL2=level == 1, BLOCK=hblock, num_warps=8,
+        )
+        _pick_kernel[(R,)](hist[level], lens, rows_per_len, sink, local, k, info, LEVEL2=level == 1,
+                           num_warps=4)
     sblock = 2048
     _scan_kernel[(R, triton.cdiv(n, sblock))](
         scores, scores.stride(0), lens, rows_per_len, sink, local, info, cnt, out, out.stride(0),
