@@ -63,8 +63,7 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
     if Lq == 1 and not needs_grad:
         from topkattn.ops.topk.triton_decode import topk_decode
 
-        if not causal and Lk > 0:  # one query sees every (unpadded) key either way
-            pass
+        # causal or not, one query at the last position sees every (unpadded) key
         return topk_decode(q, k, v, topk, scale, sink, local, granularity, lens, return_lse)
     if granularity != "query_head" or lens is not None:
         return None
