@@ -1,0 +1,98 @@
+"""``topkattn eval``: accuracy of Top-k decoding vs full attention on long-context tasks."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def eval_command(
+    model: str = typer.Option("default", "--model",
+                              help="'default' (embedded SmolLM2-135M-Instruct), a Hub id, a "
+                              "model folder or a .gguf file"),
+    task: str = typer.Option("passkey,niah_multikey,vartrack,kv", "--task",
+                             help="comma-separated tasks: passkey, niah_multikey, vartrack, kv, "
+                             "longbench_v2:<file>, helmet:<file>"),
+    lengths: str = typer.Option("1k,2k,4k", "--lengths",
+                                help="comma-separated prompt lengths in tokens of the model's "
+                                "tokenizer, e.g. 1k,2k,4k or 1024,2048"),
+    k: str = typer.Option("8,32,128,full", "--k",
+                          help="comma-separated k settings: an integer (keys per query), a "
+                          "ratio such as 0.05 or 5%, or 'full' (dense; always measured)"),
+    samples: int = typer.Option(10, "--samples",
+                                help="samples per task and length (needle depths swept "
+                                "evenly over them)"),
+    seed: int = typer.Option(0, "--seed", help="task seed: the same seed gives the same "
+                             "prompts"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="greedy answer tokens per sample "
+                                                 "(default: each task's own budget)"),
+    sink: int = typer.Option(0, "--sink", help="first positions always kept (attention "
+                             "sinks), in addition to k"),
+    local: int = typer.Option(0, "--local", help="most recent positions always kept, in "
+                              "addition to k"),
+    dense_layers: str = typer.Option("", "--dense-layers",
+                                     help="comma-separated layer indices left dense, e.g. 0,1"),
+    granularity: str = typer.Option("query_head", "--granularity",
+                                    help="'query_head' (one selection per query head) or "
+                                    "'kv_group' (one per KV head)"),
+    selector: str = typer.Option("exact", "--selector",
+                                 help="selector name ('exact' is exact Top-k by q.k; see "
+                                 "`topkattn info` for the others)"),
+    device: Optional[str] = typer.Option(None, "--device",
+                                         help="cpu, cuda, ... (default: cuda when available)"),
+    out: str = typer.Option("runs/eval", "--out",
+                            help="output folder; a rerun with the same folder resumes"),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="CPU threads for torch (default: torch's "
+                                          "choice; 1 is much faster on a busy shared CPU)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    report_only: bool = typer.Option(False, "--report-only",
+                                     help="only rewrite summary, table and plot from the "
+                                     "finished lines in --out (no model is loaded)"),
+) -> None:
+    """Accuracy of Top-k decoding vs full attention: JSONL, summary, table and plot."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from topkattn.cli import CLIError
+    from topkattn.evaluation import EvalConfig, report_only as make_report, run_eval
+
+    try:
+        layers = tuple(int(x) for x in dense_layers.split(",") if x.strip())
+    except ValueError:
+        raise CLIError(f"--dense-layers must be comma-separated layer indices, got "
+                       f"{dense_layers!r}") from None
+    cfg = EvalConfig(
+        tasks=tuple(t for t in task.split(",") if t.strip()),
+        lengths=tuple(x for x in lengths.split(",") if x.strip()),
+        ks=tuple(x for x in k.split(",") if x.strip()),
+        samples=samples, seed=seed, max_new_tokens=max_new_tokens, sink=sink, local=local,
+        dense_layers=layers, granularity=granularity, selector=selector, out=out,
+        progress=not quiet,
+    )
+    con = Console()
+    if report_only:
+        summary = make_report(cfg)
+        con.print(Markdown(summary.table()))
+        con.print(f"reports in {summary.out}")
+        return
+    if threads is not None:
+        if threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    from topkattn.models import load_model
+
+    m, tok = load_model(model, device=device)
+    summary = run_eval(m, tok, cfg)
+    con.print(Markdown(summary.table()))
+    con.print(f"results in {summary.out} ({summary.seconds:.0f} s): "
+              + ", ".join(p.name for p in summary.files.values()))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` to the app."""
+    app.command("eval")(eval_command)

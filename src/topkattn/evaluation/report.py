@@ -1,0 +1,131 @@
+"""Reports of an evaluation run: summary JSON, markdown table and accuracy plot.
+
+- ``summary.json``: the config and one entry per (task, length, k) with ``n`` (samples scored),
+  ``score_sum`` and ``accuracy`` (mean score).
+- ``table.md``: rows task x length, columns full attention then each k (accuracy in [0, 1]).
+- ``accuracy.png``: one panel per task, accuracy vs k (categorical axis in the order given),
+  one line per length, full attention as a dashed line of the same colour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from topkattn.evaluation.runner import Cell, EvalConfig, Summary
+
+SUMMARY_FILE = "summary.json"
+TABLE_FILE = "table.md"
+PLOT_FILE = "accuracy.png"
+
+
+def aggregate(rows: Iterable[dict]) -> list["Cell"]:
+    """Cells (task, length, k) with sample counts and score sums, in first-seen order."""
+    from topkattn.evaluation.runner import Cell
+
+    cells: dict[tuple[str, int, str], Cell] = {}
+    for r in rows:
+        key = (r["task"], int(r["length"]), str(r["k"]))
+        c = cells.setdefault(key, Cell(task=key[0], length=key[1], k=key[2], n=0, score_sum=0.0))
+        c.n += 1
+        c.score_sum += float(r["score"])
+    return list(cells.values())
+
+
+def _rows_of(cells: list["Cell"]) -> list[tuple[str, int]]:
+    seen: dict[tuple[str, int], None] = {}
+    for c in cells:
+        seen.setdefault((c.task, c.length), None)
+    return sorted(seen, key=lambda tl: ([c.task for c in cells].index(tl[0]), tl[1]))
+
+
+def markdown_table(cells: list["Cell"], ks: Iterable[str]) -> str:
+    """Markdown table: rows task x length, columns ``full`` then each k; ``n`` per row."""
+    ks = list(ks)
+    by = {(c.task, c.length, c.k): c for c in cells}
+    head = "| task | length | n | " + " | ".join(
+        "full" if k == "full" else f"k={k}" for k in ks) + " |"
+    sep = "|---|---:|---:|" + "---:|" * len(ks)
+    lines = [head, sep]
+    for task, length in _rows_of(cells):
+        ns = {by[(task, length, k)].n for k in ks if (task, length, k) in by}
+        n = str(max(ns)) if ns else "0"
+        vals = []
+        for k in ks:
+            c = by.get((task, length, k))
+            vals.append(f"{c.accuracy:.2f}" if c and c.n else "-")
+        lines.append(f"| {task} | {length} | {n} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(cells: list["Cell"], ks: Iterable[str], path: Path, title: str = "") -> Path:
+    """Accuracy vs k, one panel per task, one line per length, full attention dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(ks)
+    sparse = [k for k in ks if k != "full"]
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    lengths = sorted({c.length for c in cells})
+    by = {(c.task, c.length, c.k): c for c in cells}
+    ncol = min(len(tasks), 4) or 1
+    nrow = (len(tasks) + ncol - 1) // ncol or 1
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False,
+                             sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x = list(range(len(sparse)))
+    for i, task in enumerate(tasks):
+        ax = axes[i // ncol][i % ncol]
+        for j, length in enumerate(lengths):
+            col = colors[j % len(colors)]
+            ys = [by[(task, length, k)].accuracy if (task, length, k) in by else float("nan")
+                  for k in sparse]
+            if sparse:
+                ax.plot(x, ys, marker="o", color=col, label=f"{length} tok")
+            full = by.get((task, length, "full"))
+            if full is not None:
+                ax.axhline(full.accuracy, color=col, linestyle="--", linewidth=1,
+                           label=f"{length} full" if not sparse else None)
+        ax.set_title(task)
+        ax.set_xticks(x, [f"k={k}" for k in sparse])
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("Top-k decoding (dashed: full attention)")
+        if i % ncol == 0:
+            ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    for i in range(len(tasks), nrow * ncol):
+        axes[i // ncol][i % ncol].axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_reports(cfg: "EvalConfig", rows: list[dict], out: Path) -> "Summary":
+    """Write summary JSON, markdown table and plot for ``rows``; return the `Summary`."""
+    from topkattn.evaluation.runner import Summary
+
+    cells = aggregate(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / SUMMARY_FILE
+    summary_path.write_text(json.dumps({
+        "config": cfg.to_json(),
+        "cells": [{"task": c.task, "length": c.length, "k": c.k, "n": c.n,
+                   "score_sum": c.score_sum, "accuracy": c.accuracy} for c in cells],
+    }, indent=2) + "\n")
+    table_path = out / TABLE_FILE
+    table_path.write_text(markdown_table(cells, cfg.ks))
+    plot_path = plot_accuracy(cells, cfg.ks, out / PLOT_FILE,
+                              title=f"Top-k decoding vs full attention ({cfg.samples} "
+                                    f"samples per point)")
+    return Summary(config=cfg, cells=cells, out=out,
+                   files={"results": out / "results.jsonl", "summary": summary_path,
+                          "table": table_path, "plot": plot_path})

@@ -1,0 +1,377 @@
+"""Accuracy of Top-k decoding against full attention on long-context tasks.
+
+For every sample the prompt is prefilled ONCE with dense attention, except its last token
+(``model(input_ids[:, :-1], use_cache=True)``). Then, for full attention and for each k, a deep
+copy of that cache is taken, the last prompt token is fed as the first decode step and the
+answer is decoded greedily inside ``sparsify(model, TopKConfig(k=..., phases=("decode",)))``,
+so that even the first answer token comes from a Top-k decode step (Top-k Decoding, as in
+arXiv 2512.03494). Full attention decodes without `sparsify`.
+
+Results: ``results.jsonl`` gets one line per (sample, k), flushed at once; a rerun with the same
+output folder skips finished (task, length, sample, k) keys, so an interrupted run resumes.
+`topkattn.evaluation.report` then writes ``summary.json``, ``table.md`` and ``accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from topkattn.config import TopKConfig, parse_k
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "eval_config.json"
+
+
+def parse_length(text: str | int) -> int:
+    """``"1k"`` -> 1024, ``"4K"`` -> 4096, ``"1024"`` -> 1024, ``"1.5k"`` -> 1536.
+
+    Raises ValueError naming the value for anything else.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = text
+    else:
+        t = str(text).strip().lower()
+        try:
+            n = round(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
+        except ValueError:
+            raise ValueError(
+                f"length must be a number of tokens such as 1024 or 1k, got {text!r}"
+            ) from None
+    if n <= 0:
+        raise ValueError(f"length must be a positive number of tokens, got {text!r}")
+    return n
+
+
+def k_label(text: str) -> str:
+    """Canonical label of a k setting: ``"full"``, ``"64"``, ``"5%"``, ``"0.05"``."""
+    t = str(text).strip().lower()
+    return "full" if t in ("full", "dense") else t
+
+
+@dataclass
+class EvalConfig:
+    """What `run_eval` measures (validated on construction).
+
+    Attributes:
+        tasks: task names (`topkattn.tasks.get_task`), e.g. ``("passkey", "kv")``.
+        lengths: prompt lengths in tokens (ints, or strings such as ``"2k"``).
+        ks: k settings as for the CLI: ``"64"`` (absolute), ``"5%"``/``"0.05"`` (ratio) or
+            ``"full"``; full attention is always measured and comes first.
+        samples: samples per (task, length) cell; needle depths are swept across them.
+        seed: task seed (the same seed gives the same prompts).
+        max_new_tokens: greedy decode budget per answer; None uses each task's default.
+        sink, local, dense_layers, granularity, selector, selector_args, backend: the
+            `TopKConfig` fields shared by every k (phases is always ``("decode",)``).
+        out: output folder (``results.jsonl``, ``summary.json``, ``table.md``,
+            ``accuracy.png``).
+        progress: show a rich progress bar.
+    """
+
+    tasks: tuple[str, ...] = ("passkey",)
+    lengths: tuple[int, ...] = (1024,)
+    ks: tuple[str, ...] = ("full",)
+    samples: int = 10
+    seed: int = 0
+    max_new_tokens: int | None = None
+    sink: int = 0
+    local: int = 0
+    dense_layers: tuple[int, ...] = ()
+    granularity: str = "query_head"
+    selector: str = "exact"
+    selector_args: dict = field(default_factory=dict)
+    backend: str = "auto"
+    out: str | Path = "runs/eval"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from topkattn.tasks import get_task
+
+        if isinstance(self.tasks, str):
+            self.tasks = tuple(t for t in self.tasks.split(",") if t.strip())
+        self.tasks = tuple(t.strip() for t in self.tasks)
+        if not self.tasks:
+            raise ValueError("tasks must name at least one task")
+        for t in self.tasks:
+            get_task(t)  # raises ValueError naming an unknown task and the allowed names
+        if isinstance(self.lengths, (str, int)):
+            self.lengths = tuple(str(self.lengths).split(","))
+        self.lengths = tuple(parse_length(x) for x in self.lengths)
+        if not self.lengths:
+            raise ValueError("lengths must hold at least one length")
+        if isinstance(self.ks, str):
+            self.ks = tuple(self.ks.split(","))
+        labels = [k_label(k) for k in self.ks if str(k).strip()]
+        for k in labels:
+            parse_k(k)  # raises TopKConfigError (a ValueError) naming a bad k
+        # full first, then the sparse settings in the given order, without duplicates
+        self.ks = ("full",) + tuple(dict.fromkeys(k for k in labels if k != "full"))
+        for name in ("samples",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_new_tokens is not None and (
+            isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int)
+            or self.max_new_tokens < 1
+        ):
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got "
+                             f"{self.max_new_tokens!r}")
+        self.dense_layers = tuple(self.dense_layers)
+        self.out = Path(self.out)
+        self.topk_config("64")  # validates sink, local, dense_layers, granularity, selector
+
+    def topk_config(self, k: str) -> TopKConfig | None:
+        """The `TopKConfig` of one k label (None for full attention)."""
+        parsed = parse_k(k)
+        if parsed is None:
+            return None
+        return TopKConfig(
+            k=parsed.k, k_ratio=parsed.k_ratio, phases=("decode",), sink=self.sink,
+            local=self.local, dense_layers=self.dense_layers, granularity=self.granularity,
+            selector=self.selector, selector_args=dict(self.selector_args),
+            backend=self.backend,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+
+@dataclass
+class Cell:
+    """Accuracy of one (task, length, k) cell."""
+
+    task: str
+    length: int
+    k: str
+    n: int
+    score_sum: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.score_sum / self.n if self.n else float("nan")
+
+
+@dataclass
+class Summary:
+    """What `run_eval` measured, and where it wrote it."""
+
+    config: EvalConfig
+    cells: list[Cell]
+    out: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def accuracy(self, task: str, length: int, k: str) -> float | None:
+        for c in self.cells:
+            if c.task == task and c.length == length and c.k == k:
+                return c.accuracy
+        return None
+
+    def table(self) -> str:
+        """The markdown table (rows task x length, columns full then each k)."""
+        from topkattn.evaluation.report import markdown_table
+
+        return markdown_table(self.cells, self.config.ks)
+
+
+def record_key(task: str, length: int, sample_id: str, k: str) -> str:
+    """Resume key of one result line."""
+    return f"{task}/{length}/{sample_id}/{k}"
+
+
+def read_results(path: Path) -> list[dict]:
+    """Result lines of a JSONL file (a torn last line from an interrupted run is ignored)."""
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _end_with_newline(path: Path) -> None:
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            last = f.read(1)
+        if last != b"\n":
+            with path.open("a", encoding="utf-8") as f:
+                f.write("\n")
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Token ids that end an answer: the tokenizer's and generation config's EOS tokens."""
+    ids: set[int] = set()
+    for v in (getattr(tokenizer, "eos_token_id", None),
+              getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if v is None:
+            continue
+        ids.update(v if isinstance(v, (list, tuple, set)) else [v])
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        try:
+            i = tokenizer.convert_tokens_to_ids(tok)
+        except Exception:  # pragma: no cover - tokenizer without the method
+            continue
+        if isinstance(i, int) and i >= 0 and i != getattr(tokenizer, "unk_token_id", None):
+            ids.add(i)
+    return ids
+
+
+def greedy_decode(model, first_token, cache, max_new_tokens: int, eos: set[int]) -> list[int]:
+    """Greedy decoding from ``cache``: feed ``first_token`` [1, 1], then each argmax.
+
+    Returns the generated token ids (an EOS token ends decoding and is not returned).
+    """
+    import torch
+
+    out_ids: list[int] = []
+    tok = first_token
+    for _ in range(max_new_tokens):
+        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        nxt = int(out.logits[0, -1].argmax())
+        if nxt in eos:
+            break
+        out_ids.append(nxt)
+        tok = torch.tensor([[nxt]], device=first_token.device)
+    return out_ids
+
+
+def _sparsify(model, cfg: TopKConfig | None):
+    if cfg is None:
+        return contextlib.nullcontext()
+    from topkattn.integrations.hf import sparsify
+
+    return sparsify(model, cfg)
+
+
+def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
+    """Evaluate full attention and Top-k decoding at each k; write results; return a Summary.
+
+    Raises ValueError when a length exceeds the model's context (``max_position_embeddings``)
+    before any work is done.
+    """
+    import torch
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from topkattn.evaluation.report import write_reports
+    from topkattn.tasks import get_task
+    from topkattn.tasks.base import check_length
+
+    t_start = time.perf_counter()
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    for length in cfg.lengths:
+        check_length(length, max_len)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    results_path = out / RESULTS_FILE
+    done = {record_key(r["task"], r["length"], r["sample_id"], r["k"])
+            for r in read_results(results_path)}
+    settings = [(k, cfg.topk_config(k)) for k in cfg.ks]
+    _end_with_newline(results_path)  # a torn last line must not swallow the next record
+    device = next(model.parameters()).device
+    eos = eos_token_ids(model, tokenizer)
+    tasks = [(name, get_task(name)) for name in cfg.tasks]
+
+    was_training = model.training
+    model.eval()
+    columns = (TextColumn("[bold]eval[/] {task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    total = len(tasks) * len(cfg.lengths) * cfg.samples
+    expected: set[str] = set()
+    try:
+        with results_path.open("a", encoding="utf-8") as f, torch.no_grad(), \
+                Progress(*columns, disable=not cfg.progress) as bar:
+            prog = bar.add_task("", total=total)
+            for name, task in tasks:
+                label = task.name or name
+                max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", 16)
+                for length in cfg.lengths:
+                    bar.update(prog, description=f"{label} {length}")
+                    samples = task.samples(tokenizer, length, cfg.samples, cfg.seed,
+                                           max_length=max_len)
+                    for s in samples:
+                        expected.update(record_key(label, length, s.id, k) for k, _ in settings)
+                        todo = [(k, c) for k, c in settings
+                                if record_key(label, length, s.id, k) not in done]
+                        if todo:
+                            _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos,
+                                         device, f, done)
+                        bar.advance(prog)
+    finally:
+        if was_training:
+            model.train()
+    rows = [r for r in read_results(results_path)
+            if record_key(r["task"], r["length"], r["sample_id"], r["k"]) in expected]
+    summary = write_reports(cfg, rows, out)
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def report_only(cfg: EvalConfig) -> Summary:
+    """Summary, table and plot from the finished lines in ``cfg.out`` (no model is run).
+
+    Uses every line whose task, length and k are in ``cfg`` (any sample count), so an
+    interrupted or staged run can be reported as it stands.
+    """
+    from topkattn.evaluation.report import write_reports
+    from topkattn.tasks import get_task
+
+    out = Path(cfg.out)
+    path = out / RESULTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no results to report: {str(path)!r} does not exist")
+    labels = {get_task(t).name or t for t in cfg.tasks}
+    rows = [r for r in read_results(path)
+            if r["task"] in labels and r["length"] in cfg.lengths and r["k"] in cfg.ks]
+    return write_reports(cfg, rows, out)
+
+
+def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, device, f, done) -> None:
+    """Prefill one sample once, then decode its answer for each (k, TopKConfig) in ``todo``."""
+    import torch
+
+    ids = tokenizer(s.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = ids.to(device)
+    t0 = time.perf_counter()
+    prefix = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+    prefill_s = time.perf_counter() - t0
+    for k, topk in todo:
+        cache = copy.deepcopy(prefix)
+        t1 = time.perf_counter()
+        with _sparsify(model, topk):
+            gen = greedy_decode(model, ids[:, -1:], cache, max_new, eos)
+        secs = time.perf_counter() - t1
+        del cache
+        pred = tokenizer.decode(gen, skip_special_tokens=True)
+        rec = {
+            "task": label, "length": s.length, "n_tokens": int(ids.shape[1]),
+            "depth": s.depth, "sample_id": s.id, "k": k,
+            "k_value": topk.k if topk else None,
+            "k_ratio": topk.k_ratio if topk else None,
+            "prediction": pred, "answers": list(s.answers),
+            "score": float(task.score(pred, s)), "new_tokens": len(gen),
+            "seconds": round(secs, 4), "prefill_seconds": round(prefill_s, 4),
+        }
+        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+        done.add(record_key(label, s.length, s.id, k))
+    del prefix
+    if device.type == "cuda":  # pragma: no cover - GPU only
+        torch.cuda.empty_cache()
