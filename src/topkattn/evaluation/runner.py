@@ -365,7 +365,7 @@ def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, device, f
             "depth": s.depth, "sample_id": s.id, "k": k,
             "k_value": topk.k if topk else None,
             "k_ratio": topk.k_ratio if topk else None,
-            "prediction": pred, "answers": list(s.answers),
+            "prediction": pred, "answer": s.answer, "answers": list(s.answers),
             "score": float(task.score(pred, s)), "new_tokens": len(gen),
             "seconds": round(secs, 4), "prefill_seconds": round(prefill_s, 4),
         }
