@@ -3,25 +3,36 @@
 #
 #   PYTHONPATH=src bash scripts/device_train_experiment.sh /tmp/model.gguf
 #
-# 1. converts the GGUF (embedded SmolLM2-135M-Instruct) once into an HF folder ($OUT/models/base)
-# 2. writes ONE synthetic training set (training seeds, disjoint from eval) -> $OUT/data/train.jsonl
+# 1. converts the GGUF (embedded SmolLM2-135M-Instruct) once into an HF folder ($WORK/models/base)
+# 2. writes ONE synthetic training set (training seeds, disjoint from eval) -> $WORK/data/train.jsonl
 # 3. dense SFT (--k full) and Top-k SFT (--k $K_TRAIN) with the identical recipe, data and steps
 # 4. evaluates base / dense-SFT / topk-SFT with full attention and Top-k decoding at several k on
 #    held-out seeds (topkattn eval)
 # 5. attention-entropy comparisons (topkattn entropy --compare): base vs topk-SFT, dense vs topk
 # 6. $OUT/summary.md collects it all; $OUT/timings.tsv has each stage's seconds and exit code.
+# Models (~0.5 GB each) and data stay in $WORK; $OUT gets only results (small files): training
+# summaries/logs, eval tables/JSONL/plots, entropy JSON/markdown/PNGs, stage logs.
 #
 # Every knob is an environment variable (defaults sized for ~8 minutes on one H100):
-#   OUT, STEPS, BS, GA, LR, WARMUP, TRAIN_TASKS, TRAIN_LEN, TRAIN_N, K_TRAIN, BACKEND,
+#   OUT, WORK, STEPS (or auto with TRAIN_BUDGET_S), BS, GA, LR, WARMUP, TRAIN_TASKS, TRAIN_LEN, TRAIN_N, K_TRAIN, BACKEND,
 #   EVAL_TASKS, EVAL_LENGTHS, EVAL_K, EVAL_N, EVAL_SEED, ENT_TASK, ENT_LEN, ENT_N, ENT_STEPS,
 #   ENT_K, DEVICE (cpu for a smoke run), PYTHON.
 # A stage that fails is recorded and the script goes on, so partial results survive.
+# $WORK caches the converted model, data and trained models: a rerun skips what is there
+# (delete $WORK to start over with other settings).
+# CPU smoke run (minutes):  OUT=/tmp/smoke DEVICE=cpu STEPS_MIN=1 STEPS_MAX=2 BS=1 GA=2 \
+#   TRAIN_LEN=256 TRAIN_N=2 EVAL_LENGTHS=256 EVAL_K=8,full EVAL_N=2 ENT_LEN=256 ENT_N=1 \
+#   ENT_STEPS=2 PYTHONPATH=src bash scripts/device_train_experiment.sh /tmp/model.gguf
 set -uo pipefail
 
 GGUF=${1:?usage: PYTHONPATH=src bash scripts/device_train_experiment.sh /path/to/model.gguf}
 OUT=${OUT:-runs/device_train}
+WORK=${WORK:-/tmp/topkattn_train_work}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-100}            # optimizer steps, same for dense and Top-k SFT
+STEPS=${STEPS:-auto}           # optimizer steps, same for dense and Top-k SFT; auto = fit
+TRAIN_BUDGET_S=${TRAIN_BUDGET_S:-120}  # ... the Top-k run into this many seconds,
+STEPS_MIN=${STEPS_MIN:-20}             # clamped to [STEPS_MIN, STEPS_MAX]
+STEPS_MAX=${STEPS_MAX:-400}
 BS=${BS:-1}                    # 1 = no padding: the Triton prefill fwd+bwd kernel applies on CUDA
 GA=${GA:-8}                    # sequences per step = BS x GA
 LR=${LR:-5e-5}
@@ -39,13 +50,13 @@ EVAL_SEED=${EVAL_SEED:-0}
 ENT_TASK=${ENT_TASK:-niah_multikey}
 ENT_LEN=${ENT_LEN:-2k}
 ENT_N=${ENT_N:-6}
-ENT_STEPS=${ENT_STEPS:-8}
+ENT_STEPS=${ENT_STEPS:-12}     # enough tokens for a 7-digit answer (accuracy column)
 ENT_K=${ENT_K:-16,64,3%}
 DEVICE=${DEVICE:-}
 DEV_FLAG=()
 [ -n "$DEVICE" ] && DEV_FLAG=(--device "$DEVICE")
 
-mkdir -p "$OUT"/{models,data,eval,entropy,logs}
+mkdir -p "$OUT"/{train,eval,entropy,logs} "$WORK"/{models,data}
 TIMES="$OUT/timings.tsv"
 printf 'stage\tseconds\texit\n' > "$TIMES"
 T0=$(date +%s)
@@ -77,7 +88,7 @@ for m in ("triton", "peft", "gguf", "typer", "rich", "matplotlib"):
 cat "$OUT/logs/env.log"
 
 # 1. the base model as an HF folder (GGUF dequantised once; every later load is fast)
-BASE="$OUT/models/base"
+BASE="$WORK/models/base"
 if [ ! -f "$BASE/config.json" ]; then
   stage convert "$PY" - "$GGUF" "$BASE" <<'EOF'
 import sys, torch
@@ -91,7 +102,7 @@ EOF
 fi
 
 # 2. one training set for both runs (training seeds: no sample shared with eval seeds)
-DATA="$OUT/data/train.jsonl"
+DATA="$WORK/data/train.jsonl"
 if [ ! -s "$DATA" ]; then
   stage data "$PY" - "$BASE" "$DATA" "$TRAIN_TASKS" "$TRAIN_LEN" "$TRAIN_N" <<'EOF'
 import sys, random
@@ -107,23 +118,48 @@ EOF
 fi
 
 # 3. dense SFT and Top-k SFT, identical recipe (rerunning resumes from checkpoints)
+if [ "$STEPS" = auto ]; then
+  # calibrate: 4 Top-k steps, then as many steps as fit TRAIN_BUDGET_S (compile time included)
+  CAL="$WORK/models/calibrate"
+  rm -rf "$CAL"
+  stage calibrate topkattn train --model "$BASE" --k "$K_TRAIN" --backend "$BACKEND" --out "$CAL" \
+    --data "$DATA" --max-length $(( TRAIN_LEN + 64 )) --steps 4 --batch-size "$BS" --grad-accum "$GA" \
+    --lr "$LR" --warmup-steps 1 --save-every 0 --quiet "${DEV_FLAG[@]}"
+  STEPS=$("$PY" - "$CAL/train_log.jsonl" "$BS" "$GA" "$TRAIN_LEN" "$TRAIN_BUDGET_S" "$STEPS_MIN" "$STEPS_MAX" <<'EOF2'
+import json, sys
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1])]
+    tps = rows[-1]["tokens_per_s"]
+    per_step = int(sys.argv[2]) * int(sys.argv[3]) * int(sys.argv[4]) / tps
+    print(max(int(sys.argv[6]), min(int(sys.argv[7]), int(float(sys.argv[5]) / per_step))))
+except Exception:
+    print(max(int(sys.argv[6]), min(int(sys.argv[7]), 60)))
+EOF2
+)
+  echo "   calibrated: STEPS=$STEPS (budget ${TRAIN_BUDGET_S}s for Top-k SFT)"
+  printf 'steps_chosen\t%s\t0\n' "$STEPS" >> "$TIMES"
+  rm -rf "$CAL"
+fi
 COMMON=(--data "$DATA" --max-length $(( TRAIN_LEN + 64 )) --steps "$STEPS" --batch-size "$BS"
         --grad-accum "$GA" --lr "$LR" --warmup-steps "$WARMUP" --save-every 50 --seed 0
         --quiet "${DEV_FLAG[@]}")
-DENSE="$OUT/models/sft-dense"
-TOPK="$OUT/models/sft-topk"
+DENSE="$WORK/models/sft-dense"
+TOPK="$WORK/models/sft-topk"
 [ -f "$DENSE/model.safetensors" ] || stage train_dense topkattn train --model "$BASE" --k full --out "$DENSE" "${COMMON[@]}"
 [ -f "$TOPK/model.safetensors" ] || stage train_topk topkattn train --model "$BASE" --k "$K_TRAIN" --backend "$BACKEND" --out "$TOPK" "${COMMON[@]}"
-rm -rf "$DENSE/checkpoints" "$TOPK/checkpoints"   # keep $OUT small (final models stay)
+rm -rf "$DENSE/checkpoints" "$TOPK/checkpoints"   # final models stay in $WORK
+for name in sft-dense sft-topk; do
+  mkdir -p "$OUT/train/$name"
+  cp "$WORK/models/$name"/train_{summary.json,log.jsonl,config.json} "$OUT/train/$name/" 2>/dev/null
+done
+head -c 3000 "$DATA" > "$OUT/train/data_head.jsonl"
 
 # 4. evaluation on held-out seeds: full attention and Top-k decoding at several k
 for name in base sft-dense sft-topk; do
-  M="$OUT/models/$name"
+  M="$WORK/models/$name"
   [ -f "$M/config.json" ] || continue
-  for task in ${EVAL_TASKS//,/ }; do
-    stage "eval_${name}_${task}" topkattn eval --model "$M" --task "$task" --lengths "$EVAL_LENGTHS" \
-      --k "$EVAL_K" --samples "$EVAL_N" --seed "$EVAL_SEED" --out "$OUT/eval/$name/$task" "${DEV_FLAG[@]}"
-  done
+  stage "eval_${name}" topkattn eval --model "$M" --task "$EVAL_TASKS" --lengths "$EVAL_LENGTHS" \
+    --k "$EVAL_K" --samples "$EVAL_N" --seed "$EVAL_SEED" --out "$OUT/eval/$name" --quiet "${DEV_FLAG[@]}"
 done
 
 # 5. attention entropy: before/after Top-k SFT, and dense SFT vs Top-k SFT
@@ -142,14 +178,14 @@ out = Path(sys.argv[1])
 print("# Native Top-k training experiment\n")
 print("## Training\n\n| run | steps | first loss | final loss | tokens/s | seconds |\n|---|---|---|---|---|---|")
 for name in ("sft-dense", "sft-topk"):
-    f = out / "models" / name / "train_summary.json"
+    f = out / "train" / name / "train_summary.json"
     if f.exists():
         s = json.loads(f.read_text())
         print(f"| {name} (k={s['config']['k']}) | {s['steps']} | {s['first_loss']:.4f} | "
               f"{s['final_loss']:.4f} | {s['tokens_per_s']:,.0f} | {s['seconds']} |")
 print("\n## Evaluation (held-out seeds)\n")
-for f in sorted((out / "eval").rglob("*.md")):
-    print(f"### {f.relative_to(out / 'eval')}\n\n{f.read_text()}\n")
+for f in sorted((out / "eval").rglob("table.md")):
+    print(f"### {f.parent.relative_to(out / 'eval')}\n\n{f.read_text()}\n")
 print("## Attention entropy\n")
 for f in sorted((out / "entropy").rglob("entropy.md")):
     print(f"### {f.parent.name}\n\n{f.read_text().split(chr(10), 2)[-1]}\n")
