@@ -94,6 +94,16 @@ def test_run_resume_and_reports(tiny, tokenizer, tmp_path, monkeypatch):
     assert len(read_results(tmp_path / "results.jsonl")) == 12
 
 
+def test_resume_refuses_other_settings(tiny, tokenizer, tmp_path):
+    run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1, ks=("full",)))
+    with pytest.raises(ValueError, match=r"samples=1 \(now 2\)"):
+        run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=2))
+    # new tasks, lengths and ks are fine
+    run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey", "kv"), samples=1,
+                                   ks=("full", "4")))
+    assert len(read_results(tmp_path / "results.jsonl")) == 4
+
+
 def test_topk_decode_uses_sparsify(tiny, tokenizer, tmp_path, monkeypatch):
     seen = []
     real = R._sparsify

@@ -181,6 +181,32 @@ class Summary:
         return markdown_table(self.cells, self.config.ks)
 
 
+# Settings that change what a finished line means: a rerun into the same folder must keep them.
+RESUME_FIELDS = ("samples", "seed", "max_new_tokens", "sink", "local", "dense_layers",
+                 "granularity", "selector", "selector_args", "backend")
+
+
+def check_resumable(cfg: EvalConfig) -> None:
+    """Raise ValueError when ``cfg.out`` holds results made with other `RESUME_FIELDS`.
+
+    Tasks, lengths and ks may change between runs into one folder (new cells are added); the
+    sample count and seed may not, since a sample's id does not encode its needle depth.
+    """
+    path = Path(cfg.out) / CONFIG_FILE
+    if not path.exists() or not (Path(cfg.out) / RESULTS_FILE).exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    new = json.loads(json.dumps(cfg.to_json()))
+    diff = [f"{f}={old[f]!r} (now {new[f]!r})" for f in RESUME_FIELDS
+            if f in old and old[f] != new[f]]
+    if diff:
+        raise ValueError(f"output folder {str(cfg.out)!r} holds results made with "
+                         f"{', '.join(diff)}; use the same settings to resume, or another --out")
+
+
 def record_key(task: str, length: int, sample_id: str, k: str) -> str:
     """Resume key of one result line."""
     return f"{task}/{length}/{sample_id}/{k}"
@@ -279,6 +305,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
         check_length(length, max_len)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg)
     (out / CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
     results_path = out / RESULTS_FILE
     done = {record_key(r["task"], r["length"], r["sample_id"], r["k"])

@@ -231,6 +231,8 @@ class HaystackTask(Task):
     Attributes:
         depth_lo, depth_hi: the needle depth range swept over the samples.
         intro, suffix: text before the haystack and after the question.
+        sep: the separator between filler units.
+        max_new_tokens: the default answer budget of the evaluation runner.
     Each `Case` carries an answer prefix: text after the chat template's generation prompt
     that the model continues from (e.g. ``"The pass key is"``), so that it answers at once.
     """
@@ -245,10 +247,11 @@ class HaystackTask(Task):
         """Needles (the asked-for one at ``depth``), question, answer and answer prefix."""
         raise NotImplementedError
 
-    def make_unit(self, rng: random.Random) -> str:
-        return filler_sentence(rng)
-
     sep: str = " "
+
+    def make_unit(self, rng: random.Random) -> str:
+        """One filler unit (a sentence; a JSON pair for `KeyValueTask`)."""
+        return filler_sentence(rng)
 
     def render_user(self, haystack: str, question: str) -> str:
         return f"{self.intro}\n\n{haystack}\n\n{question} {self.suffix}".strip()
