@@ -2,14 +2,16 @@
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
 1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of the top byte of the
-   order-preserving uint32 key of every candidate score (atomics into [R, 256]);
-   ``_pick_kernel`` (one program per row) picks the byte holding the k-th largest key; a second
-   hist/pick round over the next byte narrows it to a 16-bit bin b (two 256-bin rounds cost far
-   less than one 4096-bin histogram: Triton's histogram is O(bins) per element).
-3. ``_scan_kernel`` (grid rows x blocks): streams the row once, writing every position of a
+   order-preserving uint32 key of every candidate score (atomics into [R, 256]; the decode
+   kernel accumulates this level inside its scores pass instead, see `hist_level1`); a second
+   round over the next byte, among keys of the level-1 bin, narrows it to a 16-bit bin b (two
+   256-bin rounds cost far less than one 4096-bin histogram: Triton's histogram is O(bins) per
+   element). The bin picks are recomputed from the histograms by the next kernel's programs
+   (no separate pick launches); scratch is one zeroed buffer (`select_workspace`).
+2. ``_scan_kernel`` (grid rows x blocks): streams the row once, writing every position of a
    higher bin straight to the output and compacting the (key, position) pairs of bin b into a
    scratch buffer, both through per-row atomic cursors.
-4. ``_finish_kernel`` (one program per row): two radix passes (8 + 8 bits) over that
+3. ``_finish_kernel`` (one program per row): two radix passes (8 + 8 bits) over that
    small buffer give the exact k-th key T and the number of ties at T still needed; the
    rare partial tie is cut at a position found by bisection (the lowest positions win, as in
    the reference); a last pass writes keys > T and the kept ties. When bin b is larger than
@@ -92,76 +94,86 @@ def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem,
 
 
 @triton.jit
-def _hist_kernel(S, stride_s, LENS, HSEL, sink, local, HIST, INFO, LEVEL2: tl.constexpr,
-                 BLOCK: tl.constexpr):
-    """256-bin histogram of key bits [31:24] (level 1) or of bits [23:16] among keys whose
-    top byte is the level-1 bin (level 2), accumulated with atomics into HIST [R, 256]."""
+def _row_len(LENS, r, HSEL, n, HAS_LENS: tl.constexpr):
+    """Visible length of row r (n when no lengths are given)."""
+    if HAS_LENS:
+        return tl.minimum(tl.load(LENS + r // HSEL), n)
+    else:
+        return n + r * 0
+
+
+@triton.jit
+def hist_level1(key, m, HIST, r):
+    """Accumulate the 256-bin histogram of key bits [31:24] (keys where m) into HIST row r;
+    shared with the decode scores kernel, which fuses this level into its pass."""
+    h = tl.histogram((key >> 24).to(tl.int32), 256, mask=m)
+    tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
+
+
+@triton.jit
+def _level1(HIST1, r, k):
+    """Level-1 pick from the top-byte histogram: (bin, count above it)."""
+    h = tl.load(HIST1 + r.to(tl.int64) * 256 + tl.arange(0, 256))
+    b1, above1, _ = _pick(h, k, 256)
+    return b1, above1
+
+
+@triton.jit
+def _hist_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, HIST1, HIST2, LEVEL2: tl.constexpr,
+                 HAS_LENS: tl.constexpr, BLOCK: tl.constexpr):
+    """256-bin histogram of key bits [31:24] into HIST1 (level 1) or of bits [23:16] among keys
+    whose top byte is the level-1 bin into HIST2 (level 2; each program re-derives the level-1
+    pick from HIST1, so no separate pick launch), accumulated with atomics."""
     r = tl.program_id(0)
     blk = tl.program_id(1)
-    L = tl.load(LENS + r // HSEL)
+    L = _row_len(LENS, r, HSEL, n, HAS_LENS)
     c_lo, c_hi = _cand_range(L, sink, local)
     go = blk * BLOCK < c_hi
     if LEVEL2:
-        go = go & (tl.load(INFO + r * 4) != 0)
+        go = go & (c_hi - c_lo > k)
     if go:
         pos = blk * BLOCK + tl.arange(0, BLOCK)
         m = (pos >= c_lo) & (pos < c_hi)
         x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=m, other=0.0).to(tl.float32)
         key = _f32_key(x)
         if LEVEL2:
-            b1 = tl.load(INFO + r * 4 + 1).to(tl.uint32)
-            m = m & ((key >> 24) == b1)
-            dg = ((key >> 16) & 255).to(tl.int32)
+            b1, _ = _level1(HIST1, r, k)
+            m = m & ((key >> 24) == b1.to(tl.uint32))
+            h = tl.histogram(((key >> 16) & 255).to(tl.int32), 256, mask=m)
+            tl.atomic_add(HIST2 + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
         else:
-            dg = (key >> 24).to(tl.int32)
-        h = tl.histogram(dg, 256, mask=m)
-        tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
+            hist_level1(key, m, HIST1, r)
 
 
 @triton.jit
-def _pick_kernel(HIST, LENS, HSEL, sink, local, k, INFO, LEVEL2: tl.constexpr):
-    """Per row: INFO = (mode, bin, count above the bin, count in the bin); mode 0 = keep all
-    candidates. Level 1 picks the top byte; level 2 extends it to the top 16 bits."""
-    r = tl.program_id(0)
-    L = tl.load(LENS + r // HSEL)
-    c_lo, c_hi = _cand_range(L, sink, local)
-    h = tl.load(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256))
-    if LEVEL2:
-        mode = tl.load(INFO + r * 4)
-        b1 = tl.load(INFO + r * 4 + 1)
-        above1 = tl.load(INFO + r * 4 + 2)
-        b2, above2, nb = _pick(h, k - above1, 256)
-        if mode != 0:
-            tl.store(INFO + r * 4 + 1, b1 * 256 + b2)
-            tl.store(INFO + r * 4 + 2, above1 + above2)
-            tl.store(INFO + r * 4 + 3, nb)
-    else:
-        b, above, nb = _pick(h, k, 256)
-        tl.store(INFO + r * 4 + 0, (c_hi - c_lo > k).to(tl.int32))
-        tl.store(INFO + r * 4 + 1, b)
-        tl.store(INFO + r * 4 + 2, above)
-        tl.store(INFO + r * 4 + 3, nb)
-
-
-@triton.jit
-def _scan_kernel(S, stride_s, LENS, HSEL, sink, local, INFO, CNT, OUT, stride_o, BUFK, BUFP,
-                 CAP, BLOCK: tl.constexpr):
-    """Parallel over (row, block): positions above bin b go to the output, bin b's (key, pos)
-    to the scratch buffer, each through a per-row atomic cursor (order within a row varies)."""
+def _scan_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, HIST1, HIST2, INFO, CNT, OUT,
+                 stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, BLOCK: tl.constexpr):
+    """Parallel over (row, block): each program derives the 16-bit bin b holding the k-th key
+    from the two histograms (block 0 records it in INFO = (mode, b, count above b, count in
+    b) for the finish; mode 0 = keep all candidates); positions above b go to the output, b's
+    (key, pos) to the scratch buffer, each through a per-row atomic cursor (order within a row
+    varies)."""
     r = tl.program_id(0)
     blk = tl.program_id(1)
     r64 = r.to(tl.int64)
-    L = tl.load(LENS + r // HSEL)
+    L = _row_len(LENS, r, HSEL, n, HAS_LENS)
     c_lo, c_hi = _cand_range(L, sink, local)
     pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
     m = pos < c_hi
-    mode = tl.load(INFO + r * 4)
+    mode = (c_hi - c_lo > k).to(tl.int32)
+    b1, above1 = _level1(HIST1, r, k)
+    h2 = tl.load(HIST2 + r64 * 256 + tl.arange(0, 256))
+    b2, above2, nb = _pick(h2, k - above1, 256)
+    bu = (b1 * 256 + b2).to(tl.uint32)
+    if blk == 0:
+        tl.store(INFO + r * 4 + 0, mode)
+        tl.store(INFO + r * 4 + 1, bu.to(tl.int32))
+        tl.store(INFO + r * 4 + 2, above1 + above2)
+        tl.store(INFO + r * 4 + 3, nb)
     if c_lo + blk * BLOCK < c_hi:
         if mode == 0:
             tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
         else:
-            bu = tl.load(INFO + r * 4 + 1).to(tl.uint32)
-            nb = tl.load(INFO + r * 4 + 3)
             key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=m, other=0.0).to(tl.float32))
             pre = key >> 16
             up = m & (pre > bu)
@@ -182,8 +194,8 @@ def _scan_kernel(S, stride_s, LENS, HSEL, sink, local, INFO, CNT, OUT, stride_o,
 
 
 @triton.jit
-def _finish_kernel(S, stride_s, LENS, HSEL, sink, local, k, INFO, OUT, stride_o, KOUT,
-                   BUFK, BUFP, CAP, BLOCK: tl.constexpr):
+def _finish_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, OUT, stride_o, KOUT,
+                   BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, BLOCK: tl.constexpr):
     """Per row: exact k-th key among bin b's candidates (8+8+4 bit radix passes), write keys
     above it and the lowest-position ties, then the forced positions and -1 padding."""
     r = tl.program_id(0)
@@ -192,7 +204,7 @@ def _finish_kernel(S, stride_s, LENS, HSEL, sink, local, k, INFO, OUT, stride_o,
     orow = OUT + r64 * stride_o
     bk = BUFK + r64 * CAP
     bp = BUFP + r64 * CAP
-    L = tl.load(LENS + r // HSEL)
+    L = _row_len(LENS, r, HSEL, n, HAS_LENS)
     c_lo, c_hi = _cand_range(L, sink, local)
     ncand = c_hi - c_lo
     offs = tl.arange(0, BLOCK)
@@ -261,6 +273,8 @@ def select_rows(
     block: int = 2048,
     num_warps: int = 8,
     cap: int | None = None,
+    work: torch.Tensor | None = None,
+    hist_done: bool = False,
 ) -> torch.Tensor:
     """Top-k positions of each row plus forced positions; the building block of the kernels.
 
@@ -273,6 +287,9 @@ def select_rows(
             top-k; they are not candidates).
         cap: scratch entries per row for the candidates of the threshold bin (default
             max(16384, 2k)); a larger bin falls back to re-reading the row.
+        work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its level-1
+            histogram was already accumulated by the caller (`hist_level1` over the candidate
+            positions of each row, exactly the scores passed here).
 
     Returns:
         int32 [R, k + sink + local]: the selected positions (order: unspecified within the
@@ -282,35 +299,48 @@ def select_rows(
     if scores.stride(-1) != 1:
         scores = scores.contiguous()
     dev = scores.device
-    if lens is None:
-        lens = torch.full((R,), n, dtype=torch.int32, device=dev)
+    has_lens = lens is not None
+    if not has_lens:
+        lens = scores  # never read
         rows_per_len = 1
     kout = k + sink + local
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
-    hist = torch.zeros(2, R, 256, dtype=torch.int32, device=dev)
+    if work is None:
+        work = select_workspace(R, dev)
+    hist1, hist2, cnt = _split_workspace(work, R)
     cap = min(n, max(16384, 2 * k)) if cap is None else max(1, cap)
     bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
-    hblock = 4096
     info = torch.empty(R, 4, dtype=torch.int32, device=dev)
-    cnt = torch.zeros(R, 2, dtype=torch.int32, device=dev)
-    for level in (0, 1):
+    # enough programs to fill the GPU when there are few rows (B=1 decode)
+    hblock = 4096 if R * triton.cdiv(n, 4096) >= 1024 else (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
+    for level in ((1,) if hist_done else (0, 1)):
         _hist_kernel[(R, triton.cdiv(n, hblock))](
-            scores, scores.stride(0), lens, rows_per_len, sink, local, hist[level], info,
-            LEVEL2=level == 1, BLOCK=hblock, num_warps=8,
+            scores, scores.stride(0), lens, rows_per_len, n, sink, local, k, hist1, hist2,
+            LEVEL2=level == 1, HAS_LENS=has_lens, BLOCK=hblock, num_warps=8,
         )
-        _pick_kernel[(R,)](hist[level], lens, rows_per_len, sink, local, k, info, LEVEL2=level == 1,
-                           num_warps=4)
-    sblock = 2048
+    sblock = 2048 if R * triton.cdiv(n, 2048) >= 512 else 1024
     _scan_kernel[(R, triton.cdiv(n, sblock))](
-        scores, scores.stride(0), lens, rows_per_len, sink, local, info, cnt, out, out.stride(0),
-        bufk, bufp, cap, BLOCK=sblock, num_warps=8,
+        scores, scores.stride(0), lens, rows_per_len, n, sink, local, k, hist1, hist2, info, cnt,
+        out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, BLOCK=sblock,
+        num_warps=8 if sblock >= 2048 else 4,
     )
     _finish_kernel[(R,)](
-        scores, scores.stride(0), lens, rows_per_len, sink, local, k, info, out, out.stride(0),
-        kout, bufk, bufp, cap, BLOCK=block, num_warps=num_warps,
+        scores, scores.stride(0), lens, rows_per_len, n, sink, local, k, info, out, out.stride(0),
+        kout, bufk, bufp, cap, HAS_LENS=has_lens, BLOCK=block, num_warps=num_warps,
     )
     return out
+
+
+def select_workspace(R: int, device: torch.device) -> torch.Tensor:
+    """Zeroed int32 scratch of `select_rows` for R rows (two [R, 256] histograms and the [R, 2]
+    cursors), one memset. Pass it as ``work``; the decode kernel fills the level-1 histogram
+    (``work[:R * 256]``) while it computes the scores and then passes ``hist_done=True``."""
+    return torch.zeros(R * 514, dtype=torch.int32, device=device)
+
+
+def _split_workspace(work: torch.Tensor, R: int):
+    return work[: R * 256], work[R * 256: R * 512], work[R * 512: R * 514]
 
 
 def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tensor:
