@@ -22,7 +22,7 @@ def test_two_process_gloo_ranks_end_identical(tiny_model_dir, tmp_path):
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "topkattn.cli.train_cmd", "train", "--model", tiny_model_dir, "--data",
-           str(data), "--out", str(out), "--k", "4", "--steps", "3", "--batch-size", "2",
+           str(data), "--out", str(out), "--k", "4", "--backend", "reference", "--steps", "3", "--batch-size", "2",
            "--max-length", "64", "--lr", "1e-2", "--warmup-steps", "1", "--save-every", "2",
            "--device", "cpu", "--quiet"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

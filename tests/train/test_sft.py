@@ -23,7 +23,10 @@ def _overfit_data(tmp_path, n: int = 8):
 
 def _cfg(tiny_model_dir, data, out, **kw):
     base = dict(data=data, out=str(out), model=tiny_model_dir, max_length=64, batch_size=4,
-                lr=3e-3, warmup_steps=1, max_steps=8, save_every=0, device="cpu")
+                lr=3e-3, warmup_steps=1, max_steps=8, save_every=0, device="cpu",
+                # the conftest sets TRITON_INTERPRET=1 on CPU: "auto" would run the Triton
+                # kernels in the (slow) interpreter; their tests live in tests/ops
+                backend="reference")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -55,11 +58,11 @@ def test_config_topk_phases():
 @pytest.mark.parametrize("k,ckpt", [("full", "off"), ("6", "on")])
 def test_training_changes_weights_and_lowers_loss(tiny_model_dir, tmp_path, k, ckpt):
     data = _overfit_data(tmp_path)
-    res = train(_cfg(tiny_model_dir, data, tmp_path / "run", k=k, max_steps=16, lr=1e-2,
+    res = train(_cfg(tiny_model_dir, data, tmp_path / "run", k=k, max_steps=10, lr=1e-2,
                      gradient_checkpointing=ckpt),
                 progress=False)
-    assert res.steps == 16
-    assert res.losses[-1] < 0.6 * res.losses[0], res.losses
+    assert res.steps == 10
+    assert res.losses[-1] < 0.75 * res.losses[0], res.losses
     before, after = _weights(tiny_model_dir), _weights(tmp_path / "run")
     changed = [n for n in after if not torch.equal(before[n], after[n])]
     assert len(changed) >= len(after) // 2
