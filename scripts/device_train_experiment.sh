@@ -140,6 +140,7 @@ EOF2
   printf 'steps_chosen\t%s\t0\n' "$STEPS" >> "$TIMES"
   rm -rf "$CAL"
 fi
+[ "$WARMUP" -gt "$STEPS" ] && WARMUP=$STEPS
 COMMON=(--data "$DATA" --max-length $(( TRAIN_LEN + 64 )) --steps "$STEPS" --batch-size "$BS"
         --grad-accum "$GA" --lr "$LR" --warmup-steps "$WARMUP" --save-every 50 --seed 0
         --quiet "${DEV_FLAG[@]}")
