@@ -56,7 +56,8 @@ def test_spans_whole_spans_and_incremental_store(boundary, score):
     m = indices_to_mask(idx, 300)[0, 0, 0]
     assert m.sum() == 48
     assert m[sid == sid.max()].all()  # the open last span is always kept
-    # at most one span is cut
+    assert m[sid == 0].all()  # and the first one (attention sink)
+    # at most one span is cut (first and last tie at the top score: also whole)
     per_span = torch.zeros(int(sid.max()) + 1).scatter_add_(0, sid, m.float())
     sizes = torch.bincount(sid).float()
     assert ((per_span > 0) & (per_span < sizes)).sum() <= 1

@@ -14,7 +14,9 @@ This version keeps the idea and drops the engineering (offline index, retrieval-
   its per-channel key bounds (``score="bound"``, as in Quest) per KV head.
 - A query scores spans with its own q, and whole top spans are retrieved until ``topk``
   tokens (the last one may be cut). The open span at the end of the cache (the local context,
-  which Ltri-LLM keeps in memory) is always retrieved when ``keep_last=True``.
+  which Ltri-LLM keeps in memory) is always retrieved when ``keep_last=True``, and so is the
+  first span (the initial tokens / attention sink, also kept resident by Ltri-LLM's streaming
+  memory) when ``keep_first=True``.
 Span boundaries of the cached prefix are kept in ``ctx.store`` and extended for new tokens.
 """
 
@@ -74,6 +76,7 @@ class SpanSelector(Selector):
         boundary: "similarity" (boundaries where key similarity drops) or "fixed".
         score: span representative: "mean" key or key "bound" (per-channel min/max).
         keep_last: always retrieve the open span at the end of the cache.
+        keep_first: always retrieve the first span (initial tokens, the attention sink).
     """
 
     max_span: int = 32
@@ -81,6 +84,7 @@ class SpanSelector(Selector):
     boundary: str = "similarity"
     score: str = "mean"
     keep_last: bool = True
+    keep_first: bool = True
 
     def __post_init__(self) -> None:
         self.max_span = check_int("max_span", self.max_span, 1)
@@ -155,9 +159,13 @@ class SpanSelector(Selector):
         if ctx.granularity == "kv_group" and G > 1:
             span_score = span_score.view(B, Hkv, G, Lq, S).sum(2)
         H = span_score.shape[1]
-        if self.keep_last:
+        if self.keep_last or self.keep_first:
             span_score = span_score.clone()
-            span_score[..., S - 1] = torch.finfo(torch.float32).max
+            top = torch.finfo(torch.float32).max
+            if self.keep_first:
+                span_score[..., 0] = top
+            if self.keep_last:
+                span_score[..., S - 1] = top
         tok = span_score.gather(-1, sid[:, None, None, :].expand(B, H, Lq, Lk))
         return topk_by_score(tok, ctx.topk, visibility(Lq, Lk, q.device))
 
