@@ -120,3 +120,13 @@ def test_training_gradients_flow_through_selected_keys():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.model.layers[0].self_attn.k_proj.weight.grad.abs().sum() > 0
+
+
+def test_autocast_bf16_training_forward():
+    # under autocast, RoPE leaves q/k in fp32 while v comes out of the projection in bf16
+    model = tiny_causal_lm("llama").train()
+    x = torch.randint(3, 97, (1, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16), sparsify(model, TopKConfig(k=4, phases="prefill")) as st:
+        loss = model(x, labels=x).loss
+    loss.backward()
+    assert torch.isfinite(loss) and st[0].calls["sparse"] == 1

@@ -84,6 +84,9 @@ def topk_attention_forward(
     if dropout and module.training:
         warnings.warn("topk attention ignores attention dropout", stacklevel=2)
     state.calls["sparse"] += 1
+    if query.dtype != value.dtype or key.dtype != value.dtype:
+        # under autocast RoPE may leave q/k in fp32 while v is bf16 (SDPA casts alike)
+        query, key = query.to(value.dtype), key.to(value.dtype)
     mask = _to_bool_mask(attention_mask)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     topk = cfg.k_for(Lk)
