@@ -277,9 +277,12 @@ def run_downstream(model, tokenizer, task, samples, topk: int, selectors: list[s
     scores: dict[str, list[float]] = {lab: [] for lab in labels}
     preds: dict[str, list[str]] = {lab: [] for lab in labels}
     dev = next(model.parameters()).device
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    eos |= set(getattr(model.generation_config, "eos_token_id", None) or []) if isinstance(
-        getattr(model.generation_config, "eos_token_id", None), list) else set()
+    eos: set[int] = set()
+    for e in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(e, int):
+            eos.add(e)
+        elif isinstance(e, (list, tuple)):
+            eos |= {int(x) for x in e}
     with Progress(disable=not progress, transient=True) as bar:
         job = bar.add_task("downstream", total=len(samples) * len(labels))
         for smp in samples:

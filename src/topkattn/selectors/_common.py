@@ -69,15 +69,6 @@ def topk_by_score(scores: torch.Tensor, topk: int, vis: torch.Tensor | None) -> 
     return exact_topk_indices(scores, topk, vis)
 
 
-def dedupe_pad(indices: torch.Tensor) -> torch.Tensor:
-    """Replace repeated positions in each row of ``indices`` [..., n] by -1 (padding)."""
-    s, order = indices.sort(dim=-1)
-    dup = torch.zeros_like(s, dtype=torch.bool)
-    dup[..., 1:] = s[..., 1:] == s[..., :-1]
-    s = torch.where(dup, torch.full_like(s, -1), s)
-    return s
-
-
 def fingerprint(k: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """A cheap per-position fingerprint of the cached keys: k[:, 0, start:stop, :4] (fp32).
 
@@ -127,7 +118,3 @@ class PrefixStore:
         self.data = torch.cat([self.data, data], dim=1)
         self.fp = torch.cat([self.fp, fp], dim=1)
 
-
-def expand_heads(indices: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, 1, Lq, n] -> [B, heads, Lq, n] (a view)."""
-    return indices.expand(indices.shape[0], heads, *indices.shape[2:])
