@@ -24,6 +24,11 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
             t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity=gran))
             line.append(f"{gran[:2]} bn{bn} {t:.4f} ({t / sd:.3f}x)")
     td.DECODE_BLOCK_N = default_bn
+    td.DECODE_FUSE_HIST = False
+    for gran in ("kv_group", "query_head"):
+        t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity=gran))
+        line.append(f"{gran[:2]} unfused-hist {t:.4f} ({t / sd:.3f}x)")
+    td.DECODE_FUSE_HIST = True
     for w in (4, 8):
         td.DECODE_SPARSE_WAVES = w
         t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity="kv_group"))

@@ -50,6 +50,23 @@ def test_decode_matches_reference(case):
     assert (lse[fin] - rlse[fin]).abs().max() < 1e-4
 
 
+def test_decode_unfused_histogram_same_result(monkeypatch):
+    # the level-1 histogram fused into the scores pass must equal select_rows' own
+    import topkattn.ops.topk.triton_decode as td
+
+    torch.manual_seed(3)
+    q = torch.randn(2, 4, 1, 32, device=dev())
+    k = torch.randn(2, 2, 300, 32, device=dev())
+    v = torch.randn(2, 2, 300, 32, device=dev())
+    sl = torch.tensor([300, 150], device=dev())
+    for gran in ("query_head", "kv_group"):
+        a = topk_decode(q, k, v, 20, sink=2, local=3, granularity=gran, seq_lens=sl)
+        monkeypatch.setattr(td, "DECODE_FUSE_HIST", False)
+        b = topk_decode(q, k, v, 20, sink=2, local=3, granularity=gran, seq_lens=sl)
+        monkeypatch.setattr(td, "DECODE_FUSE_HIST", True)
+        assert torch.equal(a, b)
+
+
 def test_decode_via_dispatch_with_padding_mask():
     torch.manual_seed(5)
     q = torch.randn(2, 4, 1, 16, device=dev())

@@ -33,6 +33,8 @@ from topkattn.ops.topk.triton_sparse import INTERPRET, _num_sms, check_qkv, mm, 
 
 GRANULARITIES = ("query_head", "kv_group")
 DECODE_BLOCK_N = 64
+# accumulate the level-1 selection histogram inside the scores pass (False: select_rows does it)
+DECODE_FUSE_HIST = True
 # programs of the sparse pass, per SM (index lists split finer when there are few rows)
 DECODE_SPARSE_WAVES = 2
 
@@ -176,11 +178,12 @@ def topk_decode(
     # kv_group: the per-head scores are not stored; the sparse pass re-gathers the selected K
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.
+    fuse = DECODE_FUSE_HIST
     S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group,
-                          hist=work, sink=sink, local=local)
+                          hist=work if fuse else None, sink=sink, local=local)
     sel_scores = SG if group else S
     idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work,
-                      hist_done=True)
+                      hist_done=fuse)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(DECODE_SPARSE_WAVES * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
