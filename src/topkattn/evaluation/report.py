@@ -85,7 +85,10 @@ def plot_accuracy(cells: list["Cell"], ks: Iterable[str], path: Path, title: str
             ys = [by[(task, length, k)].accuracy if (task, length, k) in by else float("nan")
                   for k in sparse]
             if sparse:
-                ax.plot(x, ys, marker="o", color=col, label=f"{length} tok")
+                # small horizontal offsets keep equal values of different lengths visible
+                off = (j - (len(lengths) - 1) / 2) * 0.06
+                ax.plot([xi + off for xi in x], ys, marker="osD^v"[j % 5], color=col,
+                        label=f"{length} tok")
             full = by.get((task, length, "full"))
             if full is not None:
                 ax.axhline(full.accuracy, color=col, linestyle="--", linewidth=1,
