@@ -64,7 +64,8 @@ def test_synthetic_training_set_shares_no_sample_with_eval(tok):
     assert len(train_recs) == 6 * len(TASK_NAMES)
     train_prompts = {r["prompt"] for r in train_recs}
     assert len(train_prompts) == len(train_recs)
-    train_answers = {(r["task"], r["completion"]) for r in train_recs}
+    train_answers = {(r["task"], r["completion"].strip()) for r in train_recs}
+    assert all(r["completion"].startswith(" ") for r in train_recs)  # after the answer prefix
     for name in TASK_NAMES:
         for eval_seed in range(5):
             for s in get_task(name).samples(tok, 700, 6, seed=eval_seed):

@@ -208,7 +208,9 @@ def parse_synthetic(spec: str, default_length: int, default_n: int) -> Synthetic
 def synthetic_records(tokenizer, spec: SyntheticSpec, seed: int) -> list[dict]:
     """Prompt/completion records of a synthetic training set (training seeds, see module doc).
 
-    The completion is the task's answer, phrased the way the model should answer.
+    The completion is the task's answer, phrased the way the model should answer: the prompt
+    ends with an answer prefix ("The pass key is"), so the answer follows after a space, as
+    the model itself would write it.
     """
     from topkattn.tasks import get_task
 
@@ -217,7 +219,8 @@ def synthetic_records(tokenizer, spec: SyntheticSpec, seed: int) -> list[dict]:
         task = get_task(name)
         # one seed per task; a spread keeps tasks' generators apart
         for s in task.samples(tokenizer, spec.length, spec.n, seed=train_seed(seed) + 7919 * t_i):
-            recs.append({"prompt": s.prompt, "completion": s.answer, "id": s.id, "task": name})
+            completion = s.answer if s.prompt[-1:].isspace() else " " + s.answer
+            recs.append({"prompt": s.prompt, "completion": completion, "id": s.id, "task": name})
     return recs
 
 
