@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 
-OPS = ("select", "decode", "sparse", "prefill")
+OPS = ("select", "decode", "sparse", "prefill", "indexer_decode")
 
 
 def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str) -> None:
-    """Run each benchmark in ``ops`` ("select", "decode", "sparse", "prefill")."""
+    """Run each benchmark in ``ops`` (names in `OPS`; "indexer_decode" is the Lightning
+    Indexer decode step: index scores, top-k selection, sparse attention)."""
     import importlib
 
     import torch
