@@ -11,8 +11,8 @@ each selector's set S with the exact top-k set E of q.k:
   S only) and o_E the exact Top-k output.
 
 `run_downstream` then evaluates every selector (and the ``precision:p`` sweep, with and without
-protecting the top member) on the task with Top-k decoding (prefill dense once per sample, a
-deep copy of the cache per selector), and `correlate` / `plot_downstream` relate accuracy to
+protecting the top member) on the task with Top-k decoding, by the same protocol as
+``topkattn eval`` (`topkattn.evaluation.runner.decode_branches`), and `correlate` / `plot_downstream` relate accuracy to
 precision and to mass recall (Pearson r).
 
 Selector specs here are ``name[:arg][@key=value,...]``, e.g. ``precision:0.75@protect=1`` or
@@ -21,10 +21,8 @@ Selector specs here are ``name[:arg][@key=value,...]``, e.g. ``precision:0.75@pr
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,68 +239,37 @@ class DownstreamRow:
     predictions: list[str] = field(default_factory=list)
 
 
-def _greedy_decode(model, cache, first_token: torch.Tensor, start: int, steps: int,
-                   eos: set[int]) -> list[int]:
-    """Greedy decode from a prefilled ``cache`` (first token already chosen). Returns ids."""
-    out = [int(first_token)]
-    tok = first_token.view(1, 1)
-    for i in range(steps - 1):
-        if out[-1] in eos:
-            break
-        pos = torch.tensor([[start + i]], device=tok.device)
-        with torch.no_grad():
-            o = model(input_ids=tok, past_key_values=cache, use_cache=True, position_ids=pos,
-                      cache_position=pos[0])
-        tok = o.logits[:, -1].argmax(-1, keepdim=True)
-        out.append(int(tok))
-    return out
-
-
 def run_downstream(model, tokenizer, task, samples, topk: int, selectors: list[str],
                    max_new_tokens: int = 12, include_full: bool = True,
                    progress: bool = True, on_row=None) -> list[DownstreamRow]:
     """Accuracy of Top-k decoding with each selector (and dense ``full`` as reference).
 
-    Each sample is prefilled once densely; every selector decodes from a deep copy of that
-    cache inside ``sparsify(model, TopKConfig(k=topk, selector=...))``. ``task.score`` scores
-    the generated text. Selector-kept state lives in each `sparsify` block's own stores.
+    The same protocol as ``topkattn eval`` (`topkattn.evaluation.runner.decode_branches`):
+    each sample is prefilled once densely (all but its last token); every selector decodes
+    from its own deep copy of that cache inside ``sparsify(model, TopKConfig(k=topk,
+    selector=...))``, so even the first answer token comes from a Top-k step. ``task.score``
+    scores the generated text; ``on_row(sample, {label: (score, text)})`` sees each sample.
     """
     from rich.progress import Progress
 
     from topkattn.config import TopKConfig
-    from topkattn.integrations.hf import sparsify
+    from topkattn.evaluation.runner import decode_branches, eos_token_ids
 
-    labels = (["full"] if include_full else []) + list(selectors)
-    parsed = {lab: parse_selector_spec(lab) for lab in selectors}
+    settings: list[tuple[str, TopKConfig | None]] = [("full", None)] if include_full else []
+    for lab in selectors:
+        spec, kw = parse_selector_spec(lab)
+        settings.append((lab, TopKConfig(k=topk, selector=spec, selector_args=kw)))
+    labels = [lab for lab, _ in settings]
     scores: dict[str, list[float]] = {lab: [] for lab in labels}
     preds: dict[str, list[str]] = {lab: [] for lab in labels}
-    dev = next(model.parameters()).device
-    eos: set[int] = set()
-    for e in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if isinstance(e, int):
-            eos.add(e)
-        elif isinstance(e, (list, tuple)):
-            eos |= {int(x) for x in e}
+    eos = eos_token_ids(model, tokenizer)
     with Progress(disable=not progress, transient=True) as bar:
         job = bar.add_task("downstream", total=len(samples) * len(labels))
         for smp in samples:
-            ids = tokenizer(smp.prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(dev)
-            with torch.no_grad():
-                o = model(input_ids=ids, use_cache=True)
-            first = o.logits[0, -1].argmax()
-            for lab in labels:
-                cache = copy.deepcopy(o.past_key_values)
-                if lab == "full":
-                    toks = _greedy_decode(model, cache, first, ids.shape[1], max_new_tokens, eos)
-                else:
-                    spec, kw = parsed[lab]
-                    cfg = TopKConfig(k=topk, selector=spec, selector_args=kw)
-                    with sparsify(model, cfg):
-                        toks = _greedy_decode(model, cache, first, ids.shape[1], max_new_tokens,
-                                              eos)
-                text = tokenizer.decode(toks, skip_special_tokens=True)
-                scores[lab].append(task.score(text, smp))
-                preds[lab].append(text)
+            for br in decode_branches(model, tokenizer, smp.prompt, settings, max_new_tokens,
+                                      eos):
+                scores[br.label].append(float(task.score(br.text, smp)))
+                preds[br.label].append(br.text)
                 bar.advance(job)
             if on_row is not None:
                 on_row(smp, {lab: (scores[lab][-1], preds[lab][-1]) for lab in labels})

@@ -312,7 +312,6 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
             for r in read_results(results_path)}
     settings = [(k, cfg.topk_config(k)) for k in cfg.ks]
     _end_with_newline(results_path)  # a torn last line must not swallow the next record
-    device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
     tasks = [(name, get_task(name)) for name in cfg.tasks]
 
@@ -338,8 +337,8 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
                         todo = [(k, c) for k, c in settings
                                 if record_key(label, length, s.id, k) not in done]
                         if todo:
-                            _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos,
-                                         device, f, done)
+                            _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f,
+                                         done)
                         bar.advance(prog)
     finally:
         if was_training:
@@ -370,35 +369,64 @@ def report_only(cfg: EvalConfig) -> Summary:
     return write_reports(cfg, rows, out)
 
 
-def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, device, f, done) -> None:
-    """Prefill one sample once, then decode its answer for each (k, TopKConfig) in ``todo``."""
+@dataclass
+class Branch:
+    """One decoded answer of `decode_branches`."""
+
+    label: str
+    token_ids: list[int]
+    text: str
+    seconds: float
+    prefill_seconds: float
+    n_tokens: int
+
+
+def decode_branches(model, tokenizer, prompt: str, settings, max_new_tokens: int,
+                    eos: set[int]):
+    """Prefill ``prompt`` once and decode one greedy answer per setting.
+
+    The prompt except its last token is prefilled densely, once; each ``(label, TopKConfig or
+    None)`` in ``settings`` then decodes from its own deep copy of that cache inside
+    ``sparsify`` (None = full attention), feeding the last prompt token first, so even the
+    first answer token comes from a Top-k step. Yields a `Branch` per setting, in order.
+    """
     import torch
 
-    ids = tokenizer(s.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     ids = ids.to(device)
     t0 = time.perf_counter()
-    prefix = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+    with torch.no_grad():
+        prefix = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
     prefill_s = time.perf_counter() - t0
-    for k, topk in todo:
+    for label, topk in settings:
         cache = copy.deepcopy(prefix)
         t1 = time.perf_counter()
-        with _sparsify(model, topk):
-            gen = greedy_decode(model, ids[:, -1:], cache, max_new, eos)
+        with torch.no_grad(), _sparsify(model, topk):
+            gen = greedy_decode(model, ids[:, -1:], cache, max_new_tokens, eos)
         secs = time.perf_counter() - t1
         del cache
-        pred = tokenizer.decode(gen, skip_special_tokens=True)
-        rec = {
-            "task": label, "length": s.length, "n_tokens": int(ids.shape[1]),
-            "depth": s.depth, "sample_id": s.id, "k": k,
-            "k_value": topk.k if topk else None,
-            "k_ratio": topk.k_ratio if topk else None,
-            "prediction": pred, "answer": s.answer, "answers": list(s.answers),
-            "score": float(task.score(pred, s)), "new_tokens": len(gen),
-            "seconds": round(secs, 4), "prefill_seconds": round(prefill_s, 4),
-        }
-        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        done.add(record_key(label, s.length, s.id, k))
+        yield Branch(label, gen, tokenizer.decode(gen, skip_special_tokens=True), secs,
+                     prefill_s, int(ids.shape[1]))
     del prefix
     if device.type == "cuda":  # pragma: no cover - GPU only
         torch.cuda.empty_cache()
+
+
+def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f, done) -> None:
+    """Prefill one sample once, then decode its answer for each (k, TopKConfig) in ``todo``."""
+    configs = dict(todo)
+    for br in decode_branches(model, tokenizer, s.prompt, todo, max_new, eos):
+        topk = configs[br.label]
+        rec = {
+            "task": label, "length": s.length, "n_tokens": br.n_tokens,
+            "depth": s.depth, "sample_id": s.id, "k": br.label,
+            "k_value": topk.k if topk else None,
+            "k_ratio": topk.k_ratio if topk else None,
+            "prediction": br.text, "answer": s.answer, "answers": list(s.answers),
+            "score": float(task.score(br.text, s)), "new_tokens": len(br.token_ids),
+            "seconds": round(br.seconds, 4), "prefill_seconds": round(br.prefill_seconds, 4),
+        }
+        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+        done.add(record_key(label, s.length, s.id, br.label))
