@@ -29,3 +29,14 @@ def embedded_model():
     from topkattn.models import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer from the embedded GGUF (chat template included)."""
+    from transformers import AutoTokenizer
+
+    from topkattn.models import embedded_model_file
+
+    f = embedded_model_file()
+    return AutoTokenizer.from_pretrained(str(f.parent), gguf_file=f.name)
