@@ -168,3 +168,13 @@ def test_chat_jsonl_training(tiny_model_dir, tmp_path):
     assert res.steps == 4 and all(l == l for l in res.losses)
     summary = json.loads((tmp_path / "chat" / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["data"]["examples"] == 4
+
+
+def test_missing_data_file_fails_before_loading_the_model(tmp_path):
+    from topkattn.train.sft import build_model
+
+    cfg = TrainConfig(data=str(tmp_path / "nope.jsonl"), out=str(tmp_path / "o"),
+                      model=str(tmp_path / "no-model"))
+    # the data error comes first: the (also missing) model is never looked at
+    with pytest.raises(FileNotFoundError, match="nope.jsonl.*does not exist"):
+        build_model(cfg, torch.device("cpu"))

@@ -199,6 +199,9 @@ def build_model(cfg: TrainConfig, device: torch.device):
     """(model to train, base model to sparsify, tokenizer): fp32 weights, LoRA if asked."""
     from topkattn.models import load_model
 
+    if not cfg.data.startswith("synthetic:") and not Path(cfg.data).is_file():
+        # fail before the (slow) model load, not after it
+        raise FileNotFoundError(f"training data file {cfg.data!r} does not exist")
     model, tok = load_model(cfg.model, dtype=torch.float32, device=str(device))
     _strip_gguf(model)
     model.config.use_cache = False
