@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from topkattn.tasks.base import TokenizerLike, count_tokens
@@ -34,6 +35,13 @@ def read_records(path: str | Path) -> list[dict]:
     if not records:
         raise ValueError(f"{str(path)!r} holds no records")
     return records
+
+
+def seeded_pick(records: list[dict], n: int, seed: int) -> list[tuple[int, dict]]:
+    """Up to ``n`` (index, record) pairs in an order shuffled by ``seed`` (same seed, same pick)."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    return [(i, records[i]) for i in order[:n]]
 
 
 def truncate_middle(tokenizer: TokenizerLike, text: str, max_tokens: int) -> str:

@@ -12,12 +12,11 @@ Scoring: by default a sample scores 1.0 when *any* reference answer occurs in th
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from topkattn.tasks.base import (Sample, Task, TokenizerLike, check_length, exact_match_score,
                                  render_prompt)
-from topkattn.tasks.files import fit_context, read_records
+from topkattn.tasks.files import fit_context, read_records, seeded_pick
 
 
 def _answers(rec: dict) -> tuple[str, ...]:
@@ -57,12 +56,8 @@ class HelmetTask(Task):
     def samples(self, tokenizer: TokenizerLike, length: int, n: int, seed: int,
                 max_length: int | None = None) -> list[Sample]:
         check_length(length, max_length)
-        recs = self.records()
-        order = list(range(len(recs)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order[:n]:
-            r = recs[i]
+        for i, r in seeded_pick(self.records(), n, seed):
             question = str(r.get("question") or r.get("input"))
             context = str(r.get("context") or "")
 

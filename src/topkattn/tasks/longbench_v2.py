@@ -9,12 +9,11 @@ first letter A-D of the prediction (1.0 when it is the right one).
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 
 from topkattn.tasks.base import Sample, Task, TokenizerLike, check_length, render_prompt
-from topkattn.tasks.files import fit_context, read_records
+from topkattn.tasks.files import fit_context, read_records, seeded_pick
 
 TEMPLATE = (
     "Please read the following text and answer the question below.\n\n<text>\n{context}\n"
@@ -56,12 +55,8 @@ class LongBenchV2Task(Task):
     def samples(self, tokenizer: TokenizerLike, length: int, n: int, seed: int,
                 max_length: int | None = None) -> list[Sample]:
         check_length(length, max_length)
-        recs = self.records()
-        order = list(range(len(recs)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order[:n]:
-            r = recs[i]
+        for i, r in seeded_pick(self.records(), n, seed):
 
             def render(ctx: str, r: dict = r) -> str:
                 user = TEMPLATE.format(context=ctx, question=r["question"], A=r["choice_A"],
