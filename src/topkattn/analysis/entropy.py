@@ -166,27 +166,13 @@ def capture_attention_forward(module, query, key, value, attention_mask, dropout
 @contextlib.contextmanager
 def capture_entropy(model, ks: list[str]) -> Iterator[EntropyAccumulator]:
     """Inside the block, every decode step of ``model`` adds to the yielded accumulator."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    from topkattn.integrations.hf import attention_modules, check_supported
+    from topkattn.integrations.hf import attention_override, check_supported
 
     check_supported(model)
-    AttentionInterface.register(CAPTURE_NAME, capture_attention_forward)
-    AttentionMaskInterface.register(CAPTURE_NAME, sdpa_mask)
     acc = EntropyAccumulator(ks=list(ks))
-    mods = [m for _, m in attention_modules(model)]
-    prev = model.config._attn_implementation
-    for m in mods:
-        setattr(m, _ATTR, acc)
-    model.set_attn_implementation(CAPTURE_NAME)
-    try:
+    with attention_override(model, CAPTURE_NAME, capture_attention_forward,
+                            lambda layer_idx, module: acc, _ATTR):
         yield acc
-    finally:
-        for m in mods:
-            if hasattr(m, _ATTR):
-                delattr(m, _ATTR)
-        model.set_attn_implementation(prev)
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,47 +168,31 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
                  "steps": decode steps measured per layer}}
     """
     from rich.progress import Progress
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    from topkattn.integrations.hf import attention_modules
+    from topkattn.integrations.hf import attention_override
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be a positive integer, got {topk!r}")
     sels = selectors if isinstance(selectors, dict) else {s: build_selector(s) for s in selectors}
-    AttentionInterface.register(FIDELITY_ATTN, _fidelity_forward)
-    AttentionMaskInterface.register(FIDELITY_ATTN, sdpa_mask)
     accs = {label: _Acc() for label in sels}
-    mods = attention_modules(model)
-    hooks = []
-    for layer, m in mods:
-        rec = {"layer": layer, "topk": topk, "selectors": list(sels.items()),
-               "stores": [dict() for _ in sels], "acc": accs}
-        setattr(m, _REC_ATTR, rec)
 
-        def pre(module, args, kwargs, rec=rec):
-            rec["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+    def make_record(layer, module):
+        return {"layer": layer, "topk": topk, "selectors": list(sels.items()),
+                "stores": [dict() for _ in sels], "acc": accs}
 
-        hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-    prev = model.config._attn_implementation
-    model.set_attn_implementation(FIDELITY_ATTN)
+    def on_hidden(rec, hidden):
+        rec["hidden"] = hidden
+
     dev = next(model.parameters()).device
-    try:
-        with Progress(disable=not progress, transient=True) as bar:
-            job = bar.add_task(f"fidelity k={topk}", total=len(prompts))
-            for text in prompts:
-                ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(dev)
-                with torch.no_grad():
-                    model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id)
-                bar.advance(job)
-    finally:
-        model.set_attn_implementation(prev)
-        for h in hooks:
-            h.remove()
-        for _, m in mods:
-            if hasattr(m, _REC_ATTR):
-                delattr(m, _REC_ATTR)
+    with attention_override(model, FIDELITY_ATTN, _fidelity_forward, make_record, _REC_ATTR,
+                            on_hidden), Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task(f"fidelity k={topk}", total=len(prompts))
+        for text in prompts:
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(dev)
+            with torch.no_grad():
+                model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)
+            bar.advance(job)
     return summarize(accs)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import AttentionInterface
@@ -122,12 +122,6 @@ def topk_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def register_attention() -> None:
-    """Register ``"topk"`` with transformers' attention and mask interfaces (idempotent)."""
-    AttentionInterface.register(ATTENTION_NAME, topk_attention_forward)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-
-
 def attention_modules(model: torch.nn.Module) -> list[tuple[int | None, torch.nn.Module]]:
     """(layer index, module) for every self-attention module of a decoder."""
     found = []
@@ -158,12 +152,60 @@ def check_supported(model: torch.nn.Module) -> None:
         )
 
 
-def _capture_hidden_states(state: LayerState):
-    def hook(module, args, kwargs):
-        hs = kwargs.get("hidden_states", args[0] if args else None)
-        state.hidden_states = hs
+def _set_hidden_states(state: LayerState, hidden: torch.Tensor | None) -> None:
+    state.hidden_states = hidden
 
-    return hook
+
+def _input_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    return kwargs.get("hidden_states", args[0] if args else None)
+
+
+@contextlib.contextmanager
+def attention_override(
+    model: torch.nn.Module,
+    name: str,
+    fn: Callable,
+    make_record: Callable[[int | None, torch.nn.Module], Any],
+    attr: str,
+    on_hidden: Callable[[Any, torch.Tensor | None], None] | None = None,
+) -> Iterator[dict[int | None, Any]]:
+    """Route ``model``'s attention through ``fn`` (registered as ``name``) inside a block.
+
+    Every attention module gets ``make_record(layer_idx, module)`` as attribute ``attr`` (the
+    attention function reads it from its ``module`` argument); with ``on_hidden``, a forward
+    pre-hook passes each call's input hidden states [B, L, hidden] to
+    ``on_hidden(record, hidden)``. Yields layer index -> record. On exit (also after an
+    exception) hooks, attributes and the previous attention implementation are restored.
+    """
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    modules = attention_modules(model)
+    previous = [getattr(m, attr, None) for _, m in modules]
+    records: dict[int | None, Any] = {}
+    hooks = []
+    for layer_idx, mod in modules:
+        rec = make_record(layer_idx, mod)
+        setattr(mod, attr, rec)
+        records[layer_idx] = rec
+        if on_hidden is not None:
+            def pre(module, args, kwargs, rec=rec):
+                on_hidden(rec, _input_hidden_states(args, kwargs))
+
+            hooks.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+    previous_impl = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield records
+    finally:
+        for h in hooks:
+            h.remove()
+        for (_, mod), prev in zip(modules, previous):
+            if prev is None:
+                if hasattr(mod, attr):
+                    delattr(mod, attr)
+            else:
+                setattr(mod, attr, prev)
+        model.set_attn_implementation(previous_impl)
 
 
 @contextlib.contextmanager
@@ -177,33 +219,16 @@ def sparsify(model: torch.nn.Module, cfg: TopKConfig) -> Iterator[dict[int | Non
     if not isinstance(cfg, TopKConfig):
         raise TypeError(f"cfg must be a TopKConfig, got {type(cfg).__name__}")
     check_supported(model)
-    register_attention()
     selector = None
     if cfg.selector != "exact":
         selector = make_selector(cfg.selector, **cfg.selector_args)
-    modules = attention_modules(model)
-    previous_impl = model.config._attn_implementation
-    previous_states = [getattr(m, _STATE_ATTR, None) for _, m in modules]
-    states: dict[int | None, LayerState] = {}
-    hooks = []
-    for layer_idx, mod in modules:
-        st = LayerState(cfg=cfg, selector=selector, layer_idx=layer_idx)
-        setattr(mod, _STATE_ATTR, st)
-        states[layer_idx] = st
-        if selector is not None and selector.needs_hidden_states:
-            hooks.append(
-                mod.register_forward_pre_hook(_capture_hidden_states(st), with_kwargs=True)
-            )
-    model.set_attn_implementation(ATTENTION_NAME)
-    try:
+    needs_hidden = selector is not None and selector.needs_hidden_states
+    with attention_override(
+        model,
+        ATTENTION_NAME,
+        topk_attention_forward,
+        lambda layer_idx, _: LayerState(cfg=cfg, selector=selector, layer_idx=layer_idx),
+        _STATE_ATTR,
+        _set_hidden_states if needs_hidden else None,
+    ) as states:
         yield states
-    finally:
-        for h in hooks:
-            h.remove()
-        for (_, mod), prev in zip(modules, previous_states):
-            if prev is None:
-                if hasattr(mod, _STATE_ATTR):
-                    delattr(mod, _STATE_ATTR)
-            else:
-                setattr(mod, _STATE_ATTR, prev)
-        model.set_attn_implementation(previous_impl)

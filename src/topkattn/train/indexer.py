@@ -124,37 +124,18 @@ def _capture_forward(module, query, key, value, attention_mask, dropout=0.0, sca
 def record_sequence(model, input_ids: torch.Tensor, rows: torch.Tensor,
                     query_source: str = "hidden") -> list[LayerRecord]:
     """One dense forward of ``input_ids`` [1, L]; per layer, the `LayerRecord` of ``rows``."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from topkattn.integrations.hf import attention_override
 
-    from topkattn.integrations.hf import attention_modules
+    def make_record(layer, module):
+        return {"rows": rows.to(input_ids.device), "query_source": query_source}
 
-    AttentionInterface.register(CAPTURE_NAME, _capture_forward)
-    AttentionMaskInterface.register(CAPTURE_NAME, sdpa_mask)
-    mods = sorted(attention_modules(model), key=lambda t: t[0])
-    hooks = []
-    for _, m in mods:
-        rec = {"rows": rows.to(input_ids.device), "query_source": query_source}
-        setattr(m, _REC_ATTR, rec)
+    def on_hidden(rec, hidden):
+        rec["hidden"] = hidden
 
-        def pre(module, args, kwargs, rec=rec):
-            rec["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
-
-        hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-    prev = model.config._attn_implementation
-    model.set_attn_implementation(CAPTURE_NAME)
-    try:
+    with attention_override(model, CAPTURE_NAME, _capture_forward, make_record, _REC_ATTR,
+                            on_hidden) as records:
         model(input_ids=input_ids, use_cache=False)
-    finally:
-        model.set_attn_implementation(prev)
-        for h in hooks:
-            h.remove()
-    out = []
-    for _, m in mods:
-        rec = getattr(m, _REC_ATTR)
-        delattr(m, _REC_ATTR)
-        out.append(rec["out"])
-    return out
+    return [records[layer]["out"] for layer in sorted(records)]
 
 
 def sample_rows(L: int, rows: int, rng: random.Random) -> torch.Tensor:
