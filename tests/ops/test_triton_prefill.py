@@ -3,23 +3,17 @@
 import pytest
 import torch
 
+from tests.ops.compare import TOL, dev
+from tests.ops.compare import rel_rms as _rel_rms
 from topkattn.ops.topk import topk_attention
 from topkattn.ops.topk.naive import topk_attention_reference
 from topkattn.ops.topk.triton_prefill import topk_prefill
 
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 GRAD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
 def rel_rms(a, b):
-    a, b = a.float(), b.float()
-    den = b.pow(2).mean().sqrt().item()
-    num = (a - b).pow(2).mean().sqrt().item()
-    return num / den if den > 1e-6 else num  # k=1: reference gradients of q, k are exactly 0
-
-
-def dev():
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return _rel_rms(a, b, floor=1e-6)  # k=1: reference gradients of q, k are exactly 0
 
 
 CASES = [

@@ -3,23 +3,10 @@
 import pytest
 import torch
 
+from tests.ops.compare import TOL, dev, rel_rms
 from topkattn.ops.topk import topk_attention
 from topkattn.ops.topk.naive import topk_attention_reference
 from topkattn.ops.topk.triton_sparse import sparse_attention
-
-# relative RMS tolerances: fp32 exact math; fp16/bf16 from P@V in low precision + output rounding
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
-
-def rel_rms(a, b):
-    a, b = a.float(), b.float()
-    den = b.pow(2).mean().sqrt().item()
-    num = (a - b).pow(2).mean().sqrt().item()
-    return num / den if den > 0 else num
-
-
-def dev():
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 CASES = [
