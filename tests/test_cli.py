@@ -41,3 +41,10 @@ def test_value_errors_become_one_line(monkeypatch):
 def test_unknown_option_is_a_usage_error():
     r = run_cli("info", "--bogus")
     assert r.returncode == 2 and "No such option" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["fidelity", "entropy", "eval"])
+def test_bad_length_is_one_line(command):
+    r = run_cli(command, "--length" if command != "eval" else "--lengths", "2x")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: length must be a number of tokens such as 1024 or 1k, got '2x'"]

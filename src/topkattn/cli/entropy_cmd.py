@@ -6,14 +6,7 @@ from typing import Optional
 
 import typer
 
-
-def _length(text: str) -> int:
-    t = text.strip().lower()
-    try:
-        return int(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
-    except ValueError:
-        raise ValueError(f"--length must be a token count such as 1024 or 2k, got {text!r}") \
-            from None
+from topkattn.evaluation.runner import parse_length
 
 
 def entropy_command(
@@ -37,7 +30,7 @@ def entropy_command(
 
     from topkattn.analysis.entropy import EntropyConfig, run_entropy, write_outputs
 
-    common = dict(task=task, length=_length(length), samples=samples, decode_steps=steps,
+    common = dict(task=task, length=parse_length(length), samples=samples, decode_steps=steps,
                   ks=k, seed=seed, device=device)
     cfg = EntropyConfig(model=model, label=label, **common)
     cmp = EntropyConfig(model=compare, label=compare_label, **common) if compare else None

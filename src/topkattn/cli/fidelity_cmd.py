@@ -17,7 +17,7 @@ def fidelity_command(
     k: int = typer.Option(64, "--k", help="keys per query (exact Top-k reference and selectors)"),
     model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id or a folder"),
     task: str = typer.Option("niah_multikey", "--task", help="synthetic task"),
-    length: int = typer.Option(2048, "--length", help="prompt length in tokens"),
+    length: str = typer.Option("2k", "--length", help="prompt length in tokens (2048, 2k)"),
     samples: int = typer.Option(8, "--samples", help="task samples"),
     seed: int = typer.Option(0, "--seed"),
     steps: int = typer.Option(8, "--steps", help="decode steps measured per sample"),
@@ -38,6 +38,7 @@ def fidelity_command(
     from rich.console import Console
 
     from topkattn.analysis import fidelity as F
+    from topkattn.evaluation.runner import parse_length
     from topkattn.models import load_model
     from topkattn.tasks import get_task
 
@@ -48,6 +49,7 @@ def fidelity_command(
         specs += [s for s in F.default_sweep(protect) if s not in specs]
     for s in specs:
         F.parse_selector_spec(s)  # fail early on a bad name
+    length = parse_length(length)
     t = get_task(task)
     m, tok = load_model(model, device=device)
     smp = t.samples(tok, length, samples, seed)
