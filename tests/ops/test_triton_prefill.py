@@ -75,3 +75,91 @@ def test_prefill_gpu_grads():
     do = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(ref, (q, k, v), do)):
         assert rel_rms(a, b) < 3e-2
+
+
+def _pad_mask(B, Lq, Lk, starts=None, ends=None, causal=True, rows=True):
+    """transformers-style bool mask [B, 1, Lq or 1, Lk]: key in [start, end) (AND causal)."""
+    pos = torch.arange(Lk, device=dev())
+    st = torch.tensor(starts if starts is not None else [0] * B, device=dev())
+    en = torch.tensor(ends if ends is not None else [Lk] * B, device=dev())
+    key = (pos[None, :] >= st[:, None]) & (pos[None, :] < en[:, None])  # [B, Lk]
+    if not rows:
+        return key[:, None, None, :]
+    m = key[:, None, :].expand(B, Lq, Lk)
+    if causal:
+        m = m & (pos[None, :] <= torch.arange(Lk - Lq, Lk, device=dev())[:, None])
+    return m[:, None].contiguous()
+
+
+GROUP_PAD_CASES = [
+    # B, Hq, Hkv, Lq, Lk, D, topk, dtype, sink, local, causal, granularity, starts, ends
+    (1, 4, 2, 37, 37, 16, 5, torch.float32, 0, 0, True, "kv_group", None, None),  # G=2
+    (2, 8, 2, 21, 45, 32, 7, torch.float32, 1, 2, True, "kv_group", None, None),  # G=4
+    (1, 4, 1, 33, 33, 16, 1, torch.bfloat16, 0, 0, True, "kv_group", None, None),  # k=1
+    (1, 4, 2, 19, 30, 16, 50, torch.bfloat16, 0, 0, False, "kv_group", None, None),  # k >= n
+    # left padding (mask holds causality, causal=False as the HF integration passes it);
+    # the first rows of the padded sequence see no key
+    (2, 2, 1, 29, 29, 16, 6, torch.float32, 0, 0, False, "query_head", [0, 9], None),
+    (2, 4, 2, 20, 26, 16, 5, torch.bfloat16, 2, 3, False, "kv_group", [1, 11], None),
+    (2, 8, 2, 23, 23, 16, 4, torch.float32, 1, 1, False, "kv_group", [5, 0], None),
+    # right-padding key mask [B, 1, 1, Lk] with causal=True
+    (2, 2, 1, 24, 24, 16, 4, torch.float32, 0, 1, True, "query_head", None, [24, 15]),
+]
+
+
+@pytest.mark.parametrize("case", GROUP_PAD_CASES)
+def test_prefill_kv_group_and_padding(case):
+    B, Hq, Hkv, Lq, Lk, D, kk, dt, sink, local, causal, gran, starts, ends = case
+    torch.manual_seed(Lq * Lk + Hq)
+    q = torch.randn(B, Hq, Lq, D, device=dev()).to(dt).requires_grad_()
+    k = torch.randn(B, Hkv, Lk, D, device=dev()).to(dt).requires_grad_()
+    v = torch.randn(B, Hkv, Lk, D, device=dev()).to(dt).requires_grad_()
+    mask = None
+    if starts is not None or ends is not None:
+        mask = _pad_mask(B, Lq, Lk, starts, ends, causal=not causal, rows=starts is not None)
+    kw = dict(causal=causal, sink=sink, local=local, granularity=gran, attn_mask=mask,
+              return_lse=True)
+    out, lse = topk_attention(q, k, v, topk=kk, backend="triton", **kw)  # raises on fallback
+    ref, rlse = topk_attention_reference(q, k, v, kk, **kw)
+    assert rel_rms(out, ref) < TOL[dt]
+    fin = torch.isfinite(rlse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert (lse[fin] - rlse[fin]).abs().max() < 1e-4
+    if starts is not None and max(starts) > 0:
+        assert not fin.all() and (out[~fin] == 0).all()  # an all-padding row: zero output
+    do = torch.randn_like(out)
+    g = torch.autograd.grad(out, (q, k, v), do)
+    rg = torch.autograd.grad(ref, (q, k, v), do)
+    for a, b, name in zip(g, rg, "qkv"):
+        assert rel_rms(a, b) < GRAD_TOL[dt], name
+
+
+def test_prefill_kv_group_ties_keep_lowest_positions():
+    torch.manual_seed(2)
+    q = torch.randint(-1, 2, (1, 2, 30, 16), device=dev()).float()
+    k = torch.randint(-1, 2, (1, 1, 30, 16), device=dev()).float()
+    v = torch.randn(1, 1, 30, 16, device=dev())
+    out = topk_prefill(q, k, v, 4, granularity="kv_group", sink=1, local=1)
+    ref = topk_attention_reference(q, k, v, 4, granularity="kv_group", sink=1, local=1)
+    assert rel_rms(out, ref) < 1e-6
+
+
+def test_prefill_mask_forms():
+    from topkattn.ops.topk.dispatch_triton import _padding_bounds
+
+    B, Lq, Lk = 2, 6, 9
+    m = _pad_mask(B, Lq, Lk, [2, 0])
+    st, en, causal = _padding_bounds(m, B, Lq, Lk, causal=False)
+    assert st.tolist() == [2, 0] and en.tolist() == [Lk, Lk] and causal
+    st, en, causal = _padding_bounds(_pad_mask(B, Lq, Lk, [3, 0], rows=False), B, Lq, Lk, False)
+    assert st.tolist() == [3, 0] and not causal
+    holed = m.clone()
+    holed[1, 0, -1, 4] = False  # a hole: not a key range -> the reference runs
+    assert _padding_bounds(holed, B, Lq, Lk, causal=False) is None
+    assert _padding_bounds(m.expand(B, 2, Lq, Lk), B, Lq, Lk, causal=False) is None
+    q = torch.randn(B, 2, Lq, 16, device=dev())
+    kv = torch.randn(B, 1, Lk, 16, device=dev())
+    with pytest.raises(ValueError):
+        topk_attention(q, kv, kv, topk=3, causal=False, attn_mask=holed, backend="triton")
+    ref = topk_attention_reference(q, kv, kv, 3, causal=False, attn_mask=holed)
+    assert torch.equal(topk_attention(q, kv, kv, topk=3, causal=False, attn_mask=holed), ref)

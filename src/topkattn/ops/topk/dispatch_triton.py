@@ -3,9 +3,11 @@
 Lq == 1 and no indices -> `triton_decode.topk_decode`; indices given -> `triton_sparse`;
 otherwise (prefill / training) -> `triton_prefill` (autograd-aware). Unsupported inputs return
 None so the caller falls back to the reference: float64, CPU tensors (unless
-TRITON_INTERPRET=1), head_dim not in {16, 32, 64, 128, 256}, an ``attn_mask`` that is not a
-right-padding key mask [B, 1, 1, Lk], ``topk=None`` (dense), gradients through decode/sparse,
-and ``kv_group`` prefill.
+TRITON_INTERPRET=1), head_dim not in {16, 32, 64, 128, 256}, ``topk=None`` (dense), gradients
+through decode/sparse, and an ``attn_mask`` of another form than: for decode/sparse a
+right-padding key mask [B, 1, 1, Lk]; for prefill a per-sequence key range, i.e. a mask
+[B or 1, 1, Lq or 1, Lk] that equals exactly ``start[b] <= key < end[b]`` (left or right
+padding), optionally AND causality (the form transformers passes for left-padded batches).
 """
 
 from __future__ import annotations
@@ -31,6 +33,43 @@ def _padding_lens(attn_mask: torch.Tensor, B: int, Lk: int) -> torch.Tensor | No
     return lens.to(torch.int32)
 
 
+def _padding_bounds(attn_mask, B, Lq, Lk, causal, chunk=1024):
+    """(starts, ends, causal) when ``attn_mask`` (AND ``causal``) equals exactly
+    ``starts[b] <= key < ends[b]`` (AND causality, queries at the last Lq positions), else None.
+    ``causal`` comes back True when the mask itself holds causality. Checked in row chunks."""
+    if attn_mask.dtype != torch.bool or attn_mask.dim() != 4 or attn_mask.shape[1] != 1:
+        return None
+    if attn_mask.shape[0] not in (1, B) or attn_mask.shape[2] not in (1, Lq) or attn_mask.shape[3] != Lk:
+        return None
+    m = attn_mask[:, 0].expand(B, Lq, Lk)
+    pos = torch.arange(Lk, device=m.device)
+
+    def cvis(r0, r1):  # [r1 - r0, Lk]: query i (at position Lk - Lq + i) sees keys <= it
+        return pos[None, :] <= torch.arange(Lk - Lq + r0, Lk - Lq + r1, device=m.device)[:, None]
+
+    def rows(r0, r1):
+        return m[:, r0:r1] & cvis(r0, r1) if causal else m[:, r0:r1]
+
+    union = torch.zeros(B, Lk, dtype=torch.bool, device=m.device)
+    for r0 in range(0, Lq, chunk):
+        union |= rows(r0, min(Lq, r0 + chunk)).any(1)
+    anyv = union.any(-1)
+    starts = torch.where(anyv, union.int().argmax(-1), 0)
+    ends = torch.where(anyv, Lk - union.flip(-1).int().argmax(-1), 0)
+    key = (pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])  # [B, Lk]
+    for form_causal in ((True,) if causal else (True, False)):
+        ok = True
+        for r0 in range(0, Lq, chunk):
+            r1 = min(Lq, r0 + chunk)
+            want = key[:, None, :] & cvis(r0, r1) if form_causal else key[:, None, :].expand(B, r1 - r0, Lk)
+            if not torch.equal(rows(r0, r1), want):
+                ok = False
+                break
+        if ok:
+            return starts.to(torch.int32), ends.to(torch.int32), form_causal
+    return None
+
+
 def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse):
     """Run the kernel that fits these inputs; None when none does (see module docstring)."""
     interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -47,8 +86,9 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
     B, Hq, Lq, _ = q.shape
     Lk = k.shape[2]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    prefill = indices is None and topk is not None and not (Lq == 1 and not needs_grad)
     lens = None
-    if attn_mask is not None:
+    if attn_mask is not None and not prefill:
         lens = _padding_lens(attn_mask, B, Lk)
         if lens is None:
             return None
@@ -65,10 +105,17 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
 
         # causal or not, one query at the last position sees every (unpadded) key
         return topk_decode(q, k, v, topk, scale, sink, local, granularity, lens, return_lse)
-    if granularity != "query_head" or lens is not None:
+    if granularity not in ("query_head", "kv_group"):
         return None
+    starts = ends = None
+    if attn_mask is not None:
+        bounds = _padding_bounds(attn_mask, B, Lq, Lk, causal)
+        if bounds is None:
+            return None
+        starts, ends, causal = bounds
     try:
         from topkattn.ops.topk.triton_prefill import topk_prefill
     except ImportError:
         return None
-    return topk_prefill(q, k, v, topk, causal, scale, sink, local, return_lse)
+    return topk_prefill(q, k, v, topk, causal, scale, sink, local, return_lse, granularity,
+                        starts, ends)

@@ -14,6 +14,12 @@ without materialising the n x n scores:
 3. ``_bwd_dq_kernel`` / ``_bwd_dkdv_kernel``: flash-attention backward through the same mask
    (dk, dv summed over the query heads of each KV head).
 
+``granularity="kv_group"``: one selected set per (b, KV head), the threshold search running on
+the scores summed over the group's G query heads (``_group_scores``, recomputed alike by every
+kernel for the mask); each query head then attends with its own scores and softmax. Padding:
+sequence b sees only keys in [starts[b], ends[b]) (left / right padding; rows that see none
+give zero output).
+
 All kernels compute scores with the same tile shapes and the same helper so that the keys
 compared against T are bit-identical to those used to find it.
 """
@@ -34,23 +40,25 @@ P_INF: tl.constexpr = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
-def _row_info(m, Lq, Lk, sink, local, CAUSAL: tl.constexpr):
-    """Per query row: visible end, candidate range [c_lo, c_hi)."""
+def _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL: tl.constexpr):
+    """Per query row: visible end, candidate range [c_lo, c_hi). Visible keys are
+    [vs, vis_end) (vs, ve: the sequence's first / one-past-last unpadded key)."""
     if CAUSAL:
         vis_end = Lk - Lq + m + 1
     else:
         vis_end = m * 0 + Lk
+    vis_end = tl.minimum(vis_end, ve)
     vis_end = tl.where(m < Lq, vis_end, 0)
-    c_lo = tl.minimum(sink, vis_end)
+    c_lo = tl.minimum(tl.maximum(sink, vs), vis_end)
     c_hi = tl.maximum(c_lo, vis_end - local)
     return vis_end, c_lo, c_hi
 
 
 @triton.jit
-def _sel_mask(s, pos, vis_end, c_lo, c_hi, T, P):
+def _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T, P):
     """bool [BM, BN]: selected entries (forced or candidate with key >= (T, P))."""
     key = _f32_key(s)
-    vis = pos[None, :] < vis_end[:, None]
+    vis = (pos[None, :] >= vs) & (pos[None, :] < vis_end[:, None])
     cand = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
     forced = vis & ~cand
     above = (key > T[:, None]) | ((key == T[:, None]) & (pos[None, :] <= P[:, None]))
@@ -58,21 +66,44 @@ def _sel_mask(s, pos, vis_end, c_lo, c_hi, T, P):
 
 
 @triton.jit
-def _thresh_kernel(Q, K, TB, PB, sqb, sqh, sqm, skb, skh, skn, Hq, G, Lq, Lk, topk, sink, local,
-                   scale, CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                   D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM: tl.constexpr, BN: tl.constexpr,
+                  IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """kv_group selection scores [BM, BN]: sum over the G query heads (from ``qg``, the group's
+    first head) of the scaled scores, in head order. Every kernel uses this same helper."""
+    ssum = tl.zeros([BM, BN], tl.float32)
+    qp = qg + m[:, None].to(tl.int64) * sqm + d[None, :]
+    for g in range(0, G):
+        qh = tl.load(qp, mask=m[:, None] < Lq, other=0.0)
+        ssum += mm(qh, tl.trans(kt), IEEE, UPCAST) * scale
+        qp += sqh
+    return ssum
+
+
+@triton.jit
+def _thresh_kernel(Q, K, TB, PB, ST, EN, sqb, sqh, sqm, skb, skh, skn, Hr, G, Lq, Lk, topk,
+                   sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+                   UPCAST: tl.constexpr):
+    # one row per (b, query head), or per (b, KV head) with GROUP (summed group scores)
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
+    b = bh // Hr
+    h = bh % Hr
     m = pid_m * BM + tl.arange(0, BM)
     d = tl.arange(0, D)
-    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, CAUSAL)
-    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + m[:, None].to(tl.int64) * sqm
-                + d[None, :], mask=m[:, None] < Lq, other=0.0)
-    kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
+    vs = tl.load(ST + b)
+    ve = tl.load(EN + b)
+    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+    if GROUP:
+        qg = Q + b.to(tl.int64) * sqb + (h * G).to(tl.int64) * sqh
+        kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    else:
+        q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+                    + m[:, None].to(tl.int64) * sqm + d[None, :], mask=m[:, None] < Lq, other=0.0)
+        kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
     active = (c_hi - c_lo) > topk
     n_end = tl.max(c_hi, 0)
+    n_lo = vs // BN * BN
     want = tl.zeros([BM], tl.uint32)
     rem = tl.where(active, topk, 0)
     nd = rem
@@ -82,11 +113,14 @@ def _thresh_kernel(Q, K, TB, PB, sqb, sqh, sqm, skb, skh, skn, Hq, G, Lq, Lk, to
         SHIFT = 28 - 4 * it
         if tl.sum((~done).to(tl.int32), 0) > 0:
             h16 = tl.zeros([BM, 16], tl.int32)
-            for start in range(0, n_end, BN):
+            for start in range(n_lo, n_end, BN):
                 pos = start + tl.arange(0, BN)
                 kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :],
                              mask=pos[:, None] < Lk, other=0.0)
-                s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
+                if GROUP:
+                    s = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+                else:
+                    s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
                 key = _f32_key(s)
                 match = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
                 if SHIFT < 28:
@@ -113,11 +147,14 @@ def _thresh_kernel(Q, K, TB, PB, sqb, sqh, sqm, skb, skh, skn, Hq, G, Lq, Lk, to
     need_cut = active & (nd > rem)
     if tl.sum(need_cut.to(tl.int32), 0) > 0:
         seen = tl.zeros([BM], tl.int32)
-        for start in range(0, n_end, BN):
+        for start in range(n_lo, n_end, BN):
             pos = start + tl.arange(0, BN)
             kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :],
                          mask=pos[:, None] < Lk, other=0.0)
-            s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
+            if GROUP:
+                s = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+            else:
+                s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
             key = _f32_key(s)
             cand = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
             tie = (cand & (key == want[:, None])).to(tl.int32)
@@ -131,19 +168,27 @@ def _thresh_kernel(Q, K, TB, PB, sqb, sqh, sqm, skb, skh, skn, Hq, G, Lq, Lk, to
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, TB, PB, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-                Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr, BM: tl.constexpr,
-                BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+                UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
     h = bh % Hq
     m = pid_m * BM + tl.arange(0, BM)
     d = tl.arange(0, D)
-    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, CAUSAL)
+    vs = tl.load(ST + b)
+    ve = tl.load(EN + b)
+    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
     row = bh.to(tl.int64) * Lq + m
-    T = tl.load(TB + row, mask=m < Lq, other=0).to(tl.uint32, bitcast=True)
-    P = tl.load(PB + row, mask=m < Lq, other=0)
+    if GROUP:  # thresholds per (b, KV head)
+        trow = (b * (Hq // G) + h // G).to(tl.int64) * Lq + m
+        qg = Q + b.to(tl.int64) * sqb + (h // G * G).to(tl.int64) * sqh
+    else:
+        trow = row
+    T = tl.load(TB + trow, mask=m < Lq, other=0).to(tl.uint32, bitcast=True)
+    P = tl.load(PB + trow, mask=m < Lq, other=0)
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + m[:, None].to(tl.int64) * sqm
                 + d[None, :], mask=m[:, None] < Lq, other=0.0)
     kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
@@ -152,11 +197,15 @@ def _fwd_kernel(Q, K, V, TB, PB, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh,
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
     n_end = tl.max(vis_end, 0)
-    for start in range(0, n_end, BN):
+    for start in range(vs // BN * BN, n_end, BN):
         pos = start + tl.arange(0, BN)
         kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :], mask=pos[:, None] < Lk, other=0.0)
         s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-        sel = _sel_mask(s, pos, vis_end, c_lo, c_hi, T, P)
+        if GROUP:
+            ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, T, P)
+        else:
+            sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T, P)
         s = tl.where(sel, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -173,20 +222,28 @@ def _fwd_kernel(Q, K, V, TB, PB, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, TB, PB, DO, LSE, DELTA, DQ, sqb, sqh, sqm, skb, skh, skn, svb, svh,
-                   svn, Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr, BM: tl.constexpr,
-                   BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, skb, skh, skn,
+                   svb, svh, svn, Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr,
+                   GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
     h = bh % Hq
     m = pid_m * BM + tl.arange(0, BM)
     d = tl.arange(0, D)
-    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, CAUSAL)
+    vs = tl.load(ST + b)
+    ve = tl.load(EN + b)
+    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
     row = bh.to(tl.int64) * Lq + m
     rm = m < Lq
-    T = tl.load(TB + row, mask=rm, other=0).to(tl.uint32, bitcast=True)
-    P = tl.load(PB + row, mask=rm, other=0)
+    if GROUP:
+        trow = (b * (Hq // G) + h // G).to(tl.int64) * Lq + m
+        qg = Q + b.to(tl.int64) * sqb + (h // G * G).to(tl.int64) * sqh
+    else:
+        trow = row
+    T = tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True)
+    P = tl.load(PB + trow, mask=rm, other=0)
     lse = tl.load(LSE + row, mask=rm, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse)
     delta = tl.load(DELTA + row, mask=rm, other=0.0)
@@ -197,12 +254,16 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, DO, LSE, DELTA, DQ, sqb, sqh, sqm, skb, skh,
     vbase = V + b.to(tl.int64) * svb + (h // G).to(tl.int64) * svh
     dq = tl.zeros([BM, D], tl.float32)
     n_end = tl.max(vis_end, 0)
-    for start in range(0, n_end, BN):
+    for start in range(vs // BN * BN, n_end, BN):
         pos = start + tl.arange(0, BN)
         kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :], mask=pos[:, None] < Lk, other=0.0)
         vt = tl.load(vbase + pos[:, None].to(tl.int64) * svn + d[None, :], mask=pos[:, None] < Lk, other=0.0)
         s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-        sel = _sel_mask(s, pos, vis_end, c_lo, c_hi, T, P)
+        if GROUP:
+            ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, T, P)
+        else:
+            sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T, P)
         p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
         dp = mm(do, tl.trans(vt), IEEE, UPCAST)
         ds = p * (dp - delta[:, None])
@@ -211,16 +272,18 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, DO, LSE, DELTA, DQ, sqb, sqh, sqm, skb, skh,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, TB, PB, DO, LSE, DELTA, DK, DV, sqb, sqh, sqm, skb, skh, skn,
-                     svb, svh, svn, Hq, Hkv, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-                     UPCAST: tl.constexpr):
+def _bwd_dkdv_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DK, DV, sqb, sqh, sqm, skb, skh,
+                     skn, svb, svh, svn, Hq, Hkv, G, Lq, Lk, sink, local, scale,
+                     CAUSAL: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     pid_n = tl.program_id(0)
     bkv = tl.program_id(1)
     b = bkv // Hkv
     hkv = bkv % Hkv
     pos = pid_n * BN + tl.arange(0, BN)
     d = tl.arange(0, D)
+    vs = tl.load(ST + b)
+    ve = tl.load(EN + b)
     kt = tl.load(K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh + pos[:, None].to(tl.int64) * skn
                  + d[None, :], mask=pos[:, None] < Lk, other=0.0)
     vt = tl.load(V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh + pos[:, None].to(tl.int64) * svn
@@ -230,16 +293,21 @@ def _bwd_dkdv_kernel(Q, K, V, TB, PB, DO, LSE, DELTA, DK, DV, sqb, sqh, sqm, skb
     m_start = 0
     if CAUSAL:  # first query row that sees this key block: position >= pid_n*BN
         m_start = tl.maximum(pid_n * BN - (Lk - Lq), 0) // BM * BM
-    for g in range(0, G):
-        h = hkv * G + g
-        bh = b * Hq + h
-        for ms in range(m_start, Lq, BM):
-            m = ms + tl.arange(0, BM)
-            rm = m < Lq
-            vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, CAUSAL)
+    for ms in range(m_start, Lq, BM):
+        m = ms + tl.arange(0, BM)
+        rm = m < Lq
+        vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+        if GROUP:  # one selection for the whole group, from the summed scores
+            trow = bkv.to(tl.int64) * Lq + m
+            T = tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True)
+            P = tl.load(PB + trow, mask=rm, other=0)
+            qg = Q + b.to(tl.int64) * sqb + (hkv * G).to(tl.int64) * sqh
+            ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+            gsel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, T, P)
+        for g in range(0, G):
+            h = hkv * G + g
+            bh = b * Hq + h
             row = bh.to(tl.int64) * Lq + m
-            T = tl.load(TB + row, mask=rm, other=0).to(tl.uint32, bitcast=True)
-            P = tl.load(PB + row, mask=rm, other=0)
             lse = tl.load(LSE + row, mask=rm, other=0.0)
             lse = tl.where(lse == float("-inf"), 0.0, lse)
             delta = tl.load(DELTA + row, mask=rm, other=0.0)
@@ -247,7 +315,12 @@ def _bwd_dkdv_kernel(Q, K, V, TB, PB, DO, LSE, DELTA, DK, DV, sqb, sqh, sqm, skb
                         + d[None, :], mask=rm[:, None], other=0.0)
             do = tl.load(DO + row[:, None] * D + d[None, :], mask=rm[:, None], other=0.0)
             s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-            sel = _sel_mask(s, pos, vis_end, c_lo, c_hi, T, P)
+            if GROUP:
+                sel = gsel
+            else:
+                T1 = tl.load(TB + row, mask=rm, other=0).to(tl.uint32, bitcast=True)
+                P1 = tl.load(PB + row, mask=rm, other=0)
+                sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T1, P1)
             p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
             dv += mm(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
             dp = mm(do, tl.trans(vt), IEEE, UPCAST)
@@ -270,45 +343,57 @@ def _strides(q, k, v):
             v.stride(0), v.stride(1), v.stride(2))
 
 
-def prefill_thresholds(q, k, topk, causal, scale, sink, local):
-    """Per query row, threshold key T (int32 bit pattern of the uint32 key) and tie cutoff P,
-    both [B*Hq, Lq]."""
+def _bounds(starts, ends, B, Lk, device):
+    """Per-sequence visible key range [start, end) as two int32 [B] (whole range when None)."""
+    st = torch.zeros(B, dtype=torch.int32, device=device) if starts is None else starts
+    en = torch.full((B,), Lk, dtype=torch.int32, device=device) if ends is None else ends
+    return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in (st, en))
+
+
+def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, starts=None,
+                       ends=None):
+    """Per selection row, threshold key T (int32 bit pattern of the uint32 key) and tie cutoff
+    P, both [B*Hq, Lq] ([B*Hkv, Lq] with ``group``: one set per KV head from the summed group
+    scores)."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     BM, BN, nw = _blocks(q)
-    TB = torch.empty(B * Hq, Lq, dtype=torch.int32, device=q.device)
+    st, en = _bounds(starts, ends, B, Lk, q.device)
+    Hr = Hkv if group else Hq
+    TB = torch.empty(B * Hr, Lq, dtype=torch.int32, device=q.device)
     PB = torch.empty_like(TB)
-    _thresh_kernel[(triton.cdiv(Lq, BM), B * Hq)](
-        q, k, TB, PB, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-        k.stride(2), Hq, Hq // Hkv, Lq, Lk, topk, sink, local, scale, CAUSAL=causal, BM=BM,
-        BN=BN, D=D, IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=nw,
+    _thresh_kernel[(triton.cdiv(Lq, BM), B * Hr)](
+        q, k, TB, PB, st, en, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+        k.stride(2), Hr, Hq // Hkv, Lq, Lk, topk, sink, local, scale, CAUSAL=causal,
+        GROUP=group, BM=BM, BN=BN, D=D, IEEE=q.dtype == torch.float32, UPCAST=INTERPRET,
+        num_warps=nw,
     )
     return TB, PB
 
 
 class _TopkPrefill(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, topk, causal, scale, sink, local):
+    def forward(ctx, q, k, v, topk, causal, scale, sink, local, group, st, en):
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
         BM, BN, nw = _blocks(q)
-        TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local)
+        TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en)
         o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
         _fwd_kernel[(triton.cdiv(Lq, BM), B * Hq)](
-            q, k, v, TB, PB, o, lse, *_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink, local, scale,
-            CAUSAL=causal, BM=BM, BN=BN, D=D, IEEE=q.dtype == torch.float32, UPCAST=INTERPRET,
-            num_warps=nw,
+            q, k, v, TB, PB, st, en, o, lse, *_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
+            local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D,
+            IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=nw,
         )
-        ctx.save_for_backward(q, k, v, o, lse, TB, PB)
-        ctx.args = (causal, scale, sink, local)
+        ctx.save_for_backward(q, k, v, o, lse, TB, PB, st, en)
+        ctx.args = (causal, scale, sink, local, group)
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        q, k, v, o, lse, TB, PB = ctx.saved_tensors
-        causal, scale, sink, local = ctx.args
+        q, k, v, o, lse, TB, PB, st, en = ctx.saved_tensors
+        causal, scale, sink, local, group = ctx.args
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
         G = Hq // Hkv
@@ -320,15 +405,16 @@ class _TopkPrefill(torch.autograd.Function):
         dv = torch.empty(B, Hkv, Lk, D, dtype=v.dtype, device=v.device)
         ieee = q.dtype == torch.float32
         _bwd_dq_kernel[(triton.cdiv(Lq, BM), B * Hq)](
-            q, k, v, TB, PB, do, lse, delta, dq, *_strides(q, k, v), Hq, G, Lq, Lk, sink, local,
-            scale, CAUSAL=causal, BM=BM, BN=BN, D=D, IEEE=ieee, UPCAST=INTERPRET, num_warps=nw,
+            q, k, v, TB, PB, st, en, do, lse, delta, dq, *_strides(q, k, v), Hq, G, Lq, Lk,
+            sink, local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=ieee,
+            UPCAST=INTERPRET, num_warps=nw,
         )
         _bwd_dkdv_kernel[(triton.cdiv(Lk, BN), B * Hkv)](
-            q, k, v, TB, PB, do, lse, delta, dk, dv, *_strides(q, k, v), Hq, Hkv, G, Lq, Lk,
-            sink, local, scale, CAUSAL=causal, BM=BM, BN=BN, D=D, IEEE=ieee, UPCAST=INTERPRET,
-            num_warps=nw,
+            q, k, v, TB, PB, st, en, do, lse, delta, dk, dv, *_strides(q, k, v), Hq, Hkv, G, Lq,
+            Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=ieee,
+            UPCAST=INTERPRET, num_warps=nw,
         )
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 def topk_prefill(
@@ -341,14 +427,22 @@ def topk_prefill(
     sink: int = 0,
     local: int = 0,
     return_lse: bool = False,
+    granularity: str = "query_head",
+    starts: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,
 ):
     """Exact Top-k attention for every query row (prefill / training), differentiable.
 
     Args:
         q: [B, Hq, Lq, D]; k, v: [B, Hkv, Lk, D]; the queries sit at the last Lq positions.
-        topk: keys per query row besides sink/local (per query head).
+        topk: keys per query row besides sink/local (per query head, or per KV head with
+            ``granularity="kv_group"``: chosen from the scores summed over the group's query
+            heads; each query head then attends over that set with its own scores).
         causal, scale, sink, local: as in `topk_attention_reference`.
         return_lse: also return fp32 [B, Hq, Lq] (not differentiable).
+        starts, ends: int [B] or None: sequence b sees only keys in [starts[b], ends[b])
+            (left / right padding; sink positions count from 0 as in the reference). Rows that
+            see no key give zero output and lse -inf.
 
     Returns:
         out [B, Hq, Lq, D] [, lse]; gradients reach q, k, v through the selected entries.
@@ -359,9 +453,17 @@ def topk_prefill(
         raise ValueError(f"topk must be a positive integer, got {topk!r}")
     if sink < 0 or local < 0:
         raise ValueError(f"sink and local must be >= 0; got sink={sink}, local={local}")
-    D = q.shape[-1]
+    if granularity not in ("query_head", "kv_group"):
+        raise ValueError(f"granularity must be 'query_head' or 'kv_group', got {granularity!r}")
+    B, Hq, _, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    for name, t in (("starts", starts), ("ends", ends)):
+        if t is not None and (t.dim() != 1 or t.shape[0] != B):
+            raise ValueError(f"{name} must be [B={B}], got {tuple(t.shape)}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    topk = min(topk, k.shape[2])
-    out, lse = _TopkPrefill.apply(q, k, v, topk, causal, scale, sink, local)
+    topk = min(topk, Lk)
+    group = granularity == "kv_group" and Hq != Hkv
+    st, en = _bounds(starts, ends, B, Lk, q.device)
+    out, lse = _TopkPrefill.apply(q, k, v, topk, causal, scale, sink, local, group, st, en)
     return (out, lse) if return_lse else out
