@@ -27,7 +27,7 @@ test-fast:
 
 # On a machine with a CUDA GPU: kernel tests against the reference on the GPU.
 gpu-test:
-	$(PYTHON) -m pytest -q -m gpu
+	PYTHONPATH=src:$$PYTHONPATH $(PYTHON) -m pytest -q -m gpu
 
 clean:
 	rm -rf runs .pytest_cache build dist src/*.egg-info
