@@ -303,10 +303,9 @@ def markdown_table(fidelity: dict[str, dict], accuracy: dict[str, float] | None 
 
 def plot_per_layer(fidelity: dict[str, dict], path: str | Path, title: str = "") -> Path:
     """PNG: per-layer precision, mass recall and output error, one line per selector."""
-    import matplotlib
+    from topkattn.analysis.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for lab, r in fidelity.items():
@@ -320,21 +319,15 @@ def plot_per_layer(fidelity: dict[str, dict], path: str | Path, title: str = "")
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_downstream(fidelity: dict[str, dict], accuracy: dict[str, float], path: str | Path,
                     title: str = "", full: float | None = None) -> Path:
     """PNG: accuracy vs precision and vs mass recall (one point per selector, r in titles)."""
-    import matplotlib
+    from topkattn.analysis.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labs = [l for l in accuracy if l in fidelity]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -356,12 +349,7 @@ def plot_downstream(fidelity: dict[str, dict], accuracy: dict[str, float], path:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title + "   (blue: precision:p, red: with protect, green: selectors)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def default_sweep(with_protect: int = 1) -> list[str]:

@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Lay out, write (parent folders created) and close ``fig``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
 
 # --------------------------------------------------------------------------------------------
 # Attention entropy (topkattn.analysis.entropy)
@@ -10,11 +32,9 @@ from __future__ import annotations
 def plot_entropy_heatmap(results: list[dict], path) -> None:
     """Layers x heads heatmaps of decode-step attention entropy, one panel per model, plus the
     top-k mass of the first k (shared colour scales so models compare directly)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     k0 = next(iter(results[0]["topk"]))
     n = len(results)
@@ -35,17 +55,12 @@ def plot_entropy_heatmap(results: list[dict], path) -> None:
     fig.suptitle(f"decode-step attention, task {results[0]['config']['task']}, "
                  f"~{results[0]['mean_context']:.0f} keys (log n = "
                  f"{results[0]['log_context']:.2f})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_entropy_layers(results: list[dict], path) -> None:
     """Per-layer mean entropy (dense and renormalised top-k) and top-k mass, per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     styles = ["-", "--", ":", "-."]
@@ -67,6 +82,4 @@ def plot_entropy_layers(results: list[dict], path) -> None:
     a2.set_title("mass held by the top-k keys")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
