@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: GPU-marked kernel tests, then every benchmark (each step time-limited and
 # logged under $OUT). Usage on the device machine, from the repo root:
-#   bash scripts/device_bench.sh [ops]      (ops default: select,decode,sparse,prefill)
+#   bash scripts/device_bench.sh [ops]      (ops default: select,decode,sparse,prefill;
+#   also indexer_decode, and variants = scripts/device_decode_variants.py)
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 FINAL=${OUT:-runs/device}
@@ -12,7 +13,8 @@ OPS=${1:-select,decode,sparse,prefill}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
-  timeout 240 python3 -m pytest tests/ops -q -m gpu -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+  # every kernel test runs on CUDA when it is there (tests/ops/compare.py:dev), gpu-marked ones too
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/ops -q -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
   pack
 fi
 for op in ${OPS//,/ }; do
@@ -21,7 +23,11 @@ for op in ${OPS//,/ }; do
     decode)  args="--ctx 8k,32k,128k --k 256,2048,8192 --batch 1,8" ;;
     sparse)  args="--ctx 32k,128k --k 2048 --batch 1,8" ;;
     prefill) args="--ctx 8k,16k --k 2048 --batch 1" ;;
+    indexer_decode) args="--ctx 32k,128k --k 2048 --batch 1,8" ;;
+    variants) timeout 150 python3 scripts/device_decode_variants.py 2>&1 | tee "$OUT/variants.txt"; pack; continue ;;
   esac
-  timeout 300 python3 -m topkattn.bench.run --op $op $args --out "$OUT/bench" 2>&1 | tail -40 | tee "$OUT/bench_$op.log"
+  # per-op override, e.g. ARGS_decode="--ctx 32k,128k --k 2048 --batch 1,8"
+  ov="ARGS_$op"; args=${!ov:-$args}
+  timeout ${BENCH_TIMEOUT:-300} python3 -m topkattn.bench.run --op $op $args --out "$OUT/bench" 2>&1 | tail -40 | tee "$OUT/bench_$op.log"
   pack
 done

@@ -1,17 +1,19 @@
 """Decode variants on the device: CUDA-graph times of `topk_decode` (k=2048) for several
-scores-kernel block sizes vs SDPA dense, plus a per-kernel profile of the default.
+scores-kernel block sizes and selection sample sizes vs SDPA dense, plus a per-kernel profile of the default.
 
 Run on the device machine: PYTHONPATH=src python3 scripts/device_decode_variants.py"""
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+import topkattn.ops.select.triton_select as ts
 import topkattn.ops.topk.triton_decode as td
 from topkattn.bench.common import time_graph_ms
 
 KK = 2048
 default_bn = td.DECODE_BLOCK_N
 default_w = td.DECODE_SPARSE_WAVES
+default_ns = ts.SELECT_SAMPLE
 for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
@@ -24,11 +26,11 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
             t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity=gran))
             line.append(f"{gran[:2]} bn{bn} {t:.4f} ({t / sd:.3f}x)")
     td.DECODE_BLOCK_N = default_bn
-    td.DECODE_FUSE_HIST = False
-    for gran in ("kv_group", "query_head"):
-        t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity=gran))
-        line.append(f"{gran[:2]} unfused-hist {t:.4f} ({t / sd:.3f}x)")
-    td.DECODE_FUSE_HIST = True
+    for ns in (1024, 2048, 8192):
+        ts.SELECT_SAMPLE = ns
+        t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity="kv_group"))
+        line.append(f"kv sample{ns} {t:.4f} ({t / sd:.3f}x)")
+    ts.SELECT_SAMPLE = default_ns
     for w in (4, 8):
         td.DECODE_SPARSE_WAVES = w
         t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity="kv_group"))

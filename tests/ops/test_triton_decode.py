@@ -38,20 +38,20 @@ def test_decode_matches_reference(case):
     assert (lse[fin] - rlse[fin]).abs().max() < 1e-4
 
 
-def test_decode_unfused_histogram_same_result(monkeypatch):
-    # the level-1 histogram fused into the scores pass must equal select_rows' own
-    import topkattn.ops.topk.triton_decode as td
+def test_decode_selection_fallback_same_result(monkeypatch):
+    # a bracket that always misses sends every row through the slow exact path: same output
+    import topkattn.ops.select.triton_select as ts
 
     torch.manual_seed(3)
     q = torch.randn(2, 4, 1, 32, device=dev())
-    k = torch.randn(2, 2, 300, 32, device=dev())
-    v = torch.randn(2, 2, 300, 32, device=dev())
-    sl = torch.tensor([300, 150], device=dev())
+    k = torch.randn(2, 2, 3000, 32, device=dev())
+    v = torch.randn(2, 2, 3000, 32, device=dev())
+    sl = torch.tensor([3000, 2500], device=dev())
     for gran in ("query_head", "kv_group"):
         a = topk_decode(q, k, v, 20, sink=2, local=3, granularity=gran, seq_lens=sl)
-        monkeypatch.setattr(td, "DECODE_FUSE_HIST", False)
+        monkeypatch.setattr(ts, "SELECT_MARGIN", -1000.0)
         b = topk_decode(q, k, v, 20, sink=2, local=3, granularity=gran, seq_lens=sl)
-        monkeypatch.setattr(td, "DECODE_FUSE_HIST", True)
+        monkeypatch.setattr(ts, "SELECT_MARGIN", 4.0)
         assert torch.equal(a, b)
 
 

@@ -6,11 +6,10 @@ A batch of single-token queries q [B, Hq, 1, D] against a contiguous KV cache k,
 1. ``_scores_kernel`` (grid B*Hkv x key blocks): each program reads one K tile once and scores
    it against all G query heads of its KV head (one tl.dot). ``query_head`` writes fp32 scores
    [B, Hq, n] (Hq*n*4 bytes per sequence, 1/16 of K for Llama-3-8B shapes); ``kv_group``
-   writes only the group sum [B, Hkv, n]. The same pass accumulates the first (top-byte)
-   histogram round of the selection of every row, so selection does not re-read for it.
-2. `topkattn.ops.select.triton_select.select_rows` (``hist_done``): second histogram round,
-   scan, and exact finish of the k-th largest score of every row, writing the selected
-   positions (ties: lowest position wins) plus sink/local.
+   writes only the group sum [B, Hkv, n].
+2. `topkattn.ops.select.triton_select.select_rows`: sampled bracket, one scan, and exact
+   finish of the k-th largest score of every row, writing the selected positions (ties:
+   lowest position wins) plus sink/local.
 3. `topkattn.ops.topk.triton_sparse.sparse_attention`: gathers the selected rows (V, and the
    stored scores for ``query_head`` or the K rows of the group for ``kv_group``), online
    softmax split over programs (flash-decoding), then a combine. K is read once in full; V
@@ -26,30 +25,23 @@ import triton
 import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.triton_select import (
-    _cand_range, _f32_key, hist_level1, select_rows, select_workspace,
-)
+from topkattn.ops.select.triton_select import select_rows
 from topkattn.ops.topk.triton_sparse import INTERPRET, _num_sms, check_qkv, mm, sparse_attention
 
 GRANULARITIES = ("query_head", "kv_group")
 DECODE_BLOCK_N = 64
-# accumulate the level-1 selection histogram inside the scores pass (False: select_rows does it)
-DECODE_FUSE_HIST = True
 # programs of the sparse pass, per SM (index lists split finer when there are few rows)
 DECODE_SPARSE_WAVES = 2
 
 
 @triton.jit
 def _scores_kernel(
-    Q, K, S, SG, LENS, HIST, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, Hkv, n, G, scale,
-    sink, local,
+    Q, K, S, SG, LENS, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, Hkv, n, G, scale,
     GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LENS: tl.constexpr,
-    WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, HIST_MODE: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """HIST_MODE 0: no histogram; 1: level-1 selection histogram of each query head's scores
-    (rows b*Hq + hq); 2: of the group sums (rows b*Hkv + hkv). Only candidate positions
-    (visible, not sink/local) are counted, exactly as `select_rows` would."""
+    """One K tile [BLOCK_N, D] of KV head (b, hkv) against its G query heads: fp32 scores
+    into S [B, Hq, n] (WRITE_S) and / or their sum over the group into SG [B, Hkv, n]."""
     bh = tl.program_id(0)
     start = tl.program_id(1) * BLOCK_N
     b = bh // Hkv
@@ -72,27 +64,16 @@ def _scores_kernel(
         if WRITE_S:
             tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
                      mask=gm[:, None] & pm[None, :])
-        c_lo, c_hi = _cand_range(L, sink, local)
-        cm = (pos >= c_lo) & (pos < c_hi)
         if WRITE_G:
             sg = tl.sum(tl.where(gm[:, None], s, 0.0), 0)
             tl.store(SG + b64 * sgb + hkv.to(tl.int64) * sgh + pos, sg, mask=pm)
-            if HIST_MODE == 2:
-                hist_level1(_f32_key(sg), cm, HIST, bh)
-        if HIST_MODE == 1:
-            for gi in range(G):
-                x = tl.sum(tl.where(g[:, None] == gi, s, 0.0), 0)  # row gi of s, exactly
-                hist_level1(_f32_key(x), cm, HIST, b * Hkv * G + hkv * G + gi)
 
 
 def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torch.Tensor | None,
                   group_sum: bool, block_n: int = 64, write_s: bool = True,
-                  hist: torch.Tensor | None = None, sink: int = 0, local: int = 0,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """fp32 scores [B, Hq, n] (unless not ``write_s``) and the KV-group sum [B, Hkv, n] when
-    ``group_sum``. With ``hist`` (zeroed int32, [rows * 256]) also accumulates the level-1
-    selection histogram of the selection rows (group sums when ``group_sum``, else the query
-    heads' scores) over the candidate positions given by ``seq_lens``, ``sink``, ``local``.
+    ``group_sum``.
 
     Positions at or past a sequence's length are left unwritten (never read later)."""
     B, Hq, _, D = q.shape
@@ -104,15 +85,14 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     s_arg = S if S is not None else dummy
     sg_arg = SG if SG is not None else dummy
     lens = seq_lens if seq_lens is not None else dummy
-    hist_mode = 0 if hist is None else (2 if group_sum else 1)
     _scores_kernel[(B * Hkv, triton.cdiv(n, block_n))](
-        q, k, s_arg, sg_arg, lens, hist if hist is not None else dummy,
+        q, k, s_arg, sg_arg, lens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         S.stride(0) if S is not None else 0, S.stride(1) if S is not None else 0,
         SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0,
-        Hkv, n, G, scale, sink, local,
+        Hkv, n, G, scale,
         GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n,
-        HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum, HIST_MODE=hist_mode,
+        HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=4,
     )
     return S, SG
@@ -174,16 +154,12 @@ def topk_decode(
     hsel = Hkv if group else Hq
     kk = min(topk, n)
     R = B * hsel
-    work = select_workspace(R, q.device)
     # kv_group: the per-head scores are not stored; the sparse pass re-gathers the selected K
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.
-    fuse = DECODE_FUSE_HIST
-    S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group,
-                          hist=work if fuse else None, sink=sink, local=local)
+    S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group)
     sel_scores = SG if group else S
-    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work,
-                      hist_done=fuse)
+    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(DECODE_SPARSE_WAVES * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
