@@ -55,6 +55,24 @@ def test_decode_selection_fallback_same_result(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_decode_scores_tiles_per_program_same_result(monkeypatch):
+    # several software-pipelined tiles per scores program (the GPU setting) change nothing
+    import topkattn.ops.topk.triton_decode as td
+
+    torch.manual_seed(4)
+    q = torch.randn(2, 4, 1, 32, device=dev())
+    k = torch.randn(2, 2, 700, 32, device=dev())
+    sl = torch.tensor([700, 301], device=dev())
+    a = td.decode_scores(q, k, 0.2, sl, True, block_n=32)
+    monkeypatch.setattr(td, "DECODE_TILES", 4)
+    monkeypatch.setattr(td, "DECODE_STAGES", 2)
+    monkeypatch.setattr(td, "_num_sms", lambda device: 1)
+    b = td.decode_scores(q, k, 0.2, sl, True, block_n=32)
+    for x, y in zip(a, b):
+        for bi, L in enumerate(sl.tolist()):  # positions past a length are never written
+            assert torch.equal(x[bi, ..., :L], y[bi, ..., :L])
+
+
 def test_decode_via_dispatch_with_padding_mask():
     torch.manual_seed(5)
     q = torch.randn(2, 4, 1, 16, device=dev())

@@ -29,7 +29,12 @@ from topkattn.ops.select.triton_select import select_rows
 from topkattn.ops.topk.triton_sparse import INTERPRET, _num_sms, check_qkv, mm, sparse_attention
 
 GRANULARITIES = ("query_head", "kv_group")
-DECODE_BLOCK_N = 64
+DECODE_BLOCK_N = 128
+# scores pass: tiles per program (at most; kept so the grid still fills the GPU), pipeline
+# stages of their loads, warps per program
+DECODE_TILES = 1
+DECODE_STAGES = 1
+DECODE_WARPS = 4
 # programs of the sparse pass, per SM (index lists split finer when there are few rows)
 DECODE_SPARSE_WAVES = 2
 
@@ -37,36 +42,40 @@ DECODE_SPARSE_WAVES = 2
 @triton.jit
 def _scores_kernel(
     Q, K, S, SG, LENS, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, Hkv, n, G, scale,
-    GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LENS: tl.constexpr,
-    WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, TILES: tl.constexpr,
+    STAGES: tl.constexpr, HAS_LENS: tl.constexpr, WRITE_S: tl.constexpr, WRITE_G: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """One K tile [BLOCK_N, D] of KV head (b, hkv) against its G query heads: fp32 scores
+    """TILES K tiles [BLOCK_N, D] of KV head (b, hkv) against its G query heads: fp32 scores
     into S [B, Hq, n] (WRITE_S) and / or their sum over the group into SG [B, Hkv, n]."""
     bh = tl.program_id(0)
-    start = tl.program_id(1) * BLOCK_N
+    first = tl.program_id(1) * (BLOCK_N * TILES)
     b = bh // Hkv
     hkv = bh % Hkv
     b64 = b.to(tl.int64)
     L = n
     if HAS_LENS:
         L = tl.minimum(tl.load(LENS + b), n)
-    if start < L:
+    if first < L:
         g = tl.arange(0, GP)
         gm = g < G
         d = tl.arange(0, D)
         hq = (hkv * G + g).to(tl.int64)
         q = tl.load(Q + b64 * sqb + hq[:, None] * sqh + d[None, :], mask=gm[:, None], other=0.0)
-        pos = start + tl.arange(0, BLOCK_N)
-        pm = pos < L
-        kt = tl.load(K + b64 * skb + hkv.to(tl.int64) * skh + pos[:, None].to(tl.int64) * skn
-                     + d[None, :], mask=pm[:, None], other=0.0)
-        s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale  # [GP, BLOCK_N] fp32
-        if WRITE_S:
-            tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
-                     mask=gm[:, None] & pm[None, :])
-        if WRITE_G:
-            sg = tl.sum(tl.where(gm[:, None], s, 0.0), 0)
-            tl.store(SG + b64 * sgb + hkv.to(tl.int64) * sgh + pos, sg, mask=pm)
+        kbase = K + b64 * skb + hkv.to(tl.int64) * skh
+        # TILES consecutive tiles per program, loads software-pipelined over STAGES buffers
+        for t in tl.range(0, TILES, num_stages=STAGES):
+            pos = first + t * BLOCK_N + tl.arange(0, BLOCK_N)
+            pm = pos < L
+            kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :], mask=pm[:, None],
+                         other=0.0)
+            s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale  # [GP, BLOCK_N] fp32
+            if WRITE_S:
+                tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
+                         mask=gm[:, None] & pm[None, :])
+            if WRITE_G:
+                sg = tl.sum(tl.where(gm[:, None], s, 0.0), 0)
+                tl.store(SG + b64 * sgb + hkv.to(tl.int64) * sgh + pos, sg, mask=pm)
 
 
 def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torch.Tensor | None,
@@ -85,15 +94,18 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     s_arg = S if S is not None else dummy
     sg_arg = SG if SG is not None else dummy
     lens = seq_lens if seq_lens is not None else dummy
-    _scores_kernel[(B * Hkv, triton.cdiv(n, block_n))](
+    tiles = max(1, DECODE_TILES)
+    while tiles > 1 and B * Hkv * triton.cdiv(n, block_n * tiles) < 4 * _num_sms(q.device):
+        tiles //= 2  # keep at least ~4 programs per SM
+    _scores_kernel[(B * Hkv, triton.cdiv(n, block_n * tiles))](
         q, k, s_arg, sg_arg, lens,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         S.stride(0) if S is not None else 0, S.stride(1) if S is not None else 0,
         SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0,
         Hkv, n, G, scale,
-        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n,
-        HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=4,
+        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n, TILES=tiles,
+        STAGES=DECODE_STAGES, HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=DECODE_WARPS,
     )
     return S, SG
 
