@@ -87,6 +87,23 @@ def test_select_rows_lengths_sink_local():
         assert torch.equal(got, ref), r
 
 
+def test_select_rows_left_padding():
+    torch.manual_seed(7)
+    s = torch.randn(4, 500, device=device())
+    lens = torch.tensor([500, 400], dtype=torch.int32, device=device())
+    starts = torch.tensor([130, 395], dtype=torch.int32, device=device())
+    out = select_rows(s, 12, lens, rows_per_len=2, sink=2, local=3, starts=starts)
+    from topkattn.ops.topk.naive import forced_mask, select_topk_mask
+
+    pos = torch.arange(500, device=device())
+    for r in range(4):
+        vis = (pos >= starts[r // 2]) & (pos < lens[r // 2])
+        forced = forced_mask(vis[None], 2, 3)[0]
+        ref = select_topk_mask(s[r], 12, vis, forced).nonzero().flatten()
+        got = out[r][out[r] >= 0].long().sort().values
+        assert torch.equal(got, ref), r
+
+
 def test_select_bad_input():
     with pytest.raises(ValueError, match="k must be a positive integer"):
         topk_select(torch.randn(2, 5), 0)

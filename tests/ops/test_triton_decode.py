@@ -84,6 +84,27 @@ def test_decode_via_dispatch_with_padding_mask():
     assert rel_rms(out, topk_attention_reference(q, k, v, 8, attn_mask=mask)) < 1e-5
 
 
+@pytest.mark.parametrize("gran,sink,local", [("query_head", 0, 0), ("kv_group", 3, 2),
+                                             ("query_head", 6, 1)])
+def test_decode_left_padding_via_dispatch(gran, sink, local):
+    # transformers' mask for a left-padded batch at a decode step: [B, 1, 1, Lk] key ranges,
+    # one with left and right padding, one whose visible keys are all sink/local
+    torch.manual_seed(6)
+    B, n = 3, 300
+    q = torch.randn(B, 4, 1, 16, device=dev())
+    k = torch.randn(B, 2, n, 16, device=dev())
+    v = torch.randn(B, 2, n, 16, device=dev())
+    pos = torch.arange(n, device=dev())
+    st = torch.tensor([0, 37, 290], device=dev())
+    en = torch.tensor([300, 250, 294], device=dev())
+    mask = ((pos[None] >= st[:, None]) & (pos[None] < en[:, None]))[:, None, None]
+    kw = dict(topk=9, sink=sink, local=local, granularity=gran, attn_mask=mask, return_lse=True)
+    out, lse = topk_attention(q, k, v, backend="triton", **kw)  # raises if it fell back
+    ref, rlse = topk_attention_reference(q, k, v, kw.pop("topk"), **kw)
+    assert rel_rms(out, ref) < 1e-5
+    assert (lse - rlse).abs().max() < 1e-4
+
+
 def test_decode_bad_input():
     q = torch.randn(1, 2, 2, 16)
     k = v = torch.randn(1, 1, 8, 16)

@@ -60,6 +60,28 @@ def test_sparse_via_topk_attention_backend_triton():
     assert rel_rms(out, topk_attention_reference(q, k, v, None, indices=idx)) < 1e-5
 
 
+@pytest.mark.parametrize("Lq,sink,local", [(1, 0, 0), (5, 2, 2)])
+def test_sparse_left_padding_via_dispatch(Lq, sink, local):
+    # a left-padded batch (transformers' causal mask with padded key ranges): indices before a
+    # sequence's start are dropped, sink/local count only visible keys
+    torch.manual_seed(8)
+    B, Lk = 2, 40
+    q = torch.randn(B, 4, Lq, 16, device=dev())
+    k = torch.randn(B, 2, Lk, 16, device=dev())
+    v = torch.randn(B, 2, Lk, 16, device=dev())
+    idx = torch.randint(0, Lk, (B, 2, Lq, 7), device=dev())
+    pos = torch.arange(Lk, device=dev())
+    st = torch.tensor([0, 12], device=dev())
+    qpos = torch.arange(Lk - Lq, Lk, device=dev())
+    mask = (pos[None, None] >= st[:, None, None]) & (pos[None, None] <= qpos[None, :, None])
+    mask = mask[:, None]  # [B, 1, Lq, Lk], causality inside the mask
+    kw = dict(indices=idx, causal=False, sink=sink, local=local, attn_mask=mask, return_lse=True)
+    out, lse = topk_attention(q, k, v, None, backend="triton", **kw)
+    ref, rlse = topk_attention_reference(q, k, v, None, **kw)
+    assert rel_rms(out, ref) < 1e-5
+    assert (lse - rlse).abs().max() < 1e-4
+
+
 def test_sparse_bad_indices():
     q = torch.randn(1, 2, 1, 16)
     k = v = torch.randn(1, 1, 8, 16)

@@ -18,8 +18,8 @@ Design (one row = one selection problem; n up to 1M, k up to 8192):
    off, e.g. huge runs of equal scores), the same passes run over the whole row instead and
    rewrite it: slower, same result.
 
-Rows may carry a visible length L (per-sequence lengths) and ``sink`` / ``local`` forced
-positions (the first ``sink`` and last ``local`` visible positions): forced positions are
+Rows may carry a visible range [start, L) (per-sequence left / right padding) and ``sink`` /
+``local`` forced positions (visible positions below ``sink`` and the last ``local`` visible ones): forced positions are
 appended after the top-k of the remaining candidates, and the rest of each output row is -1.
 Scores are compared in fp32; -0.0 equals +0.0; NaN is not supported.
 """
@@ -46,9 +46,10 @@ def _f32_key(x):
 
 
 @triton.jit
-def _cand_range(L, sink, local):
-    """Candidates of a row with L visible keys: [c_lo, c_hi); the rest of [0, L) is forced."""
-    c_lo = tl.minimum(sink, L)
+def _cand_range(vs, L, sink, local):
+    """Candidates of a row whose visible keys are [vs, L): [c_lo, c_hi); the rest of [vs, L)
+    is forced (the sink positions count from 0, as in the reference)."""
+    c_lo = tl.minimum(tl.maximum(sink, vs), L)
     c_hi = tl.maximum(c_lo, L - local)
     return c_lo, c_hi
 
@@ -100,27 +101,31 @@ def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem,
 
 
 @triton.jit
-def _row_len(LENS, r, HSEL, n, HAS_LENS: tl.constexpr):
-    """Visible length of row r (n when no lengths are given)."""
+def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr):
+    """Visible keys [vs, L) of row r (lengths / starts shared by HSEL consecutive rows;
+    L = n and vs = 0 when not given)."""
+    L = n + r * 0
     if HAS_LENS:
-        return tl.minimum(tl.load(LENS + r // HSEL), n)
-    else:
-        return n + r * 0
+        L = tl.minimum(tl.load(LENS + r // HSEL), n)
+    vs = r * 0
+    if HAS_STARTS:
+        vs = tl.minimum(tl.maximum(tl.load(STARTS + r // HSEL), 0), L)
+    return vs, L
 
 
 INT_MIN: tl.constexpr = tl.constexpr(-(2**31))
 
 
 @triton.jit
-def _bracket_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, MARGIN,
-                    HAS_LENS: tl.constexpr, NS: tl.constexpr):
+def _bracket_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, MARGIN,
+                    HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr, NS: tl.constexpr):
     """Per row: INFO[r] = (mode, lo, hi) with mode 0 = keep every candidate (at most k), else
     lo <= hi, keys (int32 bit patterns of uint32 keys) bracketing the k-th largest key, from
     sample ranks e -/+ (MARGIN * sqrt(e) + 4) around e = k * ns / ncand of a strided sample of
     ns = min(NS, ncand) candidates (the exact k-th key when the sample is the whole row)."""
     r = tl.program_id(0)
-    L = _row_len(LENS, r, HSEL, n, HAS_LENS)
-    c_lo, c_hi = _cand_range(L, sink, local)
+    vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
+    c_lo, c_hi = _cand_range(vs, L, sink, local)
     ncand = c_hi - c_lo
     mode = (ncand > k).to(tl.int32)
     tl.store(INFO + r * 4, mode)
@@ -147,16 +152,17 @@ def _bracket_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, MARGIN,
 
 
 @triton.jit
-def _scan_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, BUFK,
-                 BUFP, CAP, HAS_LENS: tl.constexpr, BLOCK: tl.constexpr):
+def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, BUFK,
+                 BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+                 BLOCK: tl.constexpr):
     """Parallel over (row, block): keys above the bracket go to the output (at most k kept),
     the band's (key, pos) to the scratch buffer (at most CAP kept), through the per-row atomic
     cursors CNT[r] = (above, band), which count every match (the finish checks them)."""
     r = tl.program_id(0)
     blk = tl.program_id(1)
     r64 = r.to(tl.int64)
-    L = _row_len(LENS, r, HSEL, n, HAS_LENS)
-    c_lo, c_hi = _cand_range(L, sink, local)
+    vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
+    c_lo, c_hi = _cand_range(vs, L, sink, local)
     if c_lo + blk * BLOCK < c_hi:
         pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
         m = pos < c_hi
@@ -186,8 +192,9 @@ def _scan_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, CNT, OUT, str
 
 
 @triton.jit
-def _finish_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
-                   BUFK, BUFP, CAP, FALLBACK, HAS_LENS: tl.constexpr, BLOCK: tl.constexpr):
+def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
+                   BUFK, BUFP, CAP, FALLBACK, HAS_LENS: tl.constexpr,
+                   HAS_STARTS: tl.constexpr, BLOCK: tl.constexpr):
     """Per row: exact k-th key among the band (or the whole row when the bracket failed; then
     FALLBACK[r] = 1 and the row is rewritten), write the band keys above it and the
     lowest-position ties, then the forced positions and -1 padding."""
@@ -197,8 +204,8 @@ def _finish_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, CNT, OUT, s
     orow = OUT + r64 * stride_o
     bk = BUFK + r64 * CAP
     bp = BUFP + r64 * CAP
-    L = _row_len(LENS, r, HSEL, n, HAS_LENS)
-    c_lo, c_hi = _cand_range(L, sink, local)
+    vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
+    c_lo, c_hi = _cand_range(vs, L, sink, local)
     ncand = c_hi - c_lo
     offs = tl.arange(0, BLOCK)
     mode = tl.load(INFO + r * 4)
@@ -243,11 +250,11 @@ def _finish_kernel(S, stride_s, LENS, HSEL, n, sink, local, k, INFO, CNT, OUT, s
             si = sel.to(tl.int32)
             tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
             cursor += tl.sum(si, 0)
-    # forced positions: [0, c_lo) and [c_hi, L)
-    for start in range(0, c_lo, BLOCK):
+    # forced positions: [vs, c_lo) and [c_hi, L)
+    for start in range(vs, c_lo, BLOCK):
         pos = start + offs
-        tl.store(orow + cursor + pos, pos, mask=pos < c_lo)
-    cursor += c_lo
+        tl.store(orow + cursor + (pos - vs), pos, mask=pos < c_lo)
+    cursor += c_lo - vs
     for start in range(c_hi, L, BLOCK):
         pos = start + offs
         tl.store(orow + cursor + (pos - c_hi), pos, mask=pos < L)
@@ -283,6 +290,7 @@ def select_rows(
     cap: int | None = None,
     sample: int | None = None,
     return_fallback: bool = False,
+    starts: torch.Tensor | None = None,
 ):
     """Top-k positions of each row plus forced positions; the building block of the kernels.
 
@@ -291,6 +299,8 @@ def select_rows(
         k: positions selected among each row's candidates.
         lens: int32 [R // rows_per_len] visible length of each group of rows (None: n).
         rows_per_len: consecutive rows sharing one length (e.g. the query heads of a sequence).
+        starts: int32 [R // rows_per_len] first visible position of each group of rows (left
+            padding; None: 0). Row r sees positions [starts, lens).
         sink, local: forced first / last visible positions of each row (appended after the
             top-k; they are not candidates).
         cap: scratch entries per row for the band around the k-th key (default
@@ -306,10 +316,11 @@ def select_rows(
     if scores.stride(-1) != 1:
         scores = scores.contiguous()
     dev = scores.device
-    has_lens = lens is not None
-    if not has_lens:
-        lens = scores  # never read
+    has_lens, has_starts = lens is not None, starts is not None
+    if not has_lens and not has_starts:
         rows_per_len = 1
+    lens = lens if has_lens else scores  # never read when absent
+    starts = starts if has_starts else scores
     kout = k + sink + local
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
     cap = min(n, max(8192, 2 * k)) if cap is None else max(1, cap)
@@ -323,18 +334,19 @@ def select_rows(
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
     fallback = torch.zeros(R, dtype=torch.int32, device=dev)
     _bracket_kernel[(R,)](
-        scores, scores.stride(0), lens, rows_per_len, n, sink, local, k, info, SELECT_MARGIN,
-        HAS_LENS=has_lens, NS=ns, num_warps=8,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info,
+        SELECT_MARGIN, HAS_LENS=has_lens, HAS_STARTS=has_starts, NS=ns, num_warps=8,
     )
     sblock = _scan_block(R, n, dev)
     _scan_kernel[(R, triton.cdiv(n, sblock))](
-        scores, scores.stride(0), lens, rows_per_len, n, sink, local, k, info, cnt, out,
-        out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, BLOCK=sblock,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, cnt, out,
+        out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
         num_warps=8 if sblock >= 2048 else 4,
     )
     _finish_kernel[(R,)](
-        scores, scores.stride(0), lens, rows_per_len, n, sink, local, k, info, cnt, out,
-        out.stride(0), kout, bufk, bufp, cap, fallback, HAS_LENS=has_lens, BLOCK=block,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, cnt, out,
+        out.stride(0), kout, bufk, bufp, cap, fallback, HAS_LENS=has_lens,
+        HAS_STARTS=has_starts, BLOCK=block,
         num_warps=num_warps,
     )
     return (out, fallback) if return_fallback else out

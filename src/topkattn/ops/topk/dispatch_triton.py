@@ -4,10 +4,10 @@ Lq == 1 and no indices -> `triton_decode.topk_decode`; indices given -> `triton_
 otherwise (prefill / training) -> `triton_prefill` (autograd-aware). Unsupported inputs return
 None so the caller falls back to the reference: float64, CPU tensors (unless
 TRITON_INTERPRET=1), head_dim not in {16, 32, 64, 128, 256}, ``topk=None`` (dense), gradients
-through decode/sparse, and an ``attn_mask`` of another form than: for decode/sparse a
-right-padding key mask [B, 1, 1, Lk]; for prefill a per-sequence key range, i.e. a mask
-[B or 1, 1, Lq or 1, Lk] that equals exactly ``start[b] <= key < end[b]`` (left or right
-padding), optionally AND causality (the form transformers passes for left-padded batches).
+through decode/sparse, and an ``attn_mask`` of another form than a per-sequence key range,
+i.e. a mask [B or 1, 1, Lq or 1, Lk] that equals exactly ``start[b] <= key < end[b]`` (left or
+right padding), optionally AND causality (the form transformers passes for left-padded
+batches).
 """
 
 from __future__ import annotations
@@ -87,24 +87,29 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
     Lk = k.shape[2]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     prefill = indices is None and topk is not None and not (Lq == 1 and not needs_grad)
-    lens = None
+    lens = starts = None
     if attn_mask is not None and not prefill:
         lens = _padding_lens(attn_mask, B, Lk)
-        if lens is None:
-            return None
+        if lens is None:  # left padding (transformers' mask for left-padded batches)
+            bounds = _padding_bounds(attn_mask, B, Lq, Lk, causal)
+            if bounds is None:
+                return None
+            starts, lens, causal = bounds
     if indices is not None:
         if needs_grad:
             return None
         from topkattn.ops.topk.triton_sparse import sparse_attention
 
-        return sparse_attention(q, k, v, indices, causal, scale, sink, local, lens, return_lse)
+        return sparse_attention(q, k, v, indices, causal, scale, sink, local, lens, return_lse,
+                                seq_starts=starts)
     if topk is None:
         return None
     if Lq == 1 and not needs_grad:
         from topkattn.ops.topk.triton_decode import topk_decode
 
         # causal or not, one query at the last position sees every (unpadded) key
-        return topk_decode(q, k, v, topk, scale, sink, local, granularity, lens, return_lse)
+        return topk_decode(q, k, v, topk, scale, sink, local, granularity, lens, return_lse,
+                           seq_starts=starts)
     if granularity not in ("query_head", "kv_group"):
         return None
     starts = ends = None

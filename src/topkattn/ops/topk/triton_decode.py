@@ -121,6 +121,7 @@ def topk_decode(
     granularity: str = "query_head",
     seq_lens: torch.Tensor | None = None,
     return_lse: bool = False,
+    seq_starts: torch.Tensor | None = None,
 ):
     """Exact Top-k attention for one new token per sequence.
 
@@ -133,10 +134,13 @@ def topk_decode(
             of its query heads).
         seq_lens: int [B] valid cache length of each sequence (None: all n).
         return_lse: also return fp32 [B, Hq, 1] log-sum-exp of the selected scores.
+        seq_starts: int [B] first valid cache position of each sequence (left padding;
+            None: 0). Sequence b sees positions [seq_starts[b], seq_lens[b]); one that sees
+            none gives a zero output and lse -inf.
 
     Returns:
-        out [B, Hq, 1, D] in q's dtype [, lse]; matches `topk_attention_reference` with a
-        right-padding mask from ``seq_lens``.
+        out [B, Hq, 1, D] in q's dtype [, lse]; matches `topk_attention_reference` with the
+        padding mask of ``seq_starts`` / ``seq_lens``.
     """
     check_qkv(q, k, v)
     B, Hq, Lq, D = q.shape
@@ -162,6 +166,11 @@ def topk_decode(
         if seq_lens.shape != (B,):
             raise ValueError(f"seq_lens must be [B={B}]; got {tuple(seq_lens.shape)}")
         lens = seq_lens.to(device=q.device, dtype=torch.int32).clamp(0, n).contiguous()
+    starts = None
+    if seq_starts is not None:
+        if seq_starts.shape != (B,):
+            raise ValueError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
+        starts = seq_starts.to(device=q.device, dtype=torch.int32).clamp(0, n).contiguous()
     group = granularity == "kv_group" and G > 1
     hsel = Hkv if group else Hq
     kk = min(topk, n)
@@ -171,7 +180,7 @@ def topk_decode(
     # gathering B*Hq*n fp32 scores.
     S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group)
     sel_scores = SG if group else S
-    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local)
+    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, starts=starts)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(DECODE_SPARSE_WAVES * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))

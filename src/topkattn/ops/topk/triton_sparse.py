@@ -147,21 +147,25 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 
 def forced_indices(Lq: int, Lk: int, causal: bool, sink: int, local: int,
-                   seq_lens: torch.Tensor | None, B: int, device: torch.device) -> torch.Tensor:
-    """Sink / local positions of every query row as indices [B, 1, Lq, sink + local] (-1 = none)."""
+                   seq_lens: torch.Tensor | None, B: int, device: torch.device,
+                   seq_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Sink / local positions of every query row as indices [B, 1, Lq, sink + local] (-1 = none);
+    with ``seq_starts`` [B], positions before a sequence's start are not visible."""
     Lb = seq_lens.long().clamp(max=Lk).view(B, 1) if seq_lens is not None else torch.full(
         (B, 1), Lk, device=device, dtype=torch.long)
     if causal:
         vis_end = torch.minimum(torch.arange(Lk - Lq + 1, Lk + 1, device=device).view(1, Lq), Lb)
     else:
         vis_end = Lb.expand(B, Lq)
+    st = (seq_starts.long().view(B, 1, 1).to(device) if seq_starts is not None
+          else torch.zeros(B, 1, 1, device=device, dtype=torch.long))
     parts = []
     if sink > 0:
         p = torch.arange(sink, device=device).view(1, 1, sink)
-        parts.append(torch.where(p < vis_end[..., None], p, -1))
+        parts.append(torch.where((p < vis_end[..., None]) & (p >= st), p, -1))
     if local > 0:
         p = vis_end[..., None] - local + torch.arange(local, device=device).view(1, 1, local)
-        parts.append(torch.where(p >= 0, p, -1))
+        parts.append(torch.where(p >= st, p, -1))
     return torch.cat(parts, -1).unsqueeze(1)
 
 
@@ -189,6 +193,7 @@ def sparse_attention(
     scores: torch.Tensor | None = None,
     block: int = 64,
     splits: int | None = None,
+    seq_starts: torch.Tensor | None = None,
 ):
     """Attention of each query row over the key rows named by ``indices`` (plus sink/local).
 
@@ -205,6 +210,8 @@ def sparse_attention(
             the sink/local positions, e.g. from an exact selector).
         scores: optional precomputed fp32 scores [B, Hq, Lk] (decode, Lq == 1), read instead of
             gathering K rows.
+        seq_starts: int [B] first visible key of each sequence (left padding), or None:
+            indices before it are dropped.
 
     Returns:
         out [B, Hq, Lq, D] in q's dtype (zero rows where nothing is selected) [, lse].
@@ -218,9 +225,13 @@ def sparse_attention(
     if indices.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"indices must be int32 or int64, got {indices.dtype}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    shared = indices.shape[1] == Hkv and G > 1 or (indices.shape[1] == Hkv == Hq)
+    if seq_starts is not None:
+        if seq_starts.shape != (B,):
+            raise ValueError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
+        st = seq_starts.to(device=q.device, dtype=indices.dtype).view(B, 1, 1, 1)
+        indices = torch.where(indices < st, -1, indices)
     if sink or local:
-        f = forced_indices(Lq, Lk, causal, sink, local, seq_lens, B, q.device)
+        f = forced_indices(Lq, Lk, causal, sink, local, seq_lens, B, q.device, seq_starts)
         indices = torch.cat([indices.long(), f.expand(B, indices.shape[1], Lq, -1)], -1)
         assume_unique = False
     if not assume_unique:
