@@ -1,22 +1,21 @@
-"""Exact top-k selection per row in Triton: a sampled bracket, one streaming pass, and a
-small radix select; no sort of the row and no histogram of it.
+"""Exact top-k selection per row in Triton: radix select over the fp32 bit pattern, no sort.
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
-1. ``_bracket_kernel`` (one program per row): reads a strided sample of S candidate scores
-   (all of them when the row has at most S), sorts it, and takes two sample order statistics
-   around the expected rank k*S/n (a margin of several binomial standard deviations) as a
-   bracket of keys [lo, hi] that should hold the k-th largest key of the row.
-2. ``_scan_kernel`` (grid rows x blocks, blocks sized to fill about one wave of the GPU):
-   streams the row once; positions with key > hi go straight to the output, the (key,
-   position) pairs of the band lo <= key <= hi to a scratch buffer, both through per-row
-   atomic cursors (order within a row is unspecified).
-3. ``_finish_kernel`` (one program per row): checks the bracket (fewer than k keys above hi,
-   at least k at or above lo, the band fits the buffer); then four 8-bit radix passes over the
-   band give the exact k-th key T and the ties still needed, the rare partial tie is cut at a
-   position found by bisection (the lowest positions win, as in the reference), and a last
-   pass writes the band's keys > T and the kept ties. When the bracket fails (a sample far
-   off, e.g. huge runs of equal scores), the same passes run over the whole row instead and
-   rewrite it: slower, same result.
+1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of the top byte of the
+   order-preserving uint32 key of every candidate score (atomics into [R, 256]; the decode
+   kernel accumulates this level inside its scores pass instead, see `hist_level1`); a second
+   round over the next byte, among keys of the level-1 bin, narrows it to a 16-bit bin b (two
+   256-bin rounds cost far less than one 4096-bin histogram: Triton's histogram is O(bins) per
+   element). The bin picks are recomputed from the histograms by the next kernel's programs
+   (no separate pick launches); scratch is one zeroed buffer (`select_workspace`).
+2. ``_scan_kernel`` (grid rows x blocks): streams the row once, writing every position of a
+   higher bin straight to the output and compacting the (key, position) pairs of bin b into a
+   scratch buffer, both through per-row atomic cursors.
+3. ``_finish_kernel`` (one program per row): two radix passes (8 + 8 bits) over that
+   small buffer give the exact k-th key T and the number of ties at T still needed; the
+   rare partial tie is cut at a position found by bisection (the lowest positions win, as in
+   the reference); a last pass writes keys > T and the kept ties. When bin b is larger than
+   the buffer, the refinement passes re-read the row instead (slower, same result).
 
 Rows may carry a visible range [start, L) (per-sequence left / right padding) and ``sink`` /
 ``local`` forced positions (visible positions below ``sink`` and the last ``local`` visible ones): forced positions are
@@ -25,8 +24,6 @@ Scores are compared in fp32; -0.0 equals +0.0; NaN is not supported.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -85,15 +82,12 @@ def _load_src(srow, bk, bp, use_buf, c_lo, n_src, i):
 @triton.jit
 def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem,
             HI: tl.constexpr, SHIFT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr):
-    """One radix pass: fix key bits [SHIFT, HI) of the rem-th largest key among the keys
-    matching want on bits [HI, 32) (all keys when HI == 32)."""
+    """One radix pass: fix key bits [SHIFT, HI) of the k-th key among keys matching want>>HI."""
     offs = tl.arange(0, BLOCK)
     h = tl.zeros([1 << NBITS], dtype=tl.int32)
     for start in range(0, n_src, BLOCK):
         key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
-        match = valid
-        if HI < 32:
-            match = match & ((key >> HI) == (want >> HI))
+        match = valid & ((key >> HI) == (want >> HI))
         d = ((key >> SHIFT) & ((1 << NBITS) - 1)).to(tl.int32)
         h += tl.histogram(d, 1 << NBITS, mask=match)
     d, above, nd = _pick(h, rem, 1 << NBITS)
@@ -113,91 +107,105 @@ def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.
     return vs, L
 
 
-INT_MIN: tl.constexpr = tl.constexpr(-(2**31))
+@triton.jit
+def hist_level1(key, m, HIST, r):
+    """Accumulate the 256-bin histogram of key bits [31:24] (keys where m) into HIST row r;
+    shared with the decode scores kernel, which fuses this level into its pass."""
+    h = tl.histogram((key >> 24).to(tl.int32), 256, mask=m)
+    tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
 
 
 @triton.jit
-def _bracket_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, MARGIN,
-                    HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr, NS: tl.constexpr):
-    """Per row: INFO[r] = (mode, lo, hi) with mode 0 = keep every candidate (at most k), else
-    lo <= hi, keys (int32 bit patterns of uint32 keys) bracketing the k-th largest key, from
-    sample ranks e -/+ (MARGIN * sqrt(e) + 4) around e = k * ns / ncand of a strided sample of
-    ns = min(NS, ncand) candidates (the exact k-th key when the sample is the whole row)."""
+def _level1(HIST1, r, k):
+    """Level-1 pick from the top-byte histogram: (bin, count above it)."""
+    h = tl.load(HIST1 + r.to(tl.int64) * 256 + tl.arange(0, 256))
+    b1, above1, _ = _pick(h, k, 256)
+    return b1, above1
+
+
+@triton.jit
+def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST1, HIST2, LEVEL2: tl.constexpr,
+                 HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """256-bin histogram of key bits [31:24] into HIST1 (level 1) or of bits [23:16] among keys
+    whose top byte is the level-1 bin into HIST2 (level 2; each program re-derives the level-1
+    pick from HIST1, so no separate pick launch), accumulated with atomics."""
     r = tl.program_id(0)
+    blk = tl.program_id(1)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
-    ncand = c_hi - c_lo
-    mode = (ncand > k).to(tl.int32)
-    tl.store(INFO + r * 4, mode)
-    if mode != 0:
-        ns = tl.minimum(ncand, NS)
-        j = tl.arange(0, NS)
-        pos = c_lo + ((j.to(tl.int64) * ncand) // ns).to(tl.int32)
-        x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=j < ns, other=0.0).to(tl.float32)
-        # (key ^ 0x80000000) as int32 sorts like the uint32 key; padding sorts last
-        ikey = (_f32_key(x) ^ 0x80000000).to(tl.int32, bitcast=True)
-        ikey = tl.where(j < ns, ikey, INT_MIN)
-        srt = tl.sort(ikey, 0, descending=True)
-        e = (ncand * 0 + k).to(tl.float32) * ns.to(tl.float32) / ncand.to(tl.float32)
-        dlt = MARGIN * tl.sqrt(e) + 4.0
-        exact = ns == ncand  # the sample is the row: the bracket is the k-th key itself
-        r_hi = tl.where(exact, k - 1, tl.floor(e - dlt).to(tl.int32))
-        r_lo = tl.where(exact, k - 1, tl.minimum(tl.ceil(e + dlt).to(tl.int32), ns - 1))
-        hi = tl.sum(tl.where(j == r_hi, srt, 0), 0) ^ INT_MIN  # bit pattern of the uint32 key
-        hi = tl.where(r_hi < 0, -1, hi)  # 0xFFFFFFFF: nothing above
-        lo = tl.sum(tl.where(j == r_lo, srt, 0), 0) ^ INT_MIN
-        lo = tl.where((ns < ncand) & (r_lo == ns - 1), 0, lo)  # sample exhausted: band to key 0
-        tl.store(INFO + r * 4 + 1, lo)
-        tl.store(INFO + r * 4 + 2, hi)
+    go = blk * BLOCK < c_hi
+    if LEVEL2:
+        go = go & (c_hi - c_lo > k)
+    if go:
+        pos = blk * BLOCK + tl.arange(0, BLOCK)
+        m = (pos >= c_lo) & (pos < c_hi)
+        x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=m, other=0.0).to(tl.float32)
+        key = _f32_key(x)
+        if LEVEL2:
+            b1, _ = _level1(HIST1, r, k)
+            m = m & ((key >> 24) == b1.to(tl.uint32))
+            h = tl.histogram(((key >> 16) & 255).to(tl.int32), 256, mask=m)
+            tl.atomic_add(HIST2 + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
+        else:
+            hist_level1(key, m, HIST1, r)
 
 
 @triton.jit
-def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, BUFK,
-                 BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST1, HIST2, INFO, CNT, OUT,
+                 stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr):
-    """Parallel over (row, block): keys above the bracket go to the output (at most k kept),
-    the band's (key, pos) to the scratch buffer (at most CAP kept), through the per-row atomic
-    cursors CNT[r] = (above, band), which count every match (the finish checks them)."""
+    """Parallel over (row, block): each program derives the 16-bit bin b holding the k-th key
+    from the two histograms (block 0 records it in INFO = (mode, b, count above b, count in
+    b) for the finish; mode 0 = keep all candidates); positions above b go to the output, b's
+    (key, pos) to the scratch buffer, each through a per-row atomic cursor (order within a row
+    varies)."""
     r = tl.program_id(0)
     blk = tl.program_id(1)
     r64 = r.to(tl.int64)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
+    pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
+    m = pos < c_hi
+    mode = (c_hi - c_lo > k).to(tl.int32)
+    b1, above1 = _level1(HIST1, r, k)
+    h2 = tl.load(HIST2 + r64 * 256 + tl.arange(0, 256))
+    b2, above2, nb = _pick(h2, k - above1, 256)
+    bu = (b1 * 256 + b2).to(tl.uint32)
+    if blk == 0:
+        tl.store(INFO + r * 4 + 0, mode)
+        tl.store(INFO + r * 4 + 1, bu.to(tl.int32))
+        tl.store(INFO + r * 4 + 2, above1 + above2)
+        tl.store(INFO + r * 4 + 3, nb)
     if c_lo + blk * BLOCK < c_hi:
-        pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
-        m = pos < c_hi
-        mode = tl.load(INFO + r * 4)
         if mode == 0:
             tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
         else:
-            lo = tl.load(INFO + r * 4 + 1).to(tl.uint32, bitcast=True)
-            hi = tl.load(INFO + r * 4 + 2).to(tl.uint32, bitcast=True)
             key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=m, other=0.0).to(tl.float32))
-            up = m & (key > hi)
+            pre = key >> 16
+            up = m & (pre > bu)
             ui = up.to(tl.int32)
             nup = tl.sum(ui, 0)
             if nup > 0:
                 base = tl.atomic_add(CNT + r * 2, nup)
-                dst = base + tl.cumsum(ui, 0) - ui
-                tl.store(OUT + r64 * stride_o + dst, pos, mask=up & (dst < k))
-            inb = m & (key >= lo) & (key <= hi)
-            ii = inb.to(tl.int32)
-            nin = tl.sum(ii, 0)
-            if nin > 0:
-                base2 = tl.atomic_add(CNT + r * 2 + 1, nin)
-                dst = base2 + tl.cumsum(ii, 0) - ii
-                ok = inb & (dst < CAP)
-                tl.store(BUFK + r64 * CAP + dst, key.to(tl.int32, bitcast=True), mask=ok)
-                tl.store(BUFP + r64 * CAP + dst, pos, mask=ok)
+                tl.store(OUT + r64 * stride_o + (base + tl.cumsum(ui, 0) - ui), pos, mask=up)
+            if nb <= CAP:
+                inb = m & (pre == bu)
+                ii = inb.to(tl.int32)
+                nin = tl.sum(ii, 0)
+                if nin > 0:
+                    base2 = tl.atomic_add(CNT + r * 2 + 1, nin)
+                    dst = base2 + tl.cumsum(ii, 0) - ii
+                    tl.store(BUFK + r64 * CAP + dst, key.to(tl.int32, bitcast=True), mask=inb)
+                    tl.store(BUFP + r64 * CAP + dst, pos, mask=inb)
 
 
 @triton.jit
-def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
-                   BUFK, BUFP, CAP, FALLBACK, HAS_LENS: tl.constexpr,
-                   HAS_STARTS: tl.constexpr, BLOCK: tl.constexpr):
-    """Per row: exact k-th key among the band (or the whole row when the bracket failed; then
-    FALLBACK[r] = 1 and the row is rewritten), write the band keys above it and the
-    lowest-position ties, then the forced positions and -1 padding."""
+def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT, stride_o, KOUT,
+                   BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """Per row: exact k-th key among bin b's candidates (8+8+4 bit radix passes), write keys
+    above it and the lowest-position ties, then the forced positions and -1 padding."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     srow = S + r64 * stride_s
@@ -211,16 +219,14 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
     mode = tl.load(INFO + r * 4)
     cursor = ncand
     if mode != 0:
-        nup = tl.load(CNT + r * 2)
-        nband = tl.load(CNT + r * 2 + 1)
-        use_buf = (nup < k) & (nup + nband >= k) & (nband <= CAP)
-        tl.store(FALLBACK + r, (~use_buf).to(tl.int32))
-        n_src = tl.where(use_buf, nband, ncand)
-        rem = tl.where(use_buf, k - nup, k)
-        cursor = tl.where(use_buf, nup, 0)
-        want = (ncand * 0).to(tl.uint32)
-        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 32, 24, 8, BLOCK)
-        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 24, 16, 8, BLOCK)
+        bu = tl.load(INFO + r * 4 + 1).to(tl.uint32)
+        above = tl.load(INFO + r * 4 + 2)
+        nb = tl.load(INFO + r * 4 + 3)
+        rem = k - above
+        cursor = above
+        use_buf = nb <= CAP
+        n_src = tl.where(use_buf, nb, ncand)
+        want = bu << 16
         want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 16, 8, 8, BLOCK)
         want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 8, 0, 8, BLOCK)
         # ties at want: count them; when some must be dropped, find the position cutoff P
@@ -246,7 +252,8 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
             P = lo
         for start in range(0, n_src, BLOCK):
             key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
-            sel = valid & ((key > want) | ((key == want) & (pos <= P)))
+            match = valid & ((key >> 16) == bu)
+            sel = match & ((key > want) | ((key == want) & (pos <= P)))
             si = sel.to(tl.int32)
             tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
             cursor += tl.sum(si, 0)
@@ -264,20 +271,6 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
         tl.store(orow + i, tl.full([BLOCK], -1, tl.int32), mask=i < KOUT)
 
 
-# sample size and margin (in binomial standard deviations of the sample rank) of the bracket;
-# the CPU interpreter sorts slowly, so it samples less (same algorithm, a wider band)
-SELECT_SAMPLE = 256 if os.environ.get("TRITON_INTERPRET", "0") in ("1", "true", "True") else 4096
-SELECT_MARGIN = 4.0
-
-
-def _scan_block(R: int, n: int, device: torch.device) -> int:
-    """Elements per scan program: about one wave of programs over the GPU (fewer, longer
-    programs hide the atomics' latency better than many short ones)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    want = R * n // (4 * sms)
-    return int(min(8192, max(1024, triton.next_power_of_2(max(1, want)))))
-
-
 def select_rows(
     scores: torch.Tensor,
     k: int,
@@ -288,10 +281,10 @@ def select_rows(
     block: int = 2048,
     num_warps: int = 8,
     cap: int | None = None,
-    sample: int | None = None,
-    return_fallback: bool = False,
+    work: torch.Tensor | None = None,
+    hist_done: bool = False,
     starts: torch.Tensor | None = None,
-):
+) -> torch.Tensor:
     """Top-k positions of each row plus forced positions; the building block of the kernels.
 
     Args:
@@ -299,14 +292,15 @@ def select_rows(
         k: positions selected among each row's candidates.
         lens: int32 [R // rows_per_len] visible length of each group of rows (None: n).
         rows_per_len: consecutive rows sharing one length (e.g. the query heads of a sequence).
-        starts: int32 [R // rows_per_len] first visible position of each group of rows (left
-            padding; None: 0). Row r sees positions [starts, lens).
         sink, local: forced first / last visible positions of each row (appended after the
             top-k; they are not candidates).
-        cap: scratch entries per row for the band around the k-th key (default
-            max(8192, 2k)); a larger band falls back to re-reading the row.
-        sample: sample size of the bracket (power of two; default `SELECT_SAMPLE`).
-        return_fallback: also return int32 [R], 1 where a row took the slow path.
+        cap: scratch entries per row for the candidates of the threshold bin (default
+            max(16384, 2k)); a larger bin falls back to re-reading the row.
+        work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its level-1
+            histogram was already accumulated by the caller (`hist_level1` over the candidate
+            positions of each row, exactly the scores passed here).
+        starts: int32 [R // rows_per_len] first visible position of each group of rows (left
+            padding; None: 0). Row r sees positions [starts, lens).
 
     Returns:
         int32 [R, k + sink + local]: the selected positions (order: unspecified within the
@@ -323,33 +317,42 @@ def select_rows(
     starts = starts if has_starts else scores
     kout = k + sink + local
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
-    cap = min(n, max(8192, 2 * k)) if cap is None else max(1, cap)
-    ns = SELECT_SAMPLE if sample is None else sample
-    if ns <= 0 or ns & (ns - 1):
-        raise ValueError(f"sample must be a power of two, got {ns}")
-    ns = min(ns, max(16, triton.next_power_of_2(n)))  # a sample never needs more than the row
-    cnt = torch.zeros(R, 2, dtype=torch.int32, device=dev)
-    info = torch.empty(R, 4, dtype=torch.int32, device=dev)
+    if work is None:
+        work = select_workspace(R, dev)
+    hist1, hist2, cnt = _split_workspace(work, R)
+    cap = min(n, max(16384, 2 * k)) if cap is None else max(1, cap)
     bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
-    fallback = torch.zeros(R, dtype=torch.int32, device=dev)
-    _bracket_kernel[(R,)](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info,
-        SELECT_MARGIN, HAS_LENS=has_lens, HAS_STARTS=has_starts, NS=ns, num_warps=8,
-    )
-    sblock = _scan_block(R, n, dev)
+    info = torch.empty(R, 4, dtype=torch.int32, device=dev)
+    # enough programs to fill the GPU when there are few rows (B=1 decode)
+    hblock = 4096 if R * triton.cdiv(n, 4096) >= 1024 else (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
+    for level in ((1,) if hist_done else (0, 1)):
+        _hist_kernel[(R, triton.cdiv(n, hblock))](
+            scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist1, hist2,
+            LEVEL2=level == 1, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock, num_warps=8,
+        )
+    sblock = 2048 if R * triton.cdiv(n, 2048) >= 512 else 1024
     _scan_kernel[(R, triton.cdiv(n, sblock))](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, cnt, out,
-        out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist1, hist2, info, cnt,
+        out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
         num_warps=8 if sblock >= 2048 else 4,
     )
     _finish_kernel[(R,)](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, cnt, out,
-        out.stride(0), kout, bufk, bufp, cap, fallback, HAS_LENS=has_lens,
-        HAS_STARTS=has_starts, BLOCK=block,
-        num_warps=num_warps,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, out, out.stride(0),
+        kout, bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block, num_warps=num_warps,
     )
-    return (out, fallback) if return_fallback else out
+    return out
+
+
+def select_workspace(R: int, device: torch.device) -> torch.Tensor:
+    """Zeroed int32 scratch of `select_rows` for R rows (two [R, 256] histograms and the [R, 2]
+    cursors), one memset. Pass it as ``work``; the decode kernel fills the level-1 histogram
+    (``work[:R * 256]``) while it computes the scores and then passes ``hist_done=True``."""
+    return torch.zeros(R * 514, dtype=torch.int32, device=device)
+
+
+def _split_workspace(work: torch.Tensor, R: int):
+    return work[: R * 256], work[R * 256: R * 512], work[R * 512: R * 514]
 
 
 def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tensor:

@@ -6,10 +6,11 @@ A batch of single-token queries q [B, Hq, 1, D] against a contiguous KV cache k,
 1. ``_scores_kernel`` (grid B*Hkv x key blocks): each program reads one K tile once and scores
    it against all G query heads of its KV head (one tl.dot). ``query_head`` writes fp32 scores
    [B, Hq, n] (Hq*n*4 bytes per sequence, 1/16 of K for Llama-3-8B shapes); ``kv_group``
-   writes only the group sum [B, Hkv, n].
-2. `topkattn.ops.select.triton_select.select_rows`: sampled bracket, one scan, and exact
-   finish of the k-th largest score of every row, writing the selected positions (ties:
-   lowest position wins) plus sink/local.
+   writes only the group sum [B, Hkv, n]. The same pass accumulates the first (top-byte)
+   histogram round of the selection of every row, so selection does not re-read for it.
+2. `topkattn.ops.select.triton_select.select_rows` (``hist_done``): second histogram round,
+   scan, and exact finish of the k-th largest score of every row, writing the selected
+   positions (ties: lowest position wins) plus sink/local.
 3. `topkattn.ops.topk.triton_sparse.sparse_attention`: gathers the selected rows (V, and the
    stored scores for ``query_head`` or the K rows of the group for ``kv_group``), online
    softmax split over programs (flash-decoding), then a combine. K is read once in full; V
@@ -25,64 +26,79 @@ import triton
 import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.triton_select import select_rows
+from topkattn.ops.select.triton_select import (
+    _cand_range, _f32_key, hist_level1, select_rows, select_workspace,
+)
 from topkattn.ops.topk.triton_sparse import INTERPRET, _num_sms, check_qkv, mm, sparse_attention
 
 GRANULARITIES = ("query_head", "kv_group")
-DECODE_BLOCK_N = 128
-# scores pass: tiles per program (at most; kept so the grid still fills the GPU), pipeline
-# stages of their loads, warps per program
-DECODE_TILES = 1
-DECODE_STAGES = 1
-DECODE_WARPS = 4
+DECODE_BLOCK_N = 128  # measured best at B8 128k on the H100 (0.649x vs 0.676x at 64)
+# accumulate the level-1 selection histogram inside the scores pass (False: select_rows does it)
+DECODE_FUSE_HIST = True
 # programs of the sparse pass, per SM (index lists split finer when there are few rows)
 DECODE_SPARSE_WAVES = 2
 
 
 @triton.jit
 def _scores_kernel(
-    Q, K, S, SG, LENS, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, Hkv, n, G, scale,
-    GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, TILES: tl.constexpr,
-    STAGES: tl.constexpr, HAS_LENS: tl.constexpr, WRITE_S: tl.constexpr, WRITE_G: tl.constexpr,
+    Q, K, S, SG, LENS, STARTS, HIST, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, Hkv, n, G, scale,
+    sink, local,
+    GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LENS: tl.constexpr,
+    HAS_STARTS: tl.constexpr,
+    WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, HIST_MODE: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """TILES K tiles [BLOCK_N, D] of KV head (b, hkv) against its G query heads: fp32 scores
-    into S [B, Hq, n] (WRITE_S) and / or their sum over the group into SG [B, Hkv, n]."""
+    """HIST_MODE 0: no histogram; 1: level-1 selection histogram of each query head's scores
+    (rows b*Hq + hq); 2: of the group sums (rows b*Hkv + hkv). Only candidate positions
+    (visible, not sink/local) are counted, exactly as `select_rows` would."""
     bh = tl.program_id(0)
-    first = tl.program_id(1) * (BLOCK_N * TILES)
+    start = tl.program_id(1) * BLOCK_N
     b = bh // Hkv
     hkv = bh % Hkv
     b64 = b.to(tl.int64)
     L = n
     if HAS_LENS:
         L = tl.minimum(tl.load(LENS + b), n)
-    if first < L:
+    if start < L:
         g = tl.arange(0, GP)
         gm = g < G
         d = tl.arange(0, D)
         hq = (hkv * G + g).to(tl.int64)
         q = tl.load(Q + b64 * sqb + hq[:, None] * sqh + d[None, :], mask=gm[:, None], other=0.0)
-        kbase = K + b64 * skb + hkv.to(tl.int64) * skh
-        # TILES consecutive tiles per program, loads software-pipelined over STAGES buffers
-        for t in tl.range(0, TILES, num_stages=STAGES):
-            pos = first + t * BLOCK_N + tl.arange(0, BLOCK_N)
-            pm = pos < L
-            kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :], mask=pm[:, None],
-                         other=0.0)
-            s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale  # [GP, BLOCK_N] fp32
-            if WRITE_S:
-                tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
-                         mask=gm[:, None] & pm[None, :])
-            if WRITE_G:
-                sg = tl.sum(tl.where(gm[:, None], s, 0.0), 0)
-                tl.store(SG + b64 * sgb + hkv.to(tl.int64) * sgh + pos, sg, mask=pm)
+        pos = start + tl.arange(0, BLOCK_N)
+        pm = pos < L
+        kt = tl.load(K + b64 * skb + hkv.to(tl.int64) * skh + pos[:, None].to(tl.int64) * skn
+                     + d[None, :], mask=pm[:, None], other=0.0)
+        s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale  # [GP, BLOCK_N] fp32
+        if WRITE_S:
+            tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
+                     mask=gm[:, None] & pm[None, :])
+        vs = b * 0
+        if HAS_STARTS:
+            vs = tl.minimum(tl.maximum(tl.load(STARTS + b), 0), L)
+        c_lo, c_hi = _cand_range(vs, L, sink, local)
+        cm = (pos >= c_lo) & (pos < c_hi)
+        if WRITE_G:
+            sg = tl.sum(tl.where(gm[:, None], s, 0.0), 0)
+            tl.store(SG + b64 * sgb + hkv.to(tl.int64) * sgh + pos, sg, mask=pm)
+            if HIST_MODE == 2:
+                hist_level1(_f32_key(sg), cm, HIST, bh)
+        if HIST_MODE == 1:
+            for gi in range(G):
+                x = tl.sum(tl.where(g[:, None] == gi, s, 0.0), 0)  # row gi of s, exactly
+                hist_level1(_f32_key(x), cm, HIST, b * Hkv * G + hkv * G + gi)
 
 
 def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torch.Tensor | None,
                   group_sum: bool, block_n: int = 64, write_s: bool = True,
+                  hist: torch.Tensor | None = None, sink: int = 0, local: int = 0,
+                  seq_starts: torch.Tensor | None = None,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """fp32 scores [B, Hq, n] (unless not ``write_s``) and the KV-group sum [B, Hkv, n] when
-    ``group_sum``.
+    ``group_sum``. With ``hist`` (zeroed int32, [rows * 256]) also accumulates the level-1
+    selection histogram of the selection rows (group sums when ``group_sum``, else the query
+    heads' scores) over the candidate positions given by ``seq_starts``, ``seq_lens``, ``sink``,
+    ``local``.
 
     Positions at or past a sequence's length are left unwritten (never read later)."""
     B, Hq, _, D = q.shape
@@ -94,18 +110,17 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     s_arg = S if S is not None else dummy
     sg_arg = SG if SG is not None else dummy
     lens = seq_lens if seq_lens is not None else dummy
-    tiles = max(1, DECODE_TILES)
-    while tiles > 1 and B * Hkv * triton.cdiv(n, block_n * tiles) < 4 * _num_sms(q.device):
-        tiles //= 2  # keep at least ~4 programs per SM
-    _scores_kernel[(B * Hkv, triton.cdiv(n, block_n * tiles))](
-        q, k, s_arg, sg_arg, lens,
+    hist_mode = 0 if hist is None else (2 if group_sum else 1)
+    _scores_kernel[(B * Hkv, triton.cdiv(n, block_n))](
+        q, k, s_arg, sg_arg, lens, seq_starts if seq_starts is not None else dummy,
+        hist if hist is not None else dummy,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         S.stride(0) if S is not None else 0, S.stride(1) if S is not None else 0,
         SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0,
-        Hkv, n, G, scale,
-        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n, TILES=tiles,
-        STAGES=DECODE_STAGES, HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=DECODE_WARPS,
+        Hkv, n, G, scale, sink, local,
+        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n,
+        HAS_LENS=seq_lens is not None, HAS_STARTS=seq_starts is not None, WRITE_S=write_s, WRITE_G=group_sum, HIST_MODE=hist_mode,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=4,
     )
     return S, SG
 
@@ -175,12 +190,17 @@ def topk_decode(
     hsel = Hkv if group else Hq
     kk = min(topk, n)
     R = B * hsel
+    work = select_workspace(R, q.device)
     # kv_group: the per-head scores are not stored; the sparse pass re-gathers the selected K
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.
-    S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group)
+    fuse = DECODE_FUSE_HIST
+    S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group,
+                          hist=work if fuse else None, sink=sink, local=local,
+                          seq_starts=starts)
     sel_scores = SG if group else S
-    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, starts=starts)
+    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work,
+                      hist_done=fuse, starts=starts)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(DECODE_SPARSE_WAVES * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
