@@ -124,80 +124,88 @@ def _level1(HIST1, r, k):
 
 
 @triton.jit
-def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST1, HIST2, LEVEL2: tl.constexpr,
-                 HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr):
+def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST1, HIST2,
+                 LEVEL2: tl.constexpr, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr):
     """256-bin histogram of key bits [31:24] into HIST1 (level 1) or of bits [23:16] among keys
     whose top byte is the level-1 bin into HIST2 (level 2; each program re-derives the level-1
-    pick from HIST1, so no separate pick launch), accumulated with atomics."""
+    pick from HIST1, so no separate pick launch). Each program counts ITERS consecutive blocks
+    in registers, then adds its counts with one atomic per bin."""
     r = tl.program_id(0)
-    blk = tl.program_id(1)
+    first = tl.program_id(1) * (BLOCK * ITERS)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
-    go = blk * BLOCK < c_hi
+    go = first < c_hi
     if LEVEL2:
         go = go & (c_hi - c_lo > k)
     if go:
-        pos = blk * BLOCK + tl.arange(0, BLOCK)
-        m = (pos >= c_lo) & (pos < c_hi)
-        x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=m, other=0.0).to(tl.float32)
-        key = _f32_key(x)
+        b1 = (r * 0).to(tl.uint32)
         if LEVEL2:
-            b1, _ = _level1(HIST1, r, k)
-            m = m & ((key >> 24) == b1.to(tl.uint32))
-            h = tl.histogram(((key >> 16) & 255).to(tl.int32), 256, mask=m)
-            tl.atomic_add(HIST2 + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
-        else:
-            hist_level1(key, m, HIST1, r)
+            b1 = _level1(HIST1, r, k)[0].to(tl.uint32)
+        h = tl.zeros([256], tl.int32)
+        for it in range(ITERS):
+            pos = first + it * BLOCK + tl.arange(0, BLOCK)
+            m = (pos >= c_lo) & (pos < c_hi)
+            x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=m, other=0.0).to(tl.float32)
+            key = _f32_key(x)
+            if LEVEL2:
+                m = m & ((key >> 24) == b1)
+                h += tl.histogram(((key >> 16) & 255).to(tl.int32), 256, mask=m)
+            else:
+                h += tl.histogram((key >> 24).to(tl.int32), 256, mask=m)
+        dst = HIST2 if LEVEL2 else HIST1
+        tl.atomic_add(dst + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
 
 
 @triton.jit
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST1, HIST2, INFO, CNT, OUT,
                  stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr):
-    """Parallel over (row, block): each program derives the 16-bit bin b holding the k-th key
-    from the two histograms (block 0 records it in INFO = (mode, b, count above b, count in
-    b) for the finish; mode 0 = keep all candidates); positions above b go to the output, b's
-    (key, pos) to the scratch buffer, each through a per-row atomic cursor (order within a row
-    varies)."""
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    """Parallel over (row, ITERS consecutive blocks): each program derives the 16-bit bin b
+    holding the k-th key from the two histograms once (the first program records it in INFO =
+    (mode, b, count above b, count in b) for the finish; mode 0 = keep all candidates);
+    positions above b go to the output, b's (key, pos) to the scratch buffer, each through a
+    per-row atomic cursor (order within a row varies)."""
     r = tl.program_id(0)
-    blk = tl.program_id(1)
+    pid = tl.program_id(1)
     r64 = r.to(tl.int64)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
-    pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
-    m = pos < c_hi
     mode = (c_hi - c_lo > k).to(tl.int32)
     b1, above1 = _level1(HIST1, r, k)
     h2 = tl.load(HIST2 + r64 * 256 + tl.arange(0, 256))
     b2, above2, nb = _pick(h2, k - above1, 256)
     bu = (b1 * 256 + b2).to(tl.uint32)
-    if blk == 0:
+    if pid == 0:
         tl.store(INFO + r * 4 + 0, mode)
         tl.store(INFO + r * 4 + 1, bu.to(tl.int32))
         tl.store(INFO + r * 4 + 2, above1 + above2)
         tl.store(INFO + r * 4 + 3, nb)
-    if c_lo + blk * BLOCK < c_hi:
-        if mode == 0:
-            tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
-        else:
-            key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=m, other=0.0).to(tl.float32))
-            pre = key >> 16
-            up = m & (pre > bu)
-            ui = up.to(tl.int32)
-            nup = tl.sum(ui, 0)
-            if nup > 0:
-                base = tl.atomic_add(CNT + r * 2, nup)
-                tl.store(OUT + r64 * stride_o + (base + tl.cumsum(ui, 0) - ui), pos, mask=up)
-            if nb <= CAP:
-                inb = m & (pre == bu)
-                ii = inb.to(tl.int32)
-                nin = tl.sum(ii, 0)
-                if nin > 0:
-                    base2 = tl.atomic_add(CNT + r * 2 + 1, nin)
-                    dst = base2 + tl.cumsum(ii, 0) - ii
-                    tl.store(BUFK + r64 * CAP + dst, key.to(tl.int32, bitcast=True), mask=inb)
-                    tl.store(BUFP + r64 * CAP + dst, pos, mask=inb)
+    for it in range(ITERS):
+        blk = pid * ITERS + it
+        if c_lo + blk * BLOCK < c_hi:
+            pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
+            m = pos < c_hi
+            if mode == 0:
+                tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
+            else:
+                key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=m, other=0.0).to(tl.float32))
+                pre = key >> 16
+                up = m & (pre > bu)
+                ui = up.to(tl.int32)
+                nup = tl.sum(ui, 0)
+                if nup > 0:
+                    base = tl.atomic_add(CNT + r * 2, nup)
+                    tl.store(OUT + r64 * stride_o + (base + tl.cumsum(ui, 0) - ui), pos, mask=up)
+                if nb <= CAP:
+                    inb = m & (pre == bu)
+                    ii = inb.to(tl.int32)
+                    nin = tl.sum(ii, 0)
+                    if nin > 0:
+                        base2 = tl.atomic_add(CNT + r * 2 + 1, nin)
+                        dst = base2 + tl.cumsum(ii, 0) - ii
+                        tl.store(BUFK + r64 * CAP + dst, key.to(tl.int32, bitcast=True), mask=inb)
+                        tl.store(BUFP + r64 * CAP + dst, pos, mask=inb)
 
 
 @triton.jit
@@ -271,6 +279,19 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
         tl.store(orow + i, tl.full([BLOCK], -1, tl.int32), mask=i < KOUT)
 
 
+# blocks per histogram / scan program, at most (programs that cover several blocks derive the
+# bin picks once and issue fewer atomics; kept so that ~2 programs per SM remain)
+SELECT_ITERS = 4
+
+
+def _iters(programs: int, device: torch.device) -> int:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    it = 1
+    while it * 2 <= SELECT_ITERS and programs // (it * 2) >= 2 * sms:
+        it *= 2
+    return it
+
+
 def select_rows(
     scores: torch.Tensor,
     k: int,
@@ -326,16 +347,19 @@ def select_rows(
     info = torch.empty(R, 4, dtype=torch.int32, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)
     hblock = 4096 if R * triton.cdiv(n, 4096) >= 1024 else (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
+    hiters = _iters(R * triton.cdiv(n, hblock), dev)
     for level in ((1,) if hist_done else (0, 1)):
-        _hist_kernel[(R, triton.cdiv(n, hblock))](
+        _hist_kernel[(R, triton.cdiv(n, hblock * hiters))](
             scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist1, hist2,
-            LEVEL2=level == 1, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock, num_warps=8,
+            LEVEL2=level == 1, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock,
+            ITERS=hiters, num_warps=8,
         )
     sblock = 2048 if R * triton.cdiv(n, 2048) >= 512 else 1024
-    _scan_kernel[(R, triton.cdiv(n, sblock))](
+    siters = _iters(R * triton.cdiv(n, sblock), dev)
+    _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist1, hist2, info, cnt,
         out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        num_warps=8 if sblock >= 2048 else 4,
+        ITERS=siters, num_warps=8 if sblock >= 2048 else 4,
     )
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, out, out.stride(0),
