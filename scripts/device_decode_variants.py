@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+import topkattn.ops.select.triton_select as ts
 import topkattn.ops.topk.triton_decode as td
 from topkattn.bench.common import time_graph_ms
 
 KK = 2048
 default_bn = td.DECODE_BLOCK_N
 default_w = td.DECODE_SPARSE_WAVES
+default_it = ts.SELECT_ITERS
 for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
@@ -19,7 +21,7 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     sd = time_graph_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
     line = [f"B{B} {n // 1024}k sdpa {sd:.4f}"]
     for gran in ("kv_group", "query_head"):
-        for bn in (64, 128, 256):
+        for bn in (64, 128):
             td.DECODE_BLOCK_N = bn
             t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity=gran))
             line.append(f"{gran[:2]} bn{bn} {t:.4f} ({t / sd:.3f}x)")
@@ -29,6 +31,11 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
         t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity=gran))
         line.append(f"{gran[:2]} unfused-hist {t:.4f} ({t / sd:.3f}x)")
     td.DECODE_FUSE_HIST = True
+    for it in (1, 2, 8):
+        ts.SELECT_ITERS = it
+        t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity="kv_group"))
+        line.append(f"kv sel-iters{it} {t:.4f} ({t / sd:.3f}x)")
+    ts.SELECT_ITERS = default_it
     for w in (4, 8):
         td.DECODE_SPARSE_WAVES = w
         t = time_graph_ms(lambda: td.topk_decode(q, k, v, KK, granularity="kv_group"))
