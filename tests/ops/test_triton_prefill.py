@@ -163,3 +163,93 @@ def test_prefill_mask_forms():
         topk_attention(q, kv, kv, topk=3, causal=False, attn_mask=holed, backend="triton")
     ref = topk_attention_reference(q, kv, kv, 3, causal=False, attn_mask=holed)
     assert torch.equal(topk_attention(q, kv, kv, topk=3, causal=False, attn_mask=holed), ref)
+
+
+# --- threshold search: bracket-count-collect vs radix vs an exact torch reference -----------
+
+P_INF = 2**31 - 1
+
+
+def _ref_thresholds(q, k, topk, causal, sink, local, group, starts=None, ends=None):
+    """Exact (T, P) int64 [rows, Lq] for scores that fp32 represents exactly (dyadic inputs)."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    s = torch.einsum("bhmd,bhnd->bhmn", q.double(), k.double().repeat_interleave(G, 1)) * D**-0.5
+    if group:
+        s = s.view(B, Hkv, G, Lq, Lk).sum(2)
+    s = s.float().cpu() + 0.0
+    bits = s.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    key = torch.where(bits >> 31 != 0, bits ^ 0xFFFFFFFF, bits | 0x80000000)
+    pos = torch.arange(Lk)
+    m = torch.arange(Lq)
+    st = torch.zeros(B, dtype=torch.long) if starts is None else torch.tensor(starts)
+    en = torch.full((B,), Lk) if ends is None else torch.tensor(ends)
+    vis_end = (Lk - Lq + m + 1 if causal else torch.full((Lq,), Lk))[None, :].minimum(en[:, None])
+    c_lo = torch.minimum(torch.maximum(torch.tensor(sink), st)[:, None], vis_end)  # [B, Lq]
+    c_hi = torch.maximum(c_lo, vis_end - local)
+    cand = (pos >= c_lo[..., None]) & (pos < c_hi[..., None])  # [B, Lq, Lk]
+    comb = torch.where(cand[:, None], key * 2**16 + (2**16 - 1 - pos), -1)  # key desc, pos asc
+    kth = comb.topk(min(topk, Lk), -1).values[..., -1]
+    T = kth >> 16
+    tie = (key == T[..., None]) & cand[:, None]
+    cut = tie.sum(-1) > (tie & (comb >= kth[..., None])).sum(-1)
+    P = torch.where(cut, 2**16 - 1 - (kth & 0xFFFF), P_INF)
+    active = (c_hi - c_lo > topk)[:, None].expand_as(T)
+    return (torch.where(active, T, 0).flatten(0, 1), torch.where(active, P, P_INF).flatten(0, 1))
+
+
+THRESH_CASES = [
+    # B, Hq, Hkv, L, topk, causal, sink, local, kv_group, integer scores (many ties), starts, ends
+    (1, 2, 1, 40, 6, True, 1, 1, False, False, None, None),
+    (1, 4, 2, 36, 5, True, 0, 2, True, True, None, None),
+    (2, 1, 1, 26, 4, False, 1, 0, False, True, [0, 7], [26, 23]),
+]
+
+
+@pytest.mark.parametrize("case", THRESH_CASES)
+def test_thresholds_bcc_and_radix_exact(case):
+    from topkattn.ops.topk.triton_prefill import prefill_thresholds
+
+    B, Hq, Hkv, L, kk, causal, sink, local, group, ints, starts, ends = case
+    torch.manual_seed(L + Hq)
+    if ints:  # scores on a coarse integer grid: many ties at the k-th score
+        mk = lambda *s: torch.randint(-2, 3, s).float()  # noqa: E731
+    else:  # dyadic: fp32 scores are exact, so the reference below is exact
+        mk = lambda *s: torch.randint(-64, 65, s) / 64  # noqa: E731
+    q, k = mk(B, Hq, L, 16).to(dev()), mk(B, Hkv, L, 16).to(dev())
+    rT, rP = _ref_thresholds(q, k, kk, causal, sink, local, group, starts, ends)
+    st = None if starts is None else torch.tensor(starts, dtype=torch.int32, device=dev())
+    en = None if ends is None else torch.tensor(ends, dtype=torch.int32, device=dev())
+    args = (q, k, kk, causal, 0.25, sink, local, group, st, en)
+    T, P, stat = prefill_thresholds(*args, return_status=True)
+    T2, P2 = prefill_thresholds(*args, method="radix")
+    assert (stat == 1).sum() > 0  # the band path ran (status 2 rows: fallback)
+    for t, p in ((T, P), (T2, P2)):
+        assert torch.equal(t.cpu().long() & 0xFFFFFFFF, rT) and torch.equal(p.cpu().long(), rP)
+
+
+@pytest.mark.parametrize("mode", ["cap", "one_bin", "far_estimate"])
+def test_prefill_fallback_paths_exact(monkeypatch, mode):
+    """Rows whose band overflows CAP (tiny CAP, or a useless estimate) take the radix fallback;
+    a far-off estimate puts every candidate in the bottom bin. Results stay exact."""
+    import topkattn.ops.topk.triton_prefill as tp
+
+    monkeypatch.setattr(tp, "PREFILL_CAP", 2 if mode == "cap" else 16)
+    monkeypatch.setattr(tp, "_ESTIMATE_MODE", {"cap": 0, "one_bin": 1, "far_estimate": 2}[mode])
+    gran = "kv_group" if mode == "one_bin" else "query_head"
+    torch.manual_seed(3)
+    Hq = 4 if gran == "kv_group" else 2
+    q = torch.randn(1, Hq, 26, 16, device=dev(), requires_grad=True)
+    k = torch.randn(1, 2, 26, 16, device=dev(), requires_grad=True)
+    v = torch.randn(1, 2, 26, 16, device=dev(), requires_grad=True)
+    _, _, stat = tp.prefill_thresholds(q, k, 5, True, 0.25, 1, 0, gran == "kv_group",
+                                       return_status=True)
+    assert (stat == 2).sum() > 0 and (stat == 1).sum() > 0
+    out = topk_prefill(q, k, v, 5, sink=1, granularity=gran)
+    ref = topk_attention_reference(q, k, v, 5, sink=1, granularity=gran)
+    assert rel_rms(out, ref) < TOL[torch.float32]
+    do = torch.randn_like(out)
+    g, rg = torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(ref, (q, k, v), do)
+    for a, b in zip(g, rg):
+        assert rel_rms(a, b) < GRAD_TOL[torch.float32]

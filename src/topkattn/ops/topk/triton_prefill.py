@@ -1,18 +1,44 @@
 """Top-k prefill / training attention in Triton, forward and backward, memory linear in length.
 
 Every query row attends to its own ``topk`` highest-scoring visible keys (plus sink/local)
-without materialising the n x n scores:
+without materialising the n x n scores. Per selection row the threshold search stores the
+threshold key T (the k-th largest candidate key itself, key = ``_f32_key(score)``, the uint32
+whose order is the fp32 order) and the tie cutoff position P: selected = key > T or (key == T
+and pos <= P); P = P_INF unless ties at T must be cut (lowest positions win, as in the
+reference). Rows with at most ``topk`` candidates store T = 0, P = P_INF (everything selected).
 
-1. ``_thresh_kernel`` (grid query blocks x B*Hq): exact k-th largest candidate key per row by
-   radix search on the order-preserving uint32 key of the fp32 score, 4 bits per pass (a
-   16-bin histogram per row, counted with packed 8-bit fields in two int64 words per tile),
-   at most 8 passes recomputing q.K^T (a block stops early once every row's bin is fully
-   selected); then, only where ties at the k-th score must be cut, one pass finds the tie
-   cutoff position P (lowest positions win, as in the reference). Per row it stores the
-   threshold key T and P: selected = key > T or (key == T and pos <= P).
-2. ``_fwd_kernel``: flash attention masked by (T, P) and sink/local; stores the LSE.
-3. ``_bwd_dq_kernel`` / ``_bwd_dkdv_kernel``: flash-attention backward through the same mask
-   (dk, dv summed over the query heads of each KV head).
+Threshold search, bracket-count-collect (``prefill_thresholds``, three launches, exact):
+
+1. ``_count_kernel`` (grid B*Hr x query blocks, longest causal blocks first). Estimate
+   (``_estimate``): per row, the scores against a strided sample of key blocks (at least
+   ``PREFILL_SAMPLE_BLOCKS``, more for long rows) give a mean / std, a Gaussian guess of the
+   k-th largest score, and sample counts in probe bins around that guess; interpolating them
+   gives the estimate t and the local key density, which place 4*W-2 equal-width score bins
+   (about ``PREFILL_BAND_FRAC * CAP`` keys each, at most 0.25 std wide) around t. Count: one
+   pass over the candidate keys maps each score to its bin, round(clamp(fma(s, a, b))) (monotone
+   in the score, bit-identical wherever evaluated), and counts bins per row in int32 words of
+   four 8-bit fields folded into 16-bit accumulators (no int64). The band is the bin of the
+   k-th largest key; rows whose band holds at most ``PREFILL_CAP`` keys go on, the others are
+   flagged for the fallback.
+2. ``_collect_kernel`` (persistent, ``PREFILL_COLLECT_WAVES`` programs per SM): one more pass
+   appends the band scores of each row, in position order, to the program's own scratch rows
+   (offsets: a running row count plus prefix sums of the tile's band mask, computed on the
+   tensor cores; no atomics); then per row (``_finalize``) the r-th largest band key,
+   r = k - #keys above the band, by bisection over the band's key range in registers. Rows
+   where ties at T must be cut by position are flagged for the fallback instead.
+3. ``_thresh_kernel`` (fallback, exact for any input): radix search on the key, 4 bits a pass
+   (int32 words of 8-bit fields), at most 8 passes plus one for tie cutoffs / the canonical T,
+   only in blocks holding flagged rows (the others exit at once). ``method="radix"`` runs it on
+   every row (reference path; same T and P).
+
+Scratch: 24 bytes per selection row plus grid x BM x CAP x 4 bytes (35 MB on an H100 with BM=64,
+CAP=512), independent of the length.
+
+Attention: ``_fwd_kernel`` is flash attention masked by (T, P) and sink/local (stores the LSE);
+``_bwd_dq_kernel`` / ``_bwd_dkdv_kernel`` are the flash-attention backward through the same mask
+(dk, dv summed over the query heads of each KV head). Tiles inside every row's candidate range
+(most of them) skip the visibility / sink / local masks; the test against (T, P) runs as fp32
+compares (``_above``), equivalent to the key compares.
 
 ``granularity="kv_group"``: one selected set per (b, KV head), the threshold search running on
 the scores summed over the group's G query heads (``_group_scores``, recomputed alike by every
@@ -20,8 +46,10 @@ kernel for the mask); each query head then attends with its own scores and softm
 sequence b sees only keys in [starts[b], ends[b]) (left / right padding; rows that see none
 give zero output).
 
-All kernels compute scores with the same tile shapes and the same helper so that the keys
-compared against T are bit-identical to those used to find it.
+All kernels of one call compute scores with the same helper and the same tile shape (BM, BN,
+num_warps) so that the keys compared against T are bit-identical to those used to find it;
+``PREFILL_BM`` / ``PREFILL_BN`` / ``PREFILL_WARPS`` override the tile for every kernel at once
+(keep num_warps a multiple of 4), the ``*_STAGES`` constants the pipelining of single kernels.
 """
 
 from __future__ import annotations
@@ -37,6 +65,23 @@ from topkattn.ops.select.triton_select import _f32_key
 from topkattn.ops.topk.triton_sparse import INTERPRET, check_qkv, mm
 
 P_INF: tl.constexpr = tl.constexpr(2**31 - 1)
+
+# --- tunables (module-level so that device scripts and tests can override them) -------------
+PREFILL_BM: int | None = None  # query rows per tile, every kernel (None: by head dim)
+PREFILL_BN: int | None = None  # keys per tile, every kernel (<= 128: 8-bit count fields)
+PREFILL_WARPS: int | None = None
+PREFILL_THRESH_STAGES: int | None = None  # num_stages of the count / collect kernels
+PREFILL_FWD_STAGES: int | None = None
+PREFILL_BWD_STAGES: int | None = None
+PREFILL_CAP = 512  # band entries kept per row (power of 2)
+PREFILL_BAND_FRAC = 0.4  # target keys per count bin, as a fraction of CAP
+PREFILL_SAMPLE_BLOCKS = 8  # key blocks sampled per row block by the estimate (at least)
+PREFILL_SAMPLE_SIGMA = 0.4  # ... and enough for a rank error of about this * CAP keys
+PREFILL_BIN_WORDS = 3  # count bins = 4 * words - 2 (plus one below and one above)
+PREFILL_PROBE_WORDS = 3  # estimate probe bins = 4 * words - 2
+PREFILL_COLLECT_WAVES = 2  # persistent collect programs per SM
+PREFILL_ASM_STORE = True  # collect: scattered stores as inline PTX (False: tl.store)
+_ESTIMATE_MODE = 0  # tests: 1 = one bin for all keys, 2 = estimate far above the k-th score
 
 
 @triton.jit
@@ -55,14 +100,44 @@ def _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T, P):
-    """bool [BM, BN]: selected entries (forced or candidate with key >= (T, P))."""
-    key = _f32_key(s)
+def _key_f32(u):
+    """Inverse of ``_f32_key`` (uint32 key -> fp32)."""
+    b = tl.where((u >> 31) != 0, u & 0x7FFFFFFF, u ^ 0xFFFFFFFF)
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _thr_f32(T):
+    """fp32 threshold [BM] of the uint32 threshold keys T [BM]; T = 0 (select every candidate)
+    gives -inf."""
+    return tl.where(T == 0, float("-inf"), _key_f32(T))
+
+
+@triton.jit
+def _above(s, pos, Tf, P):
+    """bool [BM, BN]: key(s) > T or (key(s) == T and pos <= P), as fp32 compares against
+    Tf = ``_thr_f32(T)`` (the key order is the fp32 order with -0 == +0; the compares are not
+    flush-to-zero)."""
+    return (s > Tf[:, None]) | ((s == Tf[:, None]) & (pos[None, :] <= P[:, None]))
+
+
+@triton.jit
+def _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, Tf, P):
+    """bool [BM, BN]: selected entries (visible non-candidates, i.e. sink / local, and
+    candidates passing ``_above``)."""
     vis = (pos[None, :] >= vs) & (pos[None, :] < vis_end[:, None])
     cand = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
-    forced = vis & ~cand
-    above = (key > T[:, None]) | ((key == T[:, None]) & (pos[None, :] <= P[:, None]))
-    return forced | (cand & above)
+    return (vis & ~cand) | (cand & _above(s, pos, Tf, P))
+
+
+@triton.jit
+def _load_rows(base, start, stride, lim, d, BN: tl.constexpr):
+    """[BN, D] rows start .. start+BN-1 of a row-major matrix (row stride ``stride``, rows >= lim
+    read as 0). (64-bit row offsets: a loop-invariant 32-bit [BN, D] offset tensor would pin
+    BN*D/threads registers.)"""
+    pos = start + tl.arange(0, BN)
+    return tl.load(base + pos[:, None].to(tl.int64) * stride + d[None, :], mask=pos[:, None] < lim,
+                   other=0.0)
 
 
 @triton.jit
@@ -80,13 +155,238 @@ def _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM: tl.constexpr, BN: tl
 
 
 @triton.jit
-def _thresh_kernel(Q, K, TB, PB, ST, EN, sqb, sqh, sqm, skb, skh, skn, Hr, G, Lq, Lk, topk,
-                   sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-                   UPCAST: tl.constexpr):
-    # one row per (b, query head), or per (b, KV head) with GROUP (summed group scores)
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+def _sel_operands(Q, K, b, h, m, d, sqb, sqh, sqm, skb, skh, G, Lq, GROUP: tl.constexpr,
+                  BM: tl.constexpr, D: tl.constexpr):
+    """Operands of one selection row block: q [BM, D] of query head h (a dummy with GROUP), qg
+    (the group's first query head, for ``_group_scores``) and the K base of the row's KV head."""
+    if GROUP:
+        qg = Q + b.to(tl.int64) * sqb + (h * G).to(tl.int64) * sqh
+        kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+        q = tl.zeros([BM, D], tl.float32)
+    else:
+        qg = Q
+        q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+                    + m[:, None].to(tl.int64) * sqm + d[None, :], mask=m[:, None] < Lq, other=0.0)
+        kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
+    return q, qg, kbase
+
+
+@triton.jit
+def _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Selection scores [BM, BN] of the row block against keys start .. start+BN-1, exactly as
+    the attention kernels compute them (same helper, same tile)."""
+    kt = _load_rows(kbase, start, skn, Lk, d, BN)
+    if GROUP:
+        s = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+    else:
+        s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
+    return s
+
+
+@triton.jit
+def _bin_idx(x, a, b, NMAX: tl.constexpr):
+    """int32 bin (0 .. NMAX <= 63) of fp32 scores x under the per-row map a*x + b (a > 0, a, b
+    broadcast against x): round(clamp(fma(x, a, b), 0, NMAX)), rounding by adding 1.5 * 2**23
+    (the integer lands in the low mantissa bits; no float->int conversion). Monotone
+    non-decreasing in x, and bit-identical wherever it is evaluated on the same inputs."""
+    t = tl.minimum(tl.maximum(tl.fma(x, a, b), 0.0), NMAX)
+    return (t + 12582912.0).to(tl.int32, bitcast=True) & 63
+
+
+@triton.jit
+def _zeros_tuple(BM: tl.constexpr, N: tl.constexpr):
+    """Tuple of N int32 [BM] zeros."""
+    t = ()
+    for i in tl.static_range(N):
+        t = t + (tl.zeros([BM], tl.int32),)
+    return t
+
+
+@triton.jit
+def _acc_bins(acc, idx, W: tl.constexpr):
+    """Add the per-row counts of the bin indices idx (int32 [BM, BN], values < 4W, BN <= 255) to
+    acc (tuple of 2W int32 [BM] with 16-bit fields: acc[2w] holds bins 4w, 4w+2, acc[2w+1] holds
+    bins 4w+1, 4w+3). Per word of four 8-bit fields: one select and one row sum per element."""
+    one = 1 << ((idx & 3) * 8)
+    wi = idx >> 2
+    out = ()
+    for w in tl.static_range(W):
+        word = tl.sum(tl.where(wi == w, one, 0), 1)
+        out = out + (acc[2 * w] + (word & 0x00FF00FF), acc[2 * w + 1] + ((word >> 8) & 0x00FF00FF))
+    return out
+
+
+@triton.jit
+def _unpack(acc, BM: tl.constexpr, W: tl.constexpr, NS: tl.constexpr):
+    """int32 [BM, NS] bin counts (NS >= 4W a power of 2; bins >= 4W are 0) from the 16-bit fields
+    of acc (see ``_acc_bins``)."""
+    col = tl.arange(0, NS)[None, :]
+    out = tl.zeros([BM, NS], tl.int32)
+    for i in tl.static_range(2 * W):
+        for f in tl.static_range(2):
+            out += tl.where(col == 4 * (i // 2) + (i % 2) + 2 * f,
+                            ((acc[i] >> (16 * f)) & 0xFFFF)[:, None], 0)
+    return out
+
+
+@triton.jit
+def _above_counts(cnt, NS: tl.constexpr):
+    """From per-row bin counts cnt [BM, NS] (bin 0 ignored): A [BM, NS] with A[:, j] = count of
+    bins >= j (j >= 1), and the total of bins >= 1 [BM]."""
+    col = tl.arange(0, NS)[None, :]
+    c = tl.where(col >= 1, cnt, 0)
+    tot = tl.sum(c, 1)
+    return tot[:, None] - tl.cumsum(c, 1) + c, tot
+
+
+@triton.jit
+def _pick(x, j, NS: tl.constexpr):
+    """x[r, j[r]] for x [BM, NS] and per-row column j [BM] (0 outside 0 .. NS-1)."""
+    col = tl.arange(0, NS)[None, :]
+    return tl.sum(tl.where(col == j[:, None], x, 0), 1)
+
+
+@triton.jit
+def _estimate(q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, n_lo, n_end, c_lo, c_hi, topk,
+              delta, ssig, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+              IEEE: tl.constexpr, UPCAST: tl.constexpr, NSAMP: tl.constexpr, PW: tl.constexpr,
+              SP: tl.constexpr, NBM: tl.constexpr, ESTM: tl.constexpr):
+    """Per-row count-bin map (a, b) [BM] fp32: NBM bins of about ``delta`` keys each (at the
+    estimated key density) centred on the estimated k-th largest candidate score.
+
+    Samples key blocks spread evenly over [n_lo, n_end): two give the per-row mean / std of the
+    candidate scores and from them a Gaussian guess of the (1 - k/n)-quantile; then
+    max(NSAMP, enough for a rank error of about ``ssig`` keys at the block's longest row) blocks
+    are counted in 4*PW-2 probe bins (0.3 std wide) around the guess. The k-th largest score is
+    interpolated between the probe edges whose scaled sample counts bracket k (extrapolated with
+    the Gaussian density outside them) and the key density taken over the neighbouring edges.
+    Bins are at most 0.25 std wide (in the tails the local density would make them span the
+    bulk). Everything downstream is verified: a poor estimate costs time, not exactness.
+    """
+    nblk = (n_end - n_lo + BN - 1) // BN
+    n_c = (c_hi - c_lo).to(tl.float32)
+    ns1 = tl.minimum(nblk, 2)
+    cnt = tl.zeros([BM], tl.float32)
+    s1 = tl.zeros([BM], tl.float32)
+    s2 = tl.zeros([BM], tl.float32)
+    for i in range(0, ns1):
+        start = n_lo + ((2 * i + 1) * nblk // (2 * ns1)) * BN
+        s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
+                        IEEE, UPCAST)
+        pos = start + tl.arange(0, BN)
+        v = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+        sv = tl.where(v, s, 0.0)
+        s1 += tl.sum(sv, 1)
+        s2 += tl.sum(sv * sv, 1)
+        cnt += tl.minimum(tl.maximum(tl.minimum(c_hi, start + BN) - tl.maximum(c_lo, start), 0),
+                          BN).to(tl.float32)
+    mean = s1 / tl.maximum(cnt, 1.0)
+    sigma = tl.sqrt(tl.maximum(s2 / tl.maximum(cnt, 1.0) - mean * mean, 0.0)
+                    * (cnt / tl.maximum(cnt - 1.0, 1.0)))
+    nn = tl.maximum(n_c, 1.0)
+    rho = tl.minimum(tl.maximum(topk / nn, 0.5 / nn), 1.0 - 0.5 / nn)
+    # Gaussian guess z of the (1 - rho)-quantile (Tukey-lambda approximation, |error| < 0.05)
+    zg = 4.91 * (tl.exp(0.14 * tl.log(1.0 - rho)) - tl.exp(0.14 * tl.log(rho)))
+    sig = tl.maximum(sigma, 1e-30)
+    # sample size for a rank error ~ ssig at the longest row: n_s = n^2 rho (1 - rho) / ssig^2
+    nmax = tl.max(n_c, 0)
+    rmax = tl.minimum(topk / tl.maximum(nmax, 1.0), 0.5)
+    need = tl.minimum(nmax * nmax * rmax * (1.0 - rmax) / (ssig * ssig) / BN, 1e9)
+    nsmp = tl.minimum(tl.maximum(need.to(tl.int32) + 1, NSAMP), nblk)
+    NBP: tl.constexpr = 4 * PW - 2
+    wp = 0.3 * sig
+    ap = 1.0 / wp
+    bp = NBP / 2 + 0.5 - ap * (mean + sig * zg)
+    acc = _zeros_tuple(BM, 2 * PW)
+    cnt = tl.zeros([BM], tl.float32)
+    for i in range(0, nsmp):
+        start = n_lo + ((2 * i + 1) * nblk // (2 * nsmp)) * BN
+        s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
+                        IEEE, UPCAST)
+        pos = start + tl.arange(0, BN)
+        v = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+        idx = tl.where(v, _bin_idx(s, ap[:, None], bp[:, None], NBP + 1), 0)
+        acc = _acc_bins(acc, idx, PW)
+        cnt += tl.minimum(tl.maximum(tl.minimum(c_hi, start + BN) - tl.maximum(c_lo, start), 0),
+                          BN).to(tl.float32)
+    A, _tot = _above_counts(_unpack(acc, BM, PW, SP), SP)
+    C = A.to(tl.float32) * (n_c / tl.maximum(cnt, 1.0))[:, None]  # population estimate >= edge
+    col = tl.arange(0, SP)[None, :]
+    jp = tl.max(tl.where((col >= 1) & (col <= NBP + 1) & (C >= topk), col, 0), 1)
+    dg = tl.maximum(n_c * 0.3989422804 * tl.exp(-0.5 * zg * zg) / sig, 1e-30)  # Gaussian density
+    j1 = tl.minimum(tl.maximum(jp - 1, 1), NBP + 1)
+    j2 = tl.minimum(tl.maximum(jp + 2, 1), NBP + 1)
+    dens = (_pick(C, j1, SP) - _pick(C, j2, SP)) / (tl.maximum(j2 - j1, 1).to(tl.float32) * wp)
+    dens = tl.where(dens > 0, dens, dg)
+    ca = _pick(C, jp, SP)
+    cb = _pick(C, jp + 1, SP)
+    edge = (jp.to(tl.float32) - 0.5 - bp) * wp  # lower edge of probe bin jp
+    t_in = edge + (ca - topk) / tl.maximum(ca - cb, 1e-6) * wp
+    t_lo = (0.5 - bp) * wp - (topk - _pick(C, 1 + jp * 0, SP)) / dg
+    t_hi = edge + (ca - topk) / dg
+    t = tl.where(jp == 0, t_lo, tl.where(jp == NBP + 1, t_hi, t_in))
+    if ESTM == 2:
+        t = t + 8.0 * sig + 1.0
+    ok = (cnt >= 2.0) & (sigma > 1e-20)
+    a = tl.where(ok, tl.minimum(tl.maximum(dens / delta, 4.0 / sig), 1e20), 0.0)  # <= 0.25 std
+    t = tl.where(ok, tl.minimum(tl.maximum(t, mean - 64.0 * sig), mean + 64.0 * sig), 0.0)
+    b = (NBM + 1) / 2 - a * t
+    ok = ok & (a > 1e-30) & (tl.abs(b) < 1e30)
+    if ESTM == 1:  # tests: one bin for everything (band = all candidates)
+        ok = ok & False
+    return tl.where(ok, a, 1e-30), tl.where(ok, b, 1.0)
+
+
+@triton.jit
+def _count_seg(cnt, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, lo, hi, a, b, c_lo, c_hi,
+               MASKED: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+               IEEE: tl.constexpr, UPCAST: tl.constexpr, W: tl.constexpr, SW: tl.constexpr,
+               FL: tl.constexpr):
+    """Add to cnt [BM, SW] the per-row bin counts of the candidate keys in tiles lo, lo+BN, ...
+    < hi (MASKED: check the candidate range per entry; else every entry is a candidate).
+    16-bit accumulators are flushed every FL tiles (FL * BN <= 65535)."""
+    for sb in range(lo, hi, FL * BN):
+        acc = _zeros_tuple(BM, 2 * W)
+        for start in range(sb, tl.minimum(sb + FL * BN, hi), BN):
+            s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM,
+                            BN, IEEE, UPCAST)
+            idx = _bin_idx(s, a[:, None], b[:, None], 4 * W - 1)
+            if MASKED:
+                pos = start + tl.arange(0, BN)
+                idx = tl.where((pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None]),
+                               idx, 0)
+            acc = _acc_bins(acc, idx, W)
+        cnt += _unpack(acc, BM, W, SW)
+    return cnt
+
+
+@triton.jit
+def _tile_ranges(use, c_lo, c_hi, n_lo, n_end, BN: tl.constexpr):
+    """Split the key tiles [n_lo, n_end) of a row block into masked / interior / masked ranges:
+    returns (e0, e1) such that every tile in [e0, e1) lies inside the candidate range of every
+    row flagged in ``use``."""
+    lo_full = tl.max(tl.where(use, c_lo, 0), 0)
+    hi_full = tl.min(tl.where(use, c_hi, 2**30), 0)
+    e0 = tl.maximum(tl.minimum((lo_full + BN - 1) // BN * BN, n_end), n_lo)
+    e1 = tl.maximum(hi_full // BN * BN, e0)
+    e1 = tl.minimum(e1, tl.maximum(n_end, e0))
+    return e0, e1
+
+
+@triton.jit
+def _count_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, sqb, sqh, sqm, skb, skh, skn,
+                  Hr, G, Lq, Lk, topk, sink, local, scale, delta, ssig, CAUSAL: tl.constexpr,
+                  GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                  IEEE: tl.constexpr, UPCAST: tl.constexpr, CAP: tl.constexpr,
+                  NSAMP: tl.constexpr, PW: tl.constexpr, SP: tl.constexpr, W: tl.constexpr,
+                  SW: tl.constexpr, FL: tl.constexpr, ESTM: tl.constexpr):
+    """Estimate + count (grid: B*Hr, query blocks; one row per (b, query head), or per (b, KV
+    head) with GROUP). Per row [B*Hr, Lq]: STAT 0 = at most topk candidates (T = 0, P = P_INF
+    stored here), 1 = band of NBD <= CAP keys in bin JS of the map (EA, EB), CH keys above it,
+    2 = band too large (fallback)."""
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal blocks first
     b = bh // Hr
     h = bh % Hr
     m = pid_m * BM + tl.arange(0, BM)
@@ -94,77 +394,329 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, sqb, sqh, sqm, skb, skh, skn, Hr, G, Lq
     vs = tl.load(ST + b)
     ve = tl.load(EN + b)
     vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
-    if GROUP:
-        qg = Q + b.to(tl.int64) * sqb + (h * G).to(tl.int64) * sqh
-        kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    else:
-        q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-                    + m[:, None].to(tl.int64) * sqm + d[None, :], mask=m[:, None] < Lq, other=0.0)
-        kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
     active = (c_hi - c_lo) > topk
-    n_end = tl.max(c_hi, 0)
-    n_lo = vs // BN * BN
-    want = tl.zeros([BM], tl.uint32)
-    rem = tl.where(active, topk, 0)
-    nd = rem
-    done = ~active
-    f = tl.arange(0, 16)
-    for it in tl.static_range(8):
-        SHIFT = 28 - 4 * it
-        if tl.sum((~done).to(tl.int32), 0) > 0:
-            h16 = tl.zeros([BM, 16], tl.int32)
-            for start in range(n_lo, n_end, BN):
-                pos = start + tl.arange(0, BN)
-                kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :],
-                             mask=pos[:, None] < Lk, other=0.0)
-                if GROUP:
-                    s = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
-                else:
-                    s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-                key = _f32_key(s)
-                match = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
-                if SHIFT < 28:
-                    match = match & ((key >> (SHIFT + 4)) == (want >> (SHIFT + 4))[:, None])
-                dg = ((key >> SHIFT) & 15).to(tl.int32)
-                one = tl.where(match, tl.full([BM, BN], 1, tl.int64) << (8 * (dg & 7)).to(tl.int64), 0)
-                lo = tl.sum(tl.where(dg < 8, one, 0), 1)
-                hi = tl.sum(tl.where(dg >= 8, one, 0), 1)
-                word = tl.where(f[None, :] < 8, lo[:, None], hi[:, None])
-                h16 += ((word >> (8 * (f % 8)).to(tl.int64)[None, :]) & 255).to(tl.int32)
-            cum = tl.cumsum(h16, 1)
-            tot = tl.sum(h16, 1)
-            ge = tot[:, None] - cum + h16
-            dsel = tl.max(tl.where(ge >= rem[:, None], f[None, :], -1), 1)
-            above = tl.sum(tl.where(f[None, :] == dsel[:, None], ge - h16, 0), 1)
-            cnt = tl.sum(tl.where(f[None, :] == dsel[:, None], h16, 0), 1)
-            upd = ~done
-            want = tl.where(upd, want | (dsel.to(tl.uint32) << SHIFT), want)
-            rem = tl.where(upd, rem - above, rem)
-            nd = tl.where(upd, cnt, nd)
-            done = done | (cnt == rem)
-    # ties at T that must be cut: find the position of the rem-th tie
-    P = tl.full([BM], P_INF, tl.int32)
-    need_cut = active & (nd > rem)
-    if tl.sum(need_cut.to(tl.int32), 0) > 0:
-        seen = tl.zeros([BM], tl.int32)
-        for start in range(n_lo, n_end, BN):
-            pos = start + tl.arange(0, BN)
-            kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :],
-                         mask=pos[:, None] < Lk, other=0.0)
-            if GROUP:
-                s = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
-            else:
-                s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-            key = _f32_key(s)
-            cand = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
-            tie = (cand & (key == want[:, None])).to(tl.int32)
-            c = seen[:, None] + tl.cumsum(tie, 1)
-            hit = tl.min(tl.where((tie > 0) & (c == rem[:, None]), pos[None, :], P_INF), 1)
-            P = tl.where(need_cut, tl.minimum(P, hit), P)
-            seen += tl.sum(tie, 1)
+    rm = m < Lq
     row = bh.to(tl.int64) * Lq + m
-    tl.store(TB + row, want.to(tl.int32, bitcast=True), mask=m < Lq)
-    tl.store(PB + row, P, mask=m < Lq)
+    stat = tl.zeros([BM], tl.int32)
+    if tl.sum(active.to(tl.int32), 0) > 0:
+        q, qg, kbase = _sel_operands(Q, K, b, h, m, d, sqb, sqh, sqm, skb, skh, G, Lq, GROUP,
+                                     BM, D)
+        n_lo = vs // BN * BN
+        n_end = tl.max(c_hi, 0)
+        NBM: tl.constexpr = 4 * W - 2
+        a, bb = _estimate(q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, n_lo, n_end, c_lo,
+                          c_hi, topk, delta, ssig, GROUP, BM, BN, IEEE, UPCAST, NSAMP, PW, SP,
+                          NBM, ESTM)
+        e0, e1 = _tile_ranges(active, c_lo, c_hi, n_lo, n_end, BN)
+        cnt = tl.zeros([BM, SW], tl.int32)
+        cnt = _count_seg(cnt, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, n_lo, e0, a, bb,
+                         c_lo, c_hi, True, GROUP, BM, BN, IEEE, UPCAST, W, SW, FL)
+        cnt = _count_seg(cnt, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, e0, e1, a, bb,
+                         c_lo, c_hi, False, GROUP, BM, BN, IEEE, UPCAST, W, SW, FL)
+        cnt = _count_seg(cnt, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, e1, n_end, a,
+                         bb, c_lo, c_hi, True, GROUP, BM, BN, IEEE, UPCAST, W, SW, FL)
+        A, tot = _above_counts(cnt, SW)
+        col = tl.arange(0, SW)[None, :]
+        js = tl.max(tl.where((col >= 1) & (A >= topk), col, 0), 1)  # band bin (0: below bin 1)
+        ch = _pick(A, js + 1, SW)  # keys above the band (0 above the top bin)
+        nb = tl.where(js >= 1, _pick(cnt, js, SW), (c_hi - c_lo) - tot)
+        stat = tl.where(active, tl.where(nb <= CAP, 1, 2), 0)
+        wm = rm & active
+        tl.store(EA + row, a, mask=wm)
+        tl.store(EB + row, bb, mask=wm)
+        tl.store(JS + row, js, mask=wm)
+        tl.store(CH + row, ch, mask=wm)
+        tl.store(NBD + row, nb, mask=wm)
+    tl.store(STAT + row, stat, mask=rm)
+    tl.store(TB + row, tl.zeros([BM], tl.int32), mask=rm & ~active)
+    tl.store(PB + row, tl.full([BM], P_INF, tl.int32), mask=rm & ~active)
+
+
+@triton.jit
+def _st_global(ptr, x, mask):
+    """Predicated 32-bit global stores of fp32 x where mask (any shape, any register layout),
+    as inline PTX: unlike tl.store, no conversion to a coalescing layout through shared memory
+    (the addresses are scattered anyway)."""
+    tl.inline_asm_elementwise(
+        asm="{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.u32 $0, 0; }",
+        constraints="=r,l,r,r",
+        args=[ptr.to(tl.int64, bitcast=True), x.to(tl.int32, bitcast=True), mask.to(tl.int32)],
+        dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, lo,
+                 hi, a, b, js, use, c_lo, c_hi, MASKED: tl.constexpr, GROUP: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                 NMAX: tl.constexpr, CAP: tl.constexpr, ASM: tl.constexpr):
+    """Append the band scores (bin == js) of tiles lo, lo+BN, ... < hi to the rows' scratch rows
+    (BS + brow, brow [BM] int32 row offsets), in position order after the run [BM] entries
+    already there; returns the new run. The offsets within a tile are the inclusive prefix sums
+    of the band mask along the row, computed on the tensor cores as band @ tri (tri [BN, BN]
+    fp16 upper triangle of ones; exact small integers), and with ASM the scattered stores are
+    issued by ``_st_global`` in the scores' register layout (tl.cumsum / tl.store would move the
+    tile through shared memory)."""
+    for start in range(lo, hi, BN):
+        s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
+                        IEEE, UPCAST)
+        pos = start + tl.arange(0, BN)
+        band = (_bin_idx(s, a[:, None], b[:, None], NMAX) == js[:, None]) & use[:, None]
+        if MASKED:
+            band = band & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+        cs = mm(band.to(tl.float16), tri, False, UPCAST)
+        off = run[:, None] + ((cs + 12582912.0).to(tl.int32, bitcast=True) & 0x3FFFFF) - 1
+        ok = band & (off < CAP)
+        if ASM:
+            _st_global(BS + (brow[:, None] + off), s, ok)
+        else:
+            tl.store(BS + (brow[:, None] + off), s, mask=ok)
+        run += tl.sum(band.to(tl.int32), 1)
+    return run
+
+
+@triton.jit
+def _finalize(BS, TB, PB, STAT, CH, NBD, row0, m0, bufoff, Lq, topk, RF: tl.constexpr,
+              CAP: tl.constexpr):
+    """T of RF rows (row0 + r, query positions m0 + r, scratch rows bufoff + r) in band mode:
+    the r-th largest key of the band (r = topk - keys above the band), by bisection over
+    [min, max] of the band keys held in registers as [RF, 128] chunks (a warp owns whole rows,
+    so the row sums need no shared memory; chunks past the longest band are skipped), stopping
+    once the bracket holds one entry (about log2(band) steps; ties: one key value).
+    P = P_INF when every tie at T is selected; otherwise the row is handed to the fallback
+    (STAT = 2), which cuts ties by position."""
+    CW: tl.constexpr = 128 if CAP > 128 else CAP
+    NCH: tl.constexpr = CAP // CW
+    rr = tl.arange(0, RF)
+    m = m0 + rr
+    rm = m < Lq
+    row = row0 + rr
+    use = (tl.load(STAT + row, mask=rm, other=0) == 1) & rm
+    nb = tl.load(NBD + row, mask=use, other=0)
+    r = topk - tl.load(CH + row, mask=use, other=0)
+    nbmax = tl.max(nb, 0)
+    keys = ()
+    lo = tl.full([RF], 0xFFFFFFFF, tl.uint32)
+    hi = tl.zeros([RF], tl.uint32)
+    for c in tl.static_range(NCH):
+        j = c * CW + tl.arange(0, CW)[None, :]
+        ent = use[:, None] & (j < nb[:, None])
+        kc = tl.where(ent, _f32_key(tl.load(BS + (bufoff + rr)[:, None] * CAP + j, mask=ent,
+                                            other=0.0)), 0)
+        lo = tl.minimum(lo, tl.min(tl.where(ent, kc, 0xFFFFFFFF), 1))
+        hi = tl.maximum(hi, tl.max(kc, 1))
+        keys = keys + (kc,)
+    lo = tl.where(use, lo, 0)
+    hi = tl.where(use, hi + 1, 1)
+    n_lo = nb  # count(key >= lo) >= r > count(key >= hi) = n_hi
+    n_hi = nb * 0
+    # bisect until [lo, hi) holds a single key value or a single entry (then it is the r-th)
+    while tl.max(tl.where((hi - lo > 1) & (n_lo - n_hi > 1), 1, 0), 0) > 0:
+        mid = lo + ((hi - lo) >> 1)
+        cnt = tl.zeros([RF], tl.int32)
+        for c in tl.static_range(NCH):
+            if nbmax > c * CW:
+                cnt += tl.sum((keys[c] >= mid[:, None]).to(tl.int32), 1)
+        go = (hi - lo > 1) & (n_lo - n_hi > 1)
+        ge = cnt >= r
+        lo = tl.where(go & ge, mid, lo)
+        n_lo = tl.where(go & ge, cnt, n_lo)
+        hi = tl.where(go & ~ge, mid, hi)
+        n_hi = tl.where(go & ~ge, cnt, n_hi)
+    T = tl.zeros([RF], tl.uint32)
+    nge = tl.zeros([RF], tl.int32)
+    for c in tl.static_range(NCH):
+        kc = keys[c]
+        T = tl.maximum(T, tl.max(tl.where(kc < hi[:, None], kc, 0), 1))  # the r-th key
+    for c in tl.static_range(NCH):
+        nge += tl.sum((keys[c] >= T[:, None]).to(tl.int32), 1)
+    cut = nge > r  # more keys >= T than needed: ties at T to cut by position
+    tl.store(TB + row, T.to(tl.int32, bitcast=True), mask=use & ~cut)
+    tl.store(PB + row, tl.full([RF], P_INF, tl.int32), mask=use & ~cut)
+    tl.store(STAT + row, tl.full([RF], 2, tl.int32), mask=use & cut)
+
+
+@triton.jit
+def _collect_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, BS, sqb, sqh, sqm, skb,
+                    skh, skn, Hr, G, Lq, Lk, topk, sink, local, scale, n_rb, n_tiles,
+                    CAUSAL: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
+                    BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                    NMAX: tl.constexpr, CAP: tl.constexpr, RF: tl.constexpr,
+                    ASM: tl.constexpr):
+    """Collect + finalize (persistent grid; program p owns scratch rows [p*BM, (p+1)*BM) of
+    BS [grid*BM, CAP] fp32 and takes row blocks p, p + grid, ..., longest causal blocks first)."""
+    pid = tl.program_id(0)
+    bufoff = pid * BM
+    nbh = n_tiles // n_rb
+    d = tl.arange(0, D)
+    tri = (tl.arange(0, BN)[:, None] <= tl.arange(0, BN)[None, :]).to(tl.float16)
+    for t in range(pid, n_tiles, tl.num_programs(0)):
+        bh = t % nbh
+        pid_m = n_rb - 1 - t // nbh
+        b = bh // Hr
+        h = bh % Hr
+        m = pid_m * BM + tl.arange(0, BM)
+        rm = m < Lq
+        row = bh.to(tl.int64) * Lq + m
+        use = (tl.load(STAT + row, mask=rm, other=0) == 1) & rm
+        if tl.sum(use.to(tl.int32), 0) > 0:
+            vs = tl.load(ST + b)
+            ve = tl.load(EN + b)
+            vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+            q, qg, kbase = _sel_operands(Q, K, b, h, m, d, sqb, sqh, sqm, skb, skh, G, Lq, GROUP,
+                                         BM, D)
+            a = tl.load(EA + row, mask=use, other=1.0)
+            bb = tl.load(EB + row, mask=use, other=0.0)
+            js = tl.load(JS + row, mask=use, other=-1)
+            n_lo = vs // BN * BN
+            n_end = tl.max(tl.where(use, c_hi, 0), 0)
+            e0, e1 = _tile_ranges(use, c_lo, c_hi, n_lo, n_end, BN)
+            brow = (bufoff + tl.arange(0, BM)) * CAP
+            run = tl.zeros([BM], tl.int32)
+            run = _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
+                               scale, n_lo, e0, a, bb, js, use, c_lo, c_hi, True, GROUP, BM, BN,
+                               IEEE, UPCAST, NMAX, CAP, ASM)
+            run = _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
+                               scale, e0, e1, a, bb, js, use, c_lo, c_hi, False, GROUP, BM, BN,
+                               IEEE, UPCAST, NMAX, CAP, ASM)
+            run = _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
+                               scale, e1, n_end, a, bb, js, use, c_lo, c_hi, True, GROUP, BM, BN,
+                               IEEE, UPCAST, NMAX, CAP, ASM)
+            tl.debug_barrier()  # scratch written by other threads of this program
+            for c in range(0, BM // RF):
+                _finalize(BS, TB, PB, STAT, CH, NBD, bh.to(tl.int64) * Lq + pid_m * BM + c * RF,
+                          pid_m * BM + c * RF, bufoff + c * RF, Lq, topk, RF, CAP)
+            tl.debug_barrier()  # before the next row block overwrites the scratch
+
+
+@triton.jit
+def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, sqb, sqh, sqm, skb, skh, skn, Hr, G, Lq, Lk, topk,
+                   sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+                   UPCAST: tl.constexpr, FLAGGED: tl.constexpr):
+    """Exact radix search (grid: B*Hr, query blocks): the k-th largest candidate key, 4 bits a
+    pass (16-bin histograms per row from int32 words of four 8-bit fields), at most 8 passes (a
+    block stops once every row's bin is exactly the rest it needs); then at most one pass that
+    turns an early-stopped prefix into the smallest key of its bin (canonical T: the k-th largest
+    key itself) and finds tie cutoffs. FLAGGED: only rows with STAT == 2 (others untouched; blocks
+    without such rows exit at once); else every row, inactive rows storing T = 0, P = P_INF."""
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = bh // Hr
+    h = bh % Hr
+    m = pid_m * BM + tl.arange(0, BM)
+    d = tl.arange(0, D)
+    vs = tl.load(ST + b)
+    ve = tl.load(EN + b)
+    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+    rm = m < Lq
+    row = bh.to(tl.int64) * Lq + m
+    active = (c_hi - c_lo) > topk
+    if FLAGGED:
+        sel = active & (tl.load(STAT + row, mask=rm, other=0) == 2)
+    else:
+        sel = active
+    want = tl.zeros([BM], tl.uint32)
+    P = tl.full([BM], P_INF, tl.int32)
+    if tl.sum(sel.to(tl.int32), 0) > 0:
+        q, qg, kbase = _sel_operands(Q, K, b, h, m, d, sqb, sqh, sqm, skb, skh, G, Lq, GROUP,
+                                     BM, D)
+        n_end = tl.max(tl.where(sel, c_hi, 0), 0)
+        n_lo = vs // BN * BN
+        rem = tl.where(sel, topk, 0)
+        nd = rem
+        done = ~sel
+        early = rem < 0  # done with a bin prefix only: T = smallest key of the bin (final pass)
+        esh = tl.zeros([BM], tl.int32)
+        f = tl.arange(0, 16)
+        for it in tl.static_range(8):
+            SHIFT = 28 - 4 * it
+            if tl.sum((~done).to(tl.int32), 0) > 0:
+                h16 = tl.zeros([BM, 16], tl.int32)
+                for start in range(n_lo, n_end, BN):
+                    s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale,
+                                    GROUP, BM, BN, IEEE, UPCAST)
+                    pos = start + tl.arange(0, BN)
+                    key = _f32_key(s)
+                    match = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+                    if SHIFT < 28:
+                        match = match & ((key >> (SHIFT + 4)) == (want >> (SHIFT + 4))[:, None])
+                    dg = ((key >> SHIFT) & 15).to(tl.int32)
+                    one = tl.where(match, 1 << ((dg & 3) * 8), 0)
+                    for w in tl.static_range(4):
+                        word = tl.sum(tl.where((dg >> 2) == w, one, 0), 1)
+                        h16 += tl.where((f[None, :] >> 2) == w,
+                                        (word[:, None] >> (8 * (f & 3))[None, :]) & 255, 0)
+                cum = tl.cumsum(h16, 1)
+                tot = tl.sum(h16, 1)
+                ge = tot[:, None] - cum + h16
+                dsel = tl.max(tl.where(ge >= rem[:, None], f[None, :], -1), 1)
+                above = tl.sum(tl.where(f[None, :] == dsel[:, None], ge - h16, 0), 1)
+                cnt = tl.sum(tl.where(f[None, :] == dsel[:, None], h16, 0), 1)
+                upd = ~done
+                want = tl.where(upd, want | (dsel.to(tl.uint32) << SHIFT), want)
+                rem = tl.where(upd, rem - above, rem)
+                nd = tl.where(upd, cnt, nd)
+                fin = upd & (cnt == rem)
+                if SHIFT > 0:
+                    early = early | fin
+                    esh = tl.where(fin, SHIFT, esh)
+                done = done | fin
+        # ties at T that must be cut: the position of the rem-th tie; early rows: smallest key
+        need_cut = sel & (nd > rem)
+        if tl.sum((need_cut | early).to(tl.int32), 0) > 0:
+            seen = tl.zeros([BM], tl.int32)
+            kmin = tl.full([BM], 0xFFFFFFFF, tl.uint32)
+            ush = esh.to(tl.uint32)
+            for start in range(n_lo, n_end, BN):
+                s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP,
+                                BM, BN, IEEE, UPCAST)
+                pos = start + tl.arange(0, BN)
+                key = _f32_key(s)
+                cand = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+                inbin = cand & early[:, None] & ((key >> ush[:, None]) == (want >> ush)[:, None])
+                kmin = tl.minimum(kmin, tl.min(tl.where(inbin, key, 0xFFFFFFFF), 1))
+                tie = (cand & need_cut[:, None] & (key == want[:, None])).to(tl.int32)
+                c = seen[:, None] + tl.cumsum(tie, 1)
+                hit = tl.min(tl.where((tie > 0) & (c == rem[:, None]), pos[None, :], P_INF), 1)
+                P = tl.minimum(P, hit)
+                seen += tl.sum(tie, 1)
+            want = tl.where(early, kmin, want)
+    if FLAGGED:
+        wm = rm & sel
+    else:
+        wm = rm
+    tl.store(TB + row, want.to(tl.int32, bitcast=True), mask=wm)
+    tl.store(PB + row, P, mask=wm)
+
+
+@triton.jit
+def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, d, Lq, Lk, G,
+             scale, vs, vis_end, c_lo, c_hi, Tf, P, MASKED: tl.constexpr, GROUP: tl.constexpr,
+             BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Online-softmax update (acc [BM, D], m_i, l_i [BM]) over key tiles lo, lo+BN, ... < hi;
+    MASKED: full visibility / sink / local mask, else every entry is a candidate (interior)."""
+    for start in range(lo, hi, BN):
+        pos = start + tl.arange(0, BN)
+        kt = _load_rows(kbase, start, skn, Lk, d, BN)
+        s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
+        if GROUP:
+            ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+        else:
+            ssel = s
+        if MASKED:
+            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, Tf, P)
+        else:
+            sel = _above(ssel, pos, Tf, P)
+        s = tl.where(sel, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        vt = _load_rows(vbase, start, svn, Lk, d, BN)
+        acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -172,8 +724,10 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
                 Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
                 UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    """Flash attention over the selected keys (grid: B*Hq, query blocks, longest first): key
+    tiles inside every row's candidate range skip the visibility / sink / local masks."""
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = bh // Hq
     h = bh % Hq
     m = pid_m * BM + tl.arange(0, BM)
@@ -182,43 +736,64 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
     ve = tl.load(EN + b)
     vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
     row = bh.to(tl.int64) * Lq + m
+    rm = m < Lq
     if GROUP:  # thresholds per (b, KV head)
         trow = (b * (Hq // G) + h // G).to(tl.int64) * Lq + m
         qg = Q + b.to(tl.int64) * sqb + (h // G * G).to(tl.int64) * sqh
     else:
         trow = row
-    T = tl.load(TB + trow, mask=m < Lq, other=0).to(tl.uint32, bitcast=True)
-    P = tl.load(PB + trow, mask=m < Lq, other=0)
+        qg = Q
+    Tf = _thr_f32(tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True))
+    P = tl.load(PB + trow, mask=rm, other=0)
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + m[:, None].to(tl.int64) * sqm
-                + d[None, :], mask=m[:, None] < Lq, other=0.0)
+                + d[None, :], mask=rm[:, None], other=0.0)
     kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
     vbase = V + b.to(tl.int64) * svb + (h // G).to(tl.int64) * svh
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
+    n_lo = vs // BN * BN
     n_end = tl.max(vis_end, 0)
-    for start in range(vs // BN * BN, n_end, BN):
+    e0, e1 = _tile_ranges(rm, c_lo, c_hi, n_lo, n_end, BN)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, n_lo, e0, skn, svn, sqh, sqm, m,
+                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP, BM,
+                             BN, IEEE, UPCAST)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m,
+                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, False, GROUP, BM,
+                             BN, IEEE, UPCAST)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e1, n_end, skn, svn, sqh, sqm,
+                             m, d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP,
+                             BM, BN, IEEE, UPCAST)
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    tl.store(O + row[:, None] * D + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
+             mask=rm[:, None])
+    tl.store(LSE + row, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=rm)
+
+
+@triton.jit
+def _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, d, Lq, Lk, G,
+            scale, vs, vis_end, c_lo, c_hi, Tf, P, MASKED: tl.constexpr, GROUP: tl.constexpr,
+            BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """dq [BM, D] (unscaled) accumulated over key tiles lo, lo+BN, ... < hi (MASKED as in
+    ``_fwd_seg``)."""
+    for start in range(lo, hi, BN):
         pos = start + tl.arange(0, BN)
-        kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :], mask=pos[:, None] < Lk, other=0.0)
+        kt = _load_rows(kbase, start, skn, Lk, d, BN)
+        vt = _load_rows(vbase, start, svn, Lk, d, BN)
         s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
         if GROUP:
             ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
-            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, T, P)
         else:
-            sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T, P)
-        s = tl.where(sel, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        vt = tl.load(vbase + pos[:, None].to(tl.int64) * svn + d[None, :], mask=pos[:, None] < Lk, other=0.0)
-        acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    tl.store(O + row[:, None] * D + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
-             mask=m[:, None] < Lq)
-    tl.store(LSE + row, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=m < Lq)
+            ssel = s
+        if MASKED:
+            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, Tf, P)
+        else:
+            sel = _above(ssel, pos, Tf, P)
+        p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
+        dp = mm(do, tl.trans(vt), IEEE, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += mm(ds.to(kt.dtype), kt, IEEE, UPCAST)
+    return dq
 
 
 @triton.jit
@@ -226,8 +801,8 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, s
                    svb, svh, svn, Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr,
                    GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
                    IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = bh // Hq
     h = bh % Hq
     m = pid_m * BM + tl.arange(0, BM)
@@ -242,7 +817,8 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, s
         qg = Q + b.to(tl.int64) * sqb + (h // G * G).to(tl.int64) * sqh
     else:
         trow = row
-    T = tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True)
+        qg = Q
+    Tf = _thr_f32(tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True))
     P = tl.load(PB + trow, mask=rm, other=0)
     lse = tl.load(LSE + row, mask=rm, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse)
@@ -253,57 +829,42 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, s
     kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
     vbase = V + b.to(tl.int64) * svb + (h // G).to(tl.int64) * svh
     dq = tl.zeros([BM, D], tl.float32)
+    n_lo = vs // BN * BN
     n_end = tl.max(vis_end, 0)
-    for start in range(vs // BN * BN, n_end, BN):
-        pos = start + tl.arange(0, BN)
-        kt = tl.load(kbase + pos[:, None].to(tl.int64) * skn + d[None, :], mask=pos[:, None] < Lk, other=0.0)
-        vt = tl.load(vbase + pos[:, None].to(tl.int64) * svn + d[None, :], mask=pos[:, None] < Lk, other=0.0)
-        s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-        if GROUP:
-            ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
-            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, T, P)
-        else:
-            sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T, P)
-        p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
-        dp = mm(do, tl.trans(vt), IEEE, UPCAST)
-        ds = p * (dp - delta[:, None])
-        dq += mm(ds.to(kt.dtype), kt, IEEE, UPCAST)
-    tl.store(DQ + row[:, None] * D + d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=rm[:, None])
+    e0, e1 = _tile_ranges(rm, c_lo, c_hi, n_lo, n_end, BN)
+    dq = _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, n_lo, e0, skn, svn, sqh, sqm, m, d, Lq,
+                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP, BM, BN, IEEE, UPCAST)
+    dq = _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m, d, Lq,
+                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, False, GROUP, BM, BN, IEEE, UPCAST)
+    dq = _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, e1, n_end, skn, svn, sqh, sqm, m, d, Lq,
+                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP, BM, BN, IEEE, UPCAST)
+    tl.store(DQ + row[:, None] * D + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=rm[:, None])
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DK, DV, sqb, sqh, sqm, skb, skh,
-                     skn, svb, svh, svn, Hq, Hkv, G, Lq, Lk, sink, local, scale,
-                     CAUSAL: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
-                     BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    pid_n = tl.program_id(0)
-    bkv = tl.program_id(1)
-    b = bkv // Hkv
-    hkv = bkv % Hkv
-    pos = pid_n * BN + tl.arange(0, BN)
+def _dkdv_seg(dk, dv, kt, vt, pos, Q, TB, PB, DO, LSE, DELTA, b, hkv, bkv, lo, hi, sqb, sqh, sqm,
+              Hq, G, Lq, Lk, sink, local, scale, vs, ve, CAUSAL: tl.constexpr,
+              MASKED: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+              D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """dk, dv [BN, D] of one key tile accumulated over the query blocks lo, lo+BM, ... < hi and
+    the G query heads of the KV head (MASKED: full mask, else the tile is inside every row's
+    candidate range)."""
     d = tl.arange(0, D)
-    vs = tl.load(ST + b)
-    ve = tl.load(EN + b)
-    kt = tl.load(K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh + pos[:, None].to(tl.int64) * skn
-                 + d[None, :], mask=pos[:, None] < Lk, other=0.0)
-    vt = tl.load(V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh + pos[:, None].to(tl.int64) * svn
-                 + d[None, :], mask=pos[:, None] < Lk, other=0.0)
-    dk = tl.zeros([BN, D], tl.float32)
-    dv = tl.zeros([BN, D], tl.float32)
-    m_start = 0
-    if CAUSAL:  # first query row that sees this key block: position >= pid_n*BN
-        m_start = tl.maximum(pid_n * BN - (Lk - Lq), 0) // BM * BM
-    for ms in range(m_start, Lq, BM):
+    for ms in range(lo, hi, BM):
         m = ms + tl.arange(0, BM)
         rm = m < Lq
         vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
         if GROUP:  # one selection for the whole group, from the summed scores
             trow = bkv.to(tl.int64) * Lq + m
-            T = tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True)
+            Tf = _thr_f32(tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True))
             P = tl.load(PB + trow, mask=rm, other=0)
             qg = Q + b.to(tl.int64) * sqb + (hkv * G).to(tl.int64) * sqh
             ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
-            gsel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, T, P)
+            if MASKED:
+                gsel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, Tf, P)
+            else:
+                gsel = _above(ssel, pos, Tf, P)
         for g in range(0, G):
             h = hkv * G + g
             bh = b * Hq + h
@@ -311,31 +872,85 @@ def _bwd_dkdv_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DK, DV, sqb, sqh, 
             lse = tl.load(LSE + row, mask=rm, other=0.0)
             lse = tl.where(lse == float("-inf"), 0.0, lse)
             delta = tl.load(DELTA + row, mask=rm, other=0.0)
-            q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + m[:, None].to(tl.int64) * sqm
-                        + d[None, :], mask=rm[:, None], other=0.0)
+            q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+                        + m[:, None].to(tl.int64) * sqm + d[None, :], mask=rm[:, None], other=0.0)
             do = tl.load(DO + row[:, None] * D + d[None, :], mask=rm[:, None], other=0.0)
             s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
             if GROUP:
                 sel = gsel
             else:
-                T1 = tl.load(TB + row, mask=rm, other=0).to(tl.uint32, bitcast=True)
+                Tf1 = _thr_f32(tl.load(TB + row, mask=rm, other=0).to(tl.uint32, bitcast=True))
                 P1 = tl.load(PB + row, mask=rm, other=0)
-                sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, T1, P1)
+                if MASKED:
+                    sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, Tf1, P1)
+                else:
+                    sel = _above(s, pos, Tf1, P1)
             p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
             dv += mm(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
             dp = mm(do, tl.trans(vt), IEEE, UPCAST)
             ds = p * (dp - delta[:, None])
             dk += mm(tl.trans(ds.to(q.dtype)), q, IEEE, UPCAST)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DK, DV, sqb, sqh, sqm, skb, skh,
+                     skn, svb, svh, svn, Hq, Hkv, G, Lq, Lk, sink, local, scale,
+                     CAUSAL: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """dk, dv of one key tile (grid: B*Hkv, key tiles; low tiles, which see the most query rows
+    under causality, first). The query blocks whose rows all have the tile inside their
+    candidate range (rows >= m_a causally, when sink/start <= tile and tile + local <= end) skip
+    the masks."""
+    bkv = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b = bkv // Hkv
+    hkv = bkv % Hkv
+    p0 = pid_n * BN
+    pos = p0 + tl.arange(0, BN)
+    d = tl.arange(0, D)
+    vs = tl.load(ST + b)
+    ve = tl.load(EN + b)
+    kt = _load_rows(K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh, p0, skn, Lk, d, BN)
+    vt = _load_rows(V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh, p0, svn, Lk, d, BN)
+    dk = tl.zeros([BN, D], tl.float32)
+    dv = tl.zeros([BN, D], tl.float32)
+    m_start = 0
+    m_a = 0
+    if CAUSAL:  # first query row that sees this key block: position >= p0
+        m_start = tl.maximum(p0 - (Lk - Lq), 0) // BM * BM
+        m_a = tl.maximum(p0 + BN + local - 1 - (Lk - Lq), 0)
+    full = (tl.maximum(sink, vs) <= p0) & (p0 + BN + local <= ve)
+    ms_int = tl.where(full, tl.maximum((m_a + BM - 1) // BM * BM, m_start), Lq)
+    ms_int = tl.minimum(ms_int, Lq)
+    dk, dv = _dkdv_seg(dk, dv, kt, vt, pos, Q, TB, PB, DO, LSE, DELTA, b, hkv, bkv, m_start,
+                       ms_int, sqb, sqh, sqm, Hq, G, Lq, Lk, sink, local, scale, vs, ve, CAUSAL,
+                       True, GROUP, BM, BN, D, IEEE, UPCAST)
+    dk, dv = _dkdv_seg(dk, dv, kt, vt, pos, Q, TB, PB, DO, LSE, DELTA, b, hkv, bkv, ms_int, Lq,
+                       sqb, sqh, sqm, Hq, G, Lq, Lk, sink, local, scale, vs, ve, CAUSAL, False,
+                       GROUP, BM, BN, D, IEEE, UPCAST)
     out = (bkv.to(tl.int64) * Lk + pos)[:, None] * D + d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=pos[:, None] < Lk)
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=pos[:, None] < Lk)
 
 
 def _blocks(q: torch.Tensor) -> tuple[int, int, int]:
+    """(BM, BN, num_warps) shared by every kernel of one call (module overrides on the GPU)."""
     if INTERPRET or not q.is_cuda:
         return 16, 16, 4
     D = q.shape[-1]
-    return (64, 64, 4) if D <= 128 else (32, 32, 4)
+    bm, bn = (64, 64) if D <= 128 else (32, 32)
+    return PREFILL_BM or bm, PREFILL_BN or bn, PREFILL_WARPS or 4
+
+
+def _stages(n: int | None) -> dict:
+    return {} if n is None or INTERPRET else {"num_stages": n}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
 
 
 def _strides(q, k, v):
@@ -351,24 +966,55 @@ def _bounds(starts, ends, B, Lk, device):
 
 
 def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, starts=None,
-                       ends=None):
-    """Per selection row, threshold key T (int32 bit pattern of the uint32 key) and tie cutoff
-    P, both [B*Hq, Lq] ([B*Hkv, Lq] with ``group``: one set per KV head from the summed group
-    scores)."""
+                       ends=None, method="bcc", return_status=False):
+    """Per selection row, threshold key T (int32 bit pattern of the uint32 key: the k-th largest
+    candidate key) and tie cutoff P, both [B*Hq, Lq] ([B*Hkv, Lq] with ``group``: one set per KV
+    head from the summed group scores). ``method``: "bcc" (estimate, count, collect; radix
+    fallback for the rows whose band exceeds ``PREFILL_CAP``) or "radix" (radix search for every
+    row); both give the same T and P. ``return_status`` also returns the int32 [rows, Lq] status
+    of "bcc" (0: at most topk candidates, 1: band path, 2: fallback)."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     BM, BN, nw = _blocks(q)
+    assert BN <= 128, "8-bit count fields need BN <= 128"
     st, en = _bounds(starts, ends, B, Lk, q.device)
     Hr = Hkv if group else Hq
-    TB = torch.empty(B * Hr, Lq, dtype=torch.int32, device=q.device)
+    R = B * Hr
+    n_rb = triton.cdiv(Lq, BM)
+    TB = torch.empty(R, Lq, dtype=torch.int32, device=q.device)
     PB = torch.empty_like(TB)
-    _thresh_kernel[(triton.cdiv(Lq, BM), B * Hr)](
-        q, k, TB, PB, st, en, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-        k.stride(2), Hr, Hq // Hkv, Lq, Lk, topk, sink, local, scale, CAUSAL=causal,
-        GROUP=group, BM=BM, BN=BN, D=D, IEEE=q.dtype == torch.float32, UPCAST=INTERPRET,
-        num_warps=nw,
+    args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), Hr,
+            Hq // Hkv, Lq, Lk, topk, sink, local, scale)
+    ck = dict(CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=q.dtype == torch.float32,
+              UPCAST=INTERPRET, num_warps=nw, **_stages(PREFILL_THRESH_STAGES))
+    if method == "radix":
+        _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, TB, *args, FLAGGED=False, **ck)
+        return (TB, PB, torch.full_like(TB, 2)) if return_status else (TB, PB)
+    if method != "bcc":
+        raise ValueError(f"method must be 'bcc' or 'radix', got {method!r}")
+    cap, W = PREFILL_CAP, PREFILL_BIN_WORDS
+    assert cap & (cap - 1) == 0 and 1 <= W <= 16 and 1 <= PREFILL_PROBE_WORDS <= 16
+    f32 = dict(dtype=torch.float32, device=q.device)
+    STAT = torch.empty_like(TB)
+    EA, EB = torch.empty(R, Lq, **f32), torch.empty(R, Lq, **f32)
+    JS, CH, NBD = torch.empty_like(TB), torch.empty_like(TB), torch.empty_like(TB)
+    state = (STAT, EA, EB, JS, CH, NBD)
+    _count_kernel[(R, n_rb)](
+        q, k, st, en, TB, PB, *state, *args, float(cap * PREFILL_BAND_FRAC),
+        float(cap * PREFILL_SAMPLE_SIGMA), CAP=cap,
+        NSAMP=PREFILL_SAMPLE_BLOCKS, PW=PREFILL_PROBE_WORDS,
+        SP=triton.next_power_of_2(4 * PREFILL_PROBE_WORDS), W=W, SW=triton.next_power_of_2(4 * W),
+        FL=65535 // BN,
+        ESTM=_ESTIMATE_MODE, **ck,
     )
-    return TB, PB
+    nprog = min(R * n_rb, _num_sms(q.device) * PREFILL_COLLECT_WAVES)
+    BS = torch.empty(nprog * BM, cap, **f32)
+    _collect_kernel[(nprog,)](
+        q, k, st, en, TB, PB, *state, BS, *args, n_rb, R * n_rb, NMAX=4 * W - 1, CAP=cap,
+        RF=min(BM, 16), ASM=PREFILL_ASM_STORE and not INTERPRET, **ck,
+    )
+    _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, STAT, *args, FLAGGED=True, **ck)
+    return (TB, PB, STAT) if return_status else (TB, PB)
 
 
 class _TopkPrefill(torch.autograd.Function):
@@ -380,10 +1026,11 @@ class _TopkPrefill(torch.autograd.Function):
         TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en)
         o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
-        _fwd_kernel[(triton.cdiv(Lq, BM), B * Hq)](
+        _fwd_kernel[(B * Hq, triton.cdiv(Lq, BM))](
             q, k, v, TB, PB, st, en, o, lse, *_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
             local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D,
             IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=nw,
+            **_stages(PREFILL_FWD_STAGES),
         )
         ctx.save_for_backward(q, k, v, o, lse, TB, PB, st, en)
         ctx.args = (causal, scale, sink, local, group)
@@ -404,15 +1051,15 @@ class _TopkPrefill(torch.autograd.Function):
         dk = torch.empty(B, Hkv, Lk, D, dtype=k.dtype, device=k.device)
         dv = torch.empty(B, Hkv, Lk, D, dtype=v.dtype, device=v.device)
         ieee = q.dtype == torch.float32
-        _bwd_dq_kernel[(triton.cdiv(Lq, BM), B * Hq)](
+        _bwd_dq_kernel[(B * Hq, triton.cdiv(Lq, BM))](
             q, k, v, TB, PB, st, en, do, lse, delta, dq, *_strides(q, k, v), Hq, G, Lq, Lk,
             sink, local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=ieee,
-            UPCAST=INTERPRET, num_warps=nw,
+            UPCAST=INTERPRET, num_warps=nw, **_stages(PREFILL_BWD_STAGES),
         )
-        _bwd_dkdv_kernel[(triton.cdiv(Lk, BN), B * Hkv)](
+        _bwd_dkdv_kernel[(B * Hkv, triton.cdiv(Lk, BN))](
             q, k, v, TB, PB, st, en, do, lse, delta, dk, dv, *_strides(q, k, v), Hq, Hkv, G, Lq,
             Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=ieee,
-            UPCAST=INTERPRET, num_warps=nw,
+            UPCAST=INTERPRET, num_warps=nw, **_stages(PREFILL_BWD_STAGES),
         )
         return dq, dk, dv, None, None, None, None, None, None, None, None
 
@@ -446,7 +1093,8 @@ def topk_prefill(
 
     Returns:
         out [B, Hq, Lq, D] [, lse]; gradients reach q, k, v through the selected entries.
-        Memory: O(B*H*L*D) plus two int32 per query row.
+        Memory: O(B*H*L*D), two int32 per query row kept for the backward, plus the threshold
+        search's transient scratch (see the module docstring).
     """
     check_qkv(q, k, v)
     if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
