@@ -55,6 +55,7 @@ num_warps) so that the keys compared against T are bit-identical to those used t
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -80,7 +81,10 @@ PREFILL_SAMPLE_SIGMA = 0.4  # ... and enough for a rank error of about this * CA
 PREFILL_BIN_WORDS = 3  # count bins = 4 * words - 2 (plus one below and one above)
 PREFILL_PROBE_WORDS = 3  # estimate probe bins = 4 * words - 2
 PREFILL_COLLECT_WAVES = 2  # persistent collect programs per SM
-PREFILL_ASM_STORE = True  # collect: scattered stores as inline PTX (False: tl.store)
+# collect: scattered stores as inline PTX (False: tl.store); env TOPKATTN_PREFILL_ASM=0 turns off
+PREFILL_ASM_STORE = os.environ.get("TOPKATTN_PREFILL_ASM", "1") == "1"
+# threshold search of the autograd op: "bcc" or "radix" (env TOPKATTN_PREFILL_METHOD)
+PREFILL_METHOD = os.environ.get("TOPKATTN_PREFILL_METHOD", "bcc")
 _ESTIMATE_MODE = 0  # tests: 1 = one bin for all keys, 2 = estimate far above the k-th score
 
 
@@ -1023,7 +1027,8 @@ class _TopkPrefill(torch.autograd.Function):
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
         BM, BN, nw = _blocks(q)
-        TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en)
+        TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en,
+                                    method=PREFILL_METHOD)
         o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
         _fwd_kernel[(B * Hq, triton.cdiv(Lq, BM))](
