@@ -33,7 +33,9 @@ from topkattn.ops.topk.triton_sparse import INTERPRET, _num_sms, check_qkv, mm, 
 
 GRANULARITIES = ("query_head", "kv_group")
 DECODE_BLOCK_N = 128  # measured best at B8 128k on the H100 (0.649x vs 0.676x at 64)
-# accumulate the level-1 selection histogram inside the scores pass (False: select_rows does it)
+# accumulate the level-1 selection histogram inside the scores pass (False: select_rows does it).
+# Only for kv_group: per query head it costs G histograms per tile inside the scores pass, which
+# measured 1.5-1.6x slower on the H100 than a separate histogram pass (B8 128k: 2.24 vs 1.41 ms)
 DECODE_FUSE_HIST = True
 # programs of the sparse pass, per SM (index lists split finer when there are few rows)
 DECODE_SPARSE_WAVES = 2
@@ -194,7 +196,7 @@ def topk_decode(
     # kv_group: the per-head scores are not stored; the sparse pass re-gathers the selected K
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.
-    fuse = DECODE_FUSE_HIST
+    fuse = DECODE_FUSE_HIST and group
     S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group,
                           hist=work if fuse else None, sink=sink, local=local,
                           seq_starts=starts)
