@@ -6,8 +6,8 @@ A batch of single-token queries q [B, Hq, 1, D] against a contiguous KV cache k,
 1. ``_scores_kernel`` (grid B*Hkv x key blocks): each program reads one K tile once and scores
    it against all G query heads of its KV head (one tl.dot). ``query_head`` writes fp32 scores
    [B, Hq, n] (Hq*n*4 bytes per sequence, 1/16 of K for Llama-3-8B shapes); ``kv_group``
-   writes only the group sum [B, Hkv, n]. The same pass accumulates the first (top-byte)
-   histogram round of the selection of every row, so selection does not re-read for it.
+   writes only the group sum [B, Hkv, n]. With ``kv_group`` the same pass accumulates the first
+   (top-byte) histogram round of the selection of every row, so selection does not re-read for it.
 2. `topkattn.ops.select.triton_select.select_rows` (``hist_done``): second histogram round,
    scan, and exact finish of the k-th largest score of every row, writing the selected
    positions (ties: lowest position wins) plus sink/local.
