@@ -253,3 +253,57 @@ def test_prefill_fallback_paths_exact(monkeypatch, mode):
     g, rg = torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(ref, (q, k, v), do)
     for a, b in zip(g, rg):
         assert rel_rms(a, b) < GRAD_TOL[torch.float32]
+
+
+# --- GPU hazards emulated on the interpreter: poisoned scratch, one persistent collect program
+# (scratch reused across row blocks), the GPU tile, count / collect kernels that disagree, band
+# stores that never land. The band path must stay exact (falling back where it cannot verify).
+
+HAZARD_MODES = {"poison": 0, "shifted_map": 3, "lost_stores": 4, "one_bin": 1, "far": 2}
+
+
+@pytest.mark.parametrize("tile", [16, 64])
+@pytest.mark.parametrize("mode", list(HAZARD_MODES))
+@pytest.mark.parametrize("group", [False, True])
+def test_thresholds_exact_under_gpu_hazards(monkeypatch, tile, mode, group):
+    import topkattn.ops.topk.triton_prefill as tp
+
+    monkeypatch.setattr(tp, "_POISON", True)
+    monkeypatch.setattr(tp, "_COLLECT_PROGRAMS", 1)
+    monkeypatch.setattr(tp, "_ESTIMATE_MODE", HAZARD_MODES[mode])
+    monkeypatch.setattr(tp, "_blocks", lambda q: (tile, tile, 4))
+    B, Hq, Hkv, L, kk = 1, 4, 2, 2 * tile + 11, 6
+    torch.manual_seed(L + tile + group)
+    mk = lambda *s: torch.randint(-64, 65, s) / 64  # noqa: E731  (dyadic: exact reference)
+    q, k = mk(B, Hq, L, 16).to(dev()), mk(B, Hkv, L, 16).to(dev())
+    rT, rP = _ref_thresholds(q, k, kk, True, 1, 1, group)
+    T, P, stat = tp.prefill_thresholds(q, k, kk, True, 0.25, 1, 1, group, return_status=True)
+    assert torch.equal(T.cpu().long() & 0xFFFFFFFF, rT) and torch.equal(P.cpu().long(), rP)
+    if mode in ("poison", "far", "one_bin"):
+        assert (stat == 1).sum() > 0  # the band path ran
+    if mode == "lost_stores":
+        assert (stat == 2).sum() > 0  # unverifiable rows went to the fallback
+
+
+@pytest.mark.parametrize("mode", ["poison", "shifted_map", "lost_stores"])
+def test_prefill_gpu_tile_exact_under_hazards(monkeypatch, mode):
+    """case0 of ``test_prefill_forward_and_grads`` on the GPU tile (BM = BN = 64) with hazards."""
+    import topkattn.ops.topk.triton_prefill as tp
+
+    monkeypatch.setattr(tp, "PREFILL_METHOD", "bcc")
+    monkeypatch.setattr(tp, "_POISON", True)
+    monkeypatch.setattr(tp, "_COLLECT_PROGRAMS", 1)
+    monkeypatch.setattr(tp, "_ESTIMATE_MODE", HAZARD_MODES[mode])
+    monkeypatch.setattr(tp, "_blocks", lambda q: (64, 64, 4))
+    torch.manual_seed(37 * 37)
+    q = torch.randn(1, 2, 37, 16, device=dev(), requires_grad=True)
+    k = torch.randn(1, 1, 37, 16, device=dev(), requires_grad=True)
+    v = torch.randn(1, 1, 37, 16, device=dev(), requires_grad=True)
+    out, lse = topk_prefill(q, k, v, 5, return_lse=True)
+    ref, rlse = topk_attention_reference(q, k, v, 5, return_lse=True)
+    assert rel_rms(out, ref) < TOL[torch.float32]
+    assert (lse - rlse).abs().max() < 1e-4
+    do = torch.randn_like(out)
+    g, rg = torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(ref, (q, k, v), do)
+    for a, b in zip(g, rg):
+        assert rel_rms(a, b) < GRAD_TOL[torch.float32]

@@ -22,16 +22,20 @@ Threshold search, bracket-count-collect (``prefill_thresholds``, three launches,
    flagged for the fallback.
 2. ``_collect_kernel`` (persistent, ``PREFILL_COLLECT_WAVES`` programs per SM): one more pass
    appends the band scores of each row, in position order, to the program's own scratch rows
-   (offsets: a running row count plus prefix sums of the tile's band mask, computed on the
-   tensor cores; no atomics); then per row (``_finalize``) the r-th largest band key,
-   r = k - #keys above the band, by bisection over the band's key range in registers. Rows
-   where ties at T must be cut by position are flagged for the fallback instead.
+   (offsets: a running row count plus exact int32 prefix sums (tl.cumsum) of the tile's band
+   mask; no atomics) and counts, from its own scores, the band keys and the keys above the
+   band; then per row (``_finalize``) the r-th largest band key, r = k - #keys above the band,
+   by bisection over the band's key range in registers. The finalize verifies each row (band
+   fits the scratch and holds the r-th key, every entry read back lies in the band's bin, the
+   result has < r keys above and >= r at or above it) and flags any row that fails, and rows
+   where ties at T must be cut by position, for the fallback: the count kernel and the
+   estimate only steer the work; a mismatch between kernels costs time, never exactness.
 3. ``_thresh_kernel`` (fallback, exact for any input): radix search on the key, 4 bits a pass
    (int32 words of 8-bit fields), at most 8 passes plus one for tie cutoffs / the canonical T,
    only in blocks holding flagged rows (the others exit at once). ``method="radix"`` runs it on
    every row (reference path; same T and P).
 
-Scratch: 24 bytes per selection row plus grid x BM x CAP x 4 bytes (35 MB on an H100 with BM=64,
+Scratch: 28 bytes per selection row plus grid x BM x CAP x 4 bytes (35 MB on an H100 with BM=64,
 CAP=512), independent of the length.
 
 Attention: ``_fwd_kernel`` is flash attention masked by (T, P) and sink/local (stores the LSE);
@@ -81,11 +85,17 @@ PREFILL_SAMPLE_SIGMA = 0.4  # ... and enough for a rank error of about this * CA
 PREFILL_BIN_WORDS = 3  # count bins = 4 * words - 2 (plus one below and one above)
 PREFILL_PROBE_WORDS = 3  # estimate probe bins = 4 * words - 2
 PREFILL_COLLECT_WAVES = 2  # persistent collect programs per SM
-# collect: scattered stores as inline PTX (False: tl.store); env TOPKATTN_PREFILL_ASM=0 turns off
-PREFILL_ASM_STORE = os.environ.get("TOPKATTN_PREFILL_ASM", "1") == "1"
+# collect: scattered stores as inline PTX (default False: tl.store); env TOPKATTN_PREFILL_ASM=1
+PREFILL_ASM_STORE = os.environ.get("TOPKATTN_PREFILL_ASM", "0") == "1"
 # threshold search of the autograd op: "bcc" or "radix" (env TOPKATTN_PREFILL_METHOD)
 PREFILL_METHOD = os.environ.get("TOPKATTN_PREFILL_METHOD", "bcc")
-_ESTIMATE_MODE = 0  # tests: 1 = one bin for all keys, 2 = estimate far above the k-th score
+# tests: 1 = one bin for all keys, 2 = estimate far above the k-th score, 3 = the collect kernel
+# gets a bin map shifted by half a bin against the one the count kernel used (emulates count /
+# collect scores that differ), 4 = the collect kernel drops every other band store (emulates
+# scratch writes that are not visible to the finalize)
+_ESTIMATE_MODE = 0
+_POISON = False  # tests: fill every scratch / state buffer with NaN / garbage before the kernels
+_COLLECT_PROGRAMS: int | None = None  # tests: persistent collect programs (None: by SM count)
 
 
 @triton.jit
@@ -427,7 +437,10 @@ def _count_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, sqb, sqh, sqm
         stat = tl.where(active, tl.where(nb <= CAP, 1, 2), 0)
         wm = rm & active
         tl.store(EA + row, a, mask=wm)
-        tl.store(EB + row, bb, mask=wm)
+        if ESTM == 3:  # tests: collect with another map than the one counted here
+            tl.store(EB + row, bb + 0.5, mask=wm)
+        else:
+            tl.store(EB + row, bb, mask=wm)
         tl.store(JS + row, js, mask=wm)
         tl.store(CH + row, ch, mask=wm)
         tl.store(NBD + row, nb, mask=wm)
@@ -449,66 +462,91 @@ def _st_global(ptr, x, mask):
 
 
 @triton.jit
-def _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, lo,
-                 hi, a, b, js, use, c_lo, c_hi, MASKED: tl.constexpr, GROUP: tl.constexpr,
+def _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale,
+                 lo, hi, a, b, js, use, c_lo, c_hi, MASKED: tl.constexpr, GROUP: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-                 NMAX: tl.constexpr, CAP: tl.constexpr, ASM: tl.constexpr):
+                 NMAX: tl.constexpr, CAP: tl.constexpr, ASM: tl.constexpr, ESTM: tl.constexpr):
     """Append the band scores (bin == js) of tiles lo, lo+BN, ... < hi to the rows' scratch rows
     (BS + brow, brow [BM] int32 row offsets), in position order after the run [BM] entries
-    already there; returns the new run. The offsets within a tile are the inclusive prefix sums
-    of the band mask along the row, computed on the tensor cores as band @ tri (tri [BN, BN]
-    fp16 upper triangle of ones; exact small integers), and with ASM the scattered stores are
-    issued by ``_st_global`` in the scores' register layout (tl.cumsum / tl.store would move the
-    tile through shared memory)."""
+    already there; returns the new run (band keys seen, also past CAP), abv (candidates in
+    bins above js), both counted here from this kernel's own scores, so that the finalize does
+    not depend on the count kernel having seen bit-identical scores, and ck (uint32 wrapping
+    sum of the band keys, to check what the finalize reads back). The offsets within a tile
+    are exact int32 inclusive prefix sums (tl.cumsum) of the band mask along the row; with ASM
+    the scattered stores are issued by ``_st_global`` in the scores' register layout."""
     for start in range(lo, hi, BN):
         s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
                         IEEE, UPCAST)
         pos = start + tl.arange(0, BN)
-        band = (_bin_idx(s, a[:, None], b[:, None], NMAX) == js[:, None]) & use[:, None]
+        bi = _bin_idx(s, a[:, None], b[:, None], NMAX)
+        cand = use[:, None]
         if MASKED:
-            band = band & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
-        cs = mm(band.to(tl.float16), tri, False, UPCAST)
-        off = run[:, None] + ((cs + 12582912.0).to(tl.int32, bitcast=True) & 0x3FFFFF) - 1
+            cand = cand & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+        band = (bi == js[:, None]) & cand
+        abv += tl.sum(((bi > js[:, None]) & cand).to(tl.int32), 1)
+        bi32 = band.to(tl.int32)
+        off = run[:, None] + tl.cumsum(bi32, 1) - 1
         ok = band & (off < CAP)
+        if ESTM == 4:  # tests: lose every other band store
+            ok = ok & ((pos[None, :] % 2) == 0)
         if ASM:
             _st_global(BS + (brow[:, None] + off), s, ok)
         else:
             tl.store(BS + (brow[:, None] + off), s, mask=ok)
-        run += tl.sum(band.to(tl.int32), 1)
-    return run
+        run += tl.sum(bi32, 1)
+        ck += tl.sum(tl.where(band, _f32_key(s), 0), 1)
+    return run, abv, ck
 
 
 @triton.jit
-def _finalize(BS, TB, PB, STAT, CH, NBD, row0, m0, bufoff, Lq, topk, RF: tl.constexpr,
-              CAP: tl.constexpr):
+def _finalize(BS, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, row0, m0, bufoff, Lq, topk,
+              RF: tl.constexpr, CAP: tl.constexpr, NMAX: tl.constexpr):
     """T of RF rows (row0 + r, query positions m0 + r, scratch rows bufoff + r) in band mode:
     the r-th largest key of the band (r = topk - keys above the band), by bisection over
     [min, max] of the band keys held in registers as [RF, 128] chunks (a warp owns whole rows,
     so the row sums need no shared memory; chunks past the longest band are skipped), stopping
     once the bracket holds one entry (about log2(band) steps; ties: one key value).
     P = P_INF when every tie at T is selected; otherwise the row is handed to the fallback
-    (STAT = 2), which cuts ties by position."""
+    (STAT = 2), which cuts ties by position.
+
+    Verified per row (any failure hands the row to the fallback, so a fault costs time, never
+    exactness): the band counted by the collect (NBD) fits the scratch and holds the r-th key
+    (1 <= r <= NBD, r from the collect's own count of keys above the band, CH), every entry
+    read back is a number in bin JS of the row's map, and the keys read back sum (uint32,
+    wrapping) to the collect's CK (catches unwritten / stale / racing scratch)."""
     CW: tl.constexpr = 128 if CAP > 128 else CAP
     NCH: tl.constexpr = CAP // CW
     rr = tl.arange(0, RF)
     m = m0 + rr
     rm = m < Lq
     row = row0 + rr
-    use = (tl.load(STAT + row, mask=rm, other=0) == 1) & rm
-    nb = tl.load(NBD + row, mask=use, other=0)
-    r = topk - tl.load(CH + row, mask=use, other=0)
+    use0 = (tl.load(STAT + row, mask=rm, other=0) == 1) & rm
+    nb = tl.load(NBD + row, mask=use0, other=0)
+    r = topk - tl.load(CH + row, mask=use0, other=0)
+    use = use0 & (nb >= 0) & (nb <= CAP) & (r >= 1) & (r <= nb)
+    nb = tl.where(use, nb, 0)
+    ea = tl.load(EA + row, mask=use, other=1.0)
+    eb = tl.load(EB + row, mask=use, other=0.0)
+    js = tl.load(JS + row, mask=use, other=-1)
+    ck = tl.load(CK + row, mask=use, other=0).to(tl.uint32, bitcast=True)
     nbmax = tl.max(nb, 0)
     keys = ()
+    bad = tl.zeros([RF], tl.int32)
     lo = tl.full([RF], 0xFFFFFFFF, tl.uint32)
     hi = tl.zeros([RF], tl.uint32)
     for c in tl.static_range(NCH):
         j = c * CW + tl.arange(0, CW)[None, :]
         ent = use[:, None] & (j < nb[:, None])
-        kc = tl.where(ent, _f32_key(tl.load(BS + (bufoff + rr)[:, None] * CAP + j, mask=ent,
-                                            other=0.0)), 0)
+        v = tl.load(BS + (bufoff + rr)[:, None] * CAP + j, mask=ent, other=0.0)
+        okv = (v == v) & (_bin_idx(tl.where(v == v, v, 0.0), ea[:, None], eb[:, None], NMAX)
+                          == js[:, None])
+        bad += tl.sum((ent & ~okv).to(tl.int32), 1)
+        kc = tl.where(ent, _f32_key(v), 0)
         lo = tl.minimum(lo, tl.min(tl.where(ent, kc, 0xFFFFFFFF), 1))
         hi = tl.maximum(hi, tl.max(kc, 1))
         keys = keys + (kc,)
+        ck -= tl.sum(kc, 1)
+    use = use & (bad == 0) & (ck == 0)
     lo = tl.where(use, lo, 0)
     hi = tl.where(use, hi + 1, 1)
     n_lo = nb  # count(key >= lo) >= r > count(key >= hi) = n_hi
@@ -531,28 +569,35 @@ def _finalize(BS, TB, PB, STAT, CH, NBD, row0, m0, bufoff, Lq, topk, RF: tl.cons
     for c in tl.static_range(NCH):
         kc = keys[c]
         T = tl.maximum(T, tl.max(tl.where(kc < hi[:, None], kc, 0), 1))  # the r-th key
+    ngt = tl.zeros([RF], tl.int32)
     for c in tl.static_range(NCH):
-        nge += tl.sum((keys[c] >= T[:, None]).to(tl.int32), 1)
+        ent = use[:, None] & ((c * CW + tl.arange(0, CW)[None, :]) < nb[:, None])
+        nge += tl.sum((ent & (keys[c] >= T[:, None])).to(tl.int32), 1)
+        ngt += tl.sum((ent & (keys[c] > T[:, None])).to(tl.int32), 1)
+    # T is the r-th largest band key: fewer than r keys above it, at least r at or above it
+    use = use & (ngt < r) & (nge >= r)
     cut = nge > r  # more keys >= T than needed: ties at T to cut by position
-    tl.store(TB + row, T.to(tl.int32, bitcast=True), mask=use & ~cut)
-    tl.store(PB + row, tl.full([RF], P_INF, tl.int32), mask=use & ~cut)
-    tl.store(STAT + row, tl.full([RF], 2, tl.int32), mask=use & cut)
+    done = use & ~cut
+    tl.store(TB + row, T.to(tl.int32, bitcast=True), mask=done)
+    tl.store(PB + row, tl.full([RF], P_INF, tl.int32), mask=done)
+    tl.store(STAT + row, tl.full([RF], 2, tl.int32), mask=use0 & ~done)
 
 
 @triton.jit
-def _collect_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, BS, sqb, sqh, sqm, skb,
+def _collect_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, BS, sqb, sqh, sqm, skb,
                     skh, skn, Hr, G, Lq, Lk, topk, sink, local, scale, n_rb, n_tiles,
                     CAUSAL: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
                     BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                     NMAX: tl.constexpr, CAP: tl.constexpr, RF: tl.constexpr,
-                    ASM: tl.constexpr):
+                    ASM: tl.constexpr, ESTM: tl.constexpr):
     """Collect + finalize (persistent grid; program p owns scratch rows [p*BM, (p+1)*BM) of
-    BS [grid*BM, CAP] fp32 and takes row blocks p, p + grid, ..., longest causal blocks first)."""
+    BS [grid*BM, CAP] fp32 and takes row blocks p, p + grid, ..., longest causal blocks first).
+    The collect overwrites NBD / CH of its band rows with its own counts (band keys, keys above
+    the band) and stores the band's key checksum CK, which the finalize verifies."""
     pid = tl.program_id(0)
     bufoff = pid * BM
     nbh = n_tiles // n_rb
     d = tl.arange(0, D)
-    tri = (tl.arange(0, BN)[:, None] <= tl.arange(0, BN)[None, :]).to(tl.float16)
     for t in range(pid, n_tiles, tl.num_programs(0)):
         bh = t % nbh
         pid_m = n_rb - 1 - t // nbh
@@ -576,19 +621,27 @@ def _collect_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, BS, sqb, sq
             e0, e1 = _tile_ranges(use, c_lo, c_hi, n_lo, n_end, BN)
             brow = (bufoff + tl.arange(0, BM)) * CAP
             run = tl.zeros([BM], tl.int32)
-            run = _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
-                               scale, n_lo, e0, a, bb, js, use, c_lo, c_hi, True, GROUP, BM, BN,
-                               IEEE, UPCAST, NMAX, CAP, ASM)
-            run = _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
-                               scale, e0, e1, a, bb, js, use, c_lo, c_hi, False, GROUP, BM, BN,
-                               IEEE, UPCAST, NMAX, CAP, ASM)
-            run = _collect_seg(run, BS, brow, tri, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
-                               scale, e1, n_end, a, bb, js, use, c_lo, c_hi, True, GROUP, BM, BN,
-                               IEEE, UPCAST, NMAX, CAP, ASM)
-            tl.debug_barrier()  # scratch written by other threads of this program
+            abv = tl.zeros([BM], tl.int32)
+            ck = tl.zeros([BM], tl.uint32)
+            run, abv, ck = _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m,
+                                        d, Lq, Lk, G, scale, n_lo, e0, a, bb, js, use, c_lo,
+                                        c_hi, True, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP, ASM,
+                                        ESTM)
+            run, abv, ck = _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m,
+                                        d, Lq, Lk, G, scale, e0, e1, a, bb, js, use, c_lo, c_hi,
+                                        False, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP, ASM, ESTM)
+            run, abv, ck = _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m,
+                                        d, Lq, Lk, G, scale, e1, n_end, a, bb, js, use, c_lo,
+                                        c_hi, True, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP, ASM,
+                                        ESTM)
+            tl.store(NBD + row, run, mask=use)
+            tl.store(CH + row, abv, mask=use)
+            tl.store(CK + row, ck.to(tl.int32, bitcast=True), mask=use)
+            tl.debug_barrier()  # scratch / counts written by other threads of this program
             for c in range(0, BM // RF):
-                _finalize(BS, TB, PB, STAT, CH, NBD, bh.to(tl.int64) * Lq + pid_m * BM + c * RF,
-                          pid_m * BM + c * RF, bufoff + c * RF, Lq, topk, RF, CAP)
+                _finalize(BS, TB, PB, STAT, EA, EB, JS, CH, NBD, CK,
+                          bh.to(tl.int64) * Lq + pid_m * BM + c * RF, pid_m * BM + c * RF,
+                          bufoff + c * RF, Lq, topk, RF, CAP, NMAX)
             tl.debug_barrier()  # before the next row block overwrites the scratch
 
 
@@ -1003,6 +1056,11 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
     EA, EB = torch.empty(R, Lq, **f32), torch.empty(R, Lq, **f32)
     JS, CH, NBD = torch.empty_like(TB), torch.empty_like(TB), torch.empty_like(TB)
     state = (STAT, EA, EB, JS, CH, NBD)
+    if _POISON:  # tests: nothing may read an entry that no kernel wrote
+        for t in (TB, PB, STAT, JS, CH, NBD):
+            t.fill_(-0x5A5A5A5B)
+        for t in (EA, EB):
+            t.fill_(float("nan"))
     _count_kernel[(R, n_rb)](
         q, k, st, en, TB, PB, *state, *args, float(cap * PREFILL_BAND_FRAC),
         float(cap * PREFILL_SAMPLE_SIGMA), CAP=cap,
@@ -1011,11 +1069,15 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
         FL=65535 // BN,
         ESTM=_ESTIMATE_MODE, **ck,
     )
-    nprog = min(R * n_rb, _num_sms(q.device) * PREFILL_COLLECT_WAVES)
+    nprog = min(R * n_rb, _COLLECT_PROGRAMS or _num_sms(q.device) * PREFILL_COLLECT_WAVES)
     BS = torch.empty(nprog * BM, cap, **f32)
+    CK = torch.empty_like(TB)
+    if _POISON:
+        BS.fill_(float("nan"))
+        CK.fill_(-0x5A5A5A5B)
     _collect_kernel[(nprog,)](
-        q, k, st, en, TB, PB, *state, BS, *args, n_rb, R * n_rb, NMAX=4 * W - 1, CAP=cap,
-        RF=min(BM, 16), ASM=PREFILL_ASM_STORE and not INTERPRET, **ck,
+        q, k, st, en, TB, PB, *state, CK, BS, *args, n_rb, R * n_rb, NMAX=4 * W - 1, CAP=cap,
+        RF=min(BM, 16), ASM=PREFILL_ASM_STORE and not INTERPRET, ESTM=_ESTIMATE_MODE, **ck,
     )
     _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, STAT, *args, FLAGGED=True, **ck)
     return (TB, PB, STAT) if return_status else (TB, PB)
