@@ -262,6 +262,22 @@ def _pick(x, j, NS: tl.constexpr):
 
 
 @triton.jit
+def _sample_tile(i, ns, nblk, n_lo, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, c_lo,
+                 c_hi, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                 IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Sample tile i of ns spread evenly over the nblk key tiles from n_lo: scores [BM, BN],
+    candidate mask [BM, BN] and the candidate count per row [BM] (fp32)."""
+    start = n_lo + ((2 * i + 1) * nblk // (2 * ns)) * BN
+    s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
+                    IEEE, UPCAST)
+    pos = start + tl.arange(0, BN)
+    v = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+    c = tl.minimum(tl.maximum(tl.minimum(c_hi, start + BN) - tl.maximum(c_lo, start), 0),
+                   BN).to(tl.float32)
+    return s, v, c
+
+
+@triton.jit
 def _estimate(q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, n_lo, n_end, c_lo, c_hi, topk,
               delta, ssig, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
               IEEE: tl.constexpr, UPCAST: tl.constexpr, NSAMP: tl.constexpr, PW: tl.constexpr,
@@ -285,16 +301,12 @@ def _estimate(q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, n_lo, n_end, 
     s1 = tl.zeros([BM], tl.float32)
     s2 = tl.zeros([BM], tl.float32)
     for i in range(0, ns1):
-        start = n_lo + ((2 * i + 1) * nblk // (2 * ns1)) * BN
-        s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
-                        IEEE, UPCAST)
-        pos = start + tl.arange(0, BN)
-        v = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+        s, v, c = _sample_tile(i, ns1, nblk, n_lo, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
+                               scale, c_lo, c_hi, GROUP, BM, BN, IEEE, UPCAST)
         sv = tl.where(v, s, 0.0)
         s1 += tl.sum(sv, 1)
         s2 += tl.sum(sv * sv, 1)
-        cnt += tl.minimum(tl.maximum(tl.minimum(c_hi, start + BN) - tl.maximum(c_lo, start), 0),
-                          BN).to(tl.float32)
+        cnt += c
     mean = s1 / tl.maximum(cnt, 1.0)
     sigma = tl.sqrt(tl.maximum(s2 / tl.maximum(cnt, 1.0) - mean * mean, 0.0)
                     * (cnt / tl.maximum(cnt - 1.0, 1.0)))
@@ -315,15 +327,11 @@ def _estimate(q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale, n_lo, n_end, 
     acc = _zeros_tuple(BM, 2 * PW)
     cnt = tl.zeros([BM], tl.float32)
     for i in range(0, nsmp):
-        start = n_lo + ((2 * i + 1) * nblk // (2 * nsmp)) * BN
-        s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
-                        IEEE, UPCAST)
-        pos = start + tl.arange(0, BN)
-        v = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+        s, v, c = _sample_tile(i, nsmp, nblk, n_lo, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G,
+                               scale, c_lo, c_hi, GROUP, BM, BN, IEEE, UPCAST)
         idx = tl.where(v, _bin_idx(s, ap[:, None], bp[:, None], NBP + 1), 0)
         acc = _acc_bins(acc, idx, PW)
-        cnt += tl.minimum(tl.maximum(tl.minimum(c_hi, start + BN) - tl.maximum(c_lo, start), 0),
-                          BN).to(tl.float32)
+        cnt += c
     A, _tot = _above_counts(_unpack(acc, BM, PW, SP), SP)
     C = A.to(tl.float32) * (n_c / tl.maximum(cnt, 1.0))[:, None]  # population estimate >= edge
     col = tl.arange(0, SP)[None, :]
@@ -747,6 +755,24 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, sqb, sqh, sqm, skb, skh, skn, Hr,
 
 
 @triton.jit
+def _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo, c_hi, Tf, P,
+                MASKED: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Scaled scores [BM, BN] of one key tile kt [BN, D] and the selection mask of the tile
+    (from the group's summed scores with GROUP; MASKED as in ``_fwd_seg``)."""
+    s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
+    if GROUP:
+        ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
+    else:
+        ssel = s
+    if MASKED:
+        sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, Tf, P)
+    else:
+        sel = _above(ssel, pos, Tf, P)
+    return s, sel
+
+
+@triton.jit
 def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, d, Lq, Lk, G,
              scale, vs, vis_end, c_lo, c_hi, Tf, P, MASKED: tl.constexpr, GROUP: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
@@ -755,15 +781,8 @@ def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, 
     for start in range(lo, hi, BN):
         pos = start + tl.arange(0, BN)
         kt = _load_rows(kbase, start, skn, Lk, d, BN)
-        s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-        if GROUP:
-            ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
-        else:
-            ssel = s
-        if MASKED:
-            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, Tf, P)
-        else:
-            sel = _above(ssel, pos, Tf, P)
+        s, sel = _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo,
+                             c_hi, Tf, P, MASKED, GROUP, BM, BN, IEEE, UPCAST)
         s = tl.where(sel, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -837,15 +856,8 @@ def _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, lo, hi, skn, svn, sqh, sqm,
         pos = start + tl.arange(0, BN)
         kt = _load_rows(kbase, start, skn, Lk, d, BN)
         vt = _load_rows(vbase, start, svn, Lk, d, BN)
-        s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
-        if GROUP:
-            ssel = _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM, BN, IEEE, UPCAST)
-        else:
-            ssel = s
-        if MASKED:
-            sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, Tf, P)
-        else:
-            sel = _above(ssel, pos, Tf, P)
+        s, sel = _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo,
+                             c_hi, Tf, P, MASKED, GROUP, BM, BN, IEEE, UPCAST)
         p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
         dp = mm(do, tl.trans(vt), IEEE, UPCAST)
         ds = p * (dp - delta[:, None])
