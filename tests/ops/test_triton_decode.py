@@ -101,3 +101,66 @@ def test_decode_gpu_llama_shape(gran):
     out = topk_decode(q, k, v, 2048, sink=4, local=64, granularity=gran, seq_lens=lens)
     ref = topk_attention_reference(q, k, v, 2048, sink=4, local=64, granularity=gran, attn_mask=mask)
     assert rel_rms(out, ref) < 2e-2
+
+
+def _paged(k, v, page, seed=0):
+    """A paged copy of a contiguous cache [B, H, n, D]: pages [P, page, H, D] in a shuffled
+    order (plus two unused pages) and the block table [B, n // page]."""
+    B, H, n, D = k.shape
+    npg = n // page
+    perm = torch.randperm(B * npg + 2, generator=torch.Generator().manual_seed(seed))
+    kp = torch.zeros(B * npg + 2, page, H, D, dtype=k.dtype, device=k.device)
+    vp = torch.zeros_like(kp)
+    bt = perm[: B * npg].view(B, npg).to(k.device)
+    for b in range(B):
+        for j in range(npg):
+            kp[bt[b, j]] = k[b, :, j * page:(j + 1) * page].transpose(0, 1)
+            vp[bt[b, j]] = v[b, :, j * page:(j + 1) * page].transpose(0, 1)
+    return kp, vp, bt.int()
+
+
+@pytest.mark.parametrize("gran,page,sink,local", [("query_head", 16, 0, 0), ("kv_group", 32, 2, 3),
+                                                  ("kv_group", 8, 0, 1)])
+def test_decode_paged_cache_matches_contiguous(gran, page, sink, local):
+    torch.manual_seed(11)
+    B, n = 2, 256
+    q = torch.randn(B, 4, 1, 32, device=dev())
+    k = torch.randn(B, 2, n, 32, device=dev())
+    v = torch.randn(B, 2, n, 32, device=dev())
+    sl = torch.tensor([256, 131], device=dev())
+    kp, vp, bt = _paged(k, v, page)
+    kw = dict(sink=sink, local=local, granularity=gran, seq_lens=sl, return_lse=True)
+    out, lse = topk_decode(q, kp, vp, 12, block_table=bt, **kw)
+    ref, rlse = topk_decode(q, k, v, 12, **kw)
+    assert rel_rms(out, ref) < 1e-6
+    assert (lse - rlse).abs().max() < 1e-5
+    mask = (torch.arange(n, device=dev())[None] < sl[:, None])[:, None, None]
+    ref2 = topk_attention_reference(q, k, v, 12, sink=sink, local=local, granularity=gran,
+                                    attn_mask=mask)
+    assert rel_rms(out, ref2) < 1e-5
+
+
+def test_decode_paged_bad_input():
+    q = torch.randn(1, 2, 1, 16)
+    kp = torch.randn(4, 8, 1, 16)
+    with pytest.raises(ValueError, match="block_table entries must lie in"):
+        topk_decode(q, kp, kp, 3, block_table=torch.tensor([[0, 4]]))
+    with pytest.raises(ValueError, match="block_table must be"):
+        topk_decode(q, kp, kp, 3, block_table=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="paged cache"):
+        topk_decode(q, kp[..., :8], kp[..., :8], 3, block_table=torch.tensor([[0, 1]]))
+
+
+@pytest.mark.gpu
+def test_decode_paged_gpu_llama_shape():
+    torch.manual_seed(13)
+    B, n = 2, 8192
+    q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
+    kp, vp, bt = _paged(k, v, 64)
+    sl = torch.tensor([n, 5000], device="cuda")
+    for gran in ("query_head", "kv_group"):
+        out = topk_decode(q, kp, vp, 256, granularity=gran, seq_lens=sl, block_table=bt)
+        ref = topk_decode(q, k, v, 256, granularity=gran, seq_lens=sl)
+        assert rel_rms(out, ref) < 1e-3

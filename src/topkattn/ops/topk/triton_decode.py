@@ -29,7 +29,9 @@ from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import (
     _cand_range, _f32_key, hist_level1, select_rows, select_workspace,
 )
-from topkattn.ops.topk.triton_sparse import INTERPRET, _num_sms, check_qkv, mm, sparse_attention
+from topkattn.ops.topk.triton_sparse import (
+    INTERPRET, _num_sms, check_paged, check_qkv, kv_rows, mm, sparse_attention,
+)
 
 GRANULARITIES = ("query_head", "kv_group")
 DECODE_BLOCK_N = 128  # measured best at B8 128k on the H100 (0.649x vs 0.676x at 64)
@@ -43,14 +45,15 @@ DECODE_SPARSE_WAVES = 2
 
 @triton.jit
 def _scores_kernel(
-    Q, K, S, SG, LENS, STARTS, HIST, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, Hkv, n, G, scale,
-    sink, local,
+    Q, K, S, SG, LENS, STARTS, HIST, BT, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, sbt, PS,
+    Hkv, n, G, scale, sink, local,
     GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LENS: tl.constexpr,
     HAS_STARTS: tl.constexpr,
     WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, HIST_MODE: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr,
 ):
-    """HIST_MODE 0: no histogram; 1: level-1 selection histogram of each query head's scores
+    """K rows come from a contiguous [B, Hkv, n, D] cache or, PAGED, from pages through the block
+    table BT (see `triton_sparse.kv_rows`). HIST_MODE 0: no histogram; 1: level-1 selection histogram of each query head's scores
     (rows b*Hq + hq); 2: of the group sums (rows b*Hkv + hkv). Only candidate positions
     (visible, not sink/local) are counted, exactly as `select_rows` would."""
     bh = tl.program_id(0)
@@ -69,8 +72,9 @@ def _scores_kernel(
         q = tl.load(Q + b64 * sqb + hq[:, None] * sqh + d[None, :], mask=gm[:, None], other=0.0)
         pos = start + tl.arange(0, BLOCK_N)
         pm = pos < L
-        kt = tl.load(K + b64 * skb + hkv.to(tl.int64) * skh + pos[:, None].to(tl.int64) * skn
-                     + d[None, :], mask=pm[:, None], other=0.0)
+        kr = kv_rows(b64, pos, skb, skn, BT, sbt, PS, pm, PAGED)
+        kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :], mask=pm[:, None],
+                     other=0.0)
         s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale  # [GP, BLOCK_N] fp32
         if WRITE_S:
             tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
@@ -95,6 +99,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
                   group_sum: bool, block_n: int = 64, write_s: bool = True,
                   hist: torch.Tensor | None = None, sink: int = 0, local: int = 0,
                   seq_starts: torch.Tensor | None = None,
+                  block_table: torch.Tensor | None = None,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """fp32 scores [B, Hq, n] (unless not ``write_s``) and the KV-group sum [B, Hkv, n] when
     ``group_sum``. With ``hist`` (zeroed int32, [rows * 256]) also accumulates the level-1
@@ -102,9 +107,15 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     heads' scores) over the candidate positions given by ``seq_starts``, ``seq_lens``, ``sink``,
     ``local``.
 
+    With ``block_table`` (int32 [B, pages]) k is a paged cache [num_pages, page_size, Hkv, D].
     Positions at or past a sequence's length are left unwritten (never read later)."""
     B, Hq, _, D = q.shape
-    Hkv, n = k.shape[1], k.shape[2]
+    if block_table is None:
+        Hkv, n = k.shape[1], k.shape[2]
+        kst, bt, sbt, ps = (k.stride(0), k.stride(1), k.stride(2)), None, 0, 1
+    else:
+        Hkv, n = k.shape[2], block_table.shape[1] * k.shape[1]
+        kst, bt, sbt, ps = (k.stride(0), k.stride(2), k.stride(1)), block_table, block_table.stride(0), k.shape[1]
     G = Hq // Hkv
     S = torch.empty(B, Hq, n, dtype=torch.float32, device=q.device) if write_s else None
     SG = torch.empty(B, Hkv, n, dtype=torch.float32, device=q.device) if group_sum else None
@@ -115,14 +126,14 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     hist_mode = 0 if hist is None else (2 if group_sum else 1)
     _scores_kernel[(B * Hkv, triton.cdiv(n, block_n))](
         q, k, s_arg, sg_arg, lens, seq_starts if seq_starts is not None else dummy,
-        hist if hist is not None else dummy,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        hist if hist is not None else dummy, bt if bt is not None else dummy,
+        q.stride(0), q.stride(1), *kst,
         S.stride(0) if S is not None else 0, S.stride(1) if S is not None else 0,
-        SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0,
+        SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0, sbt, ps,
         Hkv, n, G, scale, sink, local,
         GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n,
         HAS_LENS=seq_lens is not None, HAS_STARTS=seq_starts is not None, WRITE_S=write_s, WRITE_G=group_sum, HIST_MODE=hist_mode,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=4,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, num_warps=4,
     )
     return S, SG
 
@@ -139,6 +150,7 @@ def topk_decode(
     seq_lens: torch.Tensor | None = None,
     return_lse: bool = False,
     seq_starts: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
 ):
     """Exact Top-k attention for one new token per sequence.
 
@@ -154,14 +166,23 @@ def topk_decode(
         seq_starts: int [B] first valid cache position of each sequence (left padding;
             None: 0). Sequence b sees positions [seq_starts[b], seq_lens[b]); one that sees
             none gives a zero output and lse -inf.
+        block_table: int [B, pages] for a paged KV cache (vLLM / FlashInfer style): k, v are
+            then [num_pages, page_size, Hkv, D] and position p of sequence b is slot
+            p % page_size of page block_table[b, p // page_size]; n = pages * page_size, and
+            ``seq_lens`` gives the filled length of each sequence.
 
     Returns:
         out [B, Hq, 1, D] in q's dtype [, lse]; matches `topk_attention_reference` with the
         padding mask of ``seq_starts`` / ``seq_lens``.
     """
-    check_qkv(q, k, v)
-    B, Hq, Lq, D = q.shape
-    Hkv, n = k.shape[1], k.shape[2]
+    if block_table is None:
+        check_qkv(q, k, v)
+        B, Hq, Lq, D = q.shape
+        Hkv, n = k.shape[1], k.shape[2]
+    else:
+        B, Hq, Lq, D = q.shape
+        Hkv, n = k.shape[2], check_paged(q, k, v, block_table)
+        block_table = block_table.to(device=q.device, dtype=torch.int32).contiguous()
     if Lq != 1:
         raise ValueError(f"topk_decode takes one query per sequence (Lq=1); got Lq={Lq}")
     if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
@@ -199,7 +220,7 @@ def topk_decode(
     fuse = DECODE_FUSE_HIST and group
     S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group,
                           hist=work if fuse else None, sink=sink, local=local,
-                          seq_starts=starts)
+                          seq_starts=starts, block_table=block_table)
     sel_scores = SG if group else S
     idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work,
                       hist_done=fuse, starts=starts)
@@ -208,4 +229,5 @@ def topk_decode(
     splits = max(1, min(DECODE_SPARSE_WAVES * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
     return sparse_attention(q, k, v, idx, causal=True, scale=scale, seq_lens=lens,
                             return_lse=return_lse, assume_unique=True,
-                            scores=None if group else S, splits=splits)
+                            scores=None if group else S, splits=splits,
+                            block_table=block_table)

@@ -38,13 +38,26 @@ def mm(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def kv_rows(b64, pos, skb, skn, BT, sbt, PS, valid, PAGED: tl.constexpr):
+    """int64 offsets [N] of the cache rows at positions pos [N] of sequence b (head offset not
+    included). Contiguous cache: b*skb + pos*skn. PAGED (block table BT [B, pages], page size
+    PS): the page BT[b, pos // PS] times the page stride skb plus the slot pos % PS times skn.
+    Rows where not ``valid`` get offset 0 (never read)."""
+    if PAGED:
+        pg = tl.load(BT + b64 * sbt + pos // PS, mask=valid, other=0).to(tl.int64)
+        return tl.where(valid, pg * skb + (pos % PS).to(tl.int64) * skn, 0)
+    else:
+        return tl.where(valid, b64 * skb + pos.to(tl.int64) * skn, 0)
+
+
+@triton.jit
 def _sparse_fwd_kernel(
-    Q, K, V, IDX, S, LENS, O, LSE, PM, PL, PACC,
-    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sib, sih, sim, ssb, ssh,
+    Q, K, V, IDX, S, LENS, O, LSE, PM, PL, PACC, BT,
+    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sib, sih, sim, ssb, ssh, sbt, PS,
     Hq, Hi, Lq, Lk, NIDX, G, CHUNK, scale,
     CAUSAL: tl.constexpr, HEADS: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
     BLOCK: tl.constexpr, SPLITS: tl.constexpr, HAS_S: tl.constexpr, HAS_LENS: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr,
 ):
     row = tl.program_id(0)  # (b, hi, m)
     split = tl.program_id(1)
@@ -66,8 +79,7 @@ def _sparse_fwd_kernel(
     d = tl.arange(0, D)
     q = tl.load(Q + b64 * sqb + (h0 + g)[:, None].to(tl.int64) * sqh + m.to(tl.int64) * sqm
                 + d[None, :], mask=gm[:, None], other=0.0)
-    kbase = K + b64 * skb + hkv.to(tl.int64) * skh
-    vbase = V + b64 * svb + hkv.to(tl.int64) * svh
+    vbase = V + hkv.to(tl.int64) * svh
     ibase = IDX + b64 * sib + hi.to(tl.int64) * sih + m.to(tl.int64) * sim
     m_i = tl.full([GP], float("-inf"), tl.float32)
     l_i = tl.zeros([GP], tl.float32)
@@ -84,14 +96,17 @@ def _sparse_fwd_kernel(
             s = tl.load(S + b64 * ssb + (h0 + g)[:, None].to(tl.int64) * ssh + idx64[None, :],
                         mask=gm[:, None] & valid[None, :], other=0.0)
         else:
-            kt = tl.load(kbase + idx64[:, None] * skn + d[None, :], mask=valid[:, None], other=0.0)
+            kr = kv_rows(b64, idx64, skb, skn, BT, sbt, PS, valid, PAGED)
+            kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :],
+                         mask=valid[:, None], other=0.0)
             s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
         s = tl.where(gm[:, None] & valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
-        vt = tl.load(vbase + idx64[:, None] * svn + d[None, :], mask=valid[:, None], other=0.0)
+        vr = kv_rows(b64, idx64, svb, svn, BT, sbt, PS, valid, PAGED)
+        vt = tl.load(vbase + vr[:, None] + d[None, :], mask=valid[:, None], other=0.0)
         acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
@@ -146,6 +161,33 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
 
 
+def check_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_table: torch.Tensor) -> int:
+    """Checks of a paged KV cache (ValueError naming the value); returns the positions a
+    sequence can hold, pages * page_size. q [B, Hq, Lq, D]; k, v [num_pages, page_size, Hkv, D];
+    block_table int [B, pages] of page numbers in [0, num_pages)."""
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError("paged cache: q must be [B, Hq, Lq, D] and k, v [num_pages, page_size, "
+                         f"Hkv, D] of one shape; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"q, k, v must share one of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device != k.device or q.device != v.device:
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    B, Hq, _, D = q.shape
+    if k.shape[-1] != D or Hq % k.shape[2]:
+        raise ValueError(f"paged cache: head_dim {k.shape[-1]} must equal q's {D} and Hkv "
+                         f"{k.shape[2]} divide Hq {Hq}")
+    if D not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
+    if block_table.dim() != 2 or block_table.shape[0] != B or block_table.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"block_table must be int32/int64 [B={B}, pages]; got "
+                         f"{block_table.dtype} {tuple(block_table.shape)}")
+    if block_table.numel() and (block_table.min() < 0 or block_table.max() >= k.shape[0]):
+        raise ValueError(f"block_table entries must lie in [0, num_pages={k.shape[0]}); got "
+                         f"[{int(block_table.min())}, {int(block_table.max())}]")
+    return block_table.shape[1] * k.shape[1]
+
+
 def forced_indices(Lq: int, Lk: int, causal: bool, sink: int, local: int,
                    seq_lens: torch.Tensor | None, B: int, device: torch.device,
                    seq_starts: torch.Tensor | None = None) -> torch.Tensor:
@@ -194,6 +236,7 @@ def sparse_attention(
     block: int = 64,
     splits: int | None = None,
     seq_starts: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
 ):
     """Attention of each query row over the key rows named by ``indices`` (plus sink/local).
 
@@ -212,13 +255,20 @@ def sparse_attention(
             gathering K rows.
         seq_starts: int [B] first visible key of each sequence (left padding), or None:
             indices before it are dropped.
+        block_table: int [B, pages] for a paged KV cache (vLLM / FlashInfer style): then k, v
+            are [num_pages, page_size, Hkv, D] and position p of sequence b lives in page
+            ``block_table[b, p // page_size]``, slot ``p % page_size``; Lk = pages * page_size.
 
     Returns:
         out [B, Hq, Lq, D] in q's dtype (zero rows where nothing is selected) [, lse].
     """
-    check_qkv(q, k, v)
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk = k.shape[1], k.shape[2]
+    if block_table is None:
+        check_qkv(q, k, v)
+        B, Hq, Lq, D = q.shape
+        Hkv, Lk = k.shape[1], k.shape[2]
+    else:
+        B, Hq, Lq, D = q.shape
+        Hkv, Lk = k.shape[2], check_paged(q, k, v, block_table)
     G = Hq // Hkv
     if indices.dim() != 4 or indices.shape[0] != B or indices.shape[2] != Lq or indices.shape[1] not in (Hq, Hkv):
         raise ValueError(f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got {tuple(indices.shape)}")
@@ -243,6 +293,15 @@ def sparse_attention(
         k = k.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
+    if block_table is None:  # [B, H, L, D]: batch, head, position strides
+        kst = (k.stride(0), k.stride(1), k.stride(2))
+        vst = (v.stride(0), v.stride(1), v.stride(2))
+        bt, sbt, ps = None, 0, 1
+    else:  # [pages, page_size, H, D]: page, head, slot strides
+        kst = (k.stride(0), k.stride(2), k.stride(1))
+        vst = (v.stride(0), v.stride(2), v.stride(1))
+        bt = block_table.to(device=q.device, dtype=torch.int32).contiguous()
+        sbt, ps = bt.stride(0), k.shape[1]
     Hi = indices.shape[1]
     heads = G if (Hi == Hkv and G > 1) else 1
     gp = max(16, triton.next_power_of_2(heads))
@@ -265,14 +324,13 @@ def sparse_attention(
     s_arg = scores if scores is not None else lse
     ss = (scores.stride(0), scores.stride(1)) if scores is not None else (0, 0)
     _sparse_fwd_kernel[(rows, splits)](
-        q, k, v, indices, s_arg, lens, out, lse, pm, pl, pacc,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        indices.stride(0), indices.stride(1), indices.stride(2), ss[0], ss[1],
+        q, k, v, indices, s_arg, lens, out, lse, pm, pl, pacc, bt if bt is not None else lens,
+        q.stride(0), q.stride(1), q.stride(2), *kst, *vst,
+        indices.stride(0), indices.stride(1), indices.stride(2), ss[0], ss[1], sbt, ps,
         Hq, Hi, Lq, Lk, nidx, G, chunk, scale,
         CAUSAL=causal, HEADS=heads, GP=gp, D=D, BLOCK=block, SPLITS=splits,
         HAS_S=scores is not None, HAS_LENS=seq_lens is not None,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=4,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, num_warps=4,
     )
     if splits > 1:
         _combine_kernel[(B * Hq * Lq,)](
