@@ -30,7 +30,7 @@ from topkattn.ops.select.triton_select import (
     _cand_range, _f32_key, hist_level1, select_rows, select_workspace,
 )
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, _num_sms, check_paged, check_qkv, kv_rows, mm, sparse_attention,
+    INTERPRET, _num_sms, check_cache, kv_rows, mm, sparse_attention,
 )
 
 GRANULARITIES = ("query_head", "kv_group")
@@ -175,13 +175,9 @@ def topk_decode(
         out [B, Hq, 1, D] in q's dtype [, lse]; matches `topk_attention_reference` with the
         padding mask of ``seq_starts`` / ``seq_lens``.
     """
-    if block_table is None:
-        check_qkv(q, k, v)
-        B, Hq, Lq, D = q.shape
-        Hkv, n = k.shape[1], k.shape[2]
-    else:
-        B, Hq, Lq, D = q.shape
-        Hkv, n = k.shape[2], check_paged(q, k, v, block_table)
+    Hkv, n = check_cache(q, k, v, block_table)
+    B, Hq, Lq, D = q.shape
+    if block_table is not None:
         block_table = block_table.to(device=q.device, dtype=torch.int32).contiguous()
     if Lq != 1:
         raise ValueError(f"topk_decode takes one query per sequence (Lq=1); got Lq={Lq}")

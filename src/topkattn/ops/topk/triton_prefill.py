@@ -397,6 +397,23 @@ def _tile_ranges(use, c_lo, c_hi, n_lo, n_end, BN: tl.constexpr):
 
 
 @triton.jit
+def _sel_block(ST, EN, Hr, Lq, Lk, sink, local, CAUSAL: tl.constexpr, BM: tl.constexpr,
+               D: tl.constexpr):
+    """Prologue of the row-block kernels (grid: B*Hr rows — selection rows or query heads —,
+    query blocks, the longest causal blocks first): (bh, pid_m, b, h, m [BM], d [D], vs, vis_end, c_lo, c_hi [BM])."""
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = bh // Hr
+    h = bh % Hr
+    m = pid_m * BM + tl.arange(0, BM)
+    d = tl.arange(0, D)
+    vs = tl.load(ST + b)
+    ve = tl.load(EN + b)
+    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+    return bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi
+
+
+@triton.jit
 def _count_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, sqb, sqh, sqm, skb, skh, skn,
                   Hr, G, Lq, Lk, topk, sink, local, scale, delta, ssig, CAUSAL: tl.constexpr,
                   GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
@@ -407,15 +424,8 @@ def _count_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, sqb, sqh, sqm
     head) with GROUP). Per row [B*Hr, Lq]: STAT 0 = at most topk candidates (T = 0, P = P_INF
     stored here), 1 = band of NBD <= CAP keys in bin JS of the map (EA, EB), CH keys above it,
     2 = band too large (fallback)."""
-    bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest causal blocks first
-    b = bh // Hr
-    h = bh % Hr
-    m = pid_m * BM + tl.arange(0, BM)
-    d = tl.arange(0, D)
-    vs = tl.load(ST + b)
-    ve = tl.load(EN + b)
-    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+    bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hr, Lq, Lk, sink, local,
+                                                                 CAUSAL, BM, D)
     active = (c_hi - c_lo) > topk
     rm = m < Lq
     row = bh.to(tl.int64) * Lq + m
@@ -664,15 +674,8 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, sqb, sqh, sqm, skb, skh, skn, Hr,
     turns an early-stopped prefix into the smallest key of its bin (canonical T: the k-th largest
     key itself) and finds tie cutoffs. FLAGGED: only rows with STAT == 2 (others untouched; blocks
     without such rows exit at once); else every row, inactive rows storing T = 0, P = P_INF."""
-    bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = bh // Hr
-    h = bh % Hr
-    m = pid_m * BM + tl.arange(0, BM)
-    d = tl.arange(0, D)
-    vs = tl.load(ST + b)
-    ve = tl.load(EN + b)
-    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+    bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hr, Lq, Lk, sink, local,
+                                                                 CAUSAL, BM, D)
     rm = m < Lq
     row = bh.to(tl.int64) * Lq + m
     active = (c_hi - c_lo) > topk
@@ -802,15 +805,8 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
                 UPCAST: tl.constexpr):
     """Flash attention over the selected keys (grid: B*Hq, query blocks, longest first): key
     tiles inside every row's candidate range skip the visibility / sink / local masks."""
-    bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    m = pid_m * BM + tl.arange(0, BM)
-    d = tl.arange(0, D)
-    vs = tl.load(ST + b)
-    ve = tl.load(EN + b)
-    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+    bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hq, Lq, Lk, sink, local,
+                                                                 CAUSAL, BM, D)
     row = bh.to(tl.int64) * Lq + m
     rm = m < Lq
     if GROUP:  # thresholds per (b, KV head)
@@ -870,15 +866,8 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, s
                    svb, svh, svn, Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr,
                    GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
                    IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    m = pid_m * BM + tl.arange(0, BM)
-    d = tl.arange(0, D)
-    vs = tl.load(ST + b)
-    ve = tl.load(EN + b)
-    vis_end, c_lo, c_hi = _row_info(m, Lq, Lk, sink, local, vs, ve, CAUSAL)
+    bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hq, Lq, Lk, sink, local,
+                                                                 CAUSAL, BM, D)
     row = bh.to(tl.int64) * Lq + m
     rm = m < Lq
     if GROUP:

@@ -188,6 +188,16 @@ def check_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_table: 
     return block_table.shape[1] * k.shape[1]
 
 
+def check_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                block_table: torch.Tensor | None) -> tuple[int, int]:
+    """Checks q, k, v for the kernels (a contiguous cache k, v [B, Hkv, n, D], or a paged one
+    with ``block_table``); returns (Hkv, n), n the positions a sequence can hold."""
+    if block_table is None:
+        check_qkv(q, k, v)
+        return k.shape[1], k.shape[2]
+    return k.shape[2], check_paged(q, k, v, block_table)
+
+
 def forced_indices(Lq: int, Lk: int, causal: bool, sink: int, local: int,
                    seq_lens: torch.Tensor | None, B: int, device: torch.device,
                    seq_starts: torch.Tensor | None = None) -> torch.Tensor:
@@ -262,13 +272,8 @@ def sparse_attention(
     Returns:
         out [B, Hq, Lq, D] in q's dtype (zero rows where nothing is selected) [, lse].
     """
-    if block_table is None:
-        check_qkv(q, k, v)
-        B, Hq, Lq, D = q.shape
-        Hkv, Lk = k.shape[1], k.shape[2]
-    else:
-        B, Hq, Lq, D = q.shape
-        Hkv, Lk = k.shape[2], check_paged(q, k, v, block_table)
+    Hkv, Lk = check_cache(q, k, v, block_table)
+    B, Hq, Lq, D = q.shape
     G = Hq // Hkv
     if indices.dim() != 4 or indices.shape[0] != B or indices.shape[2] != Lq or indices.shape[1] not in (Hq, Hkv):
         raise ValueError(f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got {tuple(indices.shape)}")
