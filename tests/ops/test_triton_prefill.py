@@ -16,6 +16,15 @@ def rel_rms(a, b):
     return _rel_rms(a, b, floor=1e-6)  # k=1: reference gradients of q, k are exactly 0
 
 
+def assert_grads_match(out, ref, inputs, dt):
+    """Gradients of out and ref w.r.t. inputs (q, k, v) for one random upstream gradient."""
+    do = torch.randn_like(out)
+    g = torch.autograd.grad(out, inputs, do)
+    rg = torch.autograd.grad(ref, inputs, do)
+    for a, b, name in zip(g, rg, "qkv"):
+        assert rel_rms(a, b) < GRAD_TOL[dt], name
+
+
 CASES = [
     # B, Hq, Hkv, Lq, Lk, D, topk, dtype, sink, local, causal
     (1, 2, 1, 37, 37, 16, 5, torch.float32, 0, 0, True),
@@ -38,11 +47,7 @@ def test_prefill_forward_and_grads(case):
                                          return_lse=True)
     assert rel_rms(out, ref) < TOL[dt]
     assert (lse - rlse).abs().max() < 1e-4
-    do = torch.randn_like(out)
-    g = torch.autograd.grad(out, (q, k, v), do)
-    rg = torch.autograd.grad(ref, (q, k, v), do)
-    for a, b, name in zip(g, rg, "qkv"):
-        assert rel_rms(a, b) < GRAD_TOL[dt], name
+    assert_grads_match(out, ref, (q, k, v), dt)
 
 
 def test_prefill_ties_keep_lowest_positions():
@@ -127,11 +132,7 @@ def test_prefill_kv_group_and_padding(case):
     assert (lse[fin] - rlse[fin]).abs().max() < 1e-4
     if starts is not None and max(starts) > 0:
         assert not fin.all() and (out[~fin] == 0).all()  # an all-padding row: zero output
-    do = torch.randn_like(out)
-    g = torch.autograd.grad(out, (q, k, v), do)
-    rg = torch.autograd.grad(ref, (q, k, v), do)
-    for a, b, name in zip(g, rg, "qkv"):
-        assert rel_rms(a, b) < GRAD_TOL[dt], name
+    assert_grads_match(out, ref, (q, k, v), dt)
 
 
 def test_prefill_kv_group_ties_keep_lowest_positions():

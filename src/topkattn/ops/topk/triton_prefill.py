@@ -799,14 +799,10 @@ def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, 
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-                Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-                UPCAST: tl.constexpr):
-    """Flash attention over the selected keys (grid: B*Hq, query blocks, longest first): key
-    tiles inside every row's candidate range skip the visibility / sink / local masks."""
-    bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hq, Lq, Lk, sink, local,
-                                                                 CAUSAL, BM, D)
+def _head_thresholds(Q, TB, PB, bh, b, h, m, sqb, sqh, Hq, G, Lq, GROUP: tl.constexpr):
+    """For query head (b, h) and rows m [BM]: output rows [BM] (int64), row mask, the group's
+    first query head pointer (GROUP; else Q) and the selection threshold (fp32) and tie cutoff
+    of each row (per (b, KV head) with GROUP)."""
     row = bh.to(tl.int64) * Lq + m
     rm = m < Lq
     if GROUP:  # thresholds per (b, KV head)
@@ -817,6 +813,19 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
         qg = Q
     Tf = _thr_f32(tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True))
     P = tl.load(PB + trow, mask=rm, other=0)
+    return row, rm, qg, Tf, P
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """Flash attention over the selected keys (grid: B*Hq, query blocks, longest first): key
+    tiles inside every row's candidate range skip the visibility / sink / local masks."""
+    bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hq, Lq, Lk, sink, local,
+                                                                 CAUSAL, BM, D)
+    row, rm, qg, Tf, P = _head_thresholds(Q, TB, PB, bh, b, h, m, sqb, sqh, Hq, G, Lq, GROUP)
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + m[:, None].to(tl.int64) * sqm
                 + d[None, :], mask=rm[:, None], other=0.0)
     kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
@@ -868,16 +877,7 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, s
                    IEEE: tl.constexpr, UPCAST: tl.constexpr):
     bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hq, Lq, Lk, sink, local,
                                                                  CAUSAL, BM, D)
-    row = bh.to(tl.int64) * Lq + m
-    rm = m < Lq
-    if GROUP:
-        trow = (b * (Hq // G) + h // G).to(tl.int64) * Lq + m
-        qg = Q + b.to(tl.int64) * sqb + (h // G * G).to(tl.int64) * sqh
-    else:
-        trow = row
-        qg = Q
-    Tf = _thr_f32(tl.load(TB + trow, mask=rm, other=0).to(tl.uint32, bitcast=True))
-    P = tl.load(PB + trow, mask=rm, other=0)
+    row, rm, qg, Tf, P = _head_thresholds(Q, TB, PB, bh, b, h, m, sqb, sqh, Hq, G, Lq, GROUP)
     lse = tl.load(LSE + row, mask=rm, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse)
     delta = tl.load(DELTA + row, mask=rm, other=0.0)
