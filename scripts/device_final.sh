@@ -3,7 +3,7 @@
 # band/fallback row counts of the prefill threshold search at 8k, then the benchmarks (prefill
 # with radix too when bcc failed its tests).
 set -u
-export PYTHONPATH=src PYTHONUNBUFFERED=1 TOPKATTN_PREFILL_ASM=0
+export PYTHONPATH=src PYTHONUNBUFFERED=1
 R=/tmp/rf; mkdir -p $R/bench
 export TOPKATTN_PREFILL_METHOD=bcc
 if timeout 200 python3 -m pytest tests/ops -q -x -p no:cacheprovider > $R/tests.txt 2>&1; then

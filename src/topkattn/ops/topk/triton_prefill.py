@@ -85,8 +85,6 @@ PREFILL_SAMPLE_SIGMA = 0.4  # ... and enough for a rank error of about this * CA
 PREFILL_BIN_WORDS = 3  # count bins = 4 * words - 2 (plus one below and one above)
 PREFILL_PROBE_WORDS = 3  # estimate probe bins = 4 * words - 2
 PREFILL_COLLECT_WAVES = 2  # persistent collect programs per SM
-# collect: scattered stores as inline PTX (default False: tl.store); env TOPKATTN_PREFILL_ASM=1
-PREFILL_ASM_STORE = os.environ.get("TOPKATTN_PREFILL_ASM", "0") == "1"
 # threshold search of the autograd op: "bcc" or "radix" (env TOPKATTN_PREFILL_METHOD)
 PREFILL_METHOD = os.environ.get("TOPKATTN_PREFILL_METHOD", "bcc")
 # tests: 1 = one bin for all keys, 2 = estimate far above the k-th score, 3 = the collect kernel
@@ -468,30 +466,17 @@ def _count_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, sqb, sqh, sqm
 
 
 @triton.jit
-def _st_global(ptr, x, mask):
-    """Predicated 32-bit global stores of fp32 x where mask (any shape, any register layout),
-    as inline PTX: unlike tl.store, no conversion to a coalescing layout through shared memory
-    (the addresses are scattered anyway)."""
-    tl.inline_asm_elementwise(
-        asm="{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.u32 $0, 0; }",
-        constraints="=r,l,r,r",
-        args=[ptr.to(tl.int64, bitcast=True), x.to(tl.int32, bitcast=True), mask.to(tl.int32)],
-        dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale,
                  lo, hi, a, b, js, use, c_lo, c_hi, MASKED: tl.constexpr, GROUP: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-                 NMAX: tl.constexpr, CAP: tl.constexpr, ASM: tl.constexpr, ESTM: tl.constexpr):
+                 NMAX: tl.constexpr, CAP: tl.constexpr, ESTM: tl.constexpr):
     """Append the band scores (bin == js) of tiles lo, lo+BN, ... < hi to the rows' scratch rows
     (BS + brow, brow [BM] int32 row offsets), in position order after the run [BM] entries
     already there; returns the new run (band keys seen, also past CAP), abv (candidates in
     bins above js), both counted here from this kernel's own scores, so that the finalize does
     not depend on the count kernel having seen bit-identical scores, and ck (uint32 wrapping
     sum of the band keys, to check what the finalize reads back). The offsets within a tile
-    are exact int32 inclusive prefix sums (tl.cumsum) of the band mask along the row; with ASM
-    the scattered stores are issued by ``_st_global`` in the scores' register layout."""
+    are exact int32 inclusive prefix sums (tl.cumsum) of the band mask along the row."""
     for start in range(lo, hi, BN):
         s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
                         IEEE, UPCAST)
@@ -507,10 +492,7 @@ def _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m, d, Lq, 
         ok = band & (off < CAP)
         if ESTM == 4:  # tests: lose every other band store
             ok = ok & ((pos[None, :] % 2) == 0)
-        if ASM:
-            _st_global(BS + (brow[:, None] + off), s, ok)
-        else:
-            tl.store(BS + (brow[:, None] + off), s, mask=ok)
+        tl.store(BS + (brow[:, None] + off), s, mask=ok)
         run += tl.sum(bi32, 1)
         ck += tl.sum(tl.where(band, _f32_key(s), 0), 1)
     return run, abv, ck
@@ -607,7 +589,7 @@ def _collect_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, BS, sqb
                     CAUSAL: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr,
                     BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                     NMAX: tl.constexpr, CAP: tl.constexpr, RF: tl.constexpr,
-                    ASM: tl.constexpr, ESTM: tl.constexpr):
+                    ESTM: tl.constexpr):
     """Collect + finalize (persistent grid; program p owns scratch rows [p*BM, (p+1)*BM) of
     BS [grid*BM, CAP] fp32 and takes row blocks p, p + grid, ..., longest causal blocks first).
     The collect overwrites NBD / CH of its band rows with its own counts (band keys, keys above
@@ -643,14 +625,14 @@ def _collect_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, BS, sqb
             ck = tl.zeros([BM], tl.uint32)
             run, abv, ck = _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m,
                                         d, Lq, Lk, G, scale, n_lo, e0, a, bb, js, use, c_lo,
-                                        c_hi, True, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP, ASM,
+                                        c_hi, True, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP,
                                         ESTM)
             run, abv, ck = _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m,
                                         d, Lq, Lk, G, scale, e0, e1, a, bb, js, use, c_lo, c_hi,
-                                        False, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP, ASM, ESTM)
+                                        False, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP, ESTM)
             run, abv, ck = _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m,
                                         d, Lq, Lk, G, scale, e1, n_end, a, bb, js, use, c_lo,
-                                        c_hi, True, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP, ASM,
+                                        c_hi, True, GROUP, BM, BN, IEEE, UPCAST, NMAX, CAP,
                                         ESTM)
             tl.store(NBD + row, run, mask=use)
             tl.store(CH + row, abv, mask=use)
@@ -1078,7 +1060,7 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
         CK.fill_(-0x5A5A5A5B)
     _collect_kernel[(nprog,)](
         q, k, st, en, TB, PB, *state, CK, BS, *args, n_rb, R * n_rb, NMAX=4 * W - 1, CAP=cap,
-        RF=min(BM, 16), ASM=PREFILL_ASM_STORE and not INTERPRET, ESTM=_ESTIMATE_MODE, **ck,
+        RF=min(BM, 16), ESTM=_ESTIMATE_MODE, **ck,
     )
     _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, STAT, *args, FLAGGED=True, **ck)
     return (TB, PB, STAT) if return_status else (TB, PB)
