@@ -14,6 +14,16 @@ import torch
 LLAMA3_8B = {"Hq": 32, "Hkv": 8, "D": 128, "dtype": torch.bfloat16}
 
 
+def decode_inputs(B: int, n: int, device: str = "cuda") -> tuple[torch.Tensor, ...]:
+    """Random decode inputs at Llama-3-8B attention shapes: q [B, Hq, 1, D] and a KV cache k, v
+    [B, Hkv, n, D], all in LLAMA3_8B's dtype."""
+    Hq, Hkv, D, dt = LLAMA3_8B["Hq"], LLAMA3_8B["Hkv"], LLAMA3_8B["D"], LLAMA3_8B["dtype"]
+    q = torch.randn(B, Hq, 1, D, device=device, dtype=dt)
+    k = torch.randn(B, Hkv, n, D, device=device, dtype=dt)
+    v = torch.randn(B, Hkv, n, D, device=device, dtype=dt)
+    return q, k, v
+
+
 def parse_sizes(text: str) -> list[int]:
     """'8k,32k,128k' -> [8192, 32768, 131072]; '1,8' -> [1, 8]. ValueError on bad items."""
     out = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from topkattn.bench.common import LLAMA3_8B, env_info, time_graph_ms, time_ms, write_results
+from topkattn.bench.common import decode_inputs, env_info, time_graph_ms, time_ms, write_results
 
 
 def _naive(q, k, v, kk):
@@ -28,13 +28,10 @@ def _naive(q, k, v, kk):
 def run(ctxs: list[int], ks: list[int], batches: list[int], out_dir: str, naive: bool = True) -> list[dict]:
     from topkattn.ops.topk.triton_decode import topk_decode
 
-    Hq, Hkv, D, dt = LLAMA3_8B["Hq"], LLAMA3_8B["Hkv"], LLAMA3_8B["D"], LLAMA3_8B["dtype"]
     rows = []
     for B in batches:
         for n in ctxs:
-            q = torch.randn(B, Hq, 1, D, device="cuda", dtype=dt)
-            k = torch.randn(B, Hkv, n, D, device="cuda", dtype=dt)
-            v = torch.randn(B, Hkv, n, D, device="cuda", dtype=dt)
+            q, k, v = decode_inputs(B, n)
             sdpa_fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
             sdpa = time_ms(sdpa_fn)
             sdpa_g = time_graph_ms(sdpa_fn)

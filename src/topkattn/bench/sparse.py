@@ -6,21 +6,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from topkattn.bench.common import (LLAMA3_8B, copy_bandwidth_gbs, env_info, time_graph_ms,
+from topkattn.bench.common import (LLAMA3_8B, decode_inputs, copy_bandwidth_gbs, env_info, time_graph_ms,
                                    time_ms, write_results)
 
 
 def run(ctxs: list[int], ks: list[int], batches: list[int], out_dir: str) -> list[dict]:
     from topkattn.ops.topk.triton_sparse import sparse_attention
 
-    Hq, Hkv, D, dt = LLAMA3_8B["Hq"], LLAMA3_8B["Hkv"], LLAMA3_8B["D"], LLAMA3_8B["dtype"]
+    Hq, Hkv, D = LLAMA3_8B["Hq"], LLAMA3_8B["Hkv"], LLAMA3_8B["D"]
     bw = copy_bandwidth_gbs()
     rows = []
     for B in batches:
         for n in ctxs:
-            q = torch.randn(B, Hq, 1, D, device="cuda", dtype=dt)
-            k = torch.randn(B, Hkv, n, D, device="cuda", dtype=dt)
-            v = torch.randn(B, Hkv, n, D, device="cuda", dtype=dt)
+            q, k, v = decode_inputs(B, n)
             sdpa = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
             for kk in ks:
                 if kk > n:

@@ -30,7 +30,7 @@ from topkattn.ops.select.triton_select import (
     _cand_range, _f32_key, hist_level1, select_rows, select_workspace,
 )
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, _num_sms, check_cache, kv_rows, mm, sparse_attention,
+    INTERPRET, _num_sms, check_cache, kv_rows, mm, sparse_attention, unit_stride,
 )
 
 GRANULARITIES = ("query_head", "kv_group")
@@ -189,12 +189,7 @@ def topk_decode(
         raise ValueError(f"sink and local must be >= 0; got sink={sink}, local={local}")
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
+    q, k, v = unit_stride(q, k, v)
     lens = None
     if seq_lens is not None:
         if seq_lens.shape != (B,):

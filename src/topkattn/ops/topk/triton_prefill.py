@@ -67,7 +67,7 @@ import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import _f32_key
-from topkattn.ops.topk.triton_sparse import INTERPRET, check_qkv, mm
+from topkattn.ops.topk.triton_sparse import INTERPRET, check_qkv, mm, unit_stride
 
 P_INF: tl.constexpr = tl.constexpr(2**31 - 1)
 
@@ -1159,7 +1159,7 @@ def topk_prefill(
         if t is not None and (t.dim() != 1 or t.shape[0] != B):
             raise ValueError(f"{name} must be [B={B}], got {tuple(t.shape)}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = unit_stride(q, k, v)
     topk = min(topk, Lk)
     group = granularity == "kv_group" and Hq != Hkv
     st, en = _bounds(starts, ends, B, Lk, q.device)

@@ -161,6 +161,12 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
 
 
+def unit_stride(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors with a contiguous last dim (the kernels' loads assume stride 1 there);
+    copies only those that need it."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in ts)
+
+
 def check_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_table: torch.Tensor) -> int:
     """Checks of a paged KV cache (ValueError naming the value); returns the positions a
     sequence can hold, pages * page_size. q [B, Hq, Lq, D]; k, v [num_pages, page_size, Hkv, D];
@@ -292,12 +298,7 @@ def sparse_attention(
     if not assume_unique:
         indices = dedupe_indices(indices)
     indices = indices.to(torch.int32).contiguous()
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
+    q, k, v = unit_stride(q, k, v)
     if block_table is None:  # [B, H, L, D]: batch, head, position strides
         kst = (k.stride(0), k.stride(1), k.stride(2))
         vst = (v.stride(0), v.stride(1), v.stride(2))
