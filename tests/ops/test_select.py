@@ -37,6 +37,29 @@ def test_select_slow_path_when_bin_overflows_buffer():
     assert torch.equal(out.sort(-1).values, ref)
 
 
+SCALES = {
+    "gaussian": lambda g: torch.randn(2, 2000, generator=g),
+    # below 2^-6 and above 2^10: the clamped end bins of the log-bin histogram
+    "tiny": lambda g: torch.randn(2, 2000, generator=g) * 1e-4,
+    "huge": lambda g: torch.randn(2, 2000, generator=g) * 1e5,
+    "negative": lambda g: -torch.rand(2, 2000, generator=g) * 10,
+    # few distinct values: partial ties cut by position
+    "ties": lambda g: torch.randint(-3, 4, (3, 6000), generator=g).float() / 4,
+}
+
+
+@pytest.mark.parametrize("dist", sorted(SCALES))
+@pytest.mark.parametrize("block,cap", [(4096, None), (256, None), (256, 8)])
+def test_select_finish_paths(dist, block, cap):
+    # block 4096: bin b's entries stay in registers; block 256: the blocked passes over the
+    # buffer; cap 8: bin b overflows the buffer and the passes re-read the row
+    g = torch.Generator().manual_seed(11)
+    s = SCALES[dist](g).to(device())
+    for k in (1, 37, 700):
+        out = select_rows(s, k, block=block, cap=cap)
+        assert torch.equal(out.sort(-1).values, topk_select_reference(s, k)), (dist, k)
+
+
 def test_select_rows_lengths_sink_local():
     torch.manual_seed(2)
     s = torch.randn(4, 300, device=device())

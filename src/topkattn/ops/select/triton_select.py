@@ -1,21 +1,22 @@
 """Exact top-k selection per row in Triton: radix select over the fp32 bit pattern, no sort.
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
-1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of the top byte of the
-   order-preserving uint32 key of every candidate score (atomics into [R, 256]; the decode
-   kernel accumulates this level inside its scores pass instead, see `hist_level1`); a second
-   round over the next byte, among keys of the level-1 bin, narrows it to a 16-bit bin b (two
-   256-bin rounds cost far less than one 4096-bin histogram: Triton's histogram is O(bins) per
-   element). The bin picks are recomputed from the histograms by the next kernel's programs
-   (no separate pick launches); scratch is one zeroed buffer (`select_workspace`).
-2. ``_scan_kernel`` (grid rows x blocks): streams the row once, writing every position of a
-   higher bin straight to the output and compacting the (key, position) pairs of bin b into a
-   scratch buffer, both through per-row atomic cursors.
-3. ``_finish_kernel`` (one program per row): two radix passes (8 + 8 bits) over that
-   small buffer give the exact k-th key T and the number of ties at T still needed; the
-   rare partial tie is cut at a position found by bisection (the lowest positions win, as in
-   the reference); a last pass writes keys > T and the kept ties. When bin b is larger than
-   the buffer, the refinement passes re-read the row instead (slower, same result).
+1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of a monotone 8-bit "log bin" of
+   every candidate score (`_bin8`: sign, and 1/8-octave steps of |x| over [2^-6, 2^10), the
+   rest clamped into the end bins), added with one atomic per bin and program into [R, 256].
+   The decode kernel accumulates the same histogram inside its scores pass instead
+   (`hist_level1`), so at decode time selection starts at step 2.
+2. ``_scan_kernel`` (grid rows x blocks): each program derives the bin b holding the k-th
+   largest score from the histogram, streams its blocks once and writes every position of a
+   higher bin straight to the output and the (key, position) pairs of bin b to a scratch
+   buffer; one 64-bit atomic per block reserves both output ranges (high 32 bits: output
+   cursor, low: buffer cursor), one packed prefix sum places the entries.
+3. ``_finish_kernel`` (one program per row): four 8-bit radix passes over bin b's entries
+   (in registers when they fit in one block) give the exact k-th key T and the number of
+   ties at T still needed; the rare partial tie is cut at a position found by bisection (the
+   lowest positions win, as in the reference); a last pass writes keys > T and the kept ties.
+   When bin b holds more than the buffer (``cap``), the passes re-read the row instead
+   (slower, same result).
 
 Rows may carry a visible range [start, L) (per-sequence left / right padding) and ``sink`` /
 ``local`` forced positions (visible positions below ``sink`` and the last ``local`` visible ones): forced positions are
@@ -32,6 +33,9 @@ import triton.language as tl
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
 
+# lowest fp32 exponent (biased) with bins of its own in `_bin8`: |x| in [2^-6, 2^10) is split
+# into 16 octaves x 8 steps per sign; smaller |x| share the bins next to zero, larger the end bins
+BIN_EXP0 = tl.constexpr(121)
 
 
 @triton.jit
@@ -40,6 +44,17 @@ def _f32_key(x):
     x = x + 0.0
     b = x.to(tl.uint32, bitcast=True)
     return tl.where((b >> 31) != 0, b ^ 0xFFFFFFFF, b | 0x80000000)
+
+
+@triton.jit
+def _bin8(key):
+    """Monotone 8-bit bin (int32 in [0, 256)) of a `_f32_key` key: bins 128.. hold x >= 0 in
+    1/8-octave steps of |x| from 2^(BIN_EXP0-127), bins ..127 mirror them for x < 0."""
+    t = (key >> 20).to(tl.int32)  # sign flag, 8 exponent bits, 3 mantissa bits
+    nonneg = t >= 2048
+    u = tl.where(nonneg, t - 2048, 2047 - t)  # of |x|: exponent * 8 + top 3 mantissa bits
+    c = tl.minimum(tl.maximum(u - BIN_EXP0 * 8, 0), 127)
+    return tl.where(nonneg, 128 + c, 127 - c)
 
 
 @triton.jit
@@ -67,8 +82,9 @@ def _pick(h, rem, NB: tl.constexpr):
 
 
 @triton.jit
-def _load_src(srow, bk, bp, use_buf, c_lo, n_src, i):
-    """Keys, positions and validity of candidates i (buffer entries or row positions)."""
+def _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, i):
+    """Keys, positions and membership of source entries i: buffer entries of bin b, or row
+    positions c_lo + i whose bin is b (the row is re-read when bin b overflowed the buffer)."""
     valid = i < n_src
     if use_buf:
         key = tl.load(bk + i, mask=valid, other=0).to(tl.uint32, bitcast=True)
@@ -76,22 +92,52 @@ def _load_src(srow, bk, bp, use_buf, c_lo, n_src, i):
     else:
         pos = c_lo + i
         key = _f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
+        valid = valid & (_bin8(key) == b)
     return key, pos, valid
 
 
 @triton.jit
-def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem,
-            HI: tl.constexpr, SHIFT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr):
-    """One radix pass: fix key bits [SHIFT, HI) of the k-th key among keys matching want>>HI."""
-    offs = tl.arange(0, BLOCK)
-    h = tl.zeros([1 << NBITS], dtype=tl.int32)
-    for start in range(0, n_src, BLOCK):
-        key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
-        match = valid & ((key >> HI) == (want >> HI))
-        d = ((key >> SHIFT) & ((1 << NBITS) - 1)).to(tl.int32)
-        h += tl.histogram(d, 1 << NBITS, mask=match)
-    d, above, nd = _pick(h, rem, 1 << NBITS)
+def _digit_pick(key, match, want, rem, SHIFT: tl.constexpr):
+    """Histogram of key bits [SHIFT, SHIFT+8) over ``match`` and the digit holding the rem-th
+    largest: (want with that digit set, rem minus the count above it)."""
+    h = tl.histogram(((key >> SHIFT) & 255).to(tl.int32), 256, mask=match)
+    d, above, _ = _pick(h, rem, 256)
     return want | (d.to(tl.uint32) << SHIFT), rem - above
+
+
+@triton.jit
+def _prefix_match(key, valid, want, HI: tl.constexpr):
+    """valid entries whose key bits [HI, 32) equal want's (all valid ones when HI = 32)."""
+    if HI < 32:
+        valid = valid & ((key >> HI) == (want >> HI))
+    return valid
+
+
+@triton.jit
+def _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, HI: tl.constexpr, BLOCK: tl.constexpr):
+    """One 8-bit radix pass over the source (in blocks): fix key bits [HI-8, HI) of the rem-th
+    largest key among those matching want above bit HI."""
+    offs = tl.arange(0, BLOCK)
+    h = tl.zeros([256], dtype=tl.int32)
+    for start in range(0, n_src, BLOCK):
+        key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+        match = _prefix_match(key, valid, want, HI)
+        h += tl.histogram(((key >> (HI - 8)) & 255).to(tl.int32), 256, mask=match)
+    d, above, _ = _pick(h, rem, 256)
+    return want | (d.to(tl.uint32) << (HI - 8)), rem - above
+
+
+@triton.jit
+def _tie_cut(pos, tie, rem, lo, hi):
+    """Smallest P in [lo, hi] with count(tie & pos <= P) >= rem (bisection over positions)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        c = tl.sum((tie & (pos <= mid)).to(tl.int32), 0)
+        if c >= rem:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 @triton.jit
@@ -109,111 +155,89 @@ def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.
 
 @triton.jit
 def hist_level1(key, m, HIST, r):
-    """Accumulate the 256-bin histogram of key bits [31:24] (keys where m) into HIST row r;
-    shared with the decode scores kernel, which fuses this level into its pass."""
-    h = tl.histogram((key >> 24).to(tl.int32), 256, mask=m)
+    """Accumulate the 256-bin histogram of `_bin8` (keys where m) into HIST row r; shared with
+    the decode scores kernel, which fuses this step into its pass."""
+    h = tl.histogram(_bin8(key), 256, mask=m)
     tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
 
 
 @triton.jit
-def _level1(HIST1, r, k):
-    """Level-1 pick from the top-byte histogram: (bin, count above it)."""
-    h = tl.load(HIST1 + r.to(tl.int64) * 256 + tl.arange(0, 256))
-    b1, above1, _ = _pick(h, k, 256)
-    return b1, above1
-
-
-@triton.jit
-def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST1, HIST2,
-                 LEVEL2: tl.constexpr, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST,
+                 HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """256-bin histogram of key bits [31:24] into HIST1 (level 1) or of bits [23:16] among keys
-    whose top byte is the level-1 bin into HIST2 (level 2; each program re-derives the level-1
-    pick from HIST1, so no separate pick launch). Each program counts ITERS consecutive blocks
-    in registers, then adds its counts with one atomic per bin."""
+    """`_bin8` histogram of each row's candidates into HIST [R, 256]. Each program counts ITERS
+    consecutive blocks in registers, then adds its counts with one atomic per bin; rows with
+    no more than k candidates keep them all and are skipped."""
     r = tl.program_id(0)
     first = tl.program_id(1) * (BLOCK * ITERS)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
-    go = first < c_hi
-    if LEVEL2:
-        go = go & (c_hi - c_lo > k)
-    if go:
-        b1 = (r * 0).to(tl.uint32)
-        if LEVEL2:
-            b1 = _level1(HIST1, r, k)[0].to(tl.uint32)
+    if (first < c_hi) & (first + BLOCK * ITERS > c_lo) & (c_hi - c_lo > k):
         h = tl.zeros([256], tl.int32)
         for it in range(ITERS):
             pos = first + it * BLOCK + tl.arange(0, BLOCK)
             m = (pos >= c_lo) & (pos < c_hi)
-            x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=m, other=0.0).to(tl.float32)
-            key = _f32_key(x)
-            if LEVEL2:
-                m = m & ((key >> 24) == b1)
-                h += tl.histogram(((key >> 16) & 255).to(tl.int32), 256, mask=m)
-            else:
-                h += tl.histogram((key >> 24).to(tl.int32), 256, mask=m)
-        dst = HIST2 if LEVEL2 else HIST1
-        tl.atomic_add(dst + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
+            # the load is masked by n only, so that it vectorizes; m masks the rest
+            x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32)
+            h += tl.histogram(_bin8(_f32_key(x)), 256, mask=m)
+        tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
 
 
 @triton.jit
-def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST1, HIST2, INFO, CNT, OUT,
+def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, INFO, CNT, OUT,
                  stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """Parallel over (row, ITERS consecutive blocks): each program derives the 16-bit bin b
-    holding the k-th key from the two histograms once (the first program records it in INFO =
-    (mode, b, count above b, count in b) for the finish; mode 0 = keep all candidates);
-    positions above b go to the output, b's (key, pos) to the scratch buffer, each through a
-    per-row atomic cursor (order within a row varies)."""
+    """Parallel over (row, ITERS consecutive blocks): each program derives the bin b holding
+    the k-th key from the histogram (the first program records (mode, b, count above b, count
+    in b) in INFO for the finish; mode 0 = keep all candidates); positions of higher bins go to
+    the output, b's (key, pos) to the scratch buffer (when it fits), both through one packed
+    per-row 64-bit cursor CNT (order within a row varies)."""
     r = tl.program_id(0)
     pid = tl.program_id(1)
     r64 = r.to(tl.int64)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     mode = (c_hi - c_lo > k).to(tl.int32)
-    b1, above1 = _level1(HIST1, r, k)
-    h2 = tl.load(HIST2 + r64 * 256 + tl.arange(0, 256))
-    b2, above2, nb = _pick(h2, k - above1, 256)
-    bu = (b1 * 256 + b2).to(tl.uint32)
+    h = tl.load(HIST + r64 * 256 + tl.arange(0, 256))
+    b, above, nb = _pick(h, k, 256)
     if pid == 0:
         tl.store(INFO + r * 4 + 0, mode)
-        tl.store(INFO + r * 4 + 1, bu.to(tl.int32))
-        tl.store(INFO + r * 4 + 2, above1 + above2)
+        tl.store(INFO + r * 4 + 1, b)
+        tl.store(INFO + r * 4 + 2, above)
         tl.store(INFO + r * 4 + 3, nb)
+    buffered = nb <= CAP
     for it in range(ITERS):
-        blk = pid * ITERS + it
-        if c_lo + blk * BLOCK < c_hi:
-            pos = c_lo + blk * BLOCK + tl.arange(0, BLOCK)
-            m = pos < c_hi
+        blk = (pid * ITERS + it) * BLOCK
+        if (blk < c_hi) & (blk + BLOCK > c_lo):
+            pos = blk + tl.arange(0, BLOCK)
+            m = (pos >= c_lo) & (pos < c_hi)
             if mode == 0:
                 tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
             else:
-                key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=m, other=0.0).to(tl.float32))
-                pre = key >> 16
-                up = m & (pre > bu)
-                ui = up.to(tl.int32)
-                nup = tl.sum(ui, 0)
-                if nup > 0:
-                    base = tl.atomic_add(CNT + r * 2, nup)
-                    tl.store(OUT + r64 * stride_o + (base + tl.cumsum(ui, 0) - ui), pos, mask=up)
-                if nb <= CAP:
-                    inb = m & (pre == bu)
-                    ii = inb.to(tl.int32)
-                    nin = tl.sum(ii, 0)
-                    if nin > 0:
-                        base2 = tl.atomic_add(CNT + r * 2 + 1, nin)
-                        dst = base2 + tl.cumsum(ii, 0) - ii
-                        tl.store(BUFK + r64 * CAP + dst, key.to(tl.int32, bitcast=True), mask=inb)
-                        tl.store(BUFP + r64 * CAP + dst, pos, mask=inb)
+                key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32))
+                bn = _bin8(key)
+                up = m & (bn > b)
+                inb = m & (bn == b) & buffered
+                packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
+                tot = tl.sum(packed, 0)
+                if tot > 0:
+                    inc = (tot >> 16).to(tl.int64) * 4294967296 + (tot & 65535).to(tl.int64)
+                    base = tl.atomic_add(CNT + r, inc)
+                    ex = tl.cumsum(packed, 0) - packed
+                    dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
+                    dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
+                    tl.store(OUT + r64 * stride_o + dst_up, pos, mask=up)
+                    tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb)
+                    tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb)
 
 
 @triton.jit
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT, stride_o, KOUT,
                    BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr):
-    """Per row: exact k-th key among bin b's candidates (8+8+4 bit radix passes), write keys
-    above it and the lowest-position ties, then the forced positions and -1 padding."""
+                   BLOCK: tl.constexpr):
+    """Per row: exact k-th key among bin b's entries (four 8-bit radix passes), write keys
+    above it and the lowest-position ties, then the forced positions and -1 padding. Entries
+    that fit in one BLOCK stay in registers for all passes."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     srow = S + r64 * stride_s
@@ -227,44 +251,60 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
     mode = tl.load(INFO + r * 4)
     cursor = ncand
     if mode != 0:
-        bu = tl.load(INFO + r * 4 + 1).to(tl.uint32)
+        b = tl.load(INFO + r * 4 + 1)
         above = tl.load(INFO + r * 4 + 2)
         nb = tl.load(INFO + r * 4 + 3)
         rem = k - above
         cursor = above
         use_buf = nb <= CAP
-        n_src = tl.where(use_buf, nb, ncand)
-        want = bu << 16
-        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 16, 8, 8, BLOCK)
-        want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 8, 0, 8, BLOCK)
-        # ties at want: count them; when some must be dropped, find the position cutoff P
-        # (the buffer is not in position order) by bisection over positions
-        nt = ncand * 0
-        for start in range(0, n_src, BLOCK):
-            key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
-            nt += tl.sum((valid & (key == want)).to(tl.int32), 0)
-        P = c_hi
-        if nt > rem:
-            lo = c_lo
-            hi = c_hi - 1  # smallest P with count(ties at pos <= P) >= rem lies in [lo, hi]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                c = ncand * 0
-                for start in range(0, n_src, BLOCK):
-                    key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
-                    c += tl.sum((valid & (key == want) & (pos <= mid)).to(tl.int32), 0)
-                if c >= rem:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            P = lo
-        for start in range(0, n_src, BLOCK):
-            key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
-            match = valid & ((key >> 16) == bu)
-            sel = match & ((key > want) | ((key == want) & (pos <= P)))
+        want = (r * 0).to(tl.uint32)
+        if use_buf & (nb <= BLOCK):
+            key, pos, valid = _load_src(srow, bk, bp, True, b, c_lo, nb, offs)
+            want, rem = _digit_pick(key, valid, want, rem, 24)
+            want, rem = _digit_pick(key, _prefix_match(key, valid, want, 24), want, rem, 16)
+            want, rem = _digit_pick(key, _prefix_match(key, valid, want, 16), want, rem, 8)
+            want, rem = _digit_pick(key, _prefix_match(key, valid, want, 8), want, rem, 0)
+            tie = valid & (key == want)
+            P = c_hi
+            if tl.sum(tie.to(tl.int32), 0) > rem:
+                P = _tie_cut(pos, tie, rem, c_lo, c_hi - 1)
+            sel = valid & ((key > want) | (tie & (pos <= P)))
             si = sel.to(tl.int32)
             tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
             cursor += tl.sum(si, 0)
+        else:
+            n_src = tl.where(use_buf, nb, ncand)
+            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 32, BLOCK)
+            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 24, BLOCK)
+            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 16, BLOCK)
+            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 8, BLOCK)
+            # ties at want: count them; when some must be dropped, find the position cutoff P
+            # (the buffer is not in position order) by bisection over positions
+            nt = ncand * 0
+            for start in range(0, n_src, BLOCK):
+                key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+                nt += tl.sum((valid & (key == want)).to(tl.int32), 0)
+            P = c_hi
+            if nt > rem:
+                lo = c_lo
+                hi = c_hi - 1  # smallest P with count(ties at pos <= P) >= rem lies in [lo, hi]
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    c = ncand * 0
+                    for start in range(0, n_src, BLOCK):
+                        key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+                        c += tl.sum((valid & (key == want) & (pos <= mid)).to(tl.int32), 0)
+                    if c >= rem:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                P = lo
+            for start in range(0, n_src, BLOCK):
+                key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+                sel = valid & ((key > want) | ((key == want) & (pos <= P)))
+                si = sel.to(tl.int32)
+                tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
+                cursor += tl.sum(si, 0)
     # forced positions: [vs, c_lo) and [c_hi, L)
     for start in range(vs, c_lo, BLOCK):
         pos = start + offs
@@ -279,8 +319,13 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
         tl.store(orow + i, tl.full([BLOCK], -1, tl.int32), mask=i < KOUT)
 
 
+# entries per block of the scan (None: 2048, or 1024 when that leaves too few programs) and of
+# the finish (bin b's entries stay in registers up to it), and the finish's warps
+SCAN_BLOCK: int | None = None
+FINISH_BLOCK = 4096
+FINISH_WARPS = 16  # 4096 entries at 16 warps: 128 registers, no spills (8 warps spill)
 # blocks per histogram / scan program, at most (programs that cover several blocks derive the
-# bin picks once and issue fewer atomics; kept so that ~2 programs per SM remain)
+# bin pick once and issue fewer atomics; kept so that ~2 programs per SM remain)
 SELECT_ITERS = 4
 
 
@@ -299,8 +344,8 @@ def select_rows(
     rows_per_len: int = 1,
     sink: int = 0,
     local: int = 0,
-    block: int = 2048,
-    num_warps: int = 8,
+    block: int | None = None,
+    num_warps: int | None = None,
     cap: int | None = None,
     work: torch.Tensor | None = None,
     hist_done: bool = False,
@@ -315,9 +360,11 @@ def select_rows(
         rows_per_len: consecutive rows sharing one length (e.g. the query heads of a sequence).
         sink, local: forced first / last visible positions of each row (appended after the
             top-k; they are not candidates).
+        block, num_warps: entries per block and warps of the finish (default FINISH_BLOCK,
+            FINISH_WARPS; bin b's entries stay in registers up to ``block``).
         cap: scratch entries per row for the candidates of the threshold bin (default
             max(16384, 2k)); a larger bin falls back to re-reading the row.
-        work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its level-1
+        work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its
             histogram was already accumulated by the caller (`hist_level1` over the candidate
             positions of each row, exactly the scores passed here).
         starts: int32 [R // rows_per_len] first visible position of each group of rows (left
@@ -340,43 +387,43 @@ def select_rows(
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
     if work is None:
         work = select_workspace(R, dev)
-    hist1, hist2, cnt = _split_workspace(work, R)
+    hist, cnt = _split_workspace(work, R)
     cap = min(n, max(16384, 2 * k)) if cap is None else max(1, cap)
     bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
     info = torch.empty(R, 4, dtype=torch.int32, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)
-    hblock = 4096 if R * triton.cdiv(n, 4096) >= 1024 else (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
-    hiters = _iters(R * triton.cdiv(n, hblock), dev)
-    for level in ((1,) if hist_done else (0, 1)):
+    if not hist_done:
+        hblock = 4096 if R * triton.cdiv(n, 4096) >= 1024 else (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
+        hiters = _iters(R * triton.cdiv(n, hblock), dev)
         _hist_kernel[(R, triton.cdiv(n, hblock * hiters))](
-            scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist1, hist2,
-            LEVEL2=level == 1, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock,
-            ITERS=hiters, num_warps=8,
+            scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist,
+            HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock, ITERS=hiters, num_warps=8,
         )
-    sblock = 2048 if R * triton.cdiv(n, 2048) >= 512 else 1024
+    sblock = SCAN_BLOCK or (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
     siters = _iters(R * triton.cdiv(n, sblock), dev)
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist1, hist2, info, cnt,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist, info, cnt,
         out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        ITERS=siters, num_warps=8 if sblock >= 2048 else 4,
+        ITERS=siters, num_warps=sblock // 128,  # 4 entries per thread: 64 registers, no spills
     )
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, out, out.stride(0),
-        kout, bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block, num_warps=num_warps,
+        kout, bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
+        num_warps=num_warps or FINISH_WARPS,
     )
     return out
 
 
 def select_workspace(R: int, device: torch.device) -> torch.Tensor:
-    """Zeroed int32 scratch of `select_rows` for R rows (two [R, 256] histograms and the [R, 2]
-    cursors), one memset. Pass it as ``work``; the decode kernel fills the level-1 histogram
+    """Zeroed int32 scratch of `select_rows` for R rows (the [R, 256] histogram and R 64-bit
+    cursors), one memset. Pass it as ``work``; the decode kernel fills the histogram
     (``work[:R * 256]``) while it computes the scores and then passes ``hist_done=True``."""
-    return torch.zeros(R * 514, dtype=torch.int32, device=device)
+    return torch.zeros(R * 258, dtype=torch.int32, device=device)
 
 
 def _split_workspace(work: torch.Tensor, R: int):
-    return work[: R * 256], work[R * 256: R * 512], work[R * 512: R * 514]
+    return work[: R * 256], work[R * 256: R * 258].view(torch.int64)
 
 
 def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tensor:

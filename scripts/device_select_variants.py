@@ -1,0 +1,92 @@
+"""Selection on the device: correctness against torch.topk and CUDA-graph times of the current
+`select_rows`, its block/warp variants, the previous design (scripts/_select_old.py when
+present) and torch.topk; then per-kernel profiles of selection and decode.
+
+Run on the device machine: PYTHONPATH=src python3 scripts/device_select_variants.py"""
+import importlib.util
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import topkattn.ops.select.triton_select as ts
+import topkattn.ops.topk.triton_decode as td
+from topkattn.bench.common import time_graph_ms
+
+old = None
+p = os.path.join(os.path.dirname(__file__), "_select_old.py")
+if os.path.exists(p):
+    spec = importlib.util.spec_from_file_location("_select_old", p)
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+
+
+def us(fn):
+    t = time_graph_ms(fn)
+    return float("nan") if t is None else 1000 * t
+
+
+def same_set(idx, s, k):
+    ref = torch.topk(s.float(), k, dim=-1).indices.sort(-1).values
+    return torch.equal(idx.long().sort(-1).values, ref)
+
+
+def prof(name, fn, n=5):
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as pr:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    print(f"== {name} (x{n})")
+    print(pr.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=40), flush=True)
+
+
+shapes = [(32, 131072, 2048), (64, 131072, 2048), (8, 131072, 2048), (32, 32768, 2048),
+          (256, 32768, 2048), (32, 131072, 8192), (32, 131072, 256), (32, 1 << 20, 2048)]
+for R, n, k in shapes:
+    for dist in ("randn", "randn*8"):
+        s = torch.randn(R, n, device="cuda") * (8.0 if dist == "randn*8" else 1.0)
+        line = [f"R{R} n{n} k{k} {dist}"]
+        ok = same_set(ts.select_rows(s, k), s, k)
+        line.append(f"ok={ok}")
+        line.append(f"torch.topk {us(lambda: torch.topk(s, k, dim=-1)):.1f}us")
+        if old is not None:
+            line.append(f"old {us(lambda: old.select_rows(s, k)):.1f}us")
+        line.append(f"new {us(lambda: ts.select_rows(s, k)):.1f}us")
+        if dist == "randn":
+            for sb in (1024, 2048, 4096):
+                ts.SCAN_BLOCK = sb
+                line.append(f"scan{sb} {us(lambda: ts.select_rows(s, k)):.1f}")
+            ts.SCAN_BLOCK = None
+            for fb, fw in ((2048, 8), (4096, 8), (2048, 16), (8192, 16)):
+                line.append(f"fin{fb}w{fw} {us(lambda: ts.select_rows(s, k, block=fb, num_warps=fw)):.1f}")
+            for it in (1, 2, 8):
+                ts.SELECT_ITERS = it
+                line.append(f"it{it} {us(lambda: ts.select_rows(s, k)):.1f}")
+            ts.SELECT_ITERS = 4
+        print(" | ".join(line), flush=True)
+        del s
+s = torch.randn(32, 131072, device="cuda")
+prof("new select 32x128k k=2048", lambda: ts.select_rows(s, 2048))
+if old is not None:
+    prof("old select 32x128k k=2048", lambda: old.select_rows(s, 2048))
+del s
+for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
+    q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+    kc = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(kc)
+    sd = time_graph_ms(lambda: F.scaled_dot_product_attention(q, kc, v, enable_gqa=True))
+    line = [f"decode B{B} {n // 1024}k sdpa {sd:.4f}"]
+    for gran in ("kv_group", "query_head"):
+        t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity=gran))
+        line.append(f"{gran} {t:.4f} ({t / sd:.3f}x)")
+    print(" | ".join(line), flush=True)
+    if B == 8 and n == 131072:
+        prof("decode kv_group B8 128k", lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
+        prof("decode query_head B8 128k", lambda: td.topk_decode(q, kc, v, 2048))
+    del q, kc, v
+    torch.cuda.empty_cache()
