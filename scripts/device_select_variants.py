@@ -28,6 +28,11 @@ def us(fn):
     return float("nan") if t is None else 1000 * t
 
 
+def ts_ref(s, k):
+    from topkattn.ops.select import topk_select_reference
+    return topk_select_reference(s, k)
+
+
 def same_set(idx, s, k):
     ref = torch.topk(s.float(), k, dim=-1).indices.sort(-1).values
     return torch.equal(idx.long().sort(-1).values, ref)
@@ -46,25 +51,29 @@ def prof(name, fn, n=5):
 
 
 shapes = [(32, 131072, 2048), (64, 131072, 2048), (8, 131072, 2048), (32, 32768, 2048),
-          (256, 32768, 2048), (32, 131072, 8192), (32, 131072, 256), (32, 1 << 20, 2048)]
+          (256, 32768, 2048), (32, 131072, 8192), (32, 1 << 20, 2048)]
 for R, n, k in shapes:
-    for dist in ("randn", "randn*8"):
-        s = torch.randn(R, n, device="cuda") * (8.0 if dist == "randn*8" else 1.0)
+    for dist in ("randn", "randn*8", "ties"):
+        if dist == "ties":
+            s = torch.randint(0, 64, (R, n), device="cuda").float()
+        else:
+            s = torch.randn(R, n, device="cuda") * (8.0 if dist == "randn*8" else 1.0)
         line = [f"R{R} n{n} k{k} {dist}"]
-        ok = same_set(ts.select_rows(s, k), s, k)
+        ok = same_set(ts.select_rows(s, k), s, k) if dist != "ties" else torch.equal(
+            ts.select_rows(s, k).sort(-1).values, ts_ref(s, k))
         line.append(f"ok={ok}")
         line.append(f"torch.topk {us(lambda: torch.topk(s, k, dim=-1)):.1f}us")
-        if old is not None:
+        if old is not None and dist == "randn":
             line.append(f"old {us(lambda: old.select_rows(s, k)):.1f}us")
         line.append(f"new {us(lambda: ts.select_rows(s, k)):.1f}us")
-        if dist == "randn":
+        if dist == "randn" and n <= 131072:
             for sb in (1024, 2048, 4096):
                 ts.SCAN_BLOCK = sb
                 line.append(f"scan{sb} {us(lambda: ts.select_rows(s, k)):.1f}")
             ts.SCAN_BLOCK = None
-            for fb, fw in ((2048, 8), (4096, 8), (2048, 16), (8192, 16)):
+            for fb, fw in ((2048, 8), (4096, 8)):
                 line.append(f"fin{fb}w{fw} {us(lambda: ts.select_rows(s, k, block=fb, num_warps=fw)):.1f}")
-            for it in (1, 2, 8):
+            for it in (1, 8):
                 ts.SELECT_ITERS = it
                 line.append(f"it{it} {us(lambda: ts.select_rows(s, k)):.1f}")
             ts.SELECT_ITERS = 4
@@ -75,15 +84,24 @@ prof("new select 32x128k k=2048", lambda: ts.select_rows(s, 2048))
 if old is not None:
     prof("old select 32x128k k=2048", lambda: old.select_rows(s, 2048))
 del s
+defaults = (td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES, td.DECODE_BLOCK_N)
+variants = [(1, 4, 3, 128), (1, 8, 3, 128), (1, 4, 3, 256), (2, 4, 3, 128), (4, 4, 3, 128),
+            (4, 8, 3, 128), (4, 8, 4, 128), (8, 8, 3, 128), (4, 4, 3, 64), (8, 4, 4, 64)]
 for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
     kc = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(kc)
     sd = time_graph_ms(lambda: F.scaled_dot_product_attention(q, kc, v, enable_gqa=True))
     line = [f"decode B{B} {n // 1024}k sdpa {sd:.4f}"]
-    for gran in ("kv_group", "query_head"):
-        t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity=gran))
-        line.append(f"{gran} {t:.4f} ({t / sd:.3f}x)")
+    ref = td.topk_decode(q, kc, v, 2048, granularity="kv_group").float()
+    for var in variants:
+        td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES, td.DECODE_BLOCK_N = var
+        err = (td.topk_decode(q, kc, v, 2048, granularity="kv_group").float() - ref).abs().max().item()
+        t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
+        line.append(f"kv t{var[0]}w{var[1]}s{var[2]}bn{var[3]} {t:.4f} ({t / sd:.3f}x, err {err:.0e})")
+    td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES, td.DECODE_BLOCK_N = defaults
+    t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048))
+    line.append(f"query_head {t:.4f} ({t / sd:.3f}x)")
     print(" | ".join(line), flush=True)
     if B == 8 and n == 131072:
         prof("decode kv_group B8 128k", lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))

@@ -38,9 +38,14 @@ def test_decode_matches_reference(case):
     assert (lse[fin] - rlse[fin]).abs().max() < 1e-4
 
 
-def test_decode_unfused_histogram_same_result(monkeypatch):
-    # the level-1 histogram fused into the scores pass must equal select_rows' own
+@pytest.mark.parametrize("tiles", [1, 3])
+def test_decode_unfused_histogram_same_result(monkeypatch, tiles):
+    # the histogram and bin pick fused into the scores pass (1 or 3 key tiles per program,
+    # the last program of a row publishing the pick) must equal select_rows' own
     import topkattn.ops.topk.triton_decode as td
+
+    monkeypatch.setattr(td, "DECODE_TILES", tiles)
+    monkeypatch.setattr(td, "DECODE_BLOCK_N", 16)
 
     torch.manual_seed(3)
     q = torch.randn(2, 4, 1, 32, device=dev())
@@ -163,4 +168,6 @@ def test_decode_paged_gpu_llama_shape():
     for gran in ("query_head", "kv_group"):
         out = topk_decode(q, kp, vp, 256, granularity=gran, seq_lens=sl, block_table=bt)
         ref = topk_decode(q, k, v, 256, granularity=gran, seq_lens=sl)
-        assert rel_rms(out, ref) < 1e-3
+        # same selected set; the order of the index lists (atomic cursors) and so the bf16
+        # rounding of the sums may differ between two runs: one bf16 ulp is 2^-8
+        assert rel_rms(out, ref) < 1e-2

@@ -4,16 +4,18 @@ Design (one row = one selection problem; n up to 1M, k up to 8192):
 1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of a monotone 8-bit "log bin" of
    every candidate score (`_bin8`: sign, and 1/8-octave steps of |x| over [2^-6, 2^10), the
    rest clamped into the end bins), added with one atomic per bin and program into [R, 256].
-   The decode kernel accumulates the same histogram inside its scores pass instead
-   (`hist_level1`), so at decode time selection starts at step 2.
-2. ``_scan_kernel`` (grid rows x blocks): each program derives the bin b holding the k-th
-   largest score from the histogram, streams its blocks once and writes every position of a
-   higher bin straight to the output and the (key, position) pairs of bin b to a scratch
-   buffer; one 64-bit atomic per block reserves both output ranges (high 32 bits: output
-   cursor, low: buffer cursor), one packed prefix sum places the entries.
-3. ``_finish_kernel`` (one program per row): four 8-bit radix passes over bin b's entries
-   (in registers when they fit in one block) give the exact k-th key T and the number of
-   ties at T still needed; the rare partial tie is cut at a position found by bisection (the
+   The last program of each row to finish (an arrival counter) derives the bin pick and
+   publishes it (`publish_pick`), so no program of the next step re-derives it. The decode
+   kernel makes the same histogram and pick inside its scores pass instead (`bin_hist`,
+   `publish_pick`), so at decode time selection starts at step 2.
+2. ``_scan_kernel`` (grid rows x blocks): given the bin b holding the k-th largest score,
+   streams its blocks once and writes every position of a higher bin straight to the output
+   and the (key, position) pairs of bin b to a scratch buffer; one 64-bit atomic per block
+   reserves both output ranges (high 32 bits: output cursor, low: buffer cursor), one packed
+   prefix sum places the entries.
+3. ``_finish_kernel`` (one program per row): radix passes of up to 8 bits over bin b's
+   entries (in registers when they fit in one block; only the bits below the entries' common
+   prefix) give the exact k-th key T and the number of ties at T still needed; the rare partial tie is cut at a position found by bisection (the
    lowest positions win, as in the reference); a last pass writes keys > T and the kept ties.
    When bin b holds more than the buffer (``cap``), the passes re-read the row instead
    (slower, same result).
@@ -25,6 +27,8 @@ Scores are compared in fp32; -0.0 equals +0.0; NaN is not supported.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -55,6 +59,18 @@ def _bin8(key):
     u = tl.where(nonneg, t - 2048, 2047 - t)  # of |x|: exponent * 8 + top 3 mantissa bits
     c = tl.minimum(tl.maximum(u - BIN_EXP0 * 8, 0), 127)
     return tl.where(nonneg, 128 + c, 127 - c)
+
+
+@triton.jit
+def _bin_trange(b):
+    """Inverse of `_bin8`: the range [t_lo, t_hi] of ``key >> 20`` values that fall in bin b."""
+    nonneg = b >= 128
+    c = tl.where(nonneg, b - 128, 127 - b)
+    u_lo = tl.where(c == 0, 0, BIN_EXP0 * 8 + c)
+    u_hi = tl.where(c == 127, 2047, BIN_EXP0 * 8 + c)
+    t_lo = tl.where(nonneg, 2048 + u_lo, 2047 - u_hi)
+    t_hi = tl.where(nonneg, 2048 + u_hi, 2047 - u_lo)
+    return t_lo, t_hi
 
 
 @triton.jit
@@ -94,15 +110,6 @@ def _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, i):
         key = _f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
         valid = valid & (_bin8(key) == b)
     return key, pos, valid
-
-
-@triton.jit
-def _digit_pick(key, match, want, rem, SHIFT: tl.constexpr):
-    """Histogram of key bits [SHIFT, SHIFT+8) over ``match`` and the digit holding the rem-th
-    largest: (want with that digit set, rem minus the count above it)."""
-    h = tl.histogram(((key >> SHIFT) & 255).to(tl.int32), 256, mask=match)
-    d, above, _ = _pick(h, rem, 256)
-    return want | (d.to(tl.uint32) << SHIFT), rem - above
 
 
 @triton.jit
@@ -154,20 +161,44 @@ def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.
 
 
 @triton.jit
-def hist_level1(key, m, HIST, r):
-    """Accumulate the 256-bin histogram of `_bin8` (keys where m) into HIST row r; shared with
-    the decode scores kernel, which fuses this step into its pass."""
-    h = tl.histogram(_bin8(key), 256, mask=m)
+def bin_hist(key, m):
+    """int32 [256] counts of `_bin8` over the keys where m (shared with the decode scores
+    kernel, which fuses the histogram into its pass)."""
+    return tl.histogram(_bin8(key), 256, mask=m)
+
+
+@triton.jit
+def add_hist(HIST, r, h):
+    """Add a program's counts h [256] to row r of HIST [R, 256] (one atomic per nonzero bin)."""
     tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
 
 
 @triton.jit
-def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST,
+def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand):
+    """Called once by each of the ``nprog`` programs that add counts to row r's histogram,
+    after its last add; the last program to arrive derives the bin pick and publishes
+    INFO[r] = (mode, bin b holding the k-th largest, count above b, count in b); mode 0: the
+    row has no more than k candidates and keeps them all."""
+    tl.debug_barrier()  # every thread's histogram atomics precede the arrival (release)
+    r64 = r.to(tl.int64)
+    arrived = tl.atomic_add(DONE + r64, 1, sem="acq_rel")
+    if arrived == nprog - 1:
+        h = tl.load(HIST + r64 * 256 + tl.arange(0, 256), volatile=True)
+        b, above, nb = _pick(h, k, 256)
+        tl.store(INFO + r64 * 4 + 0, (ncand > k).to(tl.int32))
+        tl.store(INFO + r64 * 4 + 1, b)
+        tl.store(INFO + r64 * 4 + 2, above)
+        tl.store(INFO + r64 * 4 + 3, nb)
+
+
+@triton.jit
+def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """`_bin8` histogram of each row's candidates into HIST [R, 256]. Each program counts ITERS
-    consecutive blocks in registers, then adds its counts with one atomic per bin; rows with
-    no more than k candidates keep them all and are skipped."""
+    """`_bin8` histogram of each row's candidates into HIST [R, 256], then the row's bin pick
+    into INFO (`publish_pick`). Each program counts ITERS consecutive blocks in registers, then
+    adds its counts with one atomic per bin; rows with no more than k candidates keep them all
+    and are not counted."""
     r = tl.program_id(0)
     first = tl.program_id(1) * (BLOCK * ITERS)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
@@ -179,33 +210,27 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST,
             m = (pos >= c_lo) & (pos < c_hi)
             # the load is masked by n only, so that it vectorizes; m masks the rest
             x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32)
-            h += tl.histogram(_bin8(_f32_key(x)), 256, mask=m)
-        tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
+            h += bin_hist(_f32_key(x), m)
+        add_hist(HIST, r, h)
+    publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo)
 
 
 @triton.jit
-def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, INFO, CNT, OUT,
+def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, INFO, CNT, OUT,
                  stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """Parallel over (row, ITERS consecutive blocks): each program derives the bin b holding
-    the k-th key from the histogram (the first program records (mode, b, count above b, count
-    in b) in INFO for the finish; mode 0 = keep all candidates); positions of higher bins go to
-    the output, b's (key, pos) to the scratch buffer (when it fits), both through one packed
-    per-row 64-bit cursor CNT (order within a row varies)."""
+    """Parallel over (row, ITERS consecutive blocks), given each row's bin pick in INFO:
+    positions of higher bins go to the output, bin b's (key, pos) to the scratch buffer (when
+    it fits), both through one packed per-row 64-bit cursor CNT (order within a row varies).
+    Bins are compared as ranges of ``key >> 20`` (`_bin_trange`)."""
     r = tl.program_id(0)
     pid = tl.program_id(1)
     r64 = r.to(tl.int64)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
-    mode = (c_hi - c_lo > k).to(tl.int32)
-    h = tl.load(HIST + r64 * 256 + tl.arange(0, 256))
-    b, above, nb = _pick(h, k, 256)
-    if pid == 0:
-        tl.store(INFO + r * 4 + 0, mode)
-        tl.store(INFO + r * 4 + 1, b)
-        tl.store(INFO + r * 4 + 2, above)
-        tl.store(INFO + r * 4 + 3, nb)
-    buffered = nb <= CAP
+    mode = tl.load(INFO + r64 * 4)
+    t_lo, t_hi = _bin_trange(tl.load(INFO + r64 * 4 + 1))
+    buffered = tl.load(INFO + r64 * 4 + 3) <= CAP
     for it in range(ITERS):
         blk = (pid * ITERS + it) * BLOCK
         if (blk < c_hi) & (blk + BLOCK > c_lo):
@@ -215,14 +240,14 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, INFO,
                 tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
             else:
                 key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32))
-                bn = _bin8(key)
-                up = m & (bn > b)
-                inb = m & (bn == b) & buffered
+                t = (key >> 20).to(tl.int32)
+                up = m & (t > t_hi)
+                inb = m & (t >= t_lo) & (t <= t_hi) & buffered
                 packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
                 tot = tl.sum(packed, 0)
                 if tot > 0:
                     inc = (tot >> 16).to(tl.int64) * 4294967296 + (tot & 65535).to(tl.int64)
-                    base = tl.atomic_add(CNT + r, inc)
+                    base = tl.atomic_add(CNT + r64, inc)
                     ex = tl.cumsum(packed, 0) - packed
                     dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
                     dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
@@ -232,12 +257,47 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, INFO,
 
 
 @triton.jit
+def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr):
+    """Finish of a row whose nb <= RB buffer entries are held in registers: radix passes of up
+    to 8 bits over the key bits below the entries' common prefix, the tie cut, and the write
+    of the selected positions from ``cursor`` on. Returns the new cursor."""
+    key, pos, valid = _load_src(bk, bk, bp, True, 0, c_lo, nb, tl.arange(0, RB))
+    kmin = tl.min(tl.where(valid, key, 0xFFFFFFFF), 0)
+    kmax = tl.max(tl.where(valid, key, 0), 0)
+    x = kmin ^ kmax
+    hi = (nb * 0).to(tl.uint32)  # bit length of x: the bits above it are common to all entries
+    while (hi < 32) & ((x >> hi) != 0):
+        hi += 1
+    want = tl.where(hi >= 32, 0, (kmin >> hi) << hi)
+    while hi > 0:
+        sh = tl.where(hi > 8, hi - 8, 0)
+        match = valid & ((key >> hi) == (want >> hi))
+        if hi >= 32:
+            match = valid
+        d = ((key >> sh) & ((1 << (hi - sh)) - 1)).to(tl.int32)
+        h = tl.histogram(d, 256, mask=match)
+        dd, above, _ = _pick(h, rem, 256)
+        want = want | (dd.to(tl.uint32) << sh)
+        rem -= above
+        hi = sh
+    tie = valid & (key == want)
+    P = c_hi
+    if tl.sum(tie.to(tl.int32), 0) > rem:
+        P = _tie_cut(pos, tie, rem, c_lo, c_hi - 1)
+    sel = valid & ((key > want) | (tie & (pos <= P)))
+    si = sel.to(tl.int32)
+    tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
+    return cursor + tl.sum(si, 0)
+
+
+@triton.jit
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT, stride_o, KOUT,
                    BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                    BLOCK: tl.constexpr):
-    """Per row: exact k-th key among bin b's entries (four 8-bit radix passes), write keys
-    above it and the lowest-position ties, then the forced positions and -1 padding. Entries
-    that fit in one BLOCK stay in registers for all passes."""
+    """Per row: exact k-th key among bin b's entries (radix passes), write keys above it and
+    the lowest-position ties, then the forced positions and -1 padding. Entries that fit in
+    one block (1024, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
+    read in blocks from the buffer, or from the row when they overflowed it."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     srow = S + r64 * stride_s
@@ -248,30 +308,20 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     ncand = c_hi - c_lo
     offs = tl.arange(0, BLOCK)
-    mode = tl.load(INFO + r * 4)
+    mode = tl.load(INFO + r64 * 4)
     cursor = ncand
     if mode != 0:
-        b = tl.load(INFO + r * 4 + 1)
-        above = tl.load(INFO + r * 4 + 2)
-        nb = tl.load(INFO + r * 4 + 3)
+        b = tl.load(INFO + r64 * 4 + 1)
+        above = tl.load(INFO + r64 * 4 + 2)
+        nb = tl.load(INFO + r64 * 4 + 3)
         rem = k - above
         cursor = above
         use_buf = nb <= CAP
         want = (r * 0).to(tl.uint32)
-        if use_buf & (nb <= BLOCK):
-            key, pos, valid = _load_src(srow, bk, bp, True, b, c_lo, nb, offs)
-            want, rem = _digit_pick(key, valid, want, rem, 24)
-            want, rem = _digit_pick(key, _prefix_match(key, valid, want, 24), want, rem, 16)
-            want, rem = _digit_pick(key, _prefix_match(key, valid, want, 16), want, rem, 8)
-            want, rem = _digit_pick(key, _prefix_match(key, valid, want, 8), want, rem, 0)
-            tie = valid & (key == want)
-            P = c_hi
-            if tl.sum(tie.to(tl.int32), 0) > rem:
-                P = _tie_cut(pos, tie, rem, c_lo, c_hi - 1)
-            sel = valid & ((key > want) | (tie & (pos <= P)))
-            si = sel.to(tl.int32)
-            tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
-            cursor += tl.sum(si, 0)
+        if use_buf & (nb <= 1024):
+            cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, 1024)
+        elif use_buf & (nb <= BLOCK):
+            cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, BLOCK)
         else:
             n_src = tl.where(use_buf, nb, ncand)
             want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 32, BLOCK)
@@ -365,8 +415,9 @@ def select_rows(
         cap: scratch entries per row for the candidates of the threshold bin (default
             max(16384, 2k)); a larger bin falls back to re-reading the row.
         work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its
-            histogram was already accumulated by the caller (`hist_level1` over the candidate
-            positions of each row, exactly the scores passed here).
+            histogram and bin picks were already made by the caller (`bin_hist` over the
+            candidate positions of each row, exactly the scores passed here, then
+            `publish_pick`).
         starts: int32 [R // rows_per_len] first visible position of each group of rows (left
             padding; None: 0). Row r sees positions [starts, lens).
 
@@ -387,43 +438,55 @@ def select_rows(
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
     if work is None:
         work = select_workspace(R, dev)
-    hist, cnt = _split_workspace(work, R)
+    ws = workspace_views(work, R)
     cap = min(n, max(16384, 2 * k)) if cap is None else max(1, cap)
     bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
-    info = torch.empty(R, 4, dtype=torch.int32, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)
     if not hist_done:
         hblock = 4096 if R * triton.cdiv(n, 4096) >= 1024 else (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
         hiters = _iters(R * triton.cdiv(n, hblock), dev)
         _hist_kernel[(R, triton.cdiv(n, hblock * hiters))](
-            scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist,
-            HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock, ITERS=hiters, num_warps=8,
+            scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.hist,
+            ws.done, ws.info, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock, ITERS=hiters,
+            num_warps=8,
         )
     sblock = SCAN_BLOCK or (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
     siters = _iters(R * triton.cdiv(n, sblock), dev)
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, hist, info, cnt,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, ws.info, ws.cnt,
         out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
         ITERS=siters, num_warps=sblock // 128,  # 4 entries per thread: 64 registers, no spills
     )
     _finish_kernel[(R,)](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, info, out, out.stride(0),
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, out, out.stride(0),
         kout, bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
         num_warps=num_warps or FINISH_WARPS,
     )
     return out
 
 
+class SelectWorkspace(NamedTuple):
+    """Views of the scratch of `select_rows` for R rows: ``hist`` int32 [R * 256] histogram,
+    ``cnt`` int64 [R] packed output / buffer cursors, ``done`` int32 [R] arrival counters of
+    `publish_pick`, ``info`` int32 [R * 4] bin picks."""
+
+    hist: torch.Tensor
+    cnt: torch.Tensor
+    done: torch.Tensor
+    info: torch.Tensor
+
+
 def select_workspace(R: int, device: torch.device) -> torch.Tensor:
-    """Zeroed int32 scratch of `select_rows` for R rows (the [R, 256] histogram and R 64-bit
-    cursors), one memset. Pass it as ``work``; the decode kernel fills the histogram
-    (``work[:R * 256]``) while it computes the scores and then passes ``hist_done=True``."""
-    return torch.zeros(R * 258, dtype=torch.int32, device=device)
+    """Zeroed int32 scratch of `select_rows` for R rows (see `SelectWorkspace`), one memset.
+    Pass it as ``work``; the decode kernel fills the histogram and the picks
+    (`workspace_views`) while it computes the scores and then passes ``hist_done=True``."""
+    return torch.zeros(R * 263, dtype=torch.int32, device=device)
 
 
-def _split_workspace(work: torch.Tensor, R: int):
-    return work[: R * 256], work[R * 256: R * 258].view(torch.int64)
+def workspace_views(work: torch.Tensor, R: int) -> SelectWorkspace:
+    return SelectWorkspace(work[: R * 256], work[R * 256: R * 258].view(torch.int64),
+                           work[R * 258: R * 259], work[R * 259: R * 263])
 
 
 def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tensor:
