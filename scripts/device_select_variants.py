@@ -50,28 +50,32 @@ def prof(name, fn, n=5):
     print(pr.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=40), flush=True)
 
 
+QUICK = os.environ.get("QUICK") == "1"
 shapes = [(32, 131072, 2048), (64, 131072, 2048), (8, 131072, 2048), (32, 32768, 2048),
           (256, 32768, 2048), (32, 131072, 8192), (32, 1 << 20, 2048)]
-for R, n, k in shapes:
-    for dist in ("randn", "randn*8", "ties"):
+for R, n, k in shapes[:4] if QUICK else shapes:
+    for dist in ("randn",) if QUICK else ("randn", "randn*8", "ties"):
         if dist == "ties":
             s = torch.randint(0, 64, (R, n), device="cuda").float()
         else:
             s = torch.randn(R, n, device="cuda") * (8.0 if dist == "randn*8" else 1.0)
-        line = [f"R{R} n{n} k{k} {dist}"]
+        line = [f"bins{ts.NBINS.value} R{R} n{n} k{k} {dist}"]
         ok = same_set(ts.select_rows(s, k), s, k) if dist != "ties" else torch.equal(
             ts.select_rows(s, k).sort(-1).values, ts_ref(s, k))
         line.append(f"ok={ok}")
         line.append(f"torch.topk {us(lambda: torch.topk(s, k, dim=-1)):.1f}us")
-        if old is not None and dist == "randn":
+        if old is not None and dist == "randn" and not QUICK:
             line.append(f"old {us(lambda: old.select_rows(s, k)):.1f}us")
         line.append(f"new {us(lambda: ts.select_rows(s, k)):.1f}us")
         if dist == "randn" and n <= 131072:
-            for sb in (1024, 2048, 4096):
+            ts.SCAN_ELEM_ATOMICS = False
+            line.append(f"blockscan {us(lambda: ts.select_rows(s, k)):.1f}")
+            ts.SCAN_ELEM_ATOMICS = True
+            for sb in (1024, 4096):
                 ts.SCAN_BLOCK = sb
                 line.append(f"scan{sb} {us(lambda: ts.select_rows(s, k)):.1f}")
             ts.SCAN_BLOCK = None
-            for fb, fw in ((2048, 8), (4096, 8)):
+            for fb, fw in ((1024, 8), (4096, 16)):
                 line.append(f"fin{fb}w{fw} {us(lambda: ts.select_rows(s, k, block=fb, num_warps=fw)):.1f}")
             for it in (1, 8):
                 ts.SELECT_ITERS = it
@@ -80,13 +84,12 @@ for R, n, k in shapes:
         print(" | ".join(line), flush=True)
         del s
 s = torch.randn(32, 131072, device="cuda")
-prof("new select 32x128k k=2048", lambda: ts.select_rows(s, 2048))
-if old is not None:
-    prof("old select 32x128k k=2048", lambda: old.select_rows(s, 2048))
+prof(f"select (bins {ts.NBINS.value}) 32x128k k=2048", lambda: ts.select_rows(s, 2048))
 del s
+if QUICK:
+    sys.exit(0)
 defaults = (td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES, td.DECODE_BLOCK_N)
-variants = [(1, 4, 3, 128), (1, 8, 3, 128), (1, 4, 3, 256), (2, 4, 3, 128), (4, 4, 3, 128),
-            (4, 8, 3, 128), (4, 8, 4, 128), (8, 8, 3, 128), (4, 4, 3, 64), (8, 4, 4, 64)]
+variants = [(4, 4, 3, 128), (8, 4, 3, 128), (4, 4, 4, 128), (4, 4, 2, 128), (16, 4, 3, 64), (2, 4, 3, 256)]
 for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
     kc = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
@@ -100,11 +103,22 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
         t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
         line.append(f"kv t{var[0]}w{var[1]}s{var[2]}bn{var[3]} {t:.4f} ({t / sd:.3f}x, err {err:.0e})")
     td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES, td.DECODE_BLOCK_N = defaults
+    td.DECODE_FUSE_HIST = False
+    t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
+    line.append(f"kv unfused {t:.4f} ({t / sd:.3f}x)")
+    td.DECODE_FUSE_HIST = True
+    td.DECODE_TILES = 1
+    t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048))
+    line.append(f"query_head t1 {t:.4f} ({t / sd:.3f}x)")
+    td.DECODE_TILES = defaults[0]
     t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048))
     line.append(f"query_head {t:.4f} ({t / sd:.3f}x)")
     print(" | ".join(line), flush=True)
     if B == 8 and n == 131072:
         prof("decode kv_group B8 128k", lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
+        td.DECODE_FUSE_HIST = False
+        prof("decode kv_group B8 128k unfused", lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
+        td.DECODE_FUSE_HIST = True
         prof("decode query_head B8 128k", lambda: td.topk_decode(q, kc, v, 2048))
     del q, kc, v
     torch.cuda.empty_cache()

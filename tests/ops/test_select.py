@@ -60,6 +60,40 @@ def test_select_finish_paths(dist, block, cap):
         assert torch.equal(out.sort(-1).values, topk_select_reference(s, k)), (dist, k)
 
 
+@pytest.mark.parametrize("elem", [True, False])
+def test_select_scan_atomics_per_entry_or_per_block(monkeypatch, elem):
+    import topkattn.ops.select.triton_select as ts
+
+    monkeypatch.setattr(ts, "SCAN_ELEM_ATOMICS", elem)
+    g = torch.Generator().manual_seed(5)
+    s = (torch.randn(3, 5000, generator=g) * 3).to(device())
+    for k in (1, 300):
+        assert torch.equal(select_rows(s, k).sort(-1).values, topk_select_reference(s, k))
+
+
+def test_select_128_bins_subprocess():
+    # the bin resolution is read at import: check the 128-bin build in a fresh interpreter
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from topkattn.ops.select.triton_select import select_rows, NBINS\n"
+        "from topkattn.ops.select import topk_select_reference\n"
+        "assert NBINS == 128, NBINS\n"
+        "g = torch.Generator().manual_seed(3)\n"
+        "for s in (torch.randn(2, 3000, generator=g), torch.randn(2, 3000, generator=g) * 1e4,\n"
+        "          torch.randint(-5, 5, (2, 3000), generator=g).float()):\n"
+        "    for k in (1, 250):\n"
+        "        assert torch.equal(select_rows(s, k).sort(-1).values, topk_select_reference(s, k))\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, TOPKATTN_SELECT_BIN_MANT="2", TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
 def test_select_rows_lengths_sink_local():
     torch.manual_seed(2)
     s = torch.randn(4, 300, device=device())

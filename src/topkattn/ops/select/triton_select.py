@@ -2,7 +2,7 @@
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
 1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of a monotone 8-bit "log bin" of
-   every candidate score (`_bin8`: sign, and 1/8-octave steps of |x| over [2^-6, 2^10), the
+   every candidate score (`_log_bin`: sign, and 1/8-octave steps of |x| over [2^-6, 2^10), the
    rest clamped into the end bins), added with one atomic per bin and program into [R, 256].
    The last program of each row to finish (an arrival counter) derives the bin pick and
    publishes it (`publish_pick`), so no program of the next step re-derives it. The decode
@@ -28,6 +28,7 @@ Scores are compared in fp32; -0.0 equals +0.0; NaN is not supported.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -37,9 +38,18 @@ import triton.language as tl
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
 
-# lowest fp32 exponent (biased) with bins of its own in `_bin8`: |x| in [2^-6, 2^10) is split
-# into 16 octaves x 8 steps per sign; smaller |x| share the bins next to zero, larger the end bins
-BIN_EXP0 = tl.constexpr(121)
+# `_log_bin`: |x| in [2^-6, 2^10) is split into 16 octaves x 2^_MANT steps per sign; smaller |x|
+# share the bins next to zero, larger the end bins. _MANT = 3: 256 bins (the default); 2: 128
+# bins (half the histogram work, twice the entries in the threshold bin). Read once, at import
+# (TOPKATTN_SELECT_BIN_MANT).
+_MANT = int(os.environ.get("TOPKATTN_SELECT_BIN_MANT", "3"))
+BIN_SHIFT = tl.constexpr(23 - _MANT)  # key >> BIN_SHIFT: sign flag, exponent, _MANT mantissa bits
+BIN_SIGN = tl.constexpr(1 << (8 + _MANT))  # first value of key >> BIN_SHIFT with x >= 0
+BIN_U0 = tl.constexpr(121 << _MANT)  # |x| = 2^(121-127) = 2^-6 in units of key >> BIN_SHIFT
+NBINS = tl.constexpr(1 << (5 + _MANT))
+BIN_HALF = tl.constexpr(1 << (4 + _MANT))
+# row stride of the histogram scratch (the most bins)
+HIST_STRIDE = tl.constexpr(256)
 
 
 @triton.jit
@@ -51,25 +61,32 @@ def _f32_key(x):
 
 
 @triton.jit
-def _bin8(key):
-    """Monotone 8-bit bin (int32 in [0, 256)) of a `_f32_key` key: bins 128.. hold x >= 0 in
-    1/8-octave steps of |x| from 2^(BIN_EXP0-127), bins ..127 mirror them for x < 0."""
-    t = (key >> 20).to(tl.int32)  # sign flag, 8 exponent bits, 3 mantissa bits
-    nonneg = t >= 2048
-    u = tl.where(nonneg, t - 2048, 2047 - t)  # of |x|: exponent * 8 + top 3 mantissa bits
-    c = tl.minimum(tl.maximum(u - BIN_EXP0 * 8, 0), 127)
-    return tl.where(nonneg, 128 + c, 127 - c)
+def _key_t(key):
+    """Sign flag, 8 exponent bits and the top mantissa bits of a `_f32_key` key (the bin unit)."""
+    return (key >> BIN_SHIFT).to(tl.int32)
+
+
+@triton.jit
+def _log_bin(key):
+    """Monotone bin (int32 in [0, NBINS)) of a `_f32_key` key: bins BIN_HALF.. hold x >= 0 in
+    equal steps of log2|x| from 2^-6 over 16 octaves, the bins below mirror them for x < 0;
+    smaller and larger |x| share the bins at zero and at the ends."""
+    t = _key_t(key)
+    nonneg = t >= BIN_SIGN
+    u = tl.where(nonneg, t - BIN_SIGN, BIN_SIGN - 1 - t)  # of |x|
+    c = tl.minimum(tl.maximum(u - BIN_U0, 0), BIN_HALF - 1)
+    return tl.where(nonneg, BIN_HALF + c, BIN_HALF - 1 - c)
 
 
 @triton.jit
 def _bin_trange(b):
-    """Inverse of `_bin8`: the range [t_lo, t_hi] of ``key >> 20`` values that fall in bin b."""
-    nonneg = b >= 128
-    c = tl.where(nonneg, b - 128, 127 - b)
-    u_lo = tl.where(c == 0, 0, BIN_EXP0 * 8 + c)
-    u_hi = tl.where(c == 127, 2047, BIN_EXP0 * 8 + c)
-    t_lo = tl.where(nonneg, 2048 + u_lo, 2047 - u_hi)
-    t_hi = tl.where(nonneg, 2048 + u_hi, 2047 - u_lo)
+    """Inverse of `_log_bin`: the range [t_lo, t_hi] of `_key_t` values that fall in bin b."""
+    nonneg = b >= BIN_HALF
+    c = tl.where(nonneg, b - BIN_HALF, BIN_HALF - 1 - b)
+    u_lo = tl.where(c == 0, 0, BIN_U0 + c)
+    u_hi = tl.where(c == BIN_HALF - 1, BIN_SIGN - 1, BIN_U0 + c)
+    t_lo = tl.where(nonneg, BIN_SIGN + u_lo, BIN_SIGN - 1 - u_hi)
+    t_hi = tl.where(nonneg, BIN_SIGN + u_hi, BIN_SIGN - 1 - u_lo)
     return t_lo, t_hi
 
 
@@ -108,8 +125,18 @@ def _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, i):
     else:
         pos = c_lo + i
         key = _f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
-        valid = valid & (_bin8(key) == b)
+        valid = valid & (_log_bin(key) == b)
     return key, pos, valid
+
+
+@triton.jit
+def _pick_low(h, rem, NB: tl.constexpr):
+    """h [NB] counts per digit. Digit d with count(< d) < rem <= count(<= d); returns (d, count
+    below d)."""
+    idx = tl.arange(0, NB)
+    cum = tl.cumsum(h, 0)
+    d = tl.min(tl.where(cum >= rem, idx, NB), 0)
+    return d, tl.sum(tl.where(idx < d, h, 0), 0)
 
 
 @triton.jit
@@ -132,6 +159,24 @@ def _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, HI: tl.constexpr, 
         h += tl.histogram(((key >> (HI - 8)) & 255).to(tl.int32), 256, mask=match)
     d, above, _ = _pick(h, rem, 256)
     return want | (d.to(tl.uint32) << (HI - 8)), rem - above
+
+
+@triton.jit
+def _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, SH: tl.constexpr, P,
+                   BLOCK: tl.constexpr):
+    """One 8-bit radix pass (bits [SH, SH+8)) towards the rem-th smallest position among the
+    source entries whose key equals want, given the bits of P above SH+8; returns (P with
+    those bits set, rem minus the ties below them)."""
+    offs = tl.arange(0, BLOCK)
+    h = tl.zeros([256], dtype=tl.int32)
+    for start in range(0, n_src, BLOCK):
+        key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+        m = valid & (key == want)
+        if SH < 24:
+            m = m & ((pos >> (SH + 8)) == (P >> (SH + 8)))
+        h += tl.histogram((pos >> SH) & 255, 256, mask=m)
+    d, below = _pick_low(h, rem, 256)
+    return P | (d << SH), rem - below
 
 
 @triton.jit
@@ -162,15 +207,16 @@ def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.
 
 @triton.jit
 def bin_hist(key, m):
-    """int32 [256] counts of `_bin8` over the keys where m (shared with the decode scores
+    """int32 [NBINS] counts of `_log_bin` over the keys where m (shared with the decode scores
     kernel, which fuses the histogram into its pass)."""
-    return tl.histogram(_bin8(key), 256, mask=m)
+    return tl.histogram(_log_bin(key), NBINS, mask=m)
 
 
 @triton.jit
 def add_hist(HIST, r, h):
-    """Add a program's counts h [256] to row r of HIST [R, 256] (one atomic per nonzero bin)."""
-    tl.atomic_add(HIST + r.to(tl.int64) * 256 + tl.arange(0, 256), h, mask=h > 0)
+    """Add a program's counts h [NBINS] to row r of HIST [R, HIST_STRIDE] (one atomic per
+    nonzero bin)."""
+    tl.atomic_add(HIST + r.to(tl.int64) * HIST_STRIDE + tl.arange(0, NBINS), h, mask=h > 0, sem="relaxed")
 
 
 @triton.jit
@@ -183,8 +229,8 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand):
     r64 = r.to(tl.int64)
     arrived = tl.atomic_add(DONE + r64, 1, sem="acq_rel")
     if arrived == nprog - 1:
-        h = tl.load(HIST + r64 * 256 + tl.arange(0, 256), volatile=True)
-        b, above, nb = _pick(h, k, 256)
+        h = tl.load(HIST + r64 * HIST_STRIDE + tl.arange(0, NBINS), volatile=True)
+        b, above, nb = _pick(h, k, NBINS)
         tl.store(INFO + r64 * 4 + 0, (ncand > k).to(tl.int32))
         tl.store(INFO + r64 * 4 + 1, b)
         tl.store(INFO + r64 * 4 + 2, above)
@@ -195,7 +241,7 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand):
 def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """`_bin8` histogram of each row's candidates into HIST [R, 256], then the row's bin pick
+    """`_log_bin` histogram of each row's candidates into HIST [R, HIST_STRIDE], then the row's bin pick
     into INFO (`publish_pick`). Each program counts ITERS consecutive blocks in registers, then
     adds its counts with one atomic per bin; rows with no more than k candidates keep them all
     and are not counted."""
@@ -204,7 +250,7 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     if (first < c_hi) & (first + BLOCK * ITERS > c_lo) & (c_hi - c_lo > k):
-        h = tl.zeros([256], tl.int32)
+        h = tl.zeros([NBINS], tl.int32)
         for it in range(ITERS):
             pos = first + it * BLOCK + tl.arange(0, BLOCK)
             m = (pos >= c_lo) & (pos < c_hi)
@@ -218,11 +264,12 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
 @triton.jit
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, INFO, CNT, OUT,
                  stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr, ITERS: tl.constexpr):
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr, ELEM: tl.constexpr):
     """Parallel over (row, ITERS consecutive blocks), given each row's bin pick in INFO:
     positions of higher bins go to the output, bin b's (key, pos) to the scratch buffer (when
-    it fits), both through one packed per-row 64-bit cursor CNT (order within a row varies).
-    Bins are compared as ranges of ``key >> 20`` (`_bin_trange`)."""
+    it fits), both through one packed per-row 64-bit cursor CNT (high 32 bits: output, low:
+    buffer; order within a row varies): ELEM, one atomic per such entry; else one per block
+    and a packed prefix sum. Bins are compared as ranges of `_key_t` (`_bin_trange`)."""
     r = tl.program_id(0)
     pid = tl.program_id(1)
     r64 = r.to(tl.int64)
@@ -231,36 +278,48 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, INFO, CNT, OUT
     mode = tl.load(INFO + r64 * 4)
     t_lo, t_hi = _bin_trange(tl.load(INFO + r64 * 4 + 1))
     buffered = tl.load(INFO + r64 * 4 + 3) <= CAP
+    orow = OUT + r64 * stride_o
     for it in range(ITERS):
         blk = (pid * ITERS + it) * BLOCK
         if (blk < c_hi) & (blk + BLOCK > c_lo):
             pos = blk + tl.arange(0, BLOCK)
             m = (pos >= c_lo) & (pos < c_hi)
             if mode == 0:
-                tl.store(OUT + r64 * stride_o + (pos - c_lo), pos, mask=m)
+                tl.store(orow + (pos - c_lo), pos, mask=m)
             else:
                 key = _f32_key(tl.load(S + r64 * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32))
-                t = (key >> 20).to(tl.int32)
+                t = _key_t(key)
                 up = m & (t > t_hi)
                 inb = m & (t >= t_lo) & (t <= t_hi) & buffered
-                packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
-                tot = tl.sum(packed, 0)
-                if tot > 0:
-                    inc = (tot >> 16).to(tl.int64) * 4294967296 + (tot & 65535).to(tl.int64)
-                    base = tl.atomic_add(CNT + r64, inc)
-                    ex = tl.cumsum(packed, 0) - packed
-                    dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
-                    dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
-                    tl.store(OUT + r64 * stride_o + dst_up, pos, mask=up)
+                if ELEM:
+                    inc = tl.where(up, 4294967296, 1).to(tl.int64)
+                    base = tl.atomic_add(CNT + r64 + tl.zeros_like(pos), inc, mask=up | inb,
+                                         sem="relaxed")
+                    dst_up = (base >> 32).to(tl.int32)
+                    dst_in = (base & 4294967295).to(tl.int32)
+                    tl.store(orow + dst_up, pos, mask=up)
                     tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb)
                     tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb)
+                else:
+                    packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
+                    tot = tl.sum(packed, 0)
+                    if tot > 0:
+                        inc = (tot >> 16).to(tl.int64) * 4294967296 + (tot & 65535).to(tl.int64)
+                        base = tl.atomic_add(CNT + r64, inc, sem="relaxed")
+                        ex = tl.cumsum(packed, 0) - packed
+                        dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
+                        dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
+                        tl.store(orow + dst_up, pos, mask=up)
+                        tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb)
+                        tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb)
 
 
 @triton.jit
 def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr):
     """Finish of a row whose nb <= RB buffer entries are held in registers: radix passes of up
-    to 8 bits over the key bits below the entries' common prefix, the tie cut, and the write
-    of the selected positions from ``cursor`` on. Returns the new cursor."""
+    to 4 bits (16-bin histograms, cheap) over the key bits below the entries' common prefix,
+    the tie cut, and the write of the selected positions from ``cursor`` on. Returns the new
+    cursor."""
     key, pos, valid = _load_src(bk, bk, bp, True, 0, c_lo, nb, tl.arange(0, RB))
     kmin = tl.min(tl.where(valid, key, 0xFFFFFFFF), 0)
     kmax = tl.max(tl.where(valid, key, 0), 0)
@@ -270,13 +329,13 @@ def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr):
         hi += 1
     want = tl.where(hi >= 32, 0, (kmin >> hi) << hi)
     while hi > 0:
-        sh = tl.where(hi > 8, hi - 8, 0)
+        sh = tl.where(hi > 4, hi - 4, 0)
         match = valid & ((key >> hi) == (want >> hi))
         if hi >= 32:
             match = valid
         d = ((key >> sh) & ((1 << (hi - sh)) - 1)).to(tl.int32)
-        h = tl.histogram(d, 256, mask=match)
-        dd, above, _ = _pick(h, rem, 256)
+        h = tl.histogram(d, 16, mask=match)
+        dd, above, _ = _pick(h, rem, 16)
         want = want | (dd.to(tl.uint32) << sh)
         rem -= above
         hi = sh
@@ -296,7 +355,7 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
                    BLOCK: tl.constexpr):
     """Per row: exact k-th key among bin b's entries (radix passes), write keys above it and
     the lowest-position ties, then the forced positions and -1 padding. Entries that fit in
-    one block (1024, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
+    one block (512, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
     read in blocks from the buffer, or from the row when they overflowed it."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
@@ -318,8 +377,8 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
         cursor = above
         use_buf = nb <= CAP
         want = (r * 0).to(tl.uint32)
-        if use_buf & (nb <= 1024):
-            cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, 1024)
+        if use_buf & (nb <= 512) & (BLOCK > 512):
+            cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, 512)
         elif use_buf & (nb <= BLOCK):
             cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, BLOCK)
         else:
@@ -328,27 +387,19 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
             want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 24, BLOCK)
             want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 16, BLOCK)
             want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 8, BLOCK)
-            # ties at want: count them; when some must be dropped, find the position cutoff P
-            # (the buffer is not in position order) by bisection over positions
+            # ties at want: count them; when some must be dropped, the position cutoff P is
+            # the rem-th smallest tie position (the source is not in position order), found by
+            # four 8-bit radix passes over the positions
             nt = ncand * 0
             for start in range(0, n_src, BLOCK):
                 key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
                 nt += tl.sum((valid & (key == want)).to(tl.int32), 0)
             P = c_hi
             if nt > rem:
-                lo = c_lo
-                hi = c_hi - 1  # smallest P with count(ties at pos <= P) >= rem lies in [lo, hi]
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    c = ncand * 0
-                    for start in range(0, n_src, BLOCK):
-                        key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
-                        c += tl.sum((valid & (key == want) & (pos <= mid)).to(tl.int32), 0)
-                    if c >= rem:
-                        hi = mid
-                    else:
-                        lo = mid + 1
-                P = lo
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 24, P * 0, BLOCK)
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, r2, 16, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, r2, 8, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, r2, 0, P, BLOCK)
             for start in range(0, n_src, BLOCK):
                 key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
                 sel = valid & ((key > want) | ((key == want) & (pos <= P)))
@@ -372,8 +423,10 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
 # entries per block of the scan (None: 2048, or 1024 when that leaves too few programs) and of
 # the finish (bin b's entries stay in registers up to it), and the finish's warps
 SCAN_BLOCK: int | None = None
-FINISH_BLOCK = 4096
-FINISH_WARPS = 16  # 4096 entries at 16 warps: 128 registers, no spills (8 warps spill)
+FINISH_BLOCK = 2048
+FINISH_WARPS = 16
+# scan: one atomic per selected / buffered entry (True) or one per block with a prefix sum
+SCAN_ELEM_ATOMICS = True
 # blocks per histogram / scan program, at most (programs that cover several blocks derive the
 # bin pick once and issue fewer atomics; kept so that ~2 programs per SM remain)
 SELECT_ITERS = 4
@@ -456,7 +509,8 @@ def select_rows(
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, ws.info, ws.cnt,
         out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        ITERS=siters, num_warps=sblock // 128,  # 4 entries per thread: 64 registers, no spills
+        ITERS=siters, ELEM=SCAN_ELEM_ATOMICS,
+        num_warps=sblock // 128,  # 4 entries per thread: 64 registers, no spills
     )
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, out, out.stride(0),
