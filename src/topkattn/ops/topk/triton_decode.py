@@ -37,10 +37,11 @@ from topkattn.ops.topk.triton_sparse import (
 
 GRANULARITIES = ("query_head", "kv_group")
 DECODE_BLOCK_N = 128  # measured best at B8 128k on the H100 (0.649x vs 0.676x at 64)
-# make the selection histogram inside the scores pass (False: select_rows does it). Only for
-# kv_group: per query head it would cost G histograms per tile inside the scores pass, which
-# measured 1.5-1.6x slower on the H100 than a separate histogram pass (B8 128k: 2.24 vs 1.41 ms)
-DECODE_FUSE_HIST = True
+# make the selection histogram inside the scores pass (kv_group only; False: select_rows does
+# it). Off: on the H200 at B8 128k the fused histogram made the scores pass 95 us slower while
+# the separate histogram pass costs 39 us (0.745x vs 0.696x SDPA); per query head it would cost
+# G histograms per tile (measured 1.5-1.6x slower on the H100).
+DECODE_FUSE_HIST = False
 # key tiles per scores program (their histogram counts are added once), its warps and its
 # software-pipelining depth (used when TILES > 1)
 DECODE_TILES = 4  # H200 B8 128k: 0.769x SDPA vs 0.934x with 1 tile
