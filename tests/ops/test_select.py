@@ -71,6 +71,30 @@ def test_select_scan_atomics_per_entry_or_per_block(monkeypatch, elem):
         assert torch.equal(select_rows(s, k).sort(-1).values, topk_select_reference(s, k))
 
 
+@pytest.mark.parametrize("sample,shift", [(1, 0), (4, 0), (16, 0), (4, 3), (4, -3), (1, 40)])
+def test_select_sampled_window_and_fallback(monkeypatch, sample, shift):
+    # the histogram counts every sample-th position; a window shifted off the k-th key (or one
+    # the estimate missed) must be caught by the scan's exact counts and the row re-read
+    import topkattn.ops.select.triton_select as ts
+
+    monkeypatch.setattr(ts, "SELECT_SAMPLE", sample)
+    monkeypatch.setattr(ts, "_WINDOW_SHIFT", shift)
+    g = torch.Generator().manual_seed(17)
+    s = (torch.randn(4, 4000, generator=g) * 2).to(device())
+    s[1, 1000:1100] += 6.0  # a hot region: block-correlated scores
+    lens = torch.tensor([4000, 2500], dtype=torch.int32, device=device())
+    starts = torch.tensor([0, 300], dtype=torch.int32, device=device())
+    from topkattn.ops.topk.naive import forced_mask, select_topk_mask
+
+    pos = torch.arange(4000, device=device())
+    for k in (1, 150):
+        out = select_rows(s, k, lens, rows_per_len=2, sink=2, local=1, starts=starts)
+        for r in range(4):
+            vis = (pos >= starts[r // 2]) & (pos < lens[r // 2])
+            ref = select_topk_mask(s[r], k, vis, forced_mask(vis[None], 2, 1)[0]).nonzero().flatten()
+            assert torch.equal(out[r][out[r] >= 0].long().sort().values, ref), (k, r)
+
+
 def test_select_128_bins_subprocess():
     # the bin resolution is read at import: check the 128-bin build in a fresh interpreter
     import os

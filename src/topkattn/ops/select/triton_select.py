@@ -1,24 +1,27 @@
 """Exact top-k selection per row in Triton: radix select over the fp32 bit pattern, no sort.
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
-1. ``_hist_kernel`` (grid rows x blocks): 256-bin histogram of a monotone 8-bit "log bin" of
-   every candidate score (`_log_bin`: sign, and 1/8-octave steps of |x| over [2^-6, 2^10), the
-   rest clamped into the end bins), added with one atomic per bin and program into [R, 256].
-   The last program of each row to finish (an arrival counter) derives the bin pick and
-   publishes it (`publish_pick`), so no program of the next step re-derives it. The decode
-   kernel makes the same histogram and pick inside its scores pass instead (`bin_hist`,
-   `publish_pick`), so at decode time selection starts at step 2.
-2. ``_scan_kernel`` (grid rows x blocks): given the bin b holding the k-th largest score,
-   streams its blocks once and writes every position of a higher bin straight to the output
-   and the (key, position) pairs of bin b to a scratch buffer; one 64-bit atomic per block
-   reserves both output ranges (high 32 bits: output cursor, low: buffer cursor), one packed
-   prefix sum places the entries.
-3. ``_finish_kernel`` (one program per row): radix passes of up to 8 bits over bin b's
-   entries (in registers when they fit in one block; only the bits below the entries' common
-   prefix) give the exact k-th key T and the number of ties at T still needed; the rare partial tie is cut at a position found by bisection (the
-   lowest positions win, as in the reference); a last pass writes keys > T and the kept ties.
-   When bin b holds more than the buffer (``cap``), the passes re-read the row instead
-   (slower, same result).
+1. ``_hist_kernel`` (grid rows x blocks): histogram of a monotone 8-bit "log bin" of every
+   SELECT_SAMPLE-th candidate score (`_log_bin`: sign, and 1/8-octave steps of |x| over
+   [2^-6, 2^10), the rest clamped into the end bins), added with one atomic per bin and
+   program into [R, 256]. The last program of each row to finish (an arrival counter)
+   derives a bin window [b_lo, b_hi] that holds the k-th largest score with a margin of four
+   standard deviations of the sampled counts, and publishes it (`publish_pick`). The decode
+   kernel can make the same (exact) histogram and window inside its scores pass instead.
+2. ``_scan_kernel`` (grid rows x blocks): streams each row once and writes every position of
+   a bin above the window straight to the output and the (key, position) pairs of the window
+   to a scratch buffer; one 64-bit atomic per block reserves both output ranges (high 32
+   bits: output cursor, low: buffer cursor), one packed prefix sum places the entries. The
+   cursors end as the exact counts above and in the window.
+3. ``_finish_kernel`` (one program per row): checks the window against those exact counts
+   (fewer than k above it, at least k from its bottom up, and within the buffer); radix
+   passes over the window's entries (in registers when they fit in one block; only the bits
+   below the entries' common prefix, 4 at a time) give the exact k-th key T and the number
+   of ties at T still needed; the rare partial tie is cut at a position found by bisection /
+   a position radix (the lowest positions win, as in the reference); a last pass writes keys
+   > T and the kept ties. A window that missed (the sample misjudged the row) or overflowed
+   the buffer is caught there, and the row is re-read and selected in full (slower, same
+   result).
 
 Rows may carry a visible range [start, L) (per-sequence left / right padding) and ``sink`` /
 ``local`` forced positions (visible positions below ``sink`` and the last ``local`` visible ones): forced positions are
@@ -115,9 +118,9 @@ def _pick(h, rem, NB: tl.constexpr):
 
 
 @triton.jit
-def _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, i):
-    """Keys, positions and membership of source entries i: buffer entries of bin b, or row
-    positions c_lo + i whose bin is b (the row is re-read when bin b overflowed the buffer)."""
+def _load_src(srow, bk, bp, use_buf, c_lo, n_src, i):
+    """Keys, positions and validity of source entries i: the buffered window entries, or the
+    row's candidates c_lo + i (re-read when the window missed the k-th key or overflowed)."""
     valid = i < n_src
     if use_buf:
         key = tl.load(bk + i, mask=valid, other=0).to(tl.uint32, bitcast=True)
@@ -125,7 +128,6 @@ def _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, i):
     else:
         pos = c_lo + i
         key = _f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
-        valid = valid & (_log_bin(key) == b)
     return key, pos, valid
 
 
@@ -148,13 +150,13 @@ def _prefix_match(key, valid, want, HI: tl.constexpr):
 
 
 @triton.jit
-def _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, HI: tl.constexpr, BLOCK: tl.constexpr):
+def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, HI: tl.constexpr, BLOCK: tl.constexpr):
     """One 8-bit radix pass over the source (in blocks): fix key bits [HI-8, HI) of the rem-th
     largest key among those matching want above bit HI."""
     offs = tl.arange(0, BLOCK)
     h = tl.zeros([256], dtype=tl.int32)
     for start in range(0, n_src, BLOCK):
-        key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+        key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
         match = _prefix_match(key, valid, want, HI)
         h += tl.histogram(((key >> (HI - 8)) & 255).to(tl.int32), 256, mask=match)
     d, above, _ = _pick(h, rem, 256)
@@ -162,7 +164,7 @@ def _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, HI: tl.constexpr, 
 
 
 @triton.jit
-def _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, SH: tl.constexpr, P,
+def _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, rem, SH: tl.constexpr, P,
                    BLOCK: tl.constexpr):
     """One 8-bit radix pass (bits [SH, SH+8)) towards the rem-th smallest position among the
     source entries whose key equals want, given the bits of P above SH+8; returns (P with
@@ -170,7 +172,7 @@ def _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, SH: tl.cons
     offs = tl.arange(0, BLOCK)
     h = tl.zeros([256], dtype=tl.int32)
     for start in range(0, n_src, BLOCK):
-        key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+        key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
         m = valid & (key == want)
         if SH < 24:
             m = m & ((pos >> (SH + 8)) == (P >> (SH + 8)))
@@ -220,64 +222,77 @@ def add_hist(HIST, r, h):
 
 
 @triton.jit
-def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand):
+def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT):
     """Called once by each of the ``nprog`` programs that add counts to row r's histogram,
-    after its last add; the last program to arrive derives the bin pick and publishes
-    INFO[r] = (mode, bin b holding the k-th largest, count above b, count in b); mode 0: the
-    row has no more than k candidates and keeps them all."""
+    after its last add; the last program to arrive publishes the row's bin window
+    INFO[r] = (mode, b_lo, b_hi): bins above b_hi hold fewer than k candidates and bins from
+    b_lo up at least k, with a margin of 4 standard deviations when the histogram counted one
+    candidate in SAMPLE (1: exact counts, b_lo = b_hi = the bin of the k-th largest). mode 0:
+    the row has no more than k candidates and keeps them all. SHIFT moves the window up by
+    that many bins (tests: a window that misses, to exercise the finish's fallback)."""
     tl.debug_barrier()  # every thread's histogram atomics precede the arrival (release)
     r64 = r.to(tl.int64)
     arrived = tl.atomic_add(DONE + r64, 1, sem="acq_rel")
     if arrived == nprog - 1:
         h = tl.load(HIST + r64 * HIST_STRIDE + tl.arange(0, NBINS), volatile=True)
-        b, above, nb = _pick(h, k, NBINS)
+        idx = tl.arange(0, NBINS)
+        ge = (tl.sum(h, 0) - tl.cumsum(h, 0) + h) * SAMPLE  # estimated count in bins >= idx
+        gt = ge - h * SAMPLE
+        margin = tl.where(SAMPLE > 1, 4.0 * tl.sqrt((SAMPLE * k).to(tl.float32)) + 2 * SAMPLE, 0.0)
+        lo = k + margin.to(tl.int32)
+        hi = k - margin.to(tl.int32)
+        b_lo = tl.maximum(tl.max(tl.where(ge >= lo, idx, -1), 0), 0)
+        b_hi = tl.min(tl.where(gt < hi, idx, NBINS - 1), 0)
+        b_lo = tl.minimum(b_lo + SHIFT, NBINS - 1)
+        b_hi = tl.minimum(tl.maximum(b_hi + SHIFT, b_lo), NBINS - 1)
         tl.store(INFO + r64 * 4 + 0, (ncand > k).to(tl.int32))
-        tl.store(INFO + r64 * 4 + 1, b)
-        tl.store(INFO + r64 * 4 + 2, above)
-        tl.store(INFO + r64 * 4 + 3, nb)
+        tl.store(INFO + r64 * 4 + 1, b_lo)
+        tl.store(INFO + r64 * 4 + 2, b_hi)
 
 
 @triton.jit
-def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO,
+def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO, SHIFT,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """`_log_bin` histogram of each row's candidates into HIST [R, HIST_STRIDE], then the row's bin pick
-    into INFO (`publish_pick`). Each program counts ITERS consecutive blocks in registers, then
-    adds its counts with one atomic per bin; rows with no more than k candidates keep them all
-    and are not counted."""
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr, SAMPLE: tl.constexpr):
+    """`_log_bin` histogram of every SAMPLE-th candidate of each row into HIST [R, HIST_STRIDE],
+    then the row's bin window into INFO (`publish_pick`). Each program counts ITERS blocks of
+    BLOCK sampled positions (BLOCK * SAMPLE consecutive positions each) in registers, then adds
+    its counts with one atomic per bin; rows with no more than k candidates are not counted."""
     r = tl.program_id(0)
-    first = tl.program_id(1) * (BLOCK * ITERS)
+    first = tl.program_id(1) * (BLOCK * ITERS * SAMPLE)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
-    if (first < c_hi) & (first + BLOCK * ITERS > c_lo) & (c_hi - c_lo > k):
+    if (first < c_hi) & (first + BLOCK * ITERS * SAMPLE > c_lo) & (c_hi - c_lo > k):
         h = tl.zeros([NBINS], tl.int32)
         for it in range(ITERS):
-            pos = first + it * BLOCK + tl.arange(0, BLOCK)
+            pos = first + (it * BLOCK + tl.arange(0, BLOCK)) * SAMPLE
             m = (pos >= c_lo) & (pos < c_hi)
-            # the load is masked by n only, so that it vectorizes; m masks the rest
+            # the load is masked by n only, so that it vectorizes (SAMPLE 1); m masks the rest
             x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32)
             h += bin_hist(_f32_key(x), m)
         add_hist(HIST, r, h)
-    publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo)
+    publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo, SAMPLE, SHIFT)
 
 
 @triton.jit
-def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, INFO, CNT, OUT,
+def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, OUT,
                  stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr, ELEM: tl.constexpr):
-    """Parallel over (row, ITERS consecutive blocks), given each row's bin pick in INFO:
-    positions of higher bins go to the output, bin b's (key, pos) to the scratch buffer (when
-    it fits), both through one packed per-row 64-bit cursor CNT (high 32 bits: output, low:
-    buffer; order within a row varies): ELEM, one atomic per such entry; else one per block
-    and a packed prefix sum. Bins are compared as ranges of `_key_t` (`_bin_trange`)."""
+    """Parallel over (row, ITERS consecutive blocks), given each row's bin window [b_lo, b_hi]
+    in INFO: positions of bins above b_hi go to the output, the window's (key, pos) to the
+    scratch buffer, both through one packed per-row 64-bit cursor CNT (high 32 bits: output,
+    low: buffer; order within a row varies): ELEM, one atomic per such entry; else one per
+    block and a packed prefix sum. CNT ends with the exact counts; stores past K outputs or CAP
+    buffer entries are dropped (the finish then re-reads the row). Bins are compared as
+    ranges of `_key_t` (`_bin_trange`)."""
     r = tl.program_id(0)
     pid = tl.program_id(1)
     r64 = r.to(tl.int64)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     mode = tl.load(INFO + r64 * 4)
-    t_lo, t_hi = _bin_trange(tl.load(INFO + r64 * 4 + 1))
-    buffered = tl.load(INFO + r64 * 4 + 3) <= CAP
+    t_lo = _bin_trange(tl.load(INFO + r64 * 4 + 1))[0]
+    t_hi = _bin_trange(tl.load(INFO + r64 * 4 + 2))[1]
     orow = OUT + r64 * stride_o
     srow = S + r64 * stride_s
     offs = tl.arange(0, BLOCK)
@@ -296,16 +311,16 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, INFO, CNT, OUT
             key = _f32_key(x.to(tl.float32))
             t = _key_t(key)
             up = m & (t > t_hi)
-            inb = m & (t >= t_lo) & (t <= t_hi) & buffered
+            inb = m & (t >= t_lo) & (t <= t_hi)
             if ELEM:
                 inc = tl.where(up, 4294967296, 1).to(tl.int64)
                 base = tl.atomic_add(CNT + r64 + tl.zeros_like(pos), inc, mask=up | inb,
                                      sem="relaxed")
                 dst_up = (base >> 32).to(tl.int32)
                 dst_in = (base & 4294967295).to(tl.int32)
-                tl.store(orow + dst_up, pos, mask=up)
-                tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb)
-                tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb)
+                tl.store(orow + dst_up, pos, mask=up & (dst_up < K))
+                tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb & (dst_in < CAP))
+                tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb & (dst_in < CAP))
             else:
                 packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
                 tot = tl.sum(packed, 0)
@@ -315,9 +330,9 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, INFO, CNT, OUT
                     ex = tl.cumsum(packed, 0) - packed
                     dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
                     dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
-                    tl.store(orow + dst_up, pos, mask=up)
-                    tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb)
-                    tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb)
+                    tl.store(orow + dst_up, pos, mask=up & (dst_up < K))
+                    tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb & (dst_in < CAP))
+                    tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb & (dst_in < CAP))
             x = xn
             pos += BLOCK
 
@@ -328,7 +343,7 @@ def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr):
     to 4 bits (16-bin histograms, cheap) over the key bits below the entries' common prefix,
     the tie cut, and the write of the selected positions from ``cursor`` on. Returns the new
     cursor."""
-    key, pos, valid = _load_src(bk, bk, bp, True, 0, c_lo, nb, tl.arange(0, RB))
+    key, pos, valid = _load_src(bk, bk, bp, True, c_lo, nb, tl.arange(0, RB))
     kmin = tl.min(tl.where(valid, key, 0xFFFFFFFF), 0)
     kmax = tl.max(tl.where(valid, key, 0), 0)
     x = kmin ^ kmax
@@ -358,13 +373,15 @@ def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr):
 
 
 @triton.jit
-def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT, stride_o, KOUT,
+def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
                    BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                    BLOCK: tl.constexpr):
-    """Per row: exact k-th key among bin b's entries (radix passes), write keys above it and
-    the lowest-position ties, then the forced positions and -1 padding. Entries that fit in
-    one block (512, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
-    read in blocks from the buffer, or from the row when they overflowed it."""
+    """Per row: exact k-th key among the window's entries (radix passes), write keys above it
+    and the lowest-position ties, then the forced positions and -1 padding. Entries that fit
+    in one block (512, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
+    read in blocks from the buffer. When the scan's exact counts show that the window missed
+    the k-th key (a sampled histogram's estimate was off) or overflowed the buffer, the row is
+    re-read and all k positions are selected from it (slower, same result)."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     srow = S + r64 * stride_s
@@ -378,12 +395,12 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
     mode = tl.load(INFO + r64 * 4)
     cursor = ncand
     if mode != 0:
-        b = tl.load(INFO + r64 * 4 + 1)
-        above = tl.load(INFO + r64 * 4 + 2)
-        nb = tl.load(INFO + r64 * 4 + 3)
-        rem = k - above
-        cursor = above
-        use_buf = nb <= CAP
+        cnt = tl.load(CNT + r64)
+        above = (cnt >> 32).to(tl.int32)  # exact counts of the scan: above the window
+        nb = (cnt & 4294967295).to(tl.int32)  # in the window
+        use_buf = (above < k) & (above + nb >= k) & (nb <= CAP)
+        rem = tl.where(use_buf, k - above, k)
+        cursor = tl.where(use_buf, above, 0)
         want = (r * 0).to(tl.uint32)
         if use_buf & (nb <= 512) & (BLOCK > 512):
             cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, 512)
@@ -391,25 +408,25 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
             cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, BLOCK)
         else:
             n_src = tl.where(use_buf, nb, ncand)
-            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 32, BLOCK)
-            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 24, BLOCK)
-            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 16, BLOCK)
-            want, rem = _refine(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 8, BLOCK)
+            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 32, BLOCK)
+            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 24, BLOCK)
+            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 16, BLOCK)
+            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 8, BLOCK)
             # ties at want: count them; when some must be dropped, the position cutoff P is
             # the rem-th smallest tie position (the source is not in position order), found by
             # four 8-bit radix passes over the positions
             nt = ncand * 0
             for start in range(0, n_src, BLOCK):
-                key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+                key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
                 nt += tl.sum((valid & (key == want)).to(tl.int32), 0)
             P = c_hi
             if nt > rem:
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, rem, 24, P * 0, BLOCK)
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, r2, 16, P, BLOCK)
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, r2, 8, P, BLOCK)
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, b, c_lo, n_src, want, r2, 0, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 24, P * 0, BLOCK)
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, r2, 16, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, r2, 8, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, r2, 0, P, BLOCK)
             for start in range(0, n_src, BLOCK):
-                key, pos, valid = _load_src(srow, bk, bp, use_buf, b, c_lo, n_src, start + offs)
+                key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
                 sel = valid & ((key > want) | ((key == want) & (pos <= P)))
                 si = sel.to(tl.int32)
                 tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
@@ -431,10 +448,16 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, OUT
 # entries per block of the scan (None: 2048, or 1024 when that leaves too few programs) and of
 # the finish (bin b's entries stay in registers up to it), and the finish's warps
 SCAN_BLOCK: int | None = None
-FINISH_BLOCK = 2048
+FINISH_BLOCK = 4096  # a sampled window holds ~3k entries at k = 2048 of 128k Gaussian scores
 FINISH_WARPS = 16
 # scan: one atomic per selected / buffered entry (True) or one per block with a prefix sum
-SCAN_ELEM_ATOMICS = False  # True measured 2.6x slower (H200, 32 x 128k)
+SCAN_ELEM_ATOMICS = False
+# scan blocks per program, at most (1 measured fastest on the H200: more programs in flight)
+SCAN_ITERS = 1
+# the histogram pass counts every SELECT_SAMPLE-th position (1: exact counts); the window it
+# picks is then checked against the scan's exact counts (see `publish_pick`)
+SELECT_SAMPLE = 4
+_WINDOW_SHIFT = 0  # tests: shift the window by this many bins (forces the finish's fallback)  # True measured 2.6x slower (H200, 32 x 128k)
 # blocks per histogram / scan program, at most (programs that cover several blocks derive the
 # bin pick once and issue fewer atomics; kept so that ~2 programs per SM remain)
 SELECT_ITERS = 4
@@ -473,8 +496,8 @@ def select_rows(
             top-k; they are not candidates).
         block, num_warps: entries per block and warps of the finish (default FINISH_BLOCK,
             FINISH_WARPS; bin b's entries stay in registers up to ``block``).
-        cap: scratch entries per row for the candidates of the threshold bin (default
-            max(16384, 2k)); a larger bin falls back to re-reading the row.
+        cap: scratch entries per row for the candidates of the threshold window (default
+            max(16384, 2k)); a larger window falls back to re-reading the row.
         work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its
             histogram and bin picks were already made by the caller (`bin_hist` over the
             candidate positions of each row, exactly the scores passed here, then
@@ -505,23 +528,24 @@ def select_rows(
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)
     if not hist_done:
-        hblock = 4096 if R * triton.cdiv(n, 4096) >= 1024 else (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
-        hiters = _iters(R * triton.cdiv(n, hblock), dev)
-        _hist_kernel[(R, triton.cdiv(n, hblock * hiters))](
+        smp = max(1, SELECT_SAMPLE)
+        ns = triton.cdiv(n, smp)  # sampled positions per row
+        hblock = 4096 if R * triton.cdiv(ns, 4096) >= 1024 else (2048 if R * triton.cdiv(ns, 2048) >= 512 else 1024)
+        hiters = _iters(R * triton.cdiv(ns, hblock), dev)
+        _hist_kernel[(R, triton.cdiv(ns, hblock * hiters))](
             scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.hist,
-            ws.done, ws.info, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=hblock, ITERS=hiters,
-            num_warps=8,
+            ws.done, ws.info, _WINDOW_SHIFT, HAS_LENS=has_lens, HAS_STARTS=has_starts,
+            BLOCK=hblock, ITERS=hiters, SAMPLE=smp, num_warps=8,
         )
     sblock = SCAN_BLOCK or (2048 if R * triton.cdiv(n, 2048) >= 512 else 1024)
-    siters = _iters(R * triton.cdiv(n, sblock), dev)
+    siters = min(SCAN_ITERS, _iters(R * triton.cdiv(n, sblock), dev))
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, ws.info, ws.cnt,
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt,
         out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        ITERS=siters, ELEM=SCAN_ELEM_ATOMICS,
-        num_warps=sblock // 128,  # 4 entries per thread: 64 registers, no spills
+        ITERS=siters, ELEM=SCAN_ELEM_ATOMICS, num_warps=sblock // 128,
     )
     _finish_kernel[(R,)](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, out, out.stride(0),
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
         kout, bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
         num_warps=num_warps or FINISH_WARPS,
     )

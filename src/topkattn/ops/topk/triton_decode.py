@@ -103,7 +103,7 @@ def _scores_kernel(
                     h += bin_hist(_f32_key(sg), (pos >= c_lo) & (pos < c_hi))
     if FUSE_HIST:
         add_hist(HIST, bh, h)
-        publish_pick(HIST, DONE, INFO, bh, tl.num_programs(1), topk, c_hi - c_lo)
+        publish_pick(HIST, DONE, INFO, bh, tl.num_programs(1), topk, c_hi - c_lo, 1, 0)
 
 
 def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torch.Tensor | None,
