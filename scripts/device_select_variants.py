@@ -72,15 +72,19 @@ for R, n, k in shapes[:3] if QUICK else shapes:
                 ts.SELECT_SAMPLE = smp
                 line.append(f"sample{smp} {us(lambda: ts.select_rows(s, k)):.1f}")
             ts.SELECT_SAMPLE = 4
-            for sb in (1024, 4096):
+            for sb in (512, 2048):
                 ts.SCAN_BLOCK = sb
                 line.append(f"scan{sb} {us(lambda: ts.select_rows(s, k)):.1f}")
             ts.SCAN_BLOCK = None
             ts.SCAN_ITERS = 4
             line.append(f"scanit4 {us(lambda: ts.select_rows(s, k)):.1f}")
             ts.SCAN_ITERS = 1
-            for fb, fw in ((2048, 16), (8192, 32)):
+            for fb, fw in ((2048, 16), (4096, 8)):
                 line.append(f"fin{fb}w{fw} {us(lambda: ts.select_rows(s, k, block=fb, num_warps=fw)):.1f}")
+            for db in (2, 8):
+                ts.FINISH_DIGIT_BITS = db
+                line.append(f"digit{db} {us(lambda: ts.select_rows(s, k)):.1f}")
+            ts.FINISH_DIGIT_BITS = 4
             w = ts.select_workspace(R, s.device)
             ts.select_rows(s, k, work=w)
             c = ts.workspace_views(w, R).cnt

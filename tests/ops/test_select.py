@@ -49,8 +49,11 @@ SCALES = {
 
 
 @pytest.mark.parametrize("dist", sorted(SCALES))
-@pytest.mark.parametrize("block,cap", [(4096, None), (256, None), (256, 8)])
-def test_select_finish_paths(dist, block, cap):
+@pytest.mark.parametrize("block,cap,bits", [(4096, None, 4), (4096, None, 8), (256, None, 4), (256, 8, 4)])
+def test_select_finish_paths(monkeypatch, dist, block, cap, bits):
+    import topkattn.ops.select.triton_select as ts
+
+    monkeypatch.setattr(ts, "FINISH_DIGIT_BITS", bits)
     # block 4096: bin b's entries stay in registers; block 256: the blocked passes over the
     # buffer; cap 8: bin b overflows the buffer and the passes re-read the row
     g = torch.Generator().manual_seed(11)
