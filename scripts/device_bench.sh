@@ -14,7 +14,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   # every kernel test runs on CUDA when it is there (tests/ops/compare.py:dev), gpu-marked ones too
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/ops -q -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
+  # pytest-xdist (carried as a wheel, e.g. in .carry_whl/) spreads Triton's compilation over the cores
+  pip install -q --no-deps .carry_whl/*.whl > /dev/null 2>&1 || true
+  par=$(python3 -c "import xdist" 2>/dev/null && echo "-n 10" || echo "-x")
+  timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/ops -q $par -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
   pack
 fi
 for op in ${OPS//,/ }; do

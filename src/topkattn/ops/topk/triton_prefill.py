@@ -77,7 +77,7 @@ PREFILL_BN: int | None = None  # keys per tile, every kernel (<= 128: 8-bit coun
 PREFILL_WARPS: int | None = None
 PREFILL_THRESH_STAGES: int | None = None  # num_stages of the count / collect kernels
 PREFILL_FWD_STAGES: int | None = None
-PREFILL_BWD_STAGES: int | None = None
+PREFILL_BWD_STAGES: int | None = 2  # H200 8k: dq 3.26 -> 2.36 ms, dk/dv 5.06 -> 3.51 ms (vs the default 3)
 PREFILL_CAP = 512  # band entries kept per row (power of 2)
 PREFILL_BAND_FRAC = 0.4  # target keys per count bin, as a fraction of CAP
 PREFILL_SAMPLE_BLOCKS = 8  # key blocks sampled per row block by the estimate (at least)
