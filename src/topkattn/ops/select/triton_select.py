@@ -500,7 +500,7 @@ def select_rows(
         block, num_warps: entries per block and warps of the finish (default FINISH_BLOCK,
             FINISH_WARPS; bin b's entries stay in registers up to ``block``).
         cap: scratch entries per row for the candidates of the threshold window (default
-            max(16384, 2k)); a larger window falls back to re-reading the row.
+            max(16384, 2k, n/16)); a larger window falls back to re-reading the row.
         work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its
             histogram and bin picks were already made by the caller (`bin_hist` over the
             candidate positions of each row, exactly the scores passed here, then
@@ -526,7 +526,7 @@ def select_rows(
     if work is None:
         work = select_workspace(R, dev)
     ws = workspace_views(work, R)
-    cap = min(n, max(16384, 2 * k)) if cap is None else max(1, cap)
+    cap = min(n, max(16384, 2 * k, n // 16)) if cap is None else max(1, cap)
     bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
     bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)

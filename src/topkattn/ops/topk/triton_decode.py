@@ -47,6 +47,7 @@ DECODE_FUSE_HIST = False
 DECODE_TILES = 4  # H200 B8 128k: 0.769x SDPA vs 0.934x with 1 tile
 DECODE_SCORES_WARPS = 4
 DECODE_SCORES_STAGES = 3
+DECODE_EVICT_FIRST = False  # L2 eviction hint on the streamed K tiles
 # programs of the sparse pass, per SM (index lists split finer when there are few rows)
 DECODE_SPARSE_WAVES = 2
 
@@ -59,7 +60,7 @@ def _scores_kernel(
     HAS_LENS: tl.constexpr,
     HAS_STARTS: tl.constexpr,
     WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, FUSE_HIST: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, EVICT_FIRST: tl.constexpr,
 ):
     """Each program scores TILES consecutive tiles of BLOCK_N keys of one (sequence, KV head).
     K rows come from a contiguous [B, Hkv, n, D] cache or, PAGED, from pages through the block
@@ -90,8 +91,12 @@ def _scores_kernel(
             pos = first + t * BLOCK_N + tl.arange(0, BLOCK_N)
             pm = pos < L
             kr = kv_rows(b64, pos, skb, skn, BT, sbt, PS, pm, PAGED)
-            kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :], mask=pm[:, None],
-                         other=0.0)
+            if EVICT_FIRST:  # K is streamed once: let it leave L2 first
+                kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :],
+                             mask=pm[:, None], other=0.0, eviction_policy="evict_first")
+            else:
+                kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :],
+                             mask=pm[:, None], other=0.0)
             s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale  # [GP, BLOCK_N] fp32
             if WRITE_S:
                 tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
@@ -148,6 +153,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
         HAS_LENS=seq_lens is not None, HAS_STARTS=seq_starts is not None, WRITE_S=write_s,
         WRITE_G=group_sum, FUSE_HIST=work is not None,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None,
+        EVICT_FIRST=DECODE_EVICT_FIRST,
         num_warps=DECODE_SCORES_WARPS, num_stages=DECODE_SCORES_STAGES,
     )
     return S, SG
