@@ -2,7 +2,7 @@
 # One device call: GPU-marked kernel tests, then every benchmark (each step time-limited and
 # logged under $OUT). Usage on the device machine, from the repo root:
 #   bash scripts/device_bench.sh [ops]      (ops default: select,decode,sparse,prefill;
-#   also indexer_decode, and variants = scripts/device_decode_variants.py)
+#   also indexer_decode, and variants = scripts/device_select_variants.py: selection and decode variants, per-kernel profiles)
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 FINAL=${OUT:-runs/device}
@@ -27,7 +27,7 @@ for op in ${OPS//,/ }; do
     sparse)  args="--ctx 32k,128k --k 2048 --batch 1,8" ;;
     prefill) args="--ctx 8k,16k --k 2048 --batch 1" ;;
     indexer_decode) args="--ctx 32k,128k --k 2048 --batch 1,8" ;;
-    variants) timeout 150 python3 scripts/device_decode_variants.py 2>&1 | tee "$OUT/variants.txt"; pack; continue ;;
+    variants) timeout 300 python3 scripts/device_select_variants.py 2>&1 | tee "$OUT/variants.txt"; pack; continue ;;
   esac
   # per-op override, e.g. ARGS_decode="--ctx 32k,128k --k 2048 --batch 1,8"
   ov="ARGS_$op"; args=${!ov:-$args}
