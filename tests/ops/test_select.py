@@ -63,17 +63,6 @@ def test_select_finish_paths(monkeypatch, dist, block, cap, bits):
         assert torch.equal(out.sort(-1).values, topk_select_reference(s, k)), (dist, k)
 
 
-@pytest.mark.parametrize("elem", [True, False])
-def test_select_scan_atomics_per_entry_or_per_block(monkeypatch, elem):
-    import topkattn.ops.select.triton_select as ts
-
-    monkeypatch.setattr(ts, "SCAN_ELEM_ATOMICS", elem)
-    g = torch.Generator().manual_seed(5)
-    s = (torch.randn(3, 5000, generator=g) * 3).to(device())
-    for k in (1, 300):
-        assert torch.equal(select_rows(s, k).sort(-1).values, topk_select_reference(s, k))
-
-
 @pytest.mark.parametrize("sample,shift", [(1, 0), (4, 0), (16, 0), (4, 3), (4, -3), (1, 40)])
 def test_select_sampled_window_and_fallback(monkeypatch, sample, shift):
     # the histogram counts every sample-th position; a window shifted off the k-th key (or one

@@ -278,12 +278,12 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
 @triton.jit
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, OUT,
                  stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr, ITERS: tl.constexpr, ELEM: tl.constexpr):
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr):
     """Parallel over (row, ITERS consecutive blocks), given each row's bin window [b_lo, b_hi]
     in INFO: positions of bins above b_hi go to the output, the window's (key, pos) to the
     scratch buffer, both through one packed per-row 64-bit cursor CNT (high 32 bits: output,
-    low: buffer; order within a row varies): ELEM, one atomic per such entry; else one per
-    block and a packed prefix sum. CNT ends with the exact counts; stores past K outputs or CAP
+    low: buffer; order within a row varies): one atomic per block and a packed prefix sum (one
+    atomic per entry measured 2.6x slower: same-address contention). CNT ends with the exact counts; stores past K outputs or CAP
     buffer entries are dropped (the finish then re-reads the row). Bins are compared as
     ranges of `_key_t` (`_bin_trange`)."""
     r = tl.program_id(0)
@@ -313,27 +313,17 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
             t = _key_t(key)
             up = m & (t > t_hi)
             inb = m & (t >= t_lo) & (t <= t_hi)
-            if ELEM:
-                inc = tl.where(up, 4294967296, 1).to(tl.int64)
-                base = tl.atomic_add(CNT + r64 + tl.zeros_like(pos), inc, mask=up | inb,
-                                     sem="relaxed")
-                dst_up = (base >> 32).to(tl.int32)
-                dst_in = (base & 4294967295).to(tl.int32)
+            packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
+            tot = tl.sum(packed, 0)
+            if tot > 0:
+                inc = (tot >> 16).to(tl.int64) * 4294967296 + (tot & 65535).to(tl.int64)
+                base = tl.atomic_add(CNT + r64, inc, sem="relaxed")
+                ex = tl.cumsum(packed, 0) - packed
+                dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
+                dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
                 tl.store(orow + dst_up, pos, mask=up & (dst_up < K))
                 tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb & (dst_in < CAP))
                 tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb & (dst_in < CAP))
-            else:
-                packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
-                tot = tl.sum(packed, 0)
-                if tot > 0:
-                    inc = (tot >> 16).to(tl.int64) * 4294967296 + (tot & 65535).to(tl.int64)
-                    base = tl.atomic_add(CNT + r64, inc, sem="relaxed")
-                    ex = tl.cumsum(packed, 0) - packed
-                    dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
-                    dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
-                    tl.store(orow + dst_up, pos, mask=up & (dst_up < K))
-                    tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb & (dst_in < CAP))
-                    tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb & (dst_in < CAP))
             x = xn
             pos += BLOCK
 
@@ -456,8 +446,6 @@ SCAN_WARPS: int | None = 1
 FINISH_BLOCK = 4096  # a sampled window holds ~3k entries at k = 2048 of 128k Gaussian scores
 FINISH_WARPS = 16
 FINISH_DIGIT_BITS = 4  # bits per radix pass of the register finish (16-bin histograms)
-# scan: one atomic per selected / buffered entry (True) or one per block with a prefix sum
-SCAN_ELEM_ATOMICS = False
 # scan blocks per program, at most (1 measured fastest on the H200: more programs in flight)
 SCAN_ITERS = 1
 # the histogram pass counts every SELECT_SAMPLE-th position (1: exact counts); the window it
@@ -548,7 +536,7 @@ def select_rows(
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt,
         out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        ITERS=siters, ELEM=SCAN_ELEM_ATOMICS, num_warps=SCAN_WARPS or max(1, sblock // 128),  # None: 4 per thread
+        ITERS=siters, num_warps=SCAN_WARPS or max(1, sblock // 128),  # None: 4 per thread
     )
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
