@@ -88,7 +88,8 @@ def test_select_sampled_window_and_fallback(monkeypatch, sample, shift):
 
 
 def test_select_128_bins_subprocess():
-    # the bin resolution is read at import: check the 128-bin build in a fresh interpreter
+    # the bin resolution is read at import: check the 128-bin build (selection, and the
+    # histogram fused into the decode scores pass) in a fresh interpreter
     import os
     import subprocess
     import sys
@@ -103,6 +104,13 @@ def test_select_128_bins_subprocess():
         "          torch.randint(-5, 5, (2, 3000), generator=g).float()):\n"
         "    for k in (1, 250):\n"
         "        assert torch.equal(select_rows(s, k).sort(-1).values, topk_select_reference(s, k))\n"
+        "import topkattn.ops.topk.triton_decode as td\n"
+        "from topkattn.ops.topk.naive import topk_attention_reference\n"
+        "td.DECODE_FUSE_HIST = True  # the histogram made inside the decode scores pass\n"
+        "q, kv = torch.randn(2, 4, 1, 16, generator=g), torch.randn(2, 2, 300, 16, generator=g)\n"
+        "out = td.topk_decode(q, kv, kv, 20, granularity='kv_group')\n"
+        "ref = topk_attention_reference(q, kv, kv, 20, granularity='kv_group')\n"
+        "assert (out - ref).abs().max() < 1e-5\n"
         "print('ok')\n"
     )
     env = dict(os.environ, TOPKATTN_SELECT_BIN_MANT="2", TRITON_INTERPRET="1")

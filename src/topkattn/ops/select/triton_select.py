@@ -437,8 +437,8 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
         tl.store(orow + i, tl.full([BLOCK], -1, tl.int32), mask=i < KOUT)
 
 
-# entries per block of the scan (None: 512) and of
-# the finish (bin b's entries stay in registers up to it), and the finish's warps
+# entries per block of the scan (None: 512) and of the finish (the window's entries stay in
+# registers up to it), and the finish's warps
 SCAN_BLOCK: int | None = None
 # one-warp scan programs: their reductions and prefix sums stay in the warp (shuffles, no shared
 # memory or barriers); H200, 32 x 128k: scan 19.0 -> 16.3 us (1024 entries, 8 warps before)
@@ -451,9 +451,9 @@ SCAN_ITERS = 1
 # the histogram pass counts every SELECT_SAMPLE-th position (1: exact counts); the window it
 # picks is then checked against the scan's exact counts (see `publish_pick`)
 SELECT_SAMPLE = 4
-_WINDOW_SHIFT = 0  # tests: shift the window by this many bins (forces the finish's fallback)  # True measured 2.6x slower (H200, 32 x 128k)
-# blocks per histogram / scan program, at most (programs that cover several blocks derive the
-# bin pick once and issue fewer atomics; kept so that ~2 programs per SM remain)
+_WINDOW_SHIFT = 0  # tests: shift the window by this many bins (forces the finish's fallback)
+# blocks per histogram program, at most (programs that cover several blocks issue fewer
+# histogram atomics; kept so that ~2 programs per SM remain); also caps SCAN_ITERS
 SELECT_ITERS = 4
 
 

@@ -28,8 +28,8 @@ import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import (
-    _cand_range, _f32_key, add_hist, bin_hist, publish_pick, select_rows, select_workspace,
-    workspace_views,
+    NBINS, _cand_range, _f32_key, _row_range, add_hist, bin_hist, publish_pick, select_rows,
+    select_workspace, workspace_views,
 )
 from topkattn.ops.topk.triton_sparse import (
     INTERPRET, _num_sms, check_cache, kv_rows, mm, sparse_attention, unit_stride,
@@ -47,7 +47,6 @@ DECODE_FUSE_HIST = False
 DECODE_TILES = 4  # H200 B8 128k: 0.769x SDPA vs 0.934x with 1 tile
 DECODE_SCORES_WARPS = 4
 DECODE_SCORES_STAGES = 3
-DECODE_EVICT_FIRST = False  # L2 eviction hint on the streamed K tiles
 # programs of the sparse pass, per SM (index lists split finer when there are few rows)
 DECODE_SPARSE_WAVES = 2
 
@@ -60,7 +59,7 @@ def _scores_kernel(
     HAS_LENS: tl.constexpr,
     HAS_STARTS: tl.constexpr,
     WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, FUSE_HIST: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, EVICT_FIRST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr,
 ):
     """Each program scores TILES consecutive tiles of BLOCK_N keys of one (sequence, KV head).
     K rows come from a contiguous [B, Hkv, n, D] cache or, PAGED, from pages through the block
@@ -72,18 +71,13 @@ def _scores_kernel(
     b = bh // Hkv
     hkv = bh % Hkv
     b64 = b.to(tl.int64)
-    L = n
-    if HAS_LENS:
-        L = tl.minimum(tl.load(LENS + b), n)
-    vs = b * 0
-    if HAS_STARTS:
-        vs = tl.minimum(tl.maximum(tl.load(STARTS + b), 0), L)
+    vs, L = _row_range(LENS, STARTS, bh, Hkv, n, HAS_LENS, HAS_STARTS)  # sequence bh // Hkv = b
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     g = tl.arange(0, GP)
     gm = g < G
     d = tl.arange(0, D)
     hq = (hkv * G + g).to(tl.int64)
-    h = tl.zeros([256], tl.int32)
+    h = tl.zeros([NBINS], tl.int32)
     first = tl.program_id(1) * (BLOCK_N * TILES)
     if first < L:
         q = tl.load(Q + b64 * sqb + hq[:, None] * sqh + d[None, :], mask=gm[:, None], other=0.0)
@@ -91,12 +85,8 @@ def _scores_kernel(
             pos = first + t * BLOCK_N + tl.arange(0, BLOCK_N)
             pm = pos < L
             kr = kv_rows(b64, pos, skb, skn, BT, sbt, PS, pm, PAGED)
-            if EVICT_FIRST:  # K is streamed once: let it leave L2 first
-                kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :],
-                             mask=pm[:, None], other=0.0, eviction_policy="evict_first")
-            else:
-                kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :],
-                             mask=pm[:, None], other=0.0)
+            kt = tl.load(K + hkv.to(tl.int64) * skh + kr[:, None] + d[None, :],
+                         mask=pm[:, None], other=0.0)
             s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale  # [GP, BLOCK_N] fp32
             if WRITE_S:
                 tl.store(S + b64 * ssb + hq[:, None] * ssh + pos[None, :], s,
@@ -153,7 +143,6 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
         HAS_LENS=seq_lens is not None, HAS_STARTS=seq_starts is not None, WRITE_S=write_s,
         WRITE_G=group_sum, FUSE_HIST=work is not None,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None,
-        EVICT_FIRST=DECODE_EVICT_FIRST,
         num_warps=DECODE_SCORES_WARPS, num_stages=DECODE_SCORES_STAGES,
     )
     return S, SG
