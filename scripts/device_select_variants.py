@@ -68,27 +68,18 @@ for R, n, k in shapes[:3] if QUICK else shapes:
             line.append(f"old {us(lambda: old.select_rows(s, k)):.1f}us")
         line.append(f"new {us(lambda: ts.select_rows(s, k)):.1f}us")
         if dist == "randn" and n <= 131072:
-            for smp in (1, 8):
-                ts.SELECT_SAMPLE = smp
-                line.append(f"sample{smp} {us(lambda: ts.select_rows(s, k)):.1f}")
-            ts.SELECT_SAMPLE = 4
-            for sb in (512, 2048):
-                ts.SCAN_BLOCK = sb
-                line.append(f"scan{sb} {us(lambda: ts.select_rows(s, k)):.1f}")
-            ts.SCAN_BLOCK = None
-            ts.SCAN_ITERS = 4
-            line.append(f"scanit4 {us(lambda: ts.select_rows(s, k)):.1f}")
-            ts.SCAN_ITERS = 1
-            for fb, fw in ((2048, 16), (4096, 8)):
+            for name, attr, val in (("pdl_off", "USE_PDL", False), ("sample4", "SELECT_SAMPLE", 4),
+                                    ("sample16", "SELECT_SAMPLE", 16), ("scanw1", "SCAN_WARPS", 1),
+                                    ("scanw4", "SCAN_WARPS", 4), ("scan1024", "SCAN_BLOCK", 1024),
+                                    ("first4", "FINISH_FIRST_DIGIT_BITS", None),
+                                    ("first8", "FINISH_FIRST_DIGIT_BITS", 8)):
+                keep = getattr(ts, attr)
+                setattr(ts, attr, val)
+                ok = same_set(ts.select_rows(s, k), s, k)
+                line.append(f"{name} {us(lambda: ts.select_rows(s, k)):.1f}{'' if ok else ' WRONG'}")
+                setattr(ts, attr, keep)
+            for fb, fw in ((4096, 8), (2048, 8)):
                 line.append(f"fin{fb}w{fw} {us(lambda: ts.select_rows(s, k, block=fb, num_warps=fw)):.1f}")
-            for db in (2, 8):
-                ts.FINISH_DIGIT_BITS = db
-                line.append(f"digit{db} {us(lambda: ts.select_rows(s, k)):.1f}")
-            ts.FINISH_DIGIT_BITS = 4
-            w = ts.select_workspace(R, s.device)
-            ts.select_rows(s, k, work=w)
-            c = ts.workspace_views(w, R).cnt
-            line.append(f"window entries mean {(c & 0xFFFFFFFF).float().mean().item():.0f} max {(c & 0xFFFFFFFF).max().item()}")
         print(" | ".join(line), flush=True)
         del s
 s = torch.randn(32, 131072, device="cuda")
@@ -97,7 +88,7 @@ del s
 if QUICK:
     sys.exit(0)
 defaults = (td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES, td.DECODE_BLOCK_N)
-variants = [(4, 4, 3, 128), (8, 4, 3, 128), (16, 4, 3, 64)]
+variants = [(4, 4, 3, 128)]
 for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
     kc = torch.randn(B, 8, n, 128, device="cuda", dtype=torch.bfloat16)
@@ -115,6 +106,10 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
     line.append(f"kv fused {t:.4f} ({t / sd:.3f}x)")
     td.DECODE_FUSE_HIST = False
+    ts.USE_PDL = False
+    t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
+    line.append(f"kv no-pdl {t:.4f} ({t / sd:.3f}x)")
+    ts.USE_PDL = True
     td.DECODE_TILES = 1
     t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048))
     line.append(f"query_head t1 {t:.4f} ({t / sd:.3f}x)")

@@ -45,20 +45,25 @@ SCALES = {
     "negative": lambda g: -torch.rand(2, 2000, generator=g) * 10,
     # few distinct values: partial ties cut by position
     "ties": lambda g: torch.randint(-3, 4, (3, 6000), generator=g).float() / 4,
+    # consecutive integers: the k-th key often sits at a digit boundary, where a radix pass
+    # settles the threshold early (all of a digit's entries needed)
+    "arange": lambda g: torch.stack([torch.arange(2048.0), torch.randperm(2048, generator=g) + 0.5]),
 }
 
 
 @pytest.mark.parametrize("dist", sorted(SCALES))
-@pytest.mark.parametrize("block,cap,bits", [(4096, None, 4), (4096, None, 8), (256, None, 4), (256, 8, 4)])
-def test_select_finish_paths(monkeypatch, dist, block, cap, bits):
+@pytest.mark.parametrize("block,cap,bits,first", [(4096, None, 4, None), (4096, None, 4, 8), (4096, None, 8, None), (4096, None, 3, 6),
+                                                  (256, None, 4, None), (256, 8, 4, None)])
+def test_select_finish_paths(monkeypatch, dist, block, cap, bits, first):
     import topkattn.ops.select.triton_select as ts
 
     monkeypatch.setattr(ts, "FINISH_DIGIT_BITS", bits)
+    monkeypatch.setattr(ts, "FINISH_FIRST_DIGIT_BITS", first)
     # block 4096: bin b's entries stay in registers; block 256: the blocked passes over the
     # buffer; cap 8: bin b overflows the buffer and the passes re-read the row
     g = torch.Generator().manual_seed(11)
     s = SCALES[dist](g).to(device())
-    for k in (1, 37, 700):
+    for k in (1, 16, 37, 256, 700):
         out = select_rows(s, k, block=block, cap=cap)
         assert torch.equal(out.sort(-1).values, topk_select_reference(s, k)), (dist, k)
 
@@ -85,6 +90,50 @@ def test_select_sampled_window_and_fallback(monkeypatch, sample, shift):
             vis = (pos >= starts[r // 2]) & (pos < lens[r // 2])
             ref = select_topk_mask(s[r], k, vis, forced_mask(vis[None], 2, 1)[0]).nonzero().flatten()
             assert torch.equal(out[r][out[r] >= 0].long().sort().values, ref), (k, r)
+
+
+def test_select_workspace_is_left_zeroed_and_reused():
+    # the kernels zero the histogram, arrival counters and cursors they used, so one workspace
+    # serves call after call (the cached per-stream workspace relies on it), whatever the rows
+    # of each call: a row that keeps all its candidates, a window that misses (re-read), sink /
+    # local, and a decode call that makes the histogram inside its scores pass
+    import topkattn.ops.select.triton_select as ts
+    import topkattn.ops.topk.triton_decode as td
+    from topkattn.ops.topk.naive import forced_mask, select_topk_mask
+
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(4, 3000, generator=g).to(device())
+    lens = torch.tensor([3000, 40], dtype=torch.int32, device=device())
+    w = ts.select_workspace(7, torch.device(device()))
+    v = ts.workspace_views(w)
+
+    def check_zero():
+        assert not v.hist.any() and not v.cnt.any() and not v.done.any()
+
+    for shift in (0, 5):
+        ts._WINDOW_SHIFT = shift
+        try:
+            for k, R in ((50, 4), (600, 2), (600, 4)):
+                out = select_rows(s[:R], k, lens[: R // 2], rows_per_len=2, sink=1, local=2, work=w)
+                check_zero()
+                for r in range(R):
+                    vis = torch.arange(3000, device=device()) < lens[r // 2]
+                    ref = select_topk_mask(s[r], k, vis, forced_mask(vis[None], 1, 2)[0]).nonzero().flatten()
+                    assert torch.equal(out[r][out[r] >= 0].long().sort().values, ref), (shift, k, r)
+        finally:
+            ts._WINDOW_SHIFT = 0
+    q, kv = torch.randn(2, 4, 1, 16, generator=g), torch.randn(2, 2, 300, 16, generator=g)
+    info = v.info.view(-1, 4)[:4]
+    info.fill_(-7)
+    S, SG = td.decode_scores(q.to(device()), kv.to(device()), 0.25, None, True, write_s=False,
+                             work=w, topk=20)
+    assert (info[:, 0] == 1).all() and (info[:, 1:3] >= 0).all()  # the picks were published
+    check_zero()
+    out = select_rows(SG.view(4, 300), 20, work=w, hist_done=True)
+    check_zero()
+    assert torch.equal(out.sort(-1).values, topk_select_reference(SG.view(4, 300), 20))
+    with pytest.raises(ValueError, match="holds 7 rows"):
+        select_rows(torch.randn(8, 100, device=device()), 5, work=w)
 
 
 def test_select_128_bins_subprocess():
@@ -175,9 +224,16 @@ def test_select_bad_input():
 
 
 @pytest.mark.gpu
-def test_select_gpu_large():
-    s = torch.randn(32, 131072, device="cuda")
-    for k in (1, 2048, 8192):
-        assert torch.equal(topk_select(s, k, sort=True), topk_select_reference(s, k))
+@pytest.mark.parametrize("bits,first", [(4, None), (3, None), (4, 8)])
+def test_select_gpu_large(monkeypatch, bits, first):
+    import topkattn.ops.select.triton_select as ts
+
+    monkeypatch.setattr(ts, "FINISH_DIGIT_BITS", bits)
+    monkeypatch.setattr(ts, "FINISH_FIRST_DIGIT_BITS", first)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        s = torch.randn(32, 131072, device="cuda") * (1 + 3 * seed)
+        for k in (1, 2048, 8192):
+            assert torch.equal(topk_select(s, k, sort=True), topk_select_reference(s, k)), (seed, k)
     s = torch.randn(8, 1 << 20, device="cuda").bfloat16()
     assert torch.equal(topk_select(s, 4096, sort=True), topk_select_reference(s, 4096))

@@ -62,7 +62,7 @@ def time_graph_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) ->
                 fn()
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        with torch.cuda.graph(g, stream=s):  # the warm-up stream: its cached scratch is reused
             fn()
         return time_ms(g.replay, warmup, rep)
     except Exception as e:  # pragma: no cover

@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from triton.language.extra.cuda import gdc_wait
+
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
 
@@ -118,13 +120,25 @@ def _pick(h, rem, NB: tl.constexpr):
 
 
 @triton.jit
-def _load_src(srow, bk, bp, use_buf, c_lo, n_src, i):
-    """Keys, positions and validity of source entries i: the buffered window entries, or the
-    row's candidates c_lo + i (re-read when the window missed the k-th key or overflowed)."""
+def _pack(key, pos):
+    """One int64 per window entry: the key in the high 32 bits, the position in the low."""
+    return (key.to(tl.int64) << 32) | pos.to(tl.int64)
+
+
+@triton.jit
+def _unpack(v):
+    """Inverse of `_pack`: (uint32 key, int32 position)."""
+    return (v >> 32).to(tl.uint32), (v & 0xFFFFFFFF).to(tl.int32)
+
+
+@triton.jit
+def _load_src(srow, buf, use_buf, c_lo, n_src, i):
+    """Keys, positions and validity of source entries i: the buffered window entries (`_pack`),
+    or the row's candidates c_lo + i (re-read when the window missed the k-th key or
+    overflowed)."""
     valid = i < n_src
     if use_buf:
-        key = tl.load(bk + i, mask=valid, other=0).to(tl.uint32, bitcast=True)
-        pos = tl.load(bp + i, mask=valid, other=0)
+        key, pos = _unpack(tl.load(buf + i, mask=valid, other=0))
     else:
         pos = c_lo + i
         key = _f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
@@ -150,13 +164,13 @@ def _prefix_match(key, valid, want, HI: tl.constexpr):
 
 
 @triton.jit
-def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, HI: tl.constexpr, BLOCK: tl.constexpr):
+def _refine(srow, buf, use_buf, c_lo, n_src, want, rem, HI: tl.constexpr, BLOCK: tl.constexpr):
     """One 8-bit radix pass over the source (in blocks): fix key bits [HI-8, HI) of the rem-th
     largest key among those matching want above bit HI."""
     offs = tl.arange(0, BLOCK)
     h = tl.zeros([256], dtype=tl.int32)
     for start in range(0, n_src, BLOCK):
-        key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+        key, pos, valid = _load_src(srow, buf, use_buf, c_lo, n_src, start + offs)
         match = _prefix_match(key, valid, want, HI)
         h += tl.histogram(((key >> (HI - 8)) & 255).to(tl.int32), 256, mask=match)
     d, above, _ = _pick(h, rem, 256)
@@ -164,7 +178,7 @@ def _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, HI: tl.constexpr, BLO
 
 
 @triton.jit
-def _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, rem, SH: tl.constexpr, P,
+def _tie_cut_radix(srow, buf, use_buf, c_lo, n_src, want, rem, SH: tl.constexpr, P,
                    BLOCK: tl.constexpr):
     """One 8-bit radix pass (bits [SH, SH+8)) towards the rem-th smallest position among the
     source entries whose key equals want, given the bits of P above SH+8; returns (P with
@@ -172,7 +186,7 @@ def _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, rem, SH: tl.constex
     offs = tl.arange(0, BLOCK)
     h = tl.zeros([256], dtype=tl.int32)
     for start in range(0, n_src, BLOCK):
-        key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+        key, pos, valid = _load_src(srow, buf, use_buf, c_lo, n_src, start + offs)
         m = valid & (key == want)
         if SH < 24:
             m = m & ((pos >> (SH + 8)) == (P >> (SH + 8)))
@@ -205,6 +219,15 @@ def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.
     if HAS_STARTS:
         vs = tl.minimum(tl.maximum(tl.load(STARTS + r // HSEL), 0), L)
     return vs, L
+
+
+@triton.jit
+def wait_prior(PDL: tl.constexpr):
+    """With programmatic dependent launch (PDL) a kernel starts while the previous kernel in
+    the stream finishes; it must wait here, before touching memory, until that kernel is
+    done and its writes are visible (which also orders it after every earlier kernel)."""
+    if PDL:
+        gdc_wait()
 
 
 @triton.jit
@@ -249,16 +272,25 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT):
         tl.store(INFO + r64 * 4 + 0, (ncand > k).to(tl.int32))
         tl.store(INFO + r64 * 4 + 1, b_lo)
         tl.store(INFO + r64 * 4 + 2, b_hi)
+        # leave the histogram and the counter zeroed for the next call (`workspace`), once
+        # every warp of this program has read them
+        tl.debug_barrier()
+        tl.store(HIST + r64 * HIST_STRIDE + tl.arange(0, NBINS), tl.zeros([NBINS], tl.int32))
+        tl.store(DONE + r64, 0)
 
 
 @triton.jit
 def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO, SHIFT,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr, ITERS: tl.constexpr, SAMPLE: tl.constexpr):
-    """`_log_bin` histogram of every SAMPLE-th candidate of each row into HIST [R, HIST_STRIDE],
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr,
+                 PDL: tl.constexpr = False):
+    """`_log_bin` histogram of one in SAMPLE candidates of each row into HIST [R, HIST_STRIDE]
+    (runs of RUN consecutive positions, one run in every RUN * SAMPLE, so that only 1/SAMPLE
+    of the row's memory is read),
     then the row's bin window into INFO (`publish_pick`). Each program counts ITERS blocks of
     BLOCK sampled positions (BLOCK * SAMPLE consecutive positions each) in registers, then adds
     its counts with one atomic per bin; rows with no more than k candidates are not counted."""
+    wait_prior(PDL)
     r = tl.program_id(0)
     first = tl.program_id(1) * (BLOCK * ITERS * SAMPLE)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
@@ -266,7 +298,8 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     if (first < c_hi) & (first + BLOCK * ITERS * SAMPLE > c_lo) & (c_hi - c_lo > k):
         h = tl.zeros([NBINS], tl.int32)
         for it in range(ITERS):
-            pos = first + (it * BLOCK + tl.arange(0, BLOCK)) * SAMPLE
+            j = it * BLOCK + tl.arange(0, BLOCK)  # sampled: runs of RUN in every RUN * SAMPLE
+            pos = first + (j // RUN) * (RUN * SAMPLE) + j % RUN
             m = (pos >= c_lo) & (pos < c_hi)
             # the load is masked by n only, so that it vectorizes (SAMPLE 1); m masks the rest
             x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32)
@@ -275,17 +308,25 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo, SAMPLE, SHIFT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ZERO"])
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, OUT,
-                 stride_o, BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr, ITERS: tl.constexpr):
+                 stride_o, BUF, CAP, ZERO, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr, PDL: tl.constexpr = False):
     """Parallel over (row, ITERS consecutive blocks), given each row's bin window [b_lo, b_hi]
     in INFO: positions of bins above b_hi go to the output, the window's (key, pos) to the
     scratch buffer, both through one packed per-row 64-bit cursor CNT (high 32 bits: output,
     low: buffer; order within a row varies): one atomic per block and a packed prefix sum (one
-    atomic per entry measured 2.6x slower: same-address contention). CNT ends with the exact counts; stores past K outputs or CAP
-    buffer entries are dropped (the finish then re-reads the row). Bins are compared as
-    ranges of `_key_t` (`_bin_trange`)."""
+    atomic per entry measured 2.6x slower: same-address contention). CNT ends with the exact
+    counts; stores past K outputs or CAP buffer entries are dropped (the finish then re-reads
+    the row). Bins are compared as ranges of `_key_t` (`_bin_trange`).
+
+    A block is a [BLOCK // 32, 32] tile: one row per load instruction (32 lanes, coalesced),
+    the rows in each thread's registers. ZERO (a runtime 0, not specialized) hides the
+    positions' alignment from the compiler, which would otherwise give each thread 4
+    neighbours (vector loads) and then move every stored tensor through shared memory to the
+    one-per-lane layout of the scattered stores. The prefix sum then runs down each lane's
+    registers and once across the lanes (its order is free: only the slots must differ)."""
+    wait_prior(PDL)
     r = tl.program_id(0)
     pid = tl.program_id(1)
     r64 = r.to(tl.int64)
@@ -296,7 +337,7 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
     t_hi = _bin_trange(tl.load(INFO + r64 * 4 + 2))[1]
     orow = OUT + r64 * stride_o
     srow = S + r64 * stride_s
-    offs = tl.arange(0, BLOCK)
+    offs = tl.arange(0, BLOCK) + ZERO
     if mode == 0:
         for it in range(ITERS):
             pos = (pid * ITERS + it) * BLOCK + offs
@@ -314,28 +355,55 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
             up = m & (t > t_hi)
             inb = m & (t >= t_lo) & (t <= t_hi)
             packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
-            tot = tl.sum(packed, 0)
+            p2 = tl.reshape(packed, [BLOCK // 32, 32])  # [rows of a thread, lanes]
+            lane_tot = tl.sum(p2, 0)  # [32]
+            tot = tl.sum(lane_tot, 0)
             if tot > 0:
                 inc = (tot >> 16).to(tl.int64) * 4294967296 + (tot & 65535).to(tl.int64)
                 base = tl.atomic_add(CNT + r64, inc, sem="relaxed")
-                ex = tl.cumsum(packed, 0) - packed
+                ex = tl.reshape((tl.cumsum(lane_tot, 0) - lane_tot)[None, :] + tl.cumsum(p2, 0) - p2, [BLOCK])
                 dst_up = (base >> 32).to(tl.int32) + (ex >> 16)
                 dst_in = (base & 4294967295).to(tl.int32) + (ex & 65535)
                 tl.store(orow + dst_up, pos, mask=up & (dst_up < K))
-                tl.store(BUFK + r64 * CAP + dst_in, key.to(tl.int32, bitcast=True), mask=inb & (dst_in < CAP))
-                tl.store(BUFP + r64 * CAP + dst_in, pos, mask=inb & (dst_in < CAP))
+                tl.store(BUF + r64 * CAP + dst_in, _pack(key, pos), mask=inb & (dst_in < CAP))
             x = xn
             pos += BLOCK
 
 
 @triton.jit
-def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr,
-                 DB: tl.constexpr, DBINS: tl.constexpr):
-    """Finish of a row whose nb <= RB buffer entries are held in registers: radix passes of up
-    to DB bits (DBINS = 2^DB bins) over the key bits below the entries' common prefix,
-    the tie cut, and the write of the selected positions from ``cursor`` on. Returns the new
-    cursor."""
-    key, pos, valid = _load_src(bk, bk, bp, True, c_lo, nb, tl.arange(0, RB))
+def _radix_pass(key, match, want, rem, hi, DB: tl.constexpr):
+    """One pass of `_finish_regs`: fix key bits [hi - DB, hi) (or [0, hi)) of the rem-th
+    largest key among the entries ``match`` (those whose bits above hi equal want's). When
+    the picked digit settles the threshold, that is all of its entries are needed (then the
+    threshold is their smallest key) or only its largest is, the threshold is set directly and
+    hi drops to 0. Returns (want, rem, hi, match) for the next pass."""
+    sh = tl.where(hi > DB, hi - DB, 0)
+    if hi < 32:
+        match = match & ((key >> hi) == (want >> hi))
+    d = ((key >> sh) & ((1 << (hi - sh)) - 1)).to(tl.int32)
+    h = tl.histogram(d, 1 << DB, mask=match)
+    dd, above, hd = _pick(h, rem, 1 << DB)
+    rem -= above
+    want = want | (dd.to(tl.uint32) << sh)
+    hi = sh
+    if (hi > 0) & ((hd == rem) | (rem == 1)):
+        inset = match & (d == dd)
+        want = tl.where(hd == rem, tl.min(tl.where(inset, key, 0xFFFFFFFF), 0),
+                        tl.max(tl.where(inset, key, 0), 0))
+        # all needed: every tie at the smallest key is kept; one needed: the tie cut picks it
+        rem = tl.where(hd == rem, tl.sum((inset & (key == want)).to(tl.int32), 0), rem)
+        hi = hi * 0
+    return want, rem, hi, match
+
+
+@triton.jit
+def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr,
+                 DB: tl.constexpr, DB0: tl.constexpr):
+    """Finish of a row whose nb <= RB buffer entries are held in registers: radix passes over
+    the key bits below the entries' common prefix (DB0 bits in the first pass, then DB), the
+    tie cut, and the write of the selected positions from ``cursor`` on (`_radix_pass` stops
+    early once a digit settles the threshold). Returns the new cursor."""
+    key, pos, valid = _load_src(buf, buf, True, c_lo, nb, tl.arange(0, RB))
     kmin = tl.min(tl.where(valid, key, 0xFFFFFFFF), 0)
     kmax = tl.max(tl.where(valid, key, 0), 0)
     x = kmin ^ kmax
@@ -343,17 +411,11 @@ def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr,
     while (hi < 32) & ((x >> hi) != 0):
         hi += 1
     want = tl.where(hi >= 32, 0, (kmin >> hi) << hi)
+    match = valid
+    if hi > 0:
+        want, rem, hi, match = _radix_pass(key, match, want, rem, hi, DB0)
     while hi > 0:
-        sh = tl.where(hi > DB, hi - DB, 0)
-        match = valid & ((key >> hi) == (want >> hi))
-        if hi >= 32:
-            match = valid
-        d = ((key >> sh) & ((1 << (hi - sh)) - 1)).to(tl.int32)
-        h = tl.histogram(d, DBINS, mask=match)
-        dd, above, _ = _pick(h, rem, DBINS)
-        want = want | (dd.to(tl.uint32) << sh)
-        rem -= above
-        hi = sh
+        want, rem, hi, match = _radix_pass(key, match, want, rem, hi, DB)
     tie = valid & (key == want)
     P = c_hi
     if tl.sum(tie.to(tl.int32), 0) > rem:
@@ -366,20 +428,20 @@ def _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr,
 
 @triton.jit
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
-                   BUFK, BUFP, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                   BLOCK: tl.constexpr, DB: tl.constexpr, DBINS: tl.constexpr):
+                   BUF, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
+                   BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, PDL: tl.constexpr = False):
     """Per row: exact k-th key among the window's entries (radix passes), write keys above it
     and the lowest-position ties, then the forced positions and -1 padding. Entries that fit
     in one block (512, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
     read in blocks from the buffer. When the scan's exact counts show that the window missed
     the k-th key (a sampled histogram's estimate was off) or overflowed the buffer, the row is
     re-read and all k positions are selected from it (slower, same result)."""
+    wait_prior(PDL)
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     srow = S + r64 * stride_s
     orow = OUT + r64 * stride_o
-    bk = BUFK + r64 * CAP
-    bp = BUFP + r64 * CAP
+    buf = BUF + r64 * CAP
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     ncand = c_hi - c_lo
@@ -395,30 +457,30 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
         cursor = tl.where(use_buf, above, 0)
         want = (r * 0).to(tl.uint32)
         if use_buf & (nb <= 512) & (BLOCK > 512):
-            cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, 512, DB, DBINS)
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, 512, DB, DB0)
         elif use_buf & (nb <= BLOCK):
-            cursor = _finish_regs(bk, bp, orow, nb, rem, cursor, c_lo, c_hi, BLOCK, DB, DBINS)
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, BLOCK, DB, DB0)
         else:
             n_src = tl.where(use_buf, nb, ncand)
-            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 32, BLOCK)
-            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 24, BLOCK)
-            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 16, BLOCK)
-            want, rem = _refine(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 8, BLOCK)
+            want, rem = _refine(srow, buf, use_buf, c_lo, n_src, want, rem, 32, BLOCK)
+            want, rem = _refine(srow, buf, use_buf, c_lo, n_src, want, rem, 24, BLOCK)
+            want, rem = _refine(srow, buf, use_buf, c_lo, n_src, want, rem, 16, BLOCK)
+            want, rem = _refine(srow, buf, use_buf, c_lo, n_src, want, rem, 8, BLOCK)
             # ties at want: count them; when some must be dropped, the position cutoff P is
             # the rem-th smallest tie position (the source is not in position order), found by
             # four 8-bit radix passes over the positions
             nt = ncand * 0
             for start in range(0, n_src, BLOCK):
-                key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+                key, pos, valid = _load_src(srow, buf, use_buf, c_lo, n_src, start + offs)
                 nt += tl.sum((valid & (key == want)).to(tl.int32), 0)
             P = c_hi
             if nt > rem:
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, rem, 24, P * 0, BLOCK)
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, r2, 16, P, BLOCK)
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, r2, 8, P, BLOCK)
-                P, r2 = _tie_cut_radix(srow, bk, bp, use_buf, c_lo, n_src, want, r2, 0, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, buf, use_buf, c_lo, n_src, want, rem, 24, P * 0, BLOCK)
+                P, r2 = _tie_cut_radix(srow, buf, use_buf, c_lo, n_src, want, r2, 16, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, buf, use_buf, c_lo, n_src, want, r2, 8, P, BLOCK)
+                P, r2 = _tie_cut_radix(srow, buf, use_buf, c_lo, n_src, want, r2, 0, P, BLOCK)
             for start in range(0, n_src, BLOCK):
-                key, pos, valid = _load_src(srow, bk, bp, use_buf, c_lo, n_src, start + offs)
+                key, pos, valid = _load_src(srow, buf, use_buf, c_lo, n_src, start + offs)
                 sel = valid & ((key > want) | ((key == want) & (pos <= P)))
                 si = sel.to(tl.int32)
                 tl.store(orow + (cursor + tl.cumsum(si, 0) - si), pos, mask=sel)
@@ -435,6 +497,9 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
     for start in range(cursor, KOUT, BLOCK):
         i = start + offs
         tl.store(orow + i, tl.full([BLOCK], -1, tl.int32), mask=i < KOUT)
+    # zero the cursors for the next call (`workspace`), once every warp has read them
+    tl.debug_barrier()
+    tl.store(CNT + r64, (r * 0).to(tl.int64))
 
 
 # entries per block of the scan (None: 512) and of the finish (the window's entries stay in
@@ -442,19 +507,38 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
 SCAN_BLOCK: int | None = None
 # one-warp scan programs: their reductions and prefix sums stay in the warp (shuffles, no shared
 # memory or barriers); H200, 32 x 128k: scan 19.0 -> 16.3 us (1024 entries, 8 warps before)
-SCAN_WARPS: int | None = 1
+SCAN_WARPS: int | None = 2
 FINISH_BLOCK = 4096  # a sampled window holds ~3k entries at k = 2048 of 128k Gaussian scores
 FINISH_WARPS = 16
 FINISH_DIGIT_BITS = 4  # bits per radix pass of the register finish (16-bin histograms)
+FINISH_FIRST_DIGIT_BITS: int | None = 6  # bits of its first pass (None: FINISH_DIGIT_BITS)
 # scan blocks per program, at most (1 measured fastest on the H200: more programs in flight)
 SCAN_ITERS = 1
 # the histogram pass counts every SELECT_SAMPLE-th position (1: exact counts); the window it
 # picks is then checked against the scan's exact counts (see `publish_pick`)
-SELECT_SAMPLE = 4
+SELECT_SAMPLE = 8
+# ... in runs of this many consecutive positions (128 bytes of fp32 scores: a position-strided
+# sample touches every 32-byte sector, so it reads the whole row)
+SELECT_SAMPLE_RUN = 32
 _WINDOW_SHIFT = 0  # tests: shift the window by this many bins (forces the finish's fallback)
 # blocks per histogram program, at most (programs that cover several blocks issue fewer
 # histogram atomics; kept so that ~2 programs per SM remain); also caps SCAN_ITERS
 SELECT_ITERS = 4
+
+
+# launch the selection kernels (and the decode / sparse kernels) with programmatic dependent
+# launch on Hopper and newer: each kernel's launch overlaps the end of the previous one
+# (`wait_prior`)
+USE_PDL = True
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """Launch options for kernels that begin with `wait_prior`: PDL on CUDA devices of compute
+    capability 9.0 or newer (and not under the interpreter), else none."""
+    if (not USE_PDL or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+            or torch.cuda.get_device_capability(device)[0] < 9):
+        return {}
+    return {"PDL": True, "launch_pdl": True}
 
 
 def _iters(programs: int, device: torch.device) -> int:
@@ -513,13 +597,26 @@ def select_rows(
     lens = lens if has_lens else scores  # never read when absent
     starts = starts if has_starts else scores
     kout = k + sink + local
-    out = torch.empty(R, kout, dtype=torch.int32, device=dev)
     if work is None:
-        work = select_workspace(R, dev)
+        work = workspace(R, dev)
+    try:
+        return _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_len, sink,
+                       local, block, num_warps, cap, hist_done)
+    except BaseException:
+        work.zero_()  # a launch that did not happen leaves counts behind; clean for the next call
+        raise
+
+
+def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_len, sink, local,
+            block, num_warps, cap, hist_done):
+    """The three kernels of `select_rows` (arguments as there, checked)."""
+    R, n = scores.shape
+    dev = scores.device
+    out = torch.empty(R, kout, dtype=torch.int32, device=dev)
+    pdl = pdl_launch(dev)
     ws = workspace_views(work, R)
     cap = min(n, max(16384, 2 * k, n // 16)) if cap is None else max(1, cap)
-    bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
-    bufp = torch.empty(R, cap, dtype=torch.int32, device=dev)
+    buf = torch.empty(R, cap, dtype=torch.int64, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)
     if not hist_done:
         smp = max(1, SELECT_SAMPLE)
@@ -529,20 +626,20 @@ def select_rows(
         _hist_kernel[(R, triton.cdiv(ns, hblock * hiters))](
             scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.hist,
             ws.done, ws.info, _WINDOW_SHIFT, HAS_LENS=has_lens, HAS_STARTS=has_starts,
-            BLOCK=hblock, ITERS=hiters, SAMPLE=smp, num_warps=8,
+            BLOCK=hblock, ITERS=hiters, SAMPLE=smp, RUN=SELECT_SAMPLE_RUN, num_warps=8, **pdl,
         )
     sblock = SCAN_BLOCK or 512
     siters = min(SCAN_ITERS, _iters(R * triton.cdiv(n, sblock), dev))
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt,
-        out, out.stride(0), bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        ITERS=siters, num_warps=SCAN_WARPS or max(1, sblock // 128),  # None: 4 per thread
+        out, out.stride(0), buf, cap, 0, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
+        ITERS=siters, num_warps=SCAN_WARPS or max(1, sblock // 128), **pdl,  # None: 4 per thread
     )
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
-        kout, bufk, bufp, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
-        DB=FINISH_DIGIT_BITS, DBINS=1 << FINISH_DIGIT_BITS,
-        num_warps=num_warps or FINISH_WARPS,
+        kout, buf, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
+        DB=FINISH_DIGIT_BITS, DB0=FINISH_FIRST_DIGIT_BITS or FINISH_DIGIT_BITS,
+        num_warps=num_warps or FINISH_WARPS, **pdl,
     )
     return out
 
@@ -558,16 +655,46 @@ class SelectWorkspace(NamedTuple):
     info: torch.Tensor
 
 
+WORDS_PER_ROW = 263  # int32 words of scratch per row (`workspace_views`)
+
+
 def select_workspace(R: int, device: torch.device) -> torch.Tensor:
-    """Zeroed int32 scratch of `select_rows` for R rows (see `SelectWorkspace`), one memset.
-    Pass it as ``work``; the decode kernel fills the histogram and the picks
-    (`workspace_views`) while it computes the scores and then passes ``hist_done=True``."""
-    return torch.zeros(R * 263, dtype=torch.int32, device=device)
+    """Zeroed int32 scratch of `select_rows` for R rows (see `SelectWorkspace`). The kernels
+    leave it zeroed again when they finish, so one workspace serves any number of calls made
+    one after another (not concurrently). Pass it as ``work``; the decode kernel fills the
+    histogram and the picks (`workspace_views`) while it computes the scores and then passes
+    ``hist_done=True``."""
+    return torch.zeros(R * WORDS_PER_ROW, dtype=torch.int32, device=device)
 
 
-def workspace_views(work: torch.Tensor, R: int) -> SelectWorkspace:
-    return SelectWorkspace(work[: R * 256], work[R * 256: R * 258].view(torch.int64),
-                           work[R * 258: R * 259], work[R * 259: R * 263])
+_WORKSPACES: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def workspace(R: int, device: torch.device) -> torch.Tensor:
+    """A `select_workspace` for at least R rows kept for the current CUDA stream (calls on one
+    stream run one after another, so they can share it; other streams get their own). Saves
+    a memset launch per call. CPU (interpreter): a fresh one."""
+    if device.type != "cuda":
+        return select_workspace(R, device)
+    key = (device.index if device.index is not None else torch.cuda.current_device(),
+           torch.cuda.current_stream(device).cuda_stream)
+    w = _WORKSPACES.get(key)
+    if w is None or w.numel() < R * WORDS_PER_ROW:
+        if len(_WORKSPACES) >= 64:  # streams come and go: keep the cache small
+            _WORKSPACES.clear()
+        w = _WORKSPACES[key] = select_workspace(max(R, 64), device)
+    return w
+
+
+def workspace_views(work: torch.Tensor, R: int | None = None) -> SelectWorkspace:
+    """The regions of a workspace, laid out by its capacity (numel // WORDS_PER_ROW rows) and
+    not by the rows of a call, so that every call finds the zeroed regions where the previous
+    one left them; R (optional) is checked against the capacity."""
+    cap = work.numel() // WORDS_PER_ROW
+    if R is not None and R > cap:
+        raise ValueError(f"the workspace holds {cap} rows; {R} were asked for")
+    return SelectWorkspace(work[: cap * 256], work[cap * 256: cap * 258].view(torch.int64),
+                           work[cap * 258: cap * 259], work[cap * 259: cap * 263])
 
 
 def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tensor:

@@ -29,7 +29,7 @@ import triton.language as tl
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import (
     NBINS, _cand_range, _f32_key, _row_range, add_hist, bin_hist, publish_pick, select_rows,
-    select_workspace, workspace_views,
+    pdl_launch, wait_prior, workspace, workspace_views,
 )
 from topkattn.ops.topk.triton_sparse import (
     INTERPRET, _num_sms, check_cache, kv_rows, mm, sparse_attention, unit_stride,
@@ -59,7 +59,7 @@ def _scores_kernel(
     HAS_LENS: tl.constexpr,
     HAS_STARTS: tl.constexpr,
     WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, FUSE_HIST: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Each program scores TILES consecutive tiles of BLOCK_N keys of one (sequence, KV head).
     K rows come from a contiguous [B, Hkv, n, D] cache or, PAGED, from pages through the block
@@ -67,6 +67,7 @@ def _scores_kernel(
     of the group sums (rows b*Hkv + hkv; only candidate positions, visible and not sink/local,
     are counted, exactly as `select_rows` would) and, from the row's last program, its bin pick
     (`publish_pick`)."""
+    wait_prior(PDL)
     bh = tl.program_id(0)
     b = bh // Hkv
     hkv = bh % Hkv
@@ -143,7 +144,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
         HAS_LENS=seq_lens is not None, HAS_STARTS=seq_starts is not None, WRITE_S=write_s,
         WRITE_G=group_sum, FUSE_HIST=work is not None,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None,
-        num_warps=DECODE_SCORES_WARPS, num_stages=DECODE_SCORES_STAGES,
+        num_warps=DECODE_SCORES_WARPS, num_stages=DECODE_SCORES_STAGES, **pdl_launch(q.device),
     )
     return S, SG
 
@@ -214,7 +215,7 @@ def topk_decode(
     hsel = Hkv if group else Hq
     kk = min(topk, n)
     R = B * hsel
-    work = select_workspace(R, q.device)
+    work = workspace(R, q.device)
     # kv_group: the per-head scores are not stored; the sparse pass re-gathers the selected K
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.

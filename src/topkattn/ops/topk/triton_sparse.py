@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
+from topkattn.ops.select.triton_select import pdl_launch, wait_prior
 
 NUM_SMS_DEFAULT = 132
 # The CPU interpreter mis-computes tl.dot on bf16 operands: upcast to fp32 there.
@@ -57,8 +58,9 @@ def _sparse_fwd_kernel(
     Hq, Hi, Lq, Lk, NIDX, G, CHUNK, scale,
     CAUSAL: tl.constexpr, HEADS: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
     BLOCK: tl.constexpr, SPLITS: tl.constexpr, HAS_S: tl.constexpr, HAS_LENS: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    wait_prior(PDL)
     row = tl.program_id(0)  # (b, hi, m)
     split = tl.program_id(1)
     m = row % Lq
@@ -125,7 +127,9 @@ def _sparse_fwd_kernel(
 
 
 @triton.jit
-def _combine_kernel(PM, PL, PACC, O, LSE, SPLITS, SP: tl.constexpr, D: tl.constexpr):
+def _combine_kernel(PM, PL, PACC, O, LSE, SPLITS, SP: tl.constexpr, D: tl.constexpr,
+                    PDL: tl.constexpr = False):
+    wait_prior(PDL)
     row = tl.program_id(0).to(tl.int64)
     sp = tl.arange(0, SP)
     d = tl.arange(0, D)
@@ -337,9 +341,11 @@ def sparse_attention(
         CAUSAL=causal, HEADS=heads, GP=gp, D=D, BLOCK=block, SPLITS=splits,
         HAS_S=scores is not None, HAS_LENS=seq_lens is not None,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, num_warps=4,
+        **pdl_launch(q.device),
     )
     if splits > 1:
         _combine_kernel[(B * Hq * Lq,)](
-            pm, pl, pacc, out, lse, splits, SP=triton.next_power_of_2(splits), D=D, num_warps=4
+            pm, pl, pacc, out, lse, splits, SP=triton.next_power_of_2(splits), D=D, num_warps=4,
+            **pdl_launch(q.device),
         )
     return (out, lse) if return_lse else out
