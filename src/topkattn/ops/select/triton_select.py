@@ -49,6 +49,7 @@ from topkattn.ops.select.reference import _check
 # (TOPKATTN_SELECT_BIN_MANT).
 _MANT = int(os.environ.get("TOPKATTN_SELECT_BIN_MANT", "3"))
 BIN_SHIFT = tl.constexpr(23 - _MANT)  # key >> BIN_SHIFT: sign flag, exponent, _MANT mantissa bits
+BIN_UNIT = tl.constexpr(1 << (23 - _MANT))  # keys per `_key_t` value
 BIN_SIGN = tl.constexpr(1 << (8 + _MANT))  # first value of key >> BIN_SHIFT with x >= 0
 BIN_U0 = tl.constexpr(121 << _MANT)  # |x| = 2^(121-127) = 2^-6 in units of key >> BIN_SHIFT
 NBINS = tl.constexpr(1 << (5 + _MANT))
@@ -120,15 +121,34 @@ def _pick(h, rem, NB: tl.constexpr):
 
 
 @triton.jit
-def _pack(key, pos):
-    """One int64 per window entry: the key in the high 32 bits, the position in the low."""
-    return (key.to(tl.int64) << 32) | pos.to(tl.int64)
+def _f32_skey(x):
+    """fp32 -> int32 whose signed order is the float order (-0.0 folded into +0.0); equals
+    `_f32_key` ^ 0x80000000 (two integer instructions instead of five)."""
+    b = (x + 0.0).to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _skey_bound(t, UP: tl.constexpr):
+    """The smallest (UP: largest) `_f32_skey` whose `_key_t` is t (int32 scalar)."""
+    k = t.to(tl.int64) * BIN_UNIT
+    if UP:
+        k = k + (BIN_UNIT - 1)
+    return (k - 2147483648).to(tl.int32)
+
+
+@triton.jit
+def _pack(skey, pos):
+    """One int64 per window entry: the `_f32_skey` in the high 32 bits, the position in the
+    low."""
+    return (skey.to(tl.int64) << 32) | pos.to(tl.int64)
 
 
 @triton.jit
 def _unpack(v):
-    """Inverse of `_pack`: (uint32 key, int32 position)."""
-    return (v >> 32).to(tl.uint32), (v & 0xFFFFFFFF).to(tl.int32)
+    """Inverse of `_pack`: (uint32 `_f32_key`, int32 position)."""
+    key = ((v >> 32).to(tl.int32) ^ -2147483648).to(tl.uint32, bitcast=True)
+    return key, (v & 0xFFFFFFFF).to(tl.int32)
 
 
 @triton.jit
@@ -311,14 +331,16 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
 @triton.jit(do_not_specialize=["ZERO"])
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, OUT,
                  stride_o, BUF, CAP, ZERO, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                 BLOCK: tl.constexpr, ITERS: tl.constexpr, PDL: tl.constexpr = False):
+                 BLOCK: tl.constexpr, ITERS: tl.constexpr, FULL: tl.constexpr = False,
+                 PDL: tl.constexpr = False):
     """Parallel over (row, ITERS consecutive blocks), given each row's bin window [b_lo, b_hi]
     in INFO: positions of bins above b_hi go to the output, the window's (key, pos) to the
     scratch buffer, both through one packed per-row 64-bit cursor CNT (high 32 bits: output,
     low: buffer; order within a row varies): one atomic per block and a packed prefix sum (one
     atomic per entry measured 2.6x slower: same-address contention). CNT ends with the exact
     counts; stores past K outputs or CAP buffer entries are dropped (the finish then re-reads
-    the row). Bins are compared as ranges of `_key_t` (`_bin_trange`).
+    the row). Bins are compared as ranges of `_f32_skey` (`_bin_trange`, `_skey_bound`).
+    FULL: no lengths, starts, sink or local (every position below n is a candidate).
 
     A block is a [BLOCK // 32, 32] tile: one row per load instruction (32 lanes, coalesced),
     the rows in each thread's registers. ZERO (a runtime 0, not specialized) hides the
@@ -333,8 +355,8 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     mode = tl.load(INFO + r64 * 4)
-    t_lo = _bin_trange(tl.load(INFO + r64 * 4 + 1))[0]
-    t_hi = _bin_trange(tl.load(INFO + r64 * 4 + 2))[1]
+    k_lo = _skey_bound(_bin_trange(tl.load(INFO + r64 * 4 + 1))[0], False)
+    k_hi = _skey_bound(_bin_trange(tl.load(INFO + r64 * 4 + 2))[1], True)
     orow = OUT + r64 * stride_o
     srow = S + r64 * stride_s
     offs = tl.arange(0, BLOCK) + ZERO
@@ -349,11 +371,14 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
         x = tl.load(srow + pos, mask=pos < n, other=0.0)
         for it in range(ITERS):
             xn = tl.load(srow + pos + BLOCK, mask=(pos + BLOCK < n) & (it + 1 < ITERS), other=0.0)
-            m = (pos >= c_lo) & (pos < c_hi)
-            key = _f32_key(x.to(tl.float32))
-            t = _key_t(key)
-            up = m & (t > t_hi)
-            inb = m & (t >= t_lo) & (t <= t_hi)
+            if FULL:  # every position of the row is a candidate
+                m = pos < n
+            else:
+                m = (pos >= c_lo) & (pos < c_hi)
+            key = _f32_skey(x.to(tl.float32))
+            above_lo = key >= k_lo
+            up = m & (key > k_hi)
+            inb = m & above_lo & (key <= k_hi)
             packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
             p2 = tl.reshape(packed, [BLOCK // 32, 32])  # [rows of a thread, lanes]
             lane_tot = tl.sum(p2, 0)  # [32]
@@ -397,16 +422,14 @@ def _radix_pass(key, match, want, rem, hi, DB: tl.constexpr):
 
 
 @triton.jit
-def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr,
+def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.constexpr,
                  DB: tl.constexpr, DB0: tl.constexpr):
-    """Finish of a row whose nb <= RB buffer entries are held in registers: radix passes over
-    the key bits below the entries' common prefix (DB0 bits in the first pass, then DB), the
+    """Finish of a row whose nb <= RB buffer entries (keys in [kmin, kmax], the window) are held
+    in registers: radix passes over the key bits below the window's common prefix (DB0 bits in the first pass, then DB), the
     tie cut, and the write of the selected positions from ``cursor`` on (`_radix_pass` stops
     early once a digit settles the threshold). Returns the new cursor."""
     key, pos, valid = _load_src(buf, buf, True, c_lo, nb, tl.arange(0, RB))
-    kmin = tl.min(tl.where(valid, key, 0xFFFFFFFF), 0)
-    kmax = tl.max(tl.where(valid, key, 0), 0)
-    x = kmin ^ kmax
+    x = kmin ^ kmax  # the window's key range: no reductions needed
     hi = (nb * 0).to(tl.uint32)  # bit length of x: the bits above it are common to all entries
     while (hi < 32) & ((x >> hi) != 0):
         hi += 1
@@ -456,10 +479,12 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
         rem = tl.where(use_buf, k - above, k)
         cursor = tl.where(use_buf, above, 0)
         want = (r * 0).to(tl.uint32)
+        kmin = (_bin_trange(tl.load(INFO + r64 * 4 + 1))[0].to(tl.int64) * BIN_UNIT).to(tl.uint32)
+        kmax = (_bin_trange(tl.load(INFO + r64 * 4 + 2))[1].to(tl.int64) * BIN_UNIT + (BIN_UNIT - 1)).to(tl.uint32)
         if use_buf & (nb <= 512) & (BLOCK > 512):
-            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, 512, DB, DB0)
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, 512, DB, DB0)
         elif use_buf & (nb <= BLOCK):
-            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, BLOCK, DB, DB0)
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, BLOCK, DB, DB0)
         else:
             n_src = tl.where(use_buf, nb, ncand)
             want, rem = _refine(srow, buf, use_buf, c_lo, n_src, want, rem, 32, BLOCK)
@@ -633,7 +658,8 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt,
         out, out.stride(0), buf, cap, 0, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        ITERS=siters, num_warps=SCAN_WARPS or max(1, sblock // 128), **pdl,  # None: 4 per thread
+        ITERS=siters, FULL=not (has_lens or has_starts or sink or local),
+        num_warps=SCAN_WARPS or max(1, sblock // 128), **pdl,  # None: 4 per thread
     )
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
