@@ -68,7 +68,7 @@ for R, n, k in shapes[:3] if QUICK else shapes:
             line.append(f"old {us(lambda: old.select_rows(s, k)):.1f}us")
         line.append(f"new {us(lambda: ts.select_rows(s, k)):.1f}us")
         if dist == "randn" and n <= 131072:
-            for name, attr, val in (("pdl_off", "USE_PDL", False), ("sample4", "SELECT_SAMPLE", 4),
+            for name, attr, val in (("pdl_off", "USE_PDL", False), ("early_off", "PDL_EARLY", False), ("sample4", "SELECT_SAMPLE", 4),
                                     ("sample16", "SELECT_SAMPLE", 16), ("scanw1", "SCAN_WARPS", 1),
                                     ("scanw4", "SCAN_WARPS", 4), ("scan1024", "SCAN_BLOCK", 1024),
                                     ("first4", "FINISH_FIRST_DIGIT_BITS", None),
@@ -85,7 +85,7 @@ for R, n, k in shapes[:3] if QUICK else shapes:
 s = torch.randn(32, 131072, device="cuda")
 prof(f"select (bins {ts.NBINS.value}) 32x128k k=2048", lambda: ts.select_rows(s, 2048))
 del s
-if QUICK:
+if QUICK and os.environ.get("DECODE") != "1":
     sys.exit(0)
 defaults = (td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES, td.DECODE_BLOCK_N)
 variants = [(4, 4, 3, 128)]
@@ -110,6 +110,10 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768), (8, 131072)]:
     t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
     line.append(f"kv no-pdl {t:.4f} ({t / sd:.3f}x)")
     ts.USE_PDL = True
+    ts.PDL_EARLY = False
+    t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048, granularity="kv_group"))
+    line.append(f"kv no-early {t:.4f} ({t / sd:.3f}x)")
+    ts.PDL_EARLY = True
     td.DECODE_TILES = 1
     t = time_graph_ms(lambda: td.topk_decode(q, kc, v, 2048))
     line.append(f"query_head t1 {t:.4f} ({t / sd:.3f}x)")

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton.language.extra.cuda import gdc_wait
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
@@ -251,6 +251,17 @@ def wait_prior(PDL: tl.constexpr):
 
 
 @triton.jit
+def release_next(PDL: tl.constexpr):
+    """With PDL: let the next kernel in the stream launch now (its programs become resident and
+    wait in `wait_prior` until this kernel is done) instead of when this one's programs exit.
+    The histogram kernel (its programs are all resident at once) and the finish (32-ish
+    programs) use it; not the scan, whose many programs would share the SMs with the finish's
+    large waiting programs."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
 def bin_hist(key, m):
     """int32 [NBINS] counts of `_log_bin` over the keys where m (shared with the decode scores
     kernel, which fuses the histogram into its pass)."""
@@ -303,7 +314,7 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT):
 def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO, SHIFT,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr,
-                 PDL: tl.constexpr = False):
+                 PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
     """`_log_bin` histogram of one in SAMPLE candidates of each row into HIST [R, HIST_STRIDE]
     (runs of RUN consecutive positions, one run in every RUN * SAMPLE, so that only 1/SAMPLE
     of the row's memory is read),
@@ -311,6 +322,7 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     BLOCK sampled positions (BLOCK * SAMPLE consecutive positions each) in registers, then adds
     its counts with one atomic per bin; rows with no more than k candidates are not counted."""
     wait_prior(PDL)
+    release_next(PDL and EARLY)
     r = tl.program_id(0)
     first = tl.program_id(1) * (BLOCK * ITERS * SAMPLE)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
@@ -452,7 +464,8 @@ def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.cons
 @triton.jit
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
                    BUF, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                   BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, PDL: tl.constexpr = False):
+                   BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, PDL: tl.constexpr = False,
+                   EARLY: tl.constexpr = False):
     """Per row: exact k-th key among the window's entries (radix passes), write keys above it
     and the lowest-position ties, then the forced positions and -1 padding. Entries that fit
     in one block (512, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
@@ -460,6 +473,7 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
     the k-th key (a sampled histogram's estimate was off) or overflowed the buffer, the row is
     re-read and all k positions are selected from it (slower, same result)."""
     wait_prior(PDL)
+    release_next(PDL and EARLY)
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     srow = S + r64 * stride_s
@@ -555,6 +569,7 @@ SELECT_ITERS = 4
 # launch on Hopper and newer: each kernel's launch overlaps the end of the previous one
 # (`wait_prior`)
 USE_PDL = True
+PDL_EARLY = True  # ... and let the next kernel launch as soon as the selection kernels start
 
 
 def pdl_launch(device: torch.device) -> dict:
@@ -564,6 +579,14 @@ def pdl_launch(device: torch.device) -> dict:
             or torch.cuda.get_device_capability(device)[0] < 9):
         return {}
     return {"PDL": True, "launch_pdl": True}
+
+
+def pdl_early(device: torch.device) -> dict:
+    """`pdl_launch` plus EARLY (`release_next`) for kernels that take it, when PDL_EARLY."""
+    kw = pdl_launch(device)
+    if kw and PDL_EARLY:
+        kw["EARLY"] = True
+    return kw
 
 
 def _iters(programs: int, device: torch.device) -> int:
@@ -638,7 +661,7 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
     R, n = scores.shape
     dev = scores.device
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
-    pdl = pdl_launch(dev)
+    pdl = pdl_early(dev)
     ws = workspace_views(work, R)
     cap = min(n, max(16384, 2 * k, n // 16)) if cap is None else max(1, cap)
     buf = torch.empty(R, cap, dtype=torch.int64, device=dev)
@@ -659,7 +682,7 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt,
         out, out.stride(0), buf, cap, 0, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
         ITERS=siters, FULL=not (has_lens or has_starts or sink or local),
-        num_warps=SCAN_WARPS or max(1, sblock // 128), **pdl,  # None: 4 per thread
+        num_warps=SCAN_WARPS or max(1, sblock // 128), **pdl_launch(dev),  # None: 4 per thread
     )
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
