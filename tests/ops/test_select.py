@@ -2,9 +2,18 @@
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from topkattn.ops.select import topk_select, topk_select_reference
-from topkattn.ops.select.triton_select import select_rows
+from topkattn.ops.select.triton_select import _bit_length, select_rows
+
+
+@triton.jit
+def _bit_length_kernel(X, O, N: tl.constexpr):
+    for i in range(N):
+        x = tl.load(X + i).to(tl.uint32, bitcast=True)
+        tl.store(O + i, _bit_length(x).to(tl.int32))
 
 
 def device() -> str:
@@ -237,3 +246,15 @@ def test_select_gpu_large(monkeypatch, bits, first):
             assert torch.equal(topk_select(s, k, sort=True), topk_select_reference(s, k)), (seed, k)
     s = torch.randn(8, 1 << 20, device="cuda").bfloat16()
     assert torch.equal(topk_select(s, 4096, sort=True), topk_select_reference(s, 4096))
+
+
+def test_bit_length_from_float_exponent():
+    # the finish's common-prefix length: exact or one more (the fp32 conversion rounds up near
+    # powers of two), never less, at most 32
+    vals = [0, 1, 2, 3, 7, 8, 255, 256, 2**24 - 1, 2**24, 2**24 + 1, 2**31 - 1, 2**31, 2**32 - 129,
+            2**32 - 128, 2**32 - 1, 12345678]
+    x = torch.tensor([v if v < 2**31 else v - 2**32 for v in vals], dtype=torch.int32, device=device())
+    o = torch.zeros_like(x)
+    _bit_length_kernel[(1,)](x, o, N=len(vals))
+    for v, h in zip(vals, o.tolist()):
+        assert v.bit_length() <= h <= min(v.bit_length() + 1, 32), (v, h)

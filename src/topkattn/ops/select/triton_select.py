@@ -408,6 +408,15 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
 
 
 @triton.jit
+def _bit_length(x):
+    """Bit length of a uint32 scalar, or one more (at most 32), from the exponent of its fp32
+    value (the conversion may round up to the next power of two; a longer length only adds a
+    bit that all entries share). Replaces a loop of up to 32 dependent steps."""
+    e = ((x.to(tl.float32).to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
+    return tl.where(x == 0, 0, tl.minimum(e - 126, 32)).to(tl.uint32)
+
+
+@triton.jit
 def _radix_pass(key, match, want, rem, hi, DB: tl.constexpr):
     """One pass of `_finish_regs`: fix key bits [hi - DB, hi) (or [0, hi)) of the rem-th
     largest key among the entries ``match`` (those whose bits above hi equal want's). When
@@ -442,9 +451,7 @@ def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.cons
     early once a digit settles the threshold). Returns the new cursor."""
     key, pos, valid = _load_src(buf, buf, True, c_lo, nb, tl.arange(0, RB))
     x = kmin ^ kmax  # the window's key range: no reductions needed
-    hi = (nb * 0).to(tl.uint32)  # bit length of x: the bits above it are common to all entries
-    while (hi < 32) & ((x >> hi) != 0):
-        hi += 1
+    hi = _bit_length(x)  # the bits above it are common to all entries
     want = tl.where(hi >= 32, 0, (kmin >> hi) << hi)
     match = valid
     if hi > 0:
