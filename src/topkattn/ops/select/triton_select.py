@@ -38,7 +38,12 @@ import torch
 import triton
 import triton.language as tl
 
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+try:  # programmatic dependent launch (Triton >= 3.4 on Hopper); without it kernels launch plainly
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    _HAS_PDL = True
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+    _HAS_PDL = False
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
@@ -582,7 +587,7 @@ PDL_EARLY = True  # ... and let the next kernel launch as soon as the selection 
 def pdl_launch(device: torch.device) -> dict:
     """Launch options for kernels that begin with `wait_prior`: PDL on CUDA devices of compute
     capability 9.0 or newer (and not under the interpreter), else none."""
-    if (not USE_PDL or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if (not USE_PDL or not _HAS_PDL or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
             or torch.cuda.get_device_capability(device)[0] < 9):
         return {}
     return {"PDL": True, "launch_pdl": True}
