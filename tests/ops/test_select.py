@@ -61,15 +61,20 @@ SCALES = {
 
 
 @pytest.mark.parametrize("dist", sorted(SCALES))
-@pytest.mark.parametrize("block,cap,bits,first", [(4096, None, 4, None), (4096, None, 4, 8), (4096, None, 8, None), (4096, None, 3, 6),
-                                                  (256, None, 4, None), (256, 8, 4, None)])
-def test_select_finish_paths(monkeypatch, dist, block, cap, bits, first):
+@pytest.mark.parametrize("block,cap,bits,first,tiers", [(4096, None, 4, None, True), (4096, None, 4, 8, True),
+                                                        (4096, None, 8, None, True), (4096, None, 3, 6, True),
+                                                        (256, None, 4, None, True), (256, None, 4, None, False),
+                                                        (256, 8, 4, None, True)])
+def test_select_finish_paths(monkeypatch, dist, block, cap, bits, first, tiers):
     import topkattn.ops.select.triton_select as ts
 
+    monkeypatch.setattr(ts, "FINISH_TIERS", tiers)
+    monkeypatch.setattr(ts, "FINISH_TIER_2048", tiers)
     monkeypatch.setattr(ts, "FINISH_DIGIT_BITS", bits)
     monkeypatch.setattr(ts, "FINISH_FIRST_DIGIT_BITS", first)
-    # block 4096: bin b's entries stay in registers; block 256: the blocked passes over the
-    # buffer; cap 8: bin b overflows the buffer and the passes re-read the row
+    # block 4096: the window's entries stay in registers (tiers of 512, 2048, 4096, 8192); block
+    # 256: registers up to 512 with the tiers, else the blocked passes over the buffer; cap 8:
+    # the window overflows the buffer and the passes re-read the row
     g = torch.Generator().manual_seed(11)
     s = SCALES[dist](g).to(device())
     for k in (1, 16, 37, 256, 700):

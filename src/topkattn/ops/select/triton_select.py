@@ -476,8 +476,8 @@ def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.cons
 @triton.jit
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
                    BUF, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
-                   BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, PDL: tl.constexpr = False,
-                   EARLY: tl.constexpr = False):
+                   BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, TIERS: tl.constexpr = True,
+                   T2048: tl.constexpr = False, PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
     """Per row: exact k-th key among the window's entries (radix passes), write keys above it
     and the lowest-position ties, then the forced positions and -1 padding. Entries that fit
     in one block (512, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
@@ -507,10 +507,16 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
         want = (r * 0).to(tl.uint32)
         kmin = (_bin_trange(tl.load(INFO + r64 * 4 + 1))[0].to(tl.int64) * BIN_UNIT).to(tl.uint32)
         kmax = (_bin_trange(tl.load(INFO + r64 * 4 + 2))[1].to(tl.int64) * BIN_UNIT + (BIN_UNIT - 1)).to(tl.uint32)
+        # register tiers: the smallest that holds the window's entries (TIERS adds 2 * BLOCK,
+        # T2048 a tier of 2048); larger windows take the blocked passes
         if use_buf & (nb <= 512) & (BLOCK > 512):
             cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, 512, DB, DB0)
+        elif T2048 & use_buf & (nb <= 2048) & (BLOCK > 2048):
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, 2048, DB, DB0)
         elif use_buf & (nb <= BLOCK):
             cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, BLOCK, DB, DB0)
+        elif TIERS & use_buf & (nb <= 2 * BLOCK):
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, 2 * BLOCK, DB, DB0)
         else:
             n_src = tl.where(use_buf, nb, ncand)
             want, rem = _refine(srow, buf, use_buf, c_lo, n_src, want, rem, 32, BLOCK)
@@ -562,6 +568,11 @@ SCAN_WARPS: int | None = 2
 FINISH_BLOCK = 4096  # a sampled window holds ~3k entries at k = 2048 of 128k Gaussian scores
 FINISH_WARPS = 16
 FINISH_DIGIT_BITS = 4  # bits per radix pass of the register finish (16-bin histograms)
+# register finish tiers besides 512 and FINISH_BLOCK entries: 2 * FINISH_BLOCK, compiled in when
+# 2k > FINISH_BLOCK (H100, 32x128k k=8192: 68.0 -> 46.3 us, such windows took the blocked passes;
+# compiled in at k=2048 it costs 0.5-1 us), and 2048 (slower at k=2048 and k=8192)
+FINISH_TIERS = True
+FINISH_TIER_2048 = False
 FINISH_FIRST_DIGIT_BITS: int | None = 6  # bits of its first pass (None: FINISH_DIGIT_BITS)
 # scan blocks per program, at most (1 measured fastest on the H200: more programs in flight)
 SCAN_ITERS = 1
@@ -700,6 +711,8 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
         kout, buf, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
         DB=FINISH_DIGIT_BITS, DB0=FINISH_FIRST_DIGIT_BITS or FINISH_DIGIT_BITS,
+        TIERS=FINISH_TIERS and 2 * k > (block or FINISH_BLOCK),  # big windows only (see FINISH_TIERS)
+        T2048=FINISH_TIER_2048,
         num_warps=num_warps or FINISH_WARPS, **pdl,
     )
     return out
