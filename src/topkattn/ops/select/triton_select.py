@@ -1,27 +1,33 @@
 """Exact top-k selection per row in Triton: radix select over the fp32 bit pattern, no sort.
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
-1. ``_hist_kernel`` (grid rows x blocks): histogram of a monotone 8-bit "log bin" of every
-   SELECT_SAMPLE-th candidate score (`_log_bin`: sign, and 1/8-octave steps of |x| over
-   [2^-6, 2^10), the rest clamped into the end bins), added with one atomic per bin and
-   program into [R, 256]. The last program of each row to finish (an arrival counter)
-   derives a bin window [b_lo, b_hi] that holds the k-th largest score with a margin of four
-   standard deviations of the sampled counts, and publishes it (`publish_pick`). The decode
+1. ``_hist_kernel`` (grid rows x blocks): histogram of a monotone 8-bit "log bin" of one in
+   SELECT_SAMPLE candidate scores, sampled in runs of SELECT_SAMPLE_RUN consecutive positions
+   (`_log_bin`: sign, and 1/8-octave steps of |x| over [2^-6, 2^10), the rest clamped into
+   the end bins), added with one atomic per bin and program into [R, 256]. The last program
+   of each row to finish (an arrival counter) derives a bin window [b_lo, b_hi] that holds the
+   k-th largest score with a margin of four standard deviations of the sampled counts,
+   publishes it and zeroes the row's histogram and counter (`publish_pick`). The decode
    kernel can make the same (exact) histogram and window inside its scores pass instead.
 2. ``_scan_kernel`` (grid rows x blocks): streams each row once and writes every position of
-   a bin above the window straight to the output and the (key, position) pairs of the window
-   to a scratch buffer; one 64-bit atomic per block reserves both output ranges (high 32
-   bits: output cursor, low: buffer cursor), one packed prefix sum places the entries. The
-   cursors end as the exact counts above and in the window.
+   a bin above the window straight to the output and the window's entries (signed-order key
+   and position packed in one int64) to a scratch buffer; one 64-bit atomic per block reserves
+   both output ranges (high 32 bits: output cursor, low: buffer cursor), one packed prefix sum
+   places the entries. The cursors end as the exact counts above and in the window.
 3. ``_finish_kernel`` (one program per row): checks the window against those exact counts
    (fewer than k above it, at least k from its bottom up, and within the buffer); radix
-   passes over the window's entries (in registers when they fit in one block; only the bits
-   below the entries' common prefix, 4 at a time) give the exact k-th key T and the number
-   of ties at T still needed; the rare partial tie is cut at a position found by bisection /
-   a position radix (the lowest positions win, as in the reference); a last pass writes keys
-   > T and the kept ties. A window that missed (the sample misjudged the row) or overflowed
-   the buffer is caught there, and the row is re-read and selected in full (slower, same
-   result).
+   passes over the window's entries (in registers, in tiers of 512, FINISH_BLOCK or twice
+   that; only the bits below the window's common prefix, 6 then 4 at a time, stopping once a
+   digit settles the threshold) give the exact k-th key T and the number of ties at T still
+   needed; the rare partial tie is cut at a position found by bisection / a position radix
+   (the lowest positions win, as in the reference); a last pass writes keys > T and the kept
+   ties, and the row's cursors are zeroed. A window that missed (the sample misjudged the row)
+   or overflowed the buffer is caught there, and the row is re-read and selected in full
+   (slower, same result).
+
+The scratch (`workspace`) is kept per CUDA stream: the kernels leave it zeroed, so no memset
+is launched. On Hopper the kernels are launched with programmatic dependent launch (each waits
+in `wait_prior` for the previous kernel; `pdl_launch`).
 
 Rows may carry a visible range [start, L) (per-sequence left / right padding) and ``sink`` /
 ``local`` forced positions (visible positions below ``sink`` and the last ``local`` visible ones): forced positions are
