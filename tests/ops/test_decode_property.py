@@ -48,4 +48,5 @@ def test_topk_decode_matches_reference(B, Hkv, G, n, D, kfrac, sink, local, gran
     assert rel_rms(out.cpu(), ref) < 1e-4
     fin = torch.isfinite(rlse)
     assert torch.equal(torch.isfinite(lse.cpu()), fin)
-    assert (lse.cpu()[fin] - rlse[fin]).abs().max() < 1e-4
+    if fin.any():  # rows with nothing selected have lse -inf on both sides
+        assert (lse.cpu()[fin] - rlse[fin]).abs().max() < 1e-4
