@@ -399,9 +399,8 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
             else:
                 m = (pos >= c_lo) & (pos < c_hi)
             key = _f32_skey(x.to(tl.float32))
-            above_lo = key >= k_lo
             up = m & (key > k_hi)
-            inb = m & above_lo & (key <= k_hi)
+            inb = m & (key >= k_lo) & (key <= k_hi)
             packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
             p2 = tl.reshape(packed, [BLOCK // 32, 32])  # [rows of a thread, lanes]
             lane_tot = tl.sum(p2, 0)  # [32]
@@ -457,9 +456,10 @@ def _radix_pass(key, match, want, rem, hi, DB: tl.constexpr):
 def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.constexpr,
                  DB: tl.constexpr, DB0: tl.constexpr):
     """Finish of a row whose nb <= RB buffer entries (keys in [kmin, kmax], the window) are held
-    in registers: radix passes over the key bits below the window's common prefix (DB0 bits in the first pass, then DB), the
-    tie cut, and the write of the selected positions from ``cursor`` on (`_radix_pass` stops
-    early once a digit settles the threshold). Returns the new cursor."""
+    in registers: radix passes over the key bits below the window's common prefix (DB0 bits in
+    the first pass, then DB; `_radix_pass` stops early once a digit settles the threshold),
+    the tie cut, and the write of the selected positions from ``cursor`` on. Returns the new
+    cursor."""
     key, pos, valid = _load_src(buf, buf, True, c_lo, nb, tl.arange(0, RB))
     x = kmin ^ kmax  # the window's key range: no reductions needed
     hi = _bit_length(x)  # the bits above it are common to all entries
