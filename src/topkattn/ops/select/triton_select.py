@@ -60,7 +60,7 @@ from topkattn.ops.select.reference import _check
 # (TOPKATTN_SELECT_BIN_MANT).
 _MANT = int(os.environ.get("TOPKATTN_SELECT_BIN_MANT", "3"))
 BIN_SHIFT = tl.constexpr(23 - _MANT)  # key >> BIN_SHIFT: sign flag, exponent, _MANT mantissa bits
-BIN_UNIT = tl.constexpr(1 << (23 - _MANT))  # keys per `_key_t` value
+BIN_UNIT = tl.constexpr(1 << BIN_SHIFT.value)  # keys per `_key_t` value
 BIN_SIGN = tl.constexpr(1 << (8 + _MANT))  # first value of key >> BIN_SHIFT with x >= 0
 BIN_U0 = tl.constexpr(121 << _MANT)  # |x| = 2^(121-127) = 2^-6 in units of key >> BIN_SHIFT
 NBINS = tl.constexpr(1 << (5 + _MANT))
@@ -70,11 +70,22 @@ HIST_STRIDE = tl.constexpr(256)
 
 
 @triton.jit
+def _f32_skey(x):
+    """fp32 -> int32 whose signed order is the float order (-0.0 folded into +0.0)."""
+    b = (x + 0.0).to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _skey_to_key(s):
+    """`_f32_skey` -> its unsigned twin `_f32_key` (flip the top bit)."""
+    return (s ^ -2147483648).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
 def _f32_key(x):
     """fp32 -> uint32 whose unsigned order is the float order (-0.0 folded into +0.0)."""
-    x = x + 0.0
-    b = x.to(tl.uint32, bitcast=True)
-    return tl.where((b >> 31) != 0, b ^ 0xFFFFFFFF, b | 0x80000000)
+    return _skey_to_key(_f32_skey(x))
 
 
 @triton.jit
@@ -132,20 +143,11 @@ def _pick(h, rem, NB: tl.constexpr):
 
 
 @triton.jit
-def _f32_skey(x):
-    """fp32 -> int32 whose signed order is the float order (-0.0 folded into +0.0); equals
-    `_f32_key` ^ 0x80000000 (two integer instructions instead of five)."""
-    b = (x + 0.0).to(tl.int32, bitcast=True)
-    return b ^ ((b >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
-def _skey_bound(t, UP: tl.constexpr):
-    """The smallest (UP: largest) `_f32_skey` whose `_key_t` is t (int32 scalar)."""
-    k = t.to(tl.int64) * BIN_UNIT
-    if UP:
-        k = k + (BIN_UNIT - 1)
-    return (k - 2147483648).to(tl.int32)
+def _window_keys(INFO, r64):
+    """The `_f32_key` range [k_lo, k_hi] (int64 scalars) of row r64's published bin window."""
+    k_lo = _bin_trange(tl.load(INFO + r64 * 4 + 1))[0].to(tl.int64) * BIN_UNIT
+    k_hi = _bin_trange(tl.load(INFO + r64 * 4 + 2))[1].to(tl.int64) * BIN_UNIT + (BIN_UNIT - 1)
+    return k_lo, k_hi
 
 
 @triton.jit
@@ -158,8 +160,7 @@ def _pack(skey, pos):
 @triton.jit
 def _unpack(v):
     """Inverse of `_pack`: (uint32 `_f32_key`, int32 position)."""
-    key = ((v >> 32).to(tl.int32) ^ -2147483648).to(tl.uint32, bitcast=True)
-    return key, (v & 0xFFFFFFFF).to(tl.int32)
+    return _skey_to_key((v >> 32).to(tl.int32)), (v & 0xFFFFFFFF).to(tl.int32)
 
 
 @triton.jit
@@ -362,7 +363,7 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
     low: buffer; order within a row varies): one atomic per block and a packed prefix sum (one
     atomic per entry measured 2.6x slower: same-address contention). CNT ends with the exact
     counts; stores past K outputs or CAP buffer entries are dropped (the finish then re-reads
-    the row). Bins are compared as ranges of `_f32_skey` (`_bin_trange`, `_skey_bound`).
+    the row). Bins are compared as ranges of `_f32_skey` (`_window_keys`).
     FULL: no lengths, starts, sink or local (every position below n is a candidate).
 
     A block is a [BLOCK // 32, 32] tile: one row per load instruction (32 lanes, coalesced),
@@ -378,8 +379,9 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     mode = tl.load(INFO + r64 * 4)
-    k_lo = _skey_bound(_bin_trange(tl.load(INFO + r64 * 4 + 1))[0], False)
-    k_hi = _skey_bound(_bin_trange(tl.load(INFO + r64 * 4 + 2))[1], True)
+    k_lo, k_hi = _window_keys(INFO, r64)  # compared as `_f32_skey`: minus 2^31
+    k_lo = (k_lo - 2147483648).to(tl.int32)
+    k_hi = (k_hi - 2147483648).to(tl.int32)
     orow = OUT + r64 * stride_o
     srow = S + r64 * stride_s
     offs = tl.arange(0, BLOCK) + ZERO
@@ -511,8 +513,9 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
         rem = tl.where(use_buf, k - above, k)
         cursor = tl.where(use_buf, above, 0)
         want = (r * 0).to(tl.uint32)
-        kmin = (_bin_trange(tl.load(INFO + r64 * 4 + 1))[0].to(tl.int64) * BIN_UNIT).to(tl.uint32)
-        kmax = (_bin_trange(tl.load(INFO + r64 * 4 + 2))[1].to(tl.int64) * BIN_UNIT + (BIN_UNIT - 1)).to(tl.uint32)
+        kmin, kmax = _window_keys(INFO, r64)
+        kmin = kmin.to(tl.uint32)
+        kmax = kmax.to(tl.uint32)
         # register tiers: the smallest that holds the window's entries (TIERS adds 2 * BLOCK,
         # T2048 a tier of 2048); larger windows take the blocked passes
         if use_buf & (nb <= 512) & (BLOCK > 512):
