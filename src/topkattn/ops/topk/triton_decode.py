@@ -109,7 +109,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
                   block_table: torch.Tensor | None = None,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """fp32 scores [B, Hq, n] (unless not ``write_s``) and the KV-group sum [B, Hkv, n] when
-    ``group_sum``. With ``work`` (a zeroed `select_workspace` of B*Hkv rows; needs
+    ``group_sum``. With ``work`` (a zeroed `select_workspace` for at least B*Hkv rows; needs
     ``group_sum``) also makes the selection histogram of the group sums over the candidate
     positions given by ``seq_starts``, ``seq_lens``, ``sink``, ``local`` and the bin pick of
     the ``topk`` largest, so that `select_rows` can start at its scan (``hist_done``).
