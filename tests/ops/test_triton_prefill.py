@@ -2,11 +2,14 @@
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from tests.ops.compare import TOL, dev
 from tests.ops.compare import rel_rms as _rel_rms
 from topkattn.ops.topk import topk_attention
 from topkattn.ops.topk.naive import topk_attention_reference
+import topkattn.ops.topk.triton_prefill as tp
 from topkattn.ops.topk.triton_prefill import topk_prefill
 
 GRAD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -219,6 +222,8 @@ def test_thresholds_bcc_and_radix_exact(case):
     T, P, stat = prefill_thresholds(*args, return_status=True)
     T2, P2 = prefill_thresholds(*args, method="radix")
     assert (stat == 1).sum() > 0  # the band path ran (status 2 rows: fallback)
+    if ints:  # ties at T: the band path found T, one more pass cut the ties (status 3)
+        assert (stat == 3).sum() > 0
     for t, p in ((T, P), (T2, P2)):
         assert torch.equal(t.cpu().long() & 0xFFFFFFFF, rT) and torch.equal(p.cpu().long(), rP)
 
@@ -251,9 +256,10 @@ def test_prefill_fallback_paths_exact(monkeypatch, mode):
 
 # --- GPU hazards emulated on the interpreter: poisoned scratch, one persistent collect program
 # (scratch reused across row blocks), the GPU tile, count / collect kernels that disagree, band
-# stores that never land. The band path must stay exact (falling back where it cannot verify).
+# stores that never land, a wrong count of the ties to keep at T. The band path must stay exact (falling back where it cannot verify).
 
-HAZARD_MODES = {"poison": 0, "shifted_map": 3, "lost_stores": 4, "one_bin": 1, "far": 2}
+HAZARD_MODES = {"poison": 0, "shifted_map": 3, "lost_stores": 4, "one_bin": 1, "far": 2,
+                "wrong_tie_count": 5}
 
 
 @pytest.mark.parametrize("tile", [16, 64])
@@ -269,6 +275,8 @@ def test_thresholds_exact_under_gpu_hazards(monkeypatch, tile, mode, group):
     B, Hq, Hkv, L, kk = 1, 4, 2, 2 * tile + 11, 6
     torch.manual_seed(L + tile + group)
     mk = lambda *s: torch.randint(-64, 65, s) / 64  # noqa: E731  (dyadic: exact reference)
+    if mode == "wrong_tie_count":  # integer scores: ties at T
+        mk = lambda *s: torch.randint(-2, 3, s).float()  # noqa: E731
     q, k = mk(B, Hq, L, 16).to(dev()), mk(B, Hkv, L, 16).to(dev())
     rT, rP = _ref_thresholds(q, k, kk, True, 1, 1, group)
     T, P, stat = tp.prefill_thresholds(q, k, kk, True, 0.25, 1, 1, group, return_status=True)
@@ -277,6 +285,8 @@ def test_thresholds_exact_under_gpu_hazards(monkeypatch, tile, mode, group):
         assert (stat == 1).sum() > 0  # the band path ran
     if mode == "lost_stores":
         assert (stat == 2).sum() > 0  # unverifiable rows went to the fallback
+    if mode == "wrong_tie_count":  # the tie pass caught every wrong count: radix search instead
+        assert (stat == 3).sum() == 0 and (stat == 2).sum() > 0
 
 
 @pytest.mark.parametrize("mode", ["poison", "shifted_map", "lost_stores"])
@@ -301,3 +311,30 @@ def test_prefill_gpu_tile_exact_under_hazards(monkeypatch, mode):
     g, rg = torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(ref, (q, k, v), do)
     for a, b in zip(g, rg):
         assert rel_rms(a, b) < GRAD_TOL[torch.float32]
+
+
+@triton.jit
+def _row_slots_kernel(F, SLOT, TOT, BM: tl.constexpr, BN: tl.constexpr):
+    r = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+    flag = tl.load(F + r) != 0
+    slot, tot = tp._row_slots(flag, BN)
+    tl.store(SLOT + r, slot)
+    tl.store(TOT + tl.arange(0, BM), tot)
+
+
+@pytest.mark.parametrize("BN", [16, 32, 64, 128])
+@pytest.mark.parametrize("density", [0.03, 0.5, 1.0])
+def test_row_slots_match_prefix_counts(BN, density):
+    """The collect's slots (32-bit row masks and popc, several words per row for BN > 32) are
+    the exclusive prefix counts of the flags along each row, the totals the row counts."""
+    BM = 16
+    g = torch.Generator().manual_seed(BN)
+    flag = (torch.rand(BM, BN, generator=g) < density).to(torch.int32)
+    flag[0] = 1  # a full row: bit 31 of every word is set
+    flag[1] = 0
+    flag = flag.to(dev())
+    slot = torch.empty(BM, BN, dtype=torch.int32, device=dev())
+    tot = torch.empty(BM, dtype=torch.int32, device=dev())
+    _row_slots_kernel[(1,)](flag, slot, tot, BM=BM, BN=BN)
+    assert torch.equal(slot, (torch.cumsum(flag, 1) - flag).to(torch.int32))
+    assert torch.equal(tot, flag.sum(1).to(torch.int32))

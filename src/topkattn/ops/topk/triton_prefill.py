@@ -70,6 +70,8 @@ from topkattn.ops.select.triton_select import _f32_key
 from topkattn.ops.topk.triton_sparse import INTERPRET, check_qkv, mm, unit_stride
 
 P_INF: tl.constexpr = tl.constexpr(2**31 - 1)
+_INTERP: tl.constexpr = tl.constexpr(INTERPRET)
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # softmax in base 2: one fma per exp2  # no inline assembly under the interpreter
 
 # --- tunables (module-level so that device scripts and tests can override them) -------------
 PREFILL_BM: int | None = None  # query rows per tile, every kernel (None: by head dim)
@@ -131,6 +133,24 @@ def _above(s, pos, Tf, P):
     Tf = ``_thr_f32(T)`` (the key order is the fp32 order with -0 == +0; the compares are not
     flush-to-zero)."""
     return (s > Tf[:, None]) | ((s == Tf[:, None]) & (pos[None, :] <= P[:, None]))
+
+
+@triton.jit
+def _above_fast(s, pos, Tf, P, ties):
+    """``_above``, or the single compare s >= Tf when ``ties`` (a runtime scalar, uniform over the
+    row block) is false: no row of the block cuts ties by position (P = P_INF), which is the
+    common case."""
+    if ties:
+        sel = _above(s, pos, Tf, P)
+    else:
+        sel = s >= Tf[:, None]
+    return sel
+
+
+@triton.jit
+def _cuts_ties(P, rm):
+    """Whether any valid row (rm) of a block cuts ties at its threshold by position."""
+    return tl.sum((rm & (P != P_INF)).to(tl.int32), 0) > 0
 
 
 @triton.jit
@@ -466,6 +486,60 @@ def _count_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, sqb, sqh, sqm
 
 
 @triton.jit
+def _popc(x):
+    """Set bits of each int32 of x: popc.b32, or a SWAR count under the interpreter (which runs
+    no inline assembly)."""
+    if _INTERP:
+        u = x.to(tl.uint32, bitcast=True)
+        u = u - ((u >> 1) & 0x55555555)
+        u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F
+        return ((u * 0x01010101) >> 24).to(tl.int32)
+    else:
+        return tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [x], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def _row_slots(flag, BN: tl.constexpr):
+    """For bool flag [BM, BN]: int32 [BM, BN] number of flagged entries before each entry in its
+    row, and the flagged count [BM] of each row. Each row's flags become 32-bit masks (a row sum
+    of distinct bits), the slot the popc of the mask bits below the entry: a few instructions
+    per entry where a prefix sum (tl.cumsum) moved the tile through shared memory."""
+    col = tl.arange(0, BN)
+    bit = 1 << (col & 31)
+    below = (bit - 1)[None, :]
+    word = (col >> 5)[None, :]
+    v = tl.where(flag, bit[None, :], 0)
+    NWD: tl.constexpr = (BN + 31) // 32
+    mw = tl.sum(tl.where(word == 0, v, 0), 1)
+    sel = tl.zeros(flag.shape, tl.int32) + mw[:, None]
+    base = tl.zeros(flag.shape, tl.int32)
+    tot = _popc(mw)
+    for w in tl.static_range(1, NWD):
+        mw = tl.sum(tl.where(word == w, v, 0), 1)
+        sel = tl.where(word == w, mw[:, None], sel)
+        base = tl.where(word == w, tot[:, None], base)
+        tot += _popc(mw)
+    return base + _popc(sel & below), tot
+
+
+@triton.jit
+def _scatter(ptr, val, mask):
+    """tl.store(ptr, val, mask) of fp32 values to scattered addresses, issued in the values' own
+    register layout: one predicated st.global per entry. (tl.store would first move the
+    pointers, values and mask of an mma-layout tile through shared memory to a blocked layout.)
+    Plain tl.store under the interpreter."""
+    if _INTERP:
+        tl.store(ptr, val, mask=mask)
+    else:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.b32 $0, 0; }",
+            "=r,l,r,r", [ptr.to(tl.int64, bitcast=True), val.to(tl.int32, bitcast=True),
+                         mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m, d, Lq, Lk, G, scale,
                  lo, hi, a, b, js, use, c_lo, c_hi, MASKED: tl.constexpr, GROUP: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
@@ -476,7 +550,7 @@ def _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m, d, Lq, 
     bins above js), both counted here from this kernel's own scores, so that the finalize does
     not depend on the count kernel having seen bit-identical scores, and ck (uint32 wrapping
     sum of the band keys, to check what the finalize reads back). The offsets within a tile
-    are exact int32 inclusive prefix sums (tl.cumsum) of the band mask along the row."""
+    are the band entries before them in the row (``_row_slots``)."""
     for start in range(lo, hi, BN):
         s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
                         IEEE, UPCAST)
@@ -487,27 +561,27 @@ def _collect_seg(run, abv, ck, BS, brow, q, qg, kbase, skn, sqh, sqm, m, d, Lq, 
             cand = cand & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
         band = (bi == js[:, None]) & cand
         abv += tl.sum(((bi > js[:, None]) & cand).to(tl.int32), 1)
-        bi32 = band.to(tl.int32)
-        off = run[:, None] + tl.cumsum(bi32, 1) - 1
+        slot, nband = _row_slots(band, BN)
+        off = run[:, None] + slot
         ok = band & (off < CAP)
         if ESTM == 4:  # tests: lose every other band store
             ok = ok & ((pos[None, :] % 2) == 0)
-        tl.store(BS + (brow[:, None] + off), s, mask=ok)
-        run += tl.sum(bi32, 1)
-        ck += tl.sum(tl.where(band, _f32_key(s), 0), 1)
+        _scatter(BS + (brow[:, None] + off), s, ok)
+        run += nband
+        ck += tl.sum(tl.where(band, s.to(tl.uint32, bitcast=True), 0), 1)
     return run, abv, ck
 
 
 @triton.jit
 def _finalize(BS, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, row0, m0, bufoff, Lq, topk,
-              RF: tl.constexpr, CAP: tl.constexpr, NMAX: tl.constexpr):
+              RF: tl.constexpr, CAP: tl.constexpr, NMAX: tl.constexpr, ESTM: tl.constexpr):
     """T of RF rows (row0 + r, query positions m0 + r, scratch rows bufoff + r) in band mode:
     the r-th largest key of the band (r = topk - keys above the band), by bisection over
     [min, max] of the band keys held in registers as [RF, 128] chunks (a warp owns whole rows,
     so the row sums need no shared memory; chunks past the longest band are skipped), stopping
     once the bracket holds one entry (about log2(band) steps; ties: one key value).
-    P = P_INF when every tie at T is selected; otherwise the row is handed to the fallback
-    (STAT = 2), which cuts ties by position.
+    P = P_INF when every tie at T is selected; otherwise (STAT = 3) T and the number of ties to
+    keep go to the fallback kernel, which cuts the ties by position in one pass.
 
     Verified per row (any failure hands the row to the fallback, so a fault costs time, never
     exactness): the band counted by the collect (NBD) fits the scratch and holds the r-th key
@@ -545,7 +619,7 @@ def _finalize(BS, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, row0, m0, bufoff, Lq, t
         lo = tl.minimum(lo, tl.min(tl.where(ent, kc, 0xFFFFFFFF), 1))
         hi = tl.maximum(hi, tl.max(kc, 1))
         keys = keys + (kc,)
-        ck -= tl.sum(kc, 1)
+        ck -= tl.sum(tl.where(ent, v.to(tl.uint32, bitcast=True), 0), 1)
     use = use & (bad == 0) & (ck == 0)
     lo = tl.where(use, lo, 0)
     hi = tl.where(use, hi + 1, 1)
@@ -578,9 +652,16 @@ def _finalize(BS, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, row0, m0, bufoff, Lq, t
     use = use & (ngt < r) & (nge >= r)
     cut = nge > r  # more keys >= T than needed: ties at T to cut by position
     done = use & ~cut
-    tl.store(TB + row, T.to(tl.int32, bitcast=True), mask=done)
+    tl.store(TB + row, T.to(tl.int32, bitcast=True), mask=use)
     tl.store(PB + row, tl.full([RF], P_INF, tl.int32), mask=done)
-    tl.store(STAT + row, tl.full([RF], 2, tl.int32), mask=use0 & ~done)
+    # tie rows (STAT 3): T is known; the fallback kernel only cuts the ties, in one pass, keeping
+    # the first ``r - ngt`` of the ``nge - ngt`` keys equal to T (NBD, JS)
+    keep = r - ngt
+    if ESTM == 5:  # tests: a wrong tie count, which that pass must catch
+        keep += 1
+    tl.store(NBD + row, keep, mask=use & cut)
+    tl.store(JS + row, nge - ngt, mask=use & cut)
+    tl.store(STAT + row, tl.where(use & cut, 3, 2), mask=use0 & ~done)
 
 
 @triton.jit
@@ -641,12 +722,13 @@ def _collect_kernel(Q, K, ST, EN, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, BS, sqb
             for c in range(0, BM // RF):
                 _finalize(BS, TB, PB, STAT, EA, EB, JS, CH, NBD, CK,
                           bh.to(tl.int64) * Lq + pid_m * BM + c * RF, pid_m * BM + c * RF,
-                          bufoff + c * RF, Lq, topk, RF, CAP, NMAX)
+                          bufoff + c * RF, Lq, topk, RF, CAP, NMAX, ESTM)
             tl.debug_barrier()  # before the next row block overwrites the scratch
 
 
 @triton.jit
-def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, sqb, sqh, sqm, skb, skh, skn, Hr, G, Lq, Lk, topk,
+def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh, skn, Hr, G, Lq,
+                   Lk, topk,
                    sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
                    UPCAST: tl.constexpr, FLAGGED: tl.constexpr):
@@ -654,17 +736,23 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, sqb, sqh, sqm, skb, skh, skn, Hr,
     pass (16-bin histograms per row from int32 words of four 8-bit fields), at most 8 passes (a
     block stops once every row's bin is exactly the rest it needs); then at most one pass that
     turns an early-stopped prefix into the smallest key of its bin (canonical T: the k-th largest
-    key itself) and finds tie cutoffs. FLAGGED: only rows with STAT == 2 (others untouched; blocks
-    without such rows exit at once); else every row, inactive rows storing T = 0, P = P_INF."""
+    key itself) and finds tie cutoffs. FLAGGED: only rows with STAT 2 or 3 (others untouched;
+    blocks without such rows exit at once); else every row, inactive rows storing T = 0,
+    P = P_INF. STAT 3 rows (T known, JS ties at T of which the first NBD are kept) first take one
+    pass that cuts the ties and checks T (exactly topk - NBD candidates above it, JS equal to it);
+    a row that fails the check takes the radix search like STAT 2."""
     bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hr, Lq, Lk, sink, local,
                                                                  CAUSAL, BM, D)
     rm = m < Lq
     row = bh.to(tl.int64) * Lq + m
     active = (c_hi - c_lo) > topk
     if FLAGGED:
-        sel = active & (tl.load(STAT + row, mask=rm, other=0) == 2)
+        stat = tl.load(STAT + row, mask=rm, other=0)
+        sel = active & ((stat == 2) | (stat == 3))
+        tie = sel & (stat == 3)
     else:
         sel = active
+        tie = sel & False
     want = tl.zeros([BM], tl.uint32)
     P = tl.full([BM], P_INF, tl.int32)
     if tl.sum(sel.to(tl.int32), 0) > 0:
@@ -675,6 +763,31 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, sqb, sqh, sqm, skb, skh, skn, Hr,
         rem = tl.where(sel, topk, 0)
         nd = rem
         done = ~sel
+        if tl.sum(tie.to(tl.int32), 0) > 0:  # tie rows: one pass, T checked
+            Tt = tl.load(TB + row, mask=tie, other=0).to(tl.uint32, bitcast=True)
+            keep = tl.load(NBD + row, mask=tie, other=0)
+            nties = tl.load(JS + row, mask=tie, other=0)
+            gt = tl.zeros([BM], tl.int32)
+            seen = tl.zeros([BM], tl.int32)
+            Pt = tl.full([BM], P_INF, tl.int32)
+            for start in range(n_lo, n_end, BN):
+                s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP,
+                                BM, BN, IEEE, UPCAST)
+                pos = start + tl.arange(0, BN)
+                key = _f32_key(s)
+                cand = tie[:, None] & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+                gt += tl.sum((cand & (key > Tt[:, None])).to(tl.int32), 1)
+                eq = (cand & (key == Tt[:, None])).to(tl.int32)
+                c = seen[:, None] + tl.cumsum(eq, 1)
+                Pt = tl.minimum(Pt, tl.min(tl.where((eq > 0) & (c == keep[:, None]), pos[None, :],
+                                                    P_INF), 1))
+                seen += tl.sum(eq, 1)
+            ok = tie & (keep >= 1) & (keep < nties) & (gt + keep == topk) & (seen == nties)
+            want = tl.where(ok, Tt, want)
+            P = tl.where(ok, Pt, P)
+            nd = tl.where(ok, 0, nd)
+            done = done | ok
+            tl.store(STAT + row, tl.full([BM], 2, tl.int32), mask=rm & tie & ~ok)
         early = rem < 0  # done with a bin prefix only: T = smallest key of the bin (final pass)
         esh = tl.zeros([BM], tl.int32)
         f = tl.arange(0, 16)
@@ -741,7 +854,7 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, sqb, sqh, sqm, skb, skh, skn, Hr,
 
 @triton.jit
 def _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo, c_hi, Tf, P,
-                MASKED: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                ties, MASKED: tl.constexpr, GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """Scaled scores [BM, BN] of one key tile kt [BN, D] and the selection mask of the tile
     (from the group's summed scores with GROUP; MASKED as in ``_fwd_seg``)."""
@@ -753,13 +866,13 @@ def _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo,
     if MASKED:
         sel = _sel_mask(ssel, pos, vs, vis_end, c_lo, c_hi, Tf, P)
     else:
-        sel = _above(ssel, pos, Tf, P)
+        sel = _above_fast(ssel, pos, Tf, P, ties)
     return s, sel
 
 
 @triton.jit
 def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, d, Lq, Lk, G,
-             scale, vs, vis_end, c_lo, c_hi, Tf, P, MASKED: tl.constexpr, GROUP: tl.constexpr,
+             scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, MASKED: tl.constexpr, GROUP: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """Online-softmax update (acc [BM, D], m_i, l_i [BM]) over key tiles lo, lo+BN, ... < hi;
     MASKED: full visibility / sink / local mask, else every entry is a candidate (interior)."""
@@ -767,12 +880,12 @@ def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, 
         pos = start + tl.arange(0, BN)
         kt = _load_rows(kbase, start, skn, Lk, d, BN)
         s, sel = _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo,
-                             c_hi, Tf, P, MASKED, GROUP, BM, BN, IEEE, UPCAST)
+                             c_hi, Tf, P, ties, MASKED, GROUP, BM, BN, IEEE, UPCAST)
         s = tl.where(sel, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
+        m2 = tl.where(m_new == float("-inf"), 0.0, m_new) * LOG2E
+        alpha = tl.math.exp2(m_i * LOG2E - m2)
+        p = tl.math.exp2(tl.fma(s, LOG2E, -m2[:, None]))
         vt = _load_rows(vbase, start, svn, Lk, d, BN)
         acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -812,6 +925,7 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
                 + d[None, :], mask=rm[:, None], other=0.0)
     kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
     vbase = V + b.to(tl.int64) * svb + (h // G).to(tl.int64) * svh
+    ties = _cuts_ties(P, rm)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
@@ -819,14 +933,14 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
     n_end = tl.max(vis_end, 0)
     e0, e1 = _tile_ranges(rm, c_lo, c_hi, n_lo, n_end, BN)
     acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, n_lo, e0, skn, svn, sqh, sqm, m,
-                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP, BM,
-                             BN, IEEE, UPCAST)
-    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m,
-                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, False, GROUP, BM,
-                             BN, IEEE, UPCAST)
-    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e1, n_end, skn, svn, sqh, sqm,
-                             m, d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP,
+                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True, GROUP,
                              BM, BN, IEEE, UPCAST)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m,
+                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, False, GROUP,
+                             BM, BN, IEEE, UPCAST)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e1, n_end, skn, svn, sqh, sqm,
+                             m, d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True,
+                             GROUP, BM, BN, IEEE, UPCAST)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     tl.store(O + row[:, None] * D + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
              mask=rm[:, None])
@@ -834,8 +948,8 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
 
 
 @triton.jit
-def _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, d, Lq, Lk, G,
-            scale, vs, vis_end, c_lo, c_hi, Tf, P, MASKED: tl.constexpr, GROUP: tl.constexpr,
+def _dq_seg(dq, q, qg, do, lse2, delta, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, d, Lq, Lk,
+            G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, MASKED: tl.constexpr, GROUP: tl.constexpr,
             BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """dq [BM, D] (unscaled) accumulated over key tiles lo, lo+BN, ... < hi (MASKED as in
     ``_fwd_seg``)."""
@@ -844,8 +958,8 @@ def _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, lo, hi, skn, svn, sqh, sqm,
         kt = _load_rows(kbase, start, skn, Lk, d, BN)
         vt = _load_rows(vbase, start, svn, Lk, d, BN)
         s, sel = _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo,
-                             c_hi, Tf, P, MASKED, GROUP, BM, BN, IEEE, UPCAST)
-        p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
+                             c_hi, Tf, P, ties, MASKED, GROUP, BM, BN, IEEE, UPCAST)
+        p = tl.where(sel, tl.math.exp2(tl.fma(s, LOG2E, -lse2[:, None])), 0.0)
         dp = mm(do, tl.trans(vt), IEEE, UPCAST)
         ds = p * (dp - delta[:, None])
         dq += mm(ds.to(kt.dtype), kt, IEEE, UPCAST)
@@ -861,8 +975,9 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, s
                                                                  CAUSAL, BM, D)
     row, rm, qg, Tf, P = _head_thresholds(Q, TB, PB, bh, b, h, m, sqb, sqh, Hq, G, Lq, GROUP)
     lse = tl.load(LSE + row, mask=rm, other=0.0)
-    lse = tl.where(lse == float("-inf"), 0.0, lse)
+    lse2 = tl.where(lse == float("-inf"), 0.0, lse) * LOG2E
     delta = tl.load(DELTA + row, mask=rm, other=0.0)
+    ties = _cuts_ties(P, rm)
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + m[:, None].to(tl.int64) * sqm
                 + d[None, :], mask=rm[:, None], other=0.0)
     do = tl.load(DO + row[:, None] * D + d[None, :], mask=rm[:, None], other=0.0)
@@ -872,12 +987,12 @@ def _bwd_dq_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DQ, sqb, sqh, sqm, s
     n_lo = vs // BN * BN
     n_end = tl.max(vis_end, 0)
     e0, e1 = _tile_ranges(rm, c_lo, c_hi, n_lo, n_end, BN)
-    dq = _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, n_lo, e0, skn, svn, sqh, sqm, m, d, Lq,
-                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP, BM, BN, IEEE, UPCAST)
-    dq = _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m, d, Lq,
-                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, False, GROUP, BM, BN, IEEE, UPCAST)
-    dq = _dq_seg(dq, q, qg, do, lse, delta, kbase, vbase, e1, n_end, skn, svn, sqh, sqm, m, d, Lq,
-                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, True, GROUP, BM, BN, IEEE, UPCAST)
+    dq = _dq_seg(dq, q, qg, do, lse2, delta, kbase, vbase, n_lo, e0, skn, svn, sqh, sqm, m, d, Lq,
+                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True, GROUP, BM, BN, IEEE, UPCAST)
+    dq = _dq_seg(dq, q, qg, do, lse2, delta, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m, d, Lq,
+                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, False, GROUP, BM, BN, IEEE, UPCAST)
+    dq = _dq_seg(dq, q, qg, do, lse2, delta, kbase, vbase, e1, n_end, skn, svn, sqh, sqm, m, d, Lq,
+                 Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True, GROUP, BM, BN, IEEE, UPCAST)
     tl.store(DQ + row[:, None] * D + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=rm[:, None])
 
@@ -910,7 +1025,7 @@ def _dkdv_seg(dk, dv, kt, vt, pos, Q, TB, PB, DO, LSE, DELTA, b, hkv, bkv, lo, h
             bh = b * Hq + h
             row = bh.to(tl.int64) * Lq + m
             lse = tl.load(LSE + row, mask=rm, other=0.0)
-            lse = tl.where(lse == float("-inf"), 0.0, lse)
+            lse2 = tl.where(lse == float("-inf"), 0.0, lse) * LOG2E
             delta = tl.load(DELTA + row, mask=rm, other=0.0)
             q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
                         + m[:, None].to(tl.int64) * sqm + d[None, :], mask=rm[:, None], other=0.0)
@@ -925,7 +1040,7 @@ def _dkdv_seg(dk, dv, kt, vt, pos, Q, TB, PB, DO, LSE, DELTA, b, hkv, bkv, lo, h
                     sel = _sel_mask(s, pos, vs, vis_end, c_lo, c_hi, Tf1, P1)
                 else:
                     sel = _above(s, pos, Tf1, P1)
-            p = tl.where(sel, tl.exp(s - lse[:, None]), 0.0)
+            p = tl.where(sel, tl.math.exp2(tl.fma(s, LOG2E, -lse2[:, None])), 0.0)
             dv += mm(tl.trans(p.to(do.dtype)), do, IEEE, UPCAST)
             dp = mm(do, tl.trans(vt), IEEE, UPCAST)
             ds = p * (dp - delta[:, None])
@@ -1012,7 +1127,8 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
     head from the summed group scores). ``method``: "bcc" (estimate, count, collect; radix
     fallback for the rows whose band exceeds ``PREFILL_CAP``) or "radix" (radix search for every
     row); both give the same T and P. ``return_status`` also returns the int32 [rows, Lq] status
-    of "bcc" (0: at most topk candidates, 1: band path, 2: fallback)."""
+    of "bcc" (0: at most topk candidates, 1: band path, 2: radix fallback, 3: band path with the
+    ties at T cut by position in one more pass)."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     BM, BN, nw = _blocks(q)
@@ -1028,7 +1144,7 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
     ck = dict(CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=q.dtype == torch.float32,
               UPCAST=INTERPRET, num_warps=nw, **_stages(PREFILL_THRESH_STAGES))
     if method == "radix":
-        _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, TB, *args, FLAGGED=False, **ck)
+        _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, TB, TB, TB, *args, FLAGGED=False, **ck)
         return (TB, PB, torch.full_like(TB, 2)) if return_status else (TB, PB)
     if method != "bcc":
         raise ValueError(f"method must be 'bcc' or 'radix', got {method!r}")
@@ -1062,7 +1178,7 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
         q, k, st, en, TB, PB, *state, CK, BS, *args, n_rb, R * n_rb, NMAX=4 * W - 1, CAP=cap,
         RF=min(BM, 16), ESTM=_ESTIMATE_MODE, **ck,
     )
-    _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, STAT, *args, FLAGGED=True, **ck)
+    _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, STAT, JS, NBD, *args, FLAGGED=True, **ck)
     return (TB, PB, STAT) if return_status else (TB, PB)
 
 
