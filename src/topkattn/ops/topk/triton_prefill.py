@@ -749,10 +749,10 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh,
     if FLAGGED:
         stat = tl.load(STAT + row, mask=rm, other=0)
         sel = active & ((stat == 2) | (stat == 3))
-        tie = sel & (stat == 3)
+        cut3 = sel & (stat == 3)
     else:
         sel = active
-        tie = sel & False
+        cut3 = sel & False
     want = tl.zeros([BM], tl.uint32)
     P = tl.full([BM], P_INF, tl.int32)
     if tl.sum(sel.to(tl.int32), 0) > 0:
@@ -763,10 +763,10 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh,
         rem = tl.where(sel, topk, 0)
         nd = rem
         done = ~sel
-        if tl.sum(tie.to(tl.int32), 0) > 0:  # tie rows: one pass, T checked
-            Tt = tl.load(TB + row, mask=tie, other=0).to(tl.uint32, bitcast=True)
-            keep = tl.load(NBD + row, mask=tie, other=0)
-            nties = tl.load(JS + row, mask=tie, other=0)
+        if tl.sum(cut3.to(tl.int32), 0) > 0:  # STAT 3 rows: one pass, T checked
+            Tt = tl.load(TB + row, mask=cut3, other=0).to(tl.uint32, bitcast=True)
+            keep = tl.load(NBD + row, mask=cut3, other=0)
+            nties = tl.load(JS + row, mask=cut3, other=0)
             gt = tl.zeros([BM], tl.int32)
             seen = tl.zeros([BM], tl.int32)
             Pt = tl.full([BM], P_INF, tl.int32)
@@ -775,19 +775,19 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh,
                                 BM, BN, IEEE, UPCAST)
                 pos = start + tl.arange(0, BN)
                 key = _f32_key(s)
-                cand = tie[:, None] & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
+                cand = cut3[:, None] & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
                 gt += tl.sum((cand & (key > Tt[:, None])).to(tl.int32), 1)
                 eq = (cand & (key == Tt[:, None])).to(tl.int32)
                 c = seen[:, None] + tl.cumsum(eq, 1)
                 Pt = tl.minimum(Pt, tl.min(tl.where((eq > 0) & (c == keep[:, None]), pos[None, :],
                                                     P_INF), 1))
                 seen += tl.sum(eq, 1)
-            ok = tie & (keep >= 1) & (keep < nties) & (gt + keep == topk) & (seen == nties)
+            ok = cut3 & (keep >= 1) & (keep < nties) & (gt + keep == topk) & (seen == nties)
             want = tl.where(ok, Tt, want)
             P = tl.where(ok, Pt, P)
             nd = tl.where(ok, 0, nd)
             done = done | ok
-            tl.store(STAT + row, tl.full([BM], 2, tl.int32), mask=rm & tie & ~ok)
+            tl.store(STAT + row, tl.full([BM], 2, tl.int32), mask=rm & cut3 & ~ok)
         early = rem < 0  # done with a bin prefix only: T = smallest key of the bin (final pass)
         esh = tl.zeros([BM], tl.int32)
         f = tl.arange(0, 16)
