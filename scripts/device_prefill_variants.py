@@ -157,7 +157,7 @@ def attn_kernel_times(q, k, v, do, gran, bm, bn, nw, stages):
 
 def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    print(f"config: BM/BN/warps {tp._blocks(torch.empty(1, 1, 1, D, device='cuda'))}, CAP "
+    print(f"config: tiles {tp._tiles(torch.empty(1, 1, 1, D, device='cuda'), False)}, CAP "
           f"{tp.PREFILL_CAP}, bin words {tp.PREFILL_BIN_WORDS}, sample blocks "
           f"{tp.PREFILL_SAMPLE_BLOCKS}")
     res = {}

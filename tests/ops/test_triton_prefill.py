@@ -53,6 +53,46 @@ def test_prefill_forward_and_grads(case):
     assert_grads_match(out, ref, (q, k, v), dt)
 
 
+
+MIXED_TILES = {"search": tp.PrefillTile(16, 16), "fwd": tp.PrefillTile(32, 16),
+               "dq": tp.PrefillTile(16, 32), "dkdv": tp.PrefillTile(32, 16)}
+
+
+@pytest.mark.parametrize("gran,sink,local", [("query_head", 0, 0), ("kv_group", 1, 2)])
+def test_prefill_kernels_on_their_own_tiles(monkeypatch, gran, sink, local):
+    """Forward / dq / dk-dv on tiles other than the threshold search's (and unlike each other).
+    Dyadic inputs make every score exact, hence tile-independent under the interpreter too (its
+    numpy matmul, unlike the GPU's mma chains, rounds differently per tile shape)."""
+    monkeypatch.setattr(tp, "_tiles", lambda q, group: MIXED_TILES)
+    torch.manual_seed(7)
+    mk = lambda *s: (torch.randint(-8, 9, s) / 8).to(dev()).requires_grad_()  # noqa: E731
+    q, k, v = mk(1, 4, 45, 16), mk(1, 2, 45, 16), mk(1, 2, 45, 16)
+    kw = dict(granularity=gran, sink=sink, local=local)
+    out, lse = topk_prefill(q, k, v, 9, return_lse=True, **kw)
+    ref, rlse = topk_attention_reference(q, k, v, 9, return_lse=True, **kw)
+    assert rel_rms(out, ref) < TOL[torch.float32]
+    assert (lse - rlse).abs().max() < 1e-4
+    assert_grads_match(out, ref, (q, k, v), torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("group", [False, True])
+def test_scores_bitwise_tile_independent(dt, group):
+    """What lets each prefill kernel take its own tile: on the GPU a selection score has the
+    same bits under every tile shape and warp count (wgmma and mma.sync tiles alike)."""
+    torch.manual_seed(3)
+    q = torch.randn(1, 8, 1000, 128, device="cuda").to(dt)
+    k = torch.randn(1, 2, 1000, 128, device="cuda").to(dt)
+    ref = tp.selection_scores(q, k, 0.088, group, tp.PrefillTile(64, 64, 4))
+    tiles = {t for d in tp.PREFILL_TILES.values() for t in d.values()}
+    tiles |= {tp.PrefillTile(*t) for t in [(128, 64, 8), (64, 128, 8), (32, 64, 4), (64, 32, 4),
+                                           (128, 32, 8), (32, 32, 4)]}
+    for t in tiles:
+        s = tp.selection_scores(q, k, 0.088, group, t)
+        assert torch.equal(s.view(torch.int32), ref.view(torch.int32)), t
+
+
 @pytest.mark.parametrize("seed,Hq,kw", [(0, 1, {}),
                                          (2, 2, dict(granularity="kv_group", sink=1, local=1))])
 def test_prefill_ties_keep_lowest_positions(seed, Hq, kw):
@@ -271,7 +311,7 @@ def test_thresholds_exact_under_gpu_hazards(monkeypatch, tile, mode, group):
     monkeypatch.setattr(tp, "_POISON", True)
     monkeypatch.setattr(tp, "_COLLECT_PROGRAMS", 1)
     monkeypatch.setattr(tp, "_ESTIMATE_MODE", HAZARD_MODES[mode])
-    monkeypatch.setattr(tp, "_blocks", lambda q: (tile, tile, 4))
+    monkeypatch.setattr(tp, "_tiles", lambda q, group: tp.uniform_tiles(tile))
     B, Hq, Hkv, L, kk = 1, 4, 2, 2 * tile + 11, 6
     torch.manual_seed(L + tile + group)
     mk = lambda *s: torch.randint(-64, 65, s) / 64  # noqa: E731  (dyadic: exact reference)
@@ -298,7 +338,7 @@ def test_prefill_gpu_tile_exact_under_hazards(monkeypatch, mode):
     monkeypatch.setattr(tp, "_POISON", True)
     monkeypatch.setattr(tp, "_COLLECT_PROGRAMS", 1)
     monkeypatch.setattr(tp, "_ESTIMATE_MODE", HAZARD_MODES[mode])
-    monkeypatch.setattr(tp, "_blocks", lambda q: (64, 64, 4))
+    monkeypatch.setattr(tp, "_tiles", lambda q, group: tp.uniform_tiles(64))
     torch.manual_seed(37 * 37)
     q = torch.randn(1, 2, 37, 16, device=dev(), requires_grad=True)
     k = torch.randn(1, 1, 37, 16, device=dev(), requires_grad=True)

@@ -50,16 +50,17 @@ kernel for the mask); each query head then attends with its own scores and softm
 sequence b sees only keys in [starts[b], ends[b]) (left / right padding; rows that see none
 give zero output).
 
-All kernels of one call compute scores with the same helper and the same tile shape (BM, BN,
-num_warps) so that the keys compared against T are bit-identical to those used to find it;
-``PREFILL_BM`` / ``PREFILL_BN`` / ``PREFILL_WARPS`` override the tile for every kernel at once
-(keep num_warps a multiple of 4), the ``*_STAGES`` constants the pipelining of single kernels.
+All kernels of one call compute scores with the same helper (the same operands, one mma chain
+over the head dim) so that the keys compared against T are bit-identical to those used to find
+it. That holds under any tile shape and warp count, so each kernel has its own tile
+(``PREFILL_TILES``, by granularity; ``PrefillTile``); the threshold search's kernels share one.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -74,12 +75,41 @@ _INTERP: tl.constexpr = tl.constexpr(INTERPRET)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # softmax in base 2: one fma per exp2  # no inline assembly under the interpreter
 
 # --- tunables (module-level so that device scripts and tests can override them) -------------
-PREFILL_BM: int | None = None  # query rows per tile, every kernel (None: by head dim)
-PREFILL_BN: int | None = None  # keys per tile, every kernel (<= 128: 8-bit count fields)
-PREFILL_WARPS: int | None = None
-PREFILL_THRESH_STAGES: int | None = None  # num_stages of the count / collect kernels
-PREFILL_FWD_STAGES: int | None = None
-PREFILL_BWD_STAGES: int | None = 2  # H200 8k: dq 3.26 -> 2.36 ms, dk/dv 5.06 -> 3.51 ms (vs the default 3)
+
+
+@dataclass(frozen=True)
+class PrefillTile:
+    """Tile of one prefill kernel: ``bm`` query rows by ``bn`` keys, ``warps`` warps (a multiple
+    of 4), ``stages`` software-pipeline stages (None: Triton's default)."""
+
+    bm: int
+    bn: int
+    warps: int = 4
+    stages: int | None = None
+
+
+def uniform_tiles(bm: int, bn: int | None = None, warps: int = 4,
+                  bwd_stages: int | None = None) -> dict[str, PrefillTile]:
+    """The same tile for every kernel ("search": estimate / count / collect / fallback; "fwd";
+    "dq"; "dkdv")."""
+    t = PrefillTile(bm, bn or bm, warps)
+    b = PrefillTile(bm, bn or bm, warps, bwd_stages)
+    return {"search": t, "fwd": t, "dq": b, "dkdv": b}
+
+
+# Per-kernel tiles on the GPU for head_dim <= 128, by granularity. The kernels need not share a
+# tile: a score is bit-identical under every tile shape and warp count (each is one mma chain
+# over the head dim; checked on the H200 for 8 tile shapes, mma.sync and wgmma, by
+# scripts/device_prefill_tiles.py and the GPU test test_scores_bitwise_tile_independent).
+# H200, 8k tokens, query_head: dq 2.01 -> 1.76 ms, dk/dv 3.40 -> 3.26 ms with 128-row tiles;
+# kv_group kernels are fastest on 64 x 64 (its forward / dq recompute the group's scores).
+PREFILL_TILES: dict[str, dict[str, PrefillTile]] = {
+    "query_head": {"search": PrefillTile(64, 64), "fwd": PrefillTile(128, 64, 8),
+                   "dq": PrefillTile(128, 64, 8, 3), "dkdv": PrefillTile(128, 64, 8, 2)},
+    "kv_group": uniform_tiles(64, bwd_stages=2),
+}
+PREFILL_TILES_WIDE = uniform_tiles(32, bwd_stages=2)  # head_dim > 128 (registers)
+PREFILL_TILES_CPU = uniform_tiles(16)  # the interpreter (CPU tensors)
 PREFILL_CAP = 512  # band entries kept per row (power of 2)
 PREFILL_BAND_FRAC = 0.4  # target keys per count bin, as a fraction of CAP
 PREFILL_SAMPLE_BLOCKS = 8  # key blocks sampled per row block by the estimate (at least)
@@ -1089,17 +1119,41 @@ def _bwd_dkdv_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DK, DV, sqb, sqh, 
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=pos[:, None] < Lk)
 
 
-def _blocks(q: torch.Tensor) -> tuple[int, int, int]:
-    """(BM, BN, num_warps) shared by every kernel of one call (module overrides on the GPU)."""
+@triton.jit
+def _scores_kernel(Q, K, S, sqb, sqh, sqm, skb, skh, skn, Hr, G, Lq, Lk, scale,
+                   GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """S [B*Hr, Lq, Lk] fp32: the selection scores of one (row block, key tile) per program
+    (grid: B*Hr, query blocks, key tiles), with the prefill kernels' helpers and operands."""
+    bh = tl.program_id(0)
+    b = bh // Hr
+    h = bh % Hr
+    m = tl.program_id(1) * BM + tl.arange(0, BM)
+    start = tl.program_id(2) * BN
+    d = tl.arange(0, D)
+    q, qg, kbase = _sel_operands(Q, K, b, h, m, d, sqb, sqh, sqm, skb, skh, G, Lq, GROUP, BM, D)
+    s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP, BM, BN,
+                    IEEE, UPCAST)
+    pos = start + tl.arange(0, BN)
+    tl.store(S + (bh.to(tl.int64) * Lq + m[:, None]) * Lk + pos[None, :], s,
+             mask=(m[:, None] < Lq) & (pos[None, :] < Lk))
+
+
+def _tiles(q: torch.Tensor, group: bool) -> dict[str, PrefillTile]:
+    """Per-kernel tiles of one call (tests replace this function to force tiles)."""
     if INTERPRET or not q.is_cuda:
-        return 16, 16, 4
-    D = q.shape[-1]
-    bm, bn = (64, 64) if D <= 128 else (32, 32)
-    return PREFILL_BM or bm, PREFILL_BN or bn, PREFILL_WARPS or 4
+        return PREFILL_TILES_CPU
+    if q.shape[-1] > 128:
+        return PREFILL_TILES_WIDE
+    return PREFILL_TILES["kv_group" if group else "query_head"]
 
 
-def _stages(n: int | None) -> dict:
-    return {} if n is None or INTERPRET else {"num_stages": n}
+def _launch(t: PrefillTile) -> dict:
+    """Launch options of a tile (num_stages only on the GPU)."""
+    opt = {"num_warps": t.warps}
+    if t.stages is not None and not INTERPRET:
+        opt["num_stages"] = t.stages
+    return opt
 
 
 def _num_sms(device: torch.device) -> int:
@@ -1120,6 +1174,24 @@ def _bounds(starts, ends, B, Lk, device):
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in (st, en))
 
 
+def selection_scores(q: torch.Tensor, k: torch.Tensor, scale: float, group: bool = False,
+                     tile: PrefillTile | None = None) -> torch.Tensor:
+    """The scores the prefill kernels select on, computed with ``tile``: fp32 [B*Hq, Lq, Lk]
+    (per query head), or [B*Hkv, Lq, Lk] with ``group`` (summed over each KV head's query
+    heads). O(L^2) memory: for tests and the device's tile checks
+    (scripts/device_prefill_tiles.py), not for long sequences."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    t = tile or _tiles(q, group)["search"]
+    Hr = Hkv if group else Hq
+    S = torch.empty(B * Hr, Lq, Lk, dtype=torch.float32, device=q.device)
+    _scores_kernel[(B * Hr, triton.cdiv(Lq, t.bm), triton.cdiv(Lk, t.bn))](
+        q, k, S, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), Hr,
+        Hq // Hkv, Lq, Lk, scale, GROUP=group, BM=t.bm, BN=t.bn, D=D,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, **_launch(t))
+    return S
+
+
 def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, starts=None,
                        ends=None, method="bcc", return_status=False):
     """Per selection row, threshold key T (int32 bit pattern of the uint32 key: the k-th largest
@@ -1131,7 +1203,8 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
     ties at T cut by position in one more pass)."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    BM, BN, nw = _blocks(q)
+    tile = _tiles(q, group)["search"]
+    BM, BN = tile.bm, tile.bn
     assert BN <= 128, "8-bit count fields need BN <= 128"
     st, en = _bounds(starts, ends, B, Lk, q.device)
     Hr = Hkv if group else Hq
@@ -1142,7 +1215,7 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
     args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), Hr,
             Hq // Hkv, Lq, Lk, topk, sink, local, scale)
     ck = dict(CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=q.dtype == torch.float32,
-              UPCAST=INTERPRET, num_warps=nw, **_stages(PREFILL_THRESH_STAGES))
+              UPCAST=INTERPRET, **_launch(tile))
     if method == "radix":
         _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, TB, TB, TB, *args, FLAGGED=False, **ck)
         return (TB, PB, torch.full_like(TB, 2)) if return_status else (TB, PB)
@@ -1187,16 +1260,15 @@ class _TopkPrefill(torch.autograd.Function):
     def forward(ctx, q, k, v, topk, causal, scale, sink, local, group, st, en):
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
-        BM, BN, nw = _blocks(q)
+        t = _tiles(q, group)["fwd"]
         TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en,
                                     method=PREFILL_METHOD)
         o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
-        _fwd_kernel[(B * Hq, triton.cdiv(Lq, BM))](
+        _fwd_kernel[(B * Hq, triton.cdiv(Lq, t.bm))](
             q, k, v, TB, PB, st, en, o, lse, *_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
-            local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D,
-            IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=nw,
-            **_stages(PREFILL_FWD_STAGES),
+            local, scale, CAUSAL=causal, GROUP=group, BM=t.bm, BN=t.bn, D=D,
+            IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, **_launch(t),
         )
         ctx.save_for_backward(q, k, v, o, lse, TB, PB, st, en)
         ctx.args = (causal, scale, sink, local, group)
@@ -1210,22 +1282,23 @@ class _TopkPrefill(torch.autograd.Function):
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
         G = Hq // Hkv
-        BM, BN, nw = _blocks(q)
+        tiles = _tiles(q, group)
+        tq, tkv = tiles["dq"], tiles["dkdv"]
         do = do.contiguous()
         delta = (o.float() * do.float()).sum(-1)  # [B, Hq, Lq]
         dq = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
         dk = torch.empty(B, Hkv, Lk, D, dtype=k.dtype, device=k.device)
         dv = torch.empty(B, Hkv, Lk, D, dtype=v.dtype, device=v.device)
         ieee = q.dtype == torch.float32
-        _bwd_dq_kernel[(B * Hq, triton.cdiv(Lq, BM))](
+        _bwd_dq_kernel[(B * Hq, triton.cdiv(Lq, tq.bm))](
             q, k, v, TB, PB, st, en, do, lse, delta, dq, *_strides(q, k, v), Hq, G, Lq, Lk,
-            sink, local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=ieee,
-            UPCAST=INTERPRET, num_warps=nw, **_stages(PREFILL_BWD_STAGES),
+            sink, local, scale, CAUSAL=causal, GROUP=group, BM=tq.bm, BN=tq.bn, D=D, IEEE=ieee,
+            UPCAST=INTERPRET, **_launch(tq),
         )
-        _bwd_dkdv_kernel[(B * Hkv, triton.cdiv(Lk, BN))](
+        _bwd_dkdv_kernel[(B * Hkv, triton.cdiv(Lk, tkv.bn))](
             q, k, v, TB, PB, st, en, do, lse, delta, dk, dv, *_strides(q, k, v), Hq, Hkv, G, Lq,
-            Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=BM, BN=BN, D=D, IEEE=ieee,
-            UPCAST=INTERPRET, num_warps=nw, **_stages(PREFILL_BWD_STAGES),
+            Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=tkv.bm, BN=tkv.bn, D=D,
+            IEEE=ieee, UPCAST=INTERPRET, **_launch(tkv),
         )
         return dq, dk, dv, None, None, None, None, None, None, None, None
 
