@@ -19,11 +19,12 @@ demo: install
 	topkattn eval --model default --task niah_multikey --lengths 1k --k 8,32,full \
 		--samples 4 --out $(DEMO_OUT)
 
+# pytest-xdist: one worker per core (the kernel tests under the Triton interpreter are CPU-bound)
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto
 
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -n auto -m "not slow"
 
 # On a machine with a CUDA GPU: kernel tests against the reference on the GPU.
 gpu-test:

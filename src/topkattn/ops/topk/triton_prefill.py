@@ -52,8 +52,10 @@ give zero output).
 
 All kernels of one call compute scores with the same helper (the same operands, one mma chain
 over the head dim) so that the keys compared against T are bit-identical to those used to find
-it. That holds under any tile shape and warp count, so each kernel has its own tile
+it. On the GPU that holds under any tile shape and warp count, so each kernel has its own tile
 (``PREFILL_TILES``, by granularity; ``PrefillTile``); the threshold search's kernels share one.
+Under the interpreter (numpy matmul, whose rounding depends on the shapes) every kernel of a call
+takes the same tile (``PREFILL_TILES_CPU``).
 """
 
 from __future__ import annotations
@@ -71,10 +73,8 @@ from topkattn.ops.select.triton_select import _f32_key
 from topkattn.ops.topk.triton_sparse import INTERPRET, check_qkv, mm, unit_stride
 
 P_INF: tl.constexpr = tl.constexpr(2**31 - 1)
-_INTERP: tl.constexpr = tl.constexpr(INTERPRET)
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # softmax in base 2: one fma per exp2  # no inline assembly under the interpreter
-
-# --- tunables (module-level so that device scripts and tests can override them) -------------
+_INTERP: tl.constexpr = tl.constexpr(INTERPRET)  # no inline assembly under the interpreter
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # softmax in base 2: one fma per exp2
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,9 @@ PREFILL_TILES: dict[str, dict[str, PrefillTile]] = {
     "kv_group": uniform_tiles(64, bwd_stages=2),
 }
 PREFILL_TILES_WIDE = uniform_tiles(32, bwd_stages=2)  # head_dim > 128 (registers)
-PREFILL_TILES_CPU = uniform_tiles(16)  # the interpreter (CPU tensors)
+PREFILL_TILES_CPU = uniform_tiles(16)  # the interpreter (CPU tensors): one tile for all
+
+# --- tunables (module-level so that device scripts and tests can override them) -------------
 PREFILL_CAP = 512  # band entries kept per row (power of 2)
 PREFILL_BAND_FRAC = 0.4  # target keys per count bin, as a fraction of CAP
 PREFILL_SAMPLE_BLOCKS = 8  # key blocks sampled per row block by the estimate (at least)
