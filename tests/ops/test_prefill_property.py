@@ -12,7 +12,8 @@ from topkattn.ops.topk.triton_prefill import topk_prefill
 
 
 # on CUDA each example compiles the six prefill kernels for its shape (minutes for 12)
-@settings(max_examples=12 if dev() == "cpu" else 5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12 if dev() == "cpu" else 5, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(
     Hkv=st.sampled_from([1, 2]), G=st.sampled_from([1, 2]), Lq=st.integers(1, 48),
     extra=st.integers(0, 24), D=st.sampled_from([16, 32]), kfrac=st.floats(0.0, 1.1),

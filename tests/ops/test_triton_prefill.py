@@ -53,7 +53,6 @@ def test_prefill_forward_and_grads(case):
     assert_grads_match(out, ref, (q, k, v), dt)
 
 
-
 MIXED_TILES = {"search": tp.PrefillTile(16, 16), "fwd": tp.PrefillTile(32, 16),
                "dq": tp.PrefillTile(16, 32), "dkdv": tp.PrefillTile(32, 16)}
 
