@@ -15,7 +15,6 @@ output folder skips finished (task, length, sample, k) keys, so an interrupted r
 from __future__ import annotations
 
 import copy
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -278,11 +277,12 @@ def greedy_decode(model, first_token, cache, max_new_tokens: int, eos: set[int])
 
 
 def _sparsify(model, cfg: TopKConfig | None):
-    if cfg is None:
-        return contextlib.nullcontext()
+    """Top-k decoding with ``cfg``; ``None`` (full attention) decodes densely through the same
+    attention function (`TopKConfig(k=None)`: full attention over key ranges, no per-length
+    SDPA plan rebuilds), so both sides of a comparison take the same path."""
     from topkattn.integrations.hf import sparsify
 
-    return sparsify(model, cfg)
+    return sparsify(model, cfg if cfg is not None else TopKConfig(k=None))
 
 
 def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:

@@ -7,8 +7,16 @@ Layers, phases and contexts that `TopKConfig.applies_to` leaves dense run transf
 SDPA path, so they are bit-for-bit the dense model.
 
 Phase: a call with one query (Lq == 1) is a decode step; more queries are prefill (a prompt,
-a chunk of one, or a training sequence). Works with ``model.generate`` and plain forward calls
-and the default `DynamicCache`.
+a chunk of one, or a training sequence). Works with ``model.generate`` and plain forward calls,
+the default `DynamicCache` and a `StaticCache` (``cache_implementation="static"``), eager or
+under ``torch.compile`` (also ``mode="reduce-overhead"``, CUDA graphs).
+
+Masks: the mask function registered for ``"topk"`` (`key_ranges.topk_mask`) turns transformers'
+masks into per-sequence key ranges on the device, so a decode step makes no host
+synchronisation: exact Top-k decode and full attention (dense layers, phases left dense,
+``TopKConfig(k=None)``) run as custom operators (`topkattn.ops.topk.custom_ops`) over
+[lo, hi) of the cache, and a static cache's unfilled tail is never read. Prefill reads the
+ranges on the host once per layer (it slices a static cache to its filled prefix).
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from topkattn.config import TopKConfig
-from topkattn.ops.topk import topk_attention
+from topkattn.integrations import key_ranges as kr
+from topkattn.ops.topk import topk_attention, use_kernels
+from topkattn.ops.topk.custom_ops import range_decode_op, topk_decode_op
 from topkattn.selectors import SelectionContext, Selector, make_selector
 
 ATTENTION_NAME = "topk"
@@ -44,6 +54,7 @@ class LayerState:
     layer_idx: int | None
     store: dict = field(default_factory=dict)
     hidden_states: torch.Tensor | None = None
+    module: torch.nn.Module | None = None
     calls: dict = field(default_factory=lambda: {"sparse": 0, "dense": 0})
 
 
@@ -52,6 +63,120 @@ def _to_bool_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None or attention_mask.dtype == torch.bool:
         return attention_mask
     return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def _dense_sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
+    """transformers' SDPA function with the flash / memory-efficient backends preferred over
+    cuDNN (which on Hopper with torch 2.11 rebuilds its plan for every new key length)."""
+    with _sdpa_priority():
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+
+
+def _sdpa_priority():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # pragma: no cover - torch without set_priority
+        return sdpa_kernel(order)
+
+
+def _ranges_decode(state, query, key, value, ranges, scale):
+    """One query per sequence over key ranges: exact Top-k or full attention as custom ops,
+    no host synchronisation (unless k_ratio / min_context need the context length).
+    query [B, Hq, 1, D]; key, value [B, Hkv, n, D] -> [B, Hq, 1, D]."""
+    B, n = query.shape[0], key.shape[2]
+    lo, hi, ok = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI), kr.field(ranges, kr.OK)
+    cfg = state.cfg if state is not None else None
+    backend = cfg.backend if cfg is not None else "auto"
+    kernel = use_kernels(query, backend)
+    sparse = False
+    if cfg is not None and not cfg.dense:
+        context = n
+        if cfg.k_ratio is not None or cfg.min_context:  # needs the visible length on the host
+            context = int((hi - lo).max())
+        sparse = cfg.applies_to(state.layer_idx, "decode", context)
+        topk = cfg.k_for(context)
+    if state is not None:
+        state.calls["sparse" if sparse else "dense"] += 1
+    if not sparse:
+        out = range_decode_op(query, key, value, lo, hi, scale, kernel)
+    elif state.selector is None:
+        out = topk_decode_op(query, key, value, lo, hi, topk, scale, cfg.sink, cfg.local,
+                             cfg.granularity == "kv_group", kernel)
+    else:
+        mask = kr.ranges_to_bool_mask(ranges, 1, n)
+        indices = state.selector.select(query, key, _selection_context(state, topk, scale, "decode"))
+        out = topk_attention(query, key, value, topk=topk, causal=False, scale=scale,
+                             sink=cfg.sink, local=cfg.local, granularity=cfg.granularity,
+                             indices=indices, attn_mask=mask, backend=cfg.backend)
+    # a padding mask with holes has no key range: make those rows loud, never silently wrong
+    return torch.where(ok.view(B, 1, 1, 1) != 0, out, torch.full_like(out, float("nan")))
+
+
+def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kwargs):
+    """Several queries over key ranges (prompt, chunk, training sequence). Reads the ranges
+    on the host, cuts a static cache to its filled prefix, then runs the general path."""
+    Lq = query.shape[2]
+    vals = ranges[:, 0, 0].tolist()  # [FIELDS][B]
+    q_first, window = vals[kr.Q_FIRST][0], vals[kr.WINDOW][0]
+    end = q_first + Lq
+    if end > key.shape[2] or q_first < 0:
+        raise ValueError(f"queries at key slots [{q_first}, {end}) do not fit the {key.shape[2]} "
+                         "cached keys")
+    key, value = key[:, :, :end], value[:, :, :end]
+    if state is not None and q_first == 0:
+        state.store.clear()  # a new sequence starts: selectors' per-sequence state is stale
+    plain = (all(lo == 0 for lo in vals[kr.LO]) and all(hi >= end for hi in vals[kr.HI])
+             and not (window and end > window))
+    mask = None if plain else kr.ranges_to_bool_mask(ranges, Lq, end)
+    return _general(module, state, query, key, value, mask, dropout, scale, kwargs)
+
+
+def _selection_context(state, topk, scale, phase):
+    return SelectionContext(layer_idx=state.layer_idx, topk=topk, granularity=state.cfg.granularity,
+                            scale=scale, phase=phase, store=state.store, module=getattr(state, "module", None),
+                            hidden_states=state.hidden_states)
+
+
+def _general(module, state, query, key, value, mask, dropout, scale, kwargs):
+    """Any mask transformers may pass (None, bool, additive float), queries at the last Lq
+    key positions when there is none. Returns [B, Hq, Lq, D]."""
+    Lq, Lk = query.shape[2], key.shape[2]
+    phase = "decode" if Lq == 1 else "prefill"
+    if state is not None and mask is None and Lq == Lk:
+        state.store.clear()  # a new sequence starts: selectors' per-sequence state is stale
+    if state is None or not state.cfg.applies_to(state.layer_idx, phase, Lk):
+        if state is not None:
+            state.calls["dense"] += 1
+        out, _ = _dense_sdpa(module, query, key, value, mask, dropout, scale, **kwargs)
+        return out.transpose(1, 2)
+    cfg = state.cfg
+    state.calls["sparse"] += 1
+    mask = _to_bool_mask(mask)
+    topk = cfg.k_for(Lk)
+    indices = None
+    if state.selector is not None:
+        state.module = module
+        indices = state.selector.select(query, key, _selection_context(state, topk, scale, phase))
+    return topk_attention(
+        query, key, value, topk=topk,
+        # transformers' mask already holds causality; without one, the queries are the last Lq
+        causal=mask is None, scale=scale, sink=cfg.sink, local=cfg.local,
+        granularity=cfg.granularity, indices=indices, attn_mask=mask, backend=cfg.backend,
+    )
 
 
 def topk_attention_forward(
@@ -66,59 +191,28 @@ def topk_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """The ``"topk"`` attention function.
 
-    query [B, Hq, Lq, D]; key, value [B, Hkv, Lk, D] (the whole cache of this layer);
-    returns (out [B, Lq, Hq, D], None) like transformers' SDPA function.
+    query [B, Hq, Lq, D]; key, value [B, Hkv, Lk, D] (the whole cache of this layer, a static
+    cache's unfilled slots included); attention_mask: key ranges from `key_ranges.topk_mask`,
+    or None / a bool or additive mask. Returns (out [B, Lq, Hq, D], None) like transformers'
+    SDPA function.
     """
     state: LayerState | None = getattr(module, _STATE_ATTR, None)
-    Lq, Lk = query.shape[2], key.shape[2]
-    phase = "decode" if Lq == 1 else "prefill"
-    if state is not None and Lq == Lk:
-        state.store.clear()  # a new sequence starts: selectors' per-sequence state is stale
-    if state is None or not state.cfg.applies_to(state.layer_idx, phase, Lk):
-        if state is not None:
-            state.calls["dense"] += 1
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    cfg = state.cfg
-    if dropout and module.training:
-        warnings.warn("topk attention ignores attention dropout", stacklevel=2)
-    state.calls["sparse"] += 1
+    if state is not None and state.cfg is not None and dropout and module.training:
+        _warn_once("topk attention ignores attention dropout")
     if query.dtype != value.dtype or key.dtype != value.dtype:
         # under autocast RoPE may leave q/k in fp32 while v is bf16 (SDPA casts alike)
         query, key = query.to(value.dtype), key.to(value.dtype)
-    mask = _to_bool_mask(attention_mask)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    topk = cfg.k_for(Lk)
-    indices = None
-    if state.selector is not None:
-        ctx = SelectionContext(
-            layer_idx=state.layer_idx,
-            topk=topk,
-            granularity=cfg.granularity,
-            scale=scale,
-            phase=phase,
-            store=state.store,
-            module=module,
-            hidden_states=state.hidden_states,
-        )
-        indices = state.selector.select(query, key, ctx)
-    out = topk_attention(
-        query,
-        key,
-        value,
-        topk=topk,
-        # transformers' mask already holds causality (with the right offsets, also for static
-        # caches); without one, the queries are the last Lq positions.
-        causal=mask is None,
-        scale=scale,
-        sink=cfg.sink,
-        local=cfg.local,
-        granularity=cfg.granularity,
-        indices=indices,
-        attn_mask=mask,
-        backend=cfg.backend,
-    )
+    if state is not None:
+        state.module = module
+    if kr.is_key_ranges(attention_mask):
+        if query.shape[2] == 1:
+            out = _ranges_decode(state, query, key, value, attention_mask, scale)
+        else:
+            out = _ranges_prefill(module, state, query, key, value, attention_mask, dropout,
+                                  scale, kwargs)
+    else:
+        out = _general(module, state, query, key, value, attention_mask, dropout, scale, kwargs)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -168,17 +262,19 @@ def attention_override(
     make_record: Callable[[int | None, torch.nn.Module], Any],
     attr: str,
     on_hidden: Callable[[Any, torch.Tensor | None], None] | None = None,
+    mask_fn: Callable = sdpa_mask,
 ) -> Iterator[dict[int | None, Any]]:
     """Route ``model``'s attention through ``fn`` (registered as ``name``) inside a block.
 
     Every attention module gets ``make_record(layer_idx, module)`` as attribute ``attr`` (the
     attention function reads it from its ``module`` argument); with ``on_hidden``, a forward
     pre-hook passes each call's input hidden states [B, L, hidden] to
-    ``on_hidden(record, hidden)``. Yields layer index -> record. On exit (also after an
+    ``on_hidden(record, hidden)``. ``mask_fn`` is registered as the mask function of ``name``
+    (transformers' bool SDPA mask by default; `sparsify` uses key ranges). Yields layer index -> record. On exit (also after an
     exception) hooks, attributes and the previous attention implementation are restored.
     """
     AttentionInterface.register(name, fn)
-    AttentionMaskInterface.register(name, sdpa_mask)
+    AttentionMaskInterface.register(name, mask_fn)
     modules = attention_modules(model)
     previous = [getattr(m, attr, None) for _, m in modules]
     records: dict[int | None, Any] = {}
@@ -230,5 +326,6 @@ def sparsify(model: torch.nn.Module, cfg: TopKConfig) -> Iterator[dict[int | Non
         lambda layer_idx, _: LayerState(cfg=cfg, selector=selector, layer_idx=layer_idx),
         _STATE_ATTR,
         _set_hidden_states if needs_hidden else None,
+        mask_fn=kr.topk_mask,
     ) as states:
         yield states

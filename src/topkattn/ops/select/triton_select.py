@@ -322,7 +322,7 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT):
         tl.store(DONE + r64, 0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO, SHIFT,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr,
@@ -352,7 +352,7 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo, SAMPLE, SHIFT)
 
 
-@triton.jit(do_not_specialize=["ZERO"])
+@triton.jit(do_not_specialize=["n", "CAP", "ZERO"])
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, OUT,
                  stride_o, BUF, CAP, ZERO, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr, FULL: tl.constexpr = False,
@@ -481,7 +481,7 @@ def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.cons
     return cursor + tl.sum(si, 0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "CAP"])
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
                    BUF, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                    BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, TIERS: tl.constexpr = True,
@@ -759,8 +759,9 @@ def workspace(R: int, device: torch.device) -> torch.Tensor:
     a memset launch per call. CPU (interpreter): a fresh one."""
     if device.type != "cuda":
         return select_workspace(R, device)
+    stream = torch.cuda.current_stream(device)
     key = (device.index if device.index is not None else torch.cuda.current_device(),
-           torch.cuda.current_stream(device).cuda_stream)
+           getattr(stream, "cuda_stream", None) or stream.stream_id)
     w = _WORKSPACES.get(key)
     if w is None or w.numel() < R * WORDS_PER_ROW:
         if len(_WORKSPACES) >= 64:  # streams come and go: keep the cache small

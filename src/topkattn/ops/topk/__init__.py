@@ -10,12 +10,38 @@ forces the reference (tests use this to compare).
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from topkattn.ops.topk.naive import topk_attention_reference
 
 BACKENDS = ("auto", "reference", "triton")
+_warned: set[str] = set()
+
+
+def resolve_backend(backend: str) -> str:
+    """``backend`` with ``TOPKATTN_BACKEND`` applied to "auto" (ValueError for unknown ones)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    env = os.environ.get("TOPKATTN_BACKEND")
+    if backend == "auto" and env:
+        if env not in BACKENDS:
+            raise ValueError(f"TOPKATTN_BACKEND must be one of {BACKENDS}, got {env!r}")
+        backend = env
+    return backend
+
+
+def use_kernels(q: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether the Triton kernels should take tensors like ``q`` under ``backend``: "auto" on
+    CUDA, "triton" anywhere they can run (CUDA, or CPU under the interpreter), never for
+    "reference"."""
+    from topkattn.ops.topk.triton_env import kernels_run_on
+
+    backend = resolve_backend(backend)
+    if backend == "reference":
+        return False
+    return kernels_run_on(q) and (backend == "triton" or q.is_cuda)
 
 
 def _kernel_dispatch(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse):
@@ -50,18 +76,23 @@ def topk_attention(
     argument; kernels match it. ``backend`` is "auto", "reference" or "triton" ("triton"
     fails when no kernel fits the inputs).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    env = os.environ.get("TOPKATTN_BACKEND")
-    if backend == "auto" and env:
-        if env not in BACKENDS:
-            raise ValueError(f"TOPKATTN_BACKEND must be one of {BACKENDS}, got {env!r}")
-        backend = env
+    backend = resolve_backend(backend)
     args = (q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse)
     if backend == "triton" or (backend == "auto" and q.is_cuda):
         out = _kernel_dispatch(*args)
         if out is not None:
             return out
+        if backend == "auto":
+            mask = "none" if attn_mask is None else f"{attn_mask.dtype} {attn_mask.dim()}-D"
+            msg = ("topk_attention: no Triton kernel takes these CUDA inputs (dtype "
+                   f"{q.dtype}, head_dim {q.shape[-1]}, mask {mask} (kernels take key-range "
+                   f"masks only), granularity {granularity!r}, indices "
+                   f"{'given' if indices is not None else 'none'}, gradients "
+                   f"{torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)}); running "
+                   "the slow pure-PyTorch reference")
+            if msg not in _warned:
+                _warned.add(msg)
+                warnings.warn(msg, stacklevel=2)
         if backend == "triton":
             raise ValueError(
                 "backend='triton' but no Triton kernel fits these inputs "
@@ -70,4 +101,4 @@ def topk_attention(
     return topk_attention_reference(*args)
 
 
-__all__ = ["topk_attention", "topk_attention_reference", "BACKENDS"]
+__all__ = ["topk_attention", "topk_attention_reference", "BACKENDS", "use_kernels", "resolve_backend"]

@@ -1257,52 +1257,49 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
     return (TB, PB, STAT) if return_status else (TB, PB)
 
 
-class _TopkPrefill(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, topk, causal, scale, sink, local, group, st, en):
-        B, Hq, Lq, D = q.shape
-        Hkv, Lk = k.shape[1], k.shape[2]
-        t = _tiles(q, group)["fwd"]
-        TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en,
-                                    method=PREFILL_METHOD)
-        o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
-        lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
-        _fwd_kernel[(B * Hq, triton.cdiv(Lq, t.bm))](
-            q, k, v, TB, PB, st, en, o, lse, *_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
-            local, scale, CAUSAL=causal, GROUP=group, BM=t.bm, BN=t.bn, D=D,
-            IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, **_launch(t),
-        )
-        ctx.save_for_backward(q, k, v, o, lse, TB, PB, st, en)
-        ctx.args = (causal, scale, sink, local, group)
-        ctx.mark_non_differentiable(lse)
-        return o, lse
+def prefill_forward(q, k, v, topk, causal, scale, sink, local, group, st, en):
+    """Forward of `topk_prefill` on checked, unit-stride inputs (st, en int32 [B]).
+    Returns (o [B, Hq, Lq, D], lse fp32 [B, Hq, Lq], TB, PB int32 [rows, Lq]): TB, PB are the
+    per-row thresholds the backward needs."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    t = _tiles(q, group)["fwd"]
+    TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en,
+                                method=PREFILL_METHOD)
+    o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
+    _fwd_kernel[(B * Hq, triton.cdiv(Lq, t.bm))](
+        q, k, v, TB, PB, st, en, o, lse, *_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
+        local, scale, CAUSAL=causal, GROUP=group, BM=t.bm, BN=t.bn, D=D,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, **_launch(t),
+    )
+    return o, lse, TB, PB
 
-    @staticmethod
-    def backward(ctx, do, _dlse):
-        q, k, v, o, lse, TB, PB, st, en = ctx.saved_tensors
-        causal, scale, sink, local, group = ctx.args
-        B, Hq, Lq, D = q.shape
-        Hkv, Lk = k.shape[1], k.shape[2]
-        G = Hq // Hkv
-        tiles = _tiles(q, group)
-        tq, tkv = tiles["dq"], tiles["dkdv"]
-        do = do.contiguous()
-        delta = (o.float() * do.float()).sum(-1)  # [B, Hq, Lq]
-        dq = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
-        dk = torch.empty(B, Hkv, Lk, D, dtype=k.dtype, device=k.device)
-        dv = torch.empty(B, Hkv, Lk, D, dtype=v.dtype, device=v.device)
-        ieee = q.dtype == torch.float32
-        _bwd_dq_kernel[(B * Hq, triton.cdiv(Lq, tq.bm))](
-            q, k, v, TB, PB, st, en, do, lse, delta, dq, *_strides(q, k, v), Hq, G, Lq, Lk,
-            sink, local, scale, CAUSAL=causal, GROUP=group, BM=tq.bm, BN=tq.bn, D=D, IEEE=ieee,
-            UPCAST=INTERPRET, **_launch(tq),
-        )
-        _bwd_dkdv_kernel[(B * Hkv, triton.cdiv(Lk, tkv.bn))](
-            q, k, v, TB, PB, st, en, do, lse, delta, dk, dv, *_strides(q, k, v), Hq, Hkv, G, Lq,
-            Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=tkv.bm, BN=tkv.bn, D=D,
-            IEEE=ieee, UPCAST=INTERPRET, **_launch(tkv),
-        )
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+def prefill_backward(do, q, k, v, o, lse, TB, PB, st, en, causal, scale, sink, local, group):
+    """Gradients (dq, dk, dv) of `prefill_forward` for the output gradient ``do``."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    tiles = _tiles(q, group)
+    tq, tkv = tiles["dq"], tiles["dkdv"]
+    do = do.contiguous()
+    delta = (o.float() * do.float()).sum(-1)  # [B, Hq, Lq]
+    dq = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
+    dk = torch.empty(B, Hkv, Lk, D, dtype=k.dtype, device=k.device)
+    dv = torch.empty(B, Hkv, Lk, D, dtype=v.dtype, device=v.device)
+    ieee = q.dtype == torch.float32
+    _bwd_dq_kernel[(B * Hq, triton.cdiv(Lq, tq.bm))](
+        q, k, v, TB, PB, st, en, do, lse, delta, dq, *_strides(q, k, v), Hq, G, Lq, Lk,
+        sink, local, scale, CAUSAL=causal, GROUP=group, BM=tq.bm, BN=tq.bn, D=D, IEEE=ieee,
+        UPCAST=INTERPRET, **_launch(tq),
+    )
+    _bwd_dkdv_kernel[(B * Hkv, triton.cdiv(Lk, tkv.bn))](
+        q, k, v, TB, PB, st, en, do, lse, delta, dk, dv, *_strides(q, k, v), Hq, Hkv, G, Lq,
+        Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=tkv.bm, BN=tkv.bn, D=D,
+        IEEE=ieee, UPCAST=INTERPRET, **_launch(tkv),
+    )
+    return dq, dk, dv
 
 
 def topk_prefill(
@@ -1354,5 +1351,7 @@ def topk_prefill(
     topk = min(topk, Lk)
     group = granularity == "kv_group" and Hq != Hkv
     st, en = _bounds(starts, ends, B, Lk, q.device)
-    out, lse = _TopkPrefill.apply(q, k, v, topk, causal, scale, sink, local, group, st, en)
+    from topkattn.ops.topk.custom_ops import prefill_op
+
+    out, lse = prefill_op(q, k, v, st, en, topk, causal, scale, sink, local, group)
     return (out, lse) if return_lse else out

@@ -1,0 +1,141 @@
+"""The kernels as PyTorch custom operators (`torch.library.custom_op`).
+
+Registered ops, each with a fake (meta) implementation so that `torch.compile` traces through
+them with no graph break, and CUDA graphs capture them (no host synchronisation inside):
+
+- ``topkattn::topk_decode``: exact Top-k attention for one query per sequence over keys
+  [starts[b], ends[b]) of a contiguous cache (`triton_decode.topk_decode`).
+- ``topkattn::range_decode``: full attention for one query per sequence over the same ranges
+  (`triton_dense.range_decode`): the dense path of a sparsified model.
+- ``topkattn::prefill_fwd`` / ``topkattn::prefill_bwd``: Top-k prefill / training attention
+  (`triton_prefill`), differentiable through `torch.library.register_autograd`.
+
+Each op runs its Triton kernel on CUDA tensors (and on CPU under ``TRITON_INTERPRET=1``);
+decode ops run the pure-PyTorch reference on other CPU tensors, so the same model code works,
+compiled or not, on any device. Ranges are int32 [B] tensors on the query's device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from topkattn.ops.topk.naive import topk_attention_reference
+from topkattn.ops.topk.triton_env import kernels_run_on
+
+
+def range_mask(starts: torch.Tensor, ends: torch.Tensor, n: int) -> torch.Tensor:
+    """bool [B, 1, 1, n]: key p of sequence b is visible iff starts[b] <= p < ends[b]."""
+    pos = torch.arange(n, device=starts.device)
+    return ((pos >= starts[:, None].long()) & (pos < ends[:, None].long()))[:, None, None, :]
+
+
+@torch.library.custom_op("topkattn::topk_decode", mutates_args=())
+def topk_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor,
+                   ends: torch.Tensor, topk: int, scale: float, sink: int, local: int,
+                   kv_group: bool, kernel: bool = True) -> torch.Tensor:
+    """q [B, Hq, 1, D]; k, v [B, Hkv, n, D]; starts, ends int32 [B] -> out [B, Hq, 1, D].
+    ``kernel``: the Triton kernel where it can run (else, and when False: the reference)."""
+    granularity = "kv_group" if kv_group else "query_head"
+    if kernel and kernels_run_on(q):
+        from topkattn.ops.topk.triton_decode import topk_decode
+
+        return topk_decode(q, k, v, topk, scale, sink, local, granularity, seq_lens=ends,
+                           seq_starts=starts)
+    mask = range_mask(starts, ends, k.shape[2])
+    return topk_attention_reference(q, k, v, topk, False, scale, sink, local, granularity,
+                                    attn_mask=mask)
+
+
+@topk_decode_op.register_fake
+def _(q, k, v, starts, ends, topk, scale, sink, local, kv_group, kernel=True):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("topkattn::range_decode", mutates_args=())
+def range_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor,
+                    ends: torch.Tensor, scale: float, kernel: bool = True) -> torch.Tensor:
+    """q [B, Hq, 1, D]; k, v [B, Hkv, n, D]; starts, ends int32 [B] -> out [B, Hq, 1, D].
+    ``kernel``: the Triton kernel where it can run (else, and when False: the reference)."""
+    if kernel and kernels_run_on(q):
+        from topkattn.ops.topk.triton_dense import range_decode
+
+        return range_decode(q, k, v, starts, ends, scale)
+    mask = range_mask(starts, ends, k.shape[2])
+    return topk_attention_reference(q, k, v, None, False, scale, attn_mask=mask)
+
+
+@range_decode_op.register_fake
+def _(q, k, v, starts, ends, scale, kernel=True):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("topkattn::prefill_fwd", mutates_args=())
+def prefill_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor,
+                   ends: torch.Tensor, topk: int, causal: bool, scale: float, sink: int,
+                   local: int, kv_group: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k prefill forward (checked, unit-stride inputs): (out, lse, TB, PB), see
+    `triton_prefill.prefill_forward`."""
+    from topkattn.ops.topk.triton_prefill import prefill_forward
+
+    return prefill_forward(q, k, v, topk, causal, scale, sink, local, kv_group, starts, ends)
+
+
+@prefill_fwd_op.register_fake
+def _(q, k, v, starts, ends, topk, causal, scale, sink, local, kv_group):
+    B, Hq, Lq, _ = q.shape
+    rows = B * (k.shape[1] if kv_group else Hq)
+    thresholds = q.new_empty(rows, Lq, dtype=torch.int32)
+    return (torch.empty_like(q), q.new_empty(B, Hq, Lq, dtype=torch.float32), thresholds,
+            torch.empty_like(thresholds))
+
+
+@torch.library.custom_op("topkattn::prefill_bwd", mutates_args=())
+def prefill_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   o: torch.Tensor, lse: torch.Tensor, tb: torch.Tensor, pb: torch.Tensor,
+                   starts: torch.Tensor, ends: torch.Tensor, causal: bool, scale: float,
+                   sink: int, local: int, kv_group: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of ``topkattn::prefill_fwd``."""
+    from topkattn.ops.topk.triton_prefill import prefill_backward
+
+    return prefill_backward(do, q, k, v, o, lse, tb, pb, starts, ends, causal, scale, sink,
+                            local, kv_group)
+
+
+@prefill_bwd_op.register_fake
+def _(do, q, k, v, o, lse, tb, pb, starts, ends, causal, scale, sink, local, kv_group):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _prefill_setup_context(ctx, inputs, output):
+    q, k, v, starts, ends, topk, causal, scale, sink, local, kv_group = inputs
+    o, lse, tb, pb = output
+    ctx.save_for_backward(q, k, v, o, lse, tb, pb, starts, ends)
+    ctx.args = (causal, scale, sink, local, kv_group)
+    ctx.mark_non_differentiable(lse, tb, pb)
+
+
+def _prefill_backward(ctx, do, _dlse, _dtb, _dpb):
+    q, k, v, o, lse, tb, pb, starts, ends = ctx.saved_tensors
+    dq, dk, dv = prefill_bwd_op(do, q, k, v, o, lse, tb, pb, starts, ends, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("topkattn::prefill_fwd", _prefill_backward,
+                                setup_context=_prefill_setup_context)
+
+
+def prefill_op(q, k, v, starts, ends, topk, causal, scale, sink, local, kv_group):
+    """(out, lse) of Top-k prefill, differentiable in q, k, v (lse is not)."""
+    out, lse, _, _ = prefill_fwd_op(q, k, v, starts, ends, topk, causal, scale, sink, local,
+                                    kv_group)
+    return out, lse
+
+
+OPS = {
+    "topk_decode": topk_decode_op,
+    "range_decode": range_decode_op,
+    "prefill_fwd": prefill_fwd_op,
+    "prefill_bwd": prefill_bwd_op,
+}

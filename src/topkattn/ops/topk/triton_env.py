@@ -1,0 +1,17 @@
+"""Where the Triton kernels can run: CUDA tensors, or any tensor under Triton's CPU
+interpreter (``TRITON_INTERPRET=1``, read once at import like Triton itself does)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") in ("1", "true", "True")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def kernels_run_on(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels can take tensors like ``t``."""
+    return HAS_TRITON and (t.is_cuda or INTERPRET)
