@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 
-OPS = ("select", "decode", "sparse", "prefill", "indexer_decode")
+OPS = ("select", "decode", "sparse", "prefill", "indexer_decode", "generate")
 
 
-def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str) -> None:
+def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int = 32) -> None:
     """Run each benchmark in ``ops`` (names in `OPS`; "indexer_decode" is the Lightning
-    Indexer decode step: index scores, top-k selection, sparse attention)."""
+    Indexer decode step: index scores, top-k selection, sparse attention; "generate" is
+    end-to-end generation on a random model of ``layers`` Llama-3-8B layers)."""
     import importlib
 
     import torch
@@ -24,8 +25,11 @@ def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str) -> None:
     if not torch.cuda.is_available():
         raise ValueError("benchmarks need a CUDA device (none found)")
     ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers <= 0:
+        raise ValueError(f"--layers must be a positive integer, got {layers!r}")
     for op in ops:
-        importlib.import_module(f"topkattn.bench.{op}").run(ctxs, ks, batches, out)
+        extra = {"layers": layers} if op == "generate" else {}
+        importlib.import_module(f"topkattn.bench.{op}").run(ctxs, ks, batches, out, **extra)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", default="256,2048,8192")
     p.add_argument("--batch", default="1,8")
     p.add_argument("--out", default="runs/bench")
+    p.add_argument("--layers", type=int, default=32, help="layers of the generate benchmark's model")
     a = p.parse_args(argv)
-    run_ops([o.strip() for o in a.op.split(",") if o.strip()], a.ctx, a.k, a.batch, a.out)
+    run_ops([o.strip() for o in a.op.split(",") if o.strip()], a.ctx, a.k, a.batch, a.out, a.layers)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("bench")
     def bench(
-        op: str = typer.Option("decode", help="select, decode, sparse, prefill, indexer_decode (comma list)"),
+        op: str = typer.Option("decode", help="select, decode, sparse, prefill, indexer_decode, generate (comma list)"),
         ctx: str = typer.Option("8k,32k,128k", help="context lengths, e.g. 8k,32k,128k"),
         k: str = typer.Option("256,2048,8192", help="top-k values"),
         batch: str = typer.Option("1,8", help="batch sizes"),
         out: str = typer.Option("runs/bench", help="output folder (JSON, markdown, PNG)"),
+        layers: int = typer.Option(32, help="generate: layers of the random Llama-3-8B-shaped model"),
     ) -> None:
         """Time the Triton kernels against SDPA dense / FlexAttention on this GPU."""
         from topkattn.bench.run import run_ops
 
-        run_ops([o.strip() for o in op.split(",") if o.strip()], ctx, k, batch, out)
+        run_ops([o.strip() for o in op.split(",") if o.strip()], ctx, k, batch, out, layers)

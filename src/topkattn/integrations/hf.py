@@ -74,6 +74,13 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
+def _count(state, sparse: bool) -> None:
+    """Count a call in ``state.calls`` (not while torch.compile traces: a counter in the graph
+    would make it recompile every step; compiled calls are not counted)."""
+    if state is not None and not torch.compiler.is_compiling():
+        state.calls["sparse" if sparse else "dense"] += 1
+
+
 def _dense_sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
     """transformers' SDPA function with the flash / memory-efficient backends preferred over
     cuDNN (which on Hopper with torch 2.11 rebuilds its plan for every new key length)."""
@@ -109,8 +116,7 @@ def _ranges_decode(state, query, key, value, ranges, scale):
             context = int((hi - lo).max())
         sparse = cfg.applies_to(state.layer_idx, "decode", context)
         topk = cfg.k_for(context)
-    if state is not None:
-        state.calls["sparse" if sparse else "dense"] += 1
+    _count(state, sparse)
     if not sparse:
         out = range_decode_op(query, key, value, lo, hi, scale, kernel)
     elif state.selector is None:
@@ -159,12 +165,11 @@ def _general(module, state, query, key, value, mask, dropout, scale, kwargs):
     if state is not None and mask is None and Lq == Lk:
         state.store.clear()  # a new sequence starts: selectors' per-sequence state is stale
     if state is None or not state.cfg.applies_to(state.layer_idx, phase, Lk):
-        if state is not None:
-            state.calls["dense"] += 1
+        _count(state, False)
         out, _ = _dense_sdpa(module, query, key, value, mask, dropout, scale, **kwargs)
         return out.transpose(1, 2)
     cfg = state.cfg
-    state.calls["sparse"] += 1
+    _count(state, True)
     mask = _to_bool_mask(mask)
     topk = cfg.k_for(Lk)
     indices = None

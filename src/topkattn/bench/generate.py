@@ -1,0 +1,219 @@
+"""Benchmark: end-to-end generation on a random-weight Llama-3-8B-shaped model (bf16).
+
+For every context, one dense prefill at batch 1 (timed) fills the cache; each mode then starts
+from a copy of that cache (repeated over the batch) and decodes greedily:
+
+- ``dense-default``: no `sparsify`, DynamicCache, transformers' default SDPA (on Hopper with
+  torch 2.11 that is cuDNN, which rebuilds its plan for every new key length), eager;
+- ``dense-flash``: the same with the flash backend preferred, eager;
+- ``dense-ranges``: `sparsify(TopKConfig(k=None))`: full attention over key ranges, StaticCache,
+  one decode step captured in a CUDA graph (the graph machinery Top-k uses, without Top-k);
+- ``topk-kv_group`` / ``topk-query_head``: exact Top-k (k per run), DynamicCache eager and
+  StaticCache + CUDA graph.
+
+Per mode: median ms per decode step after a warm-up that covers compilation, tokens/s, peak GPU
+memory, and the attention share of a step (the attention op of one layer timed alone in a CUDA
+graph, times the layers). Ratios are to the fastest dense mode of the same cell ("best dense")
+and to ``dense-default`` (what a user gets today).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from topkattn.bench.common import env_info, time_graph_ms, write_results
+
+WARMUP_STEPS = 4
+STEPS = 16
+
+
+def llama3_8b_random(layers: int, max_position: int):
+    """A random-weight LlamaForCausalLM of Llama-3-8B shape (bf16, on the GPU)."""
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         max_position_embeddings=max_position, rope_theta=500000.0)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = tf.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    for p in model.parameters():
+        p.data.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def _prefill(model, ctx: int, chunk: int = 8192):
+    """Dense prefill of ``ctx`` random tokens at batch 1 in chunks: (per-layer K/V, seconds)."""
+    from transformers import DynamicCache
+
+    from topkattn.integrations.hf import _sdpa_priority
+
+    ids = torch.randint(0, model.config.vocab_size, (1, ctx), device="cuda")
+    cache = DynamicCache()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.no_grad(), _sdpa_priority():
+        for s in range(0, ctx, chunk):
+            model(ids[:, s:s + chunk], past_key_values=cache, use_cache=True)
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - t
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    return kv, secs
+
+
+def _fill(cache, kv, B: int):
+    for i, (k, v) in enumerate(kv):
+        cache.update(k.repeat(B, 1, 1, 1), v.repeat(B, 1, 1, 1), i)
+    return cache
+
+
+def _eager_steps(model, cache, B: int, ctx: int) -> list[float]:
+    """ms of each decode step (DynamicCache, eager), warm-up steps included."""
+    tok = torch.zeros(B, 1, dtype=torch.long, device="cuda")
+    times = []
+    for i in range(WARMUP_STEPS + STEPS):
+        pos = torch.full((B, 1), ctx + i, device="cuda")
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = model(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True)
+        tok = out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def _graph_steps(model, cache, B: int, ctx: int) -> list[float]:
+    """ms of each replay of one decode step captured in a CUDA graph (StaticCache)."""
+    tok = torch.zeros(B, 1, dtype=torch.long, device="cuda")
+    pos = torch.full((B, 1), ctx, device="cuda")
+    counters = [layer.cumulative_length.clone() for layer in cache.layers]
+
+    def step():
+        out = model(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True)
+        tok.copy_(out.logits[:, -1:].argmax(-1))
+        pos.add_(1)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()  # compiles the kernels
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        step()
+    for layer, c in zip(cache.layers, counters):  # replay from the prefilled length
+        layer.cumulative_length.copy_(c)
+    pos.fill_(ctx)
+    times = []
+    for _ in range(WARMUP_STEPS + STEPS):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        g.replay()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    del g
+    return times
+
+
+def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
+    """One layer's attention op alone in a CUDA graph (a cache of ctx + STEPS keys)."""
+    from topkattn.bench.common import decode_inputs
+    from topkattn.ops.topk.custom_ops import range_decode_op, topk_decode_op
+    from topkattn.ops.topk.triton_dense import range_decode  # noqa: F401
+
+    q, kk, vv = decode_inputs(B, ctx)
+    lo = torch.zeros(B, dtype=torch.int32, device="cuda")
+    hi = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+    scale = q.shape[-1] ** -0.5
+    if kind == "dense-flash" or kind == "dense-default":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def fn():
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, enable_gqa=True)
+    elif kind == "dense-ranges":
+        def fn():
+            return range_decode_op(q, kk, vv, lo, hi, scale)
+    else:
+        group = kind.endswith("kv_group")
+
+        def fn():
+            return topk_decode_op(q, kk, vv, lo, hi, k, scale, 0, 0, group)
+    return time_graph_ms(fn)
+
+
+def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
+    from transformers import DynamicCache, StaticCache
+
+    from topkattn import TopKConfig, sparsify
+    from topkattn.integrations.hf import _sdpa_priority
+    import contextlib
+
+    k = ks[0] if ks else 2048
+    model = llama3_8b_random(layers, max(ctxs) + 64)
+    weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    modes = [  # (name, cfg or None, cache kind, sdpa priority)
+        ("dense-default", None, "dynamic", False),
+        ("dense-flash", None, "dynamic", True),
+        ("dense-ranges", TopKConfig(k=None), "static", False),
+        ("topk-kv_group", TopKConfig(k=k, granularity="kv_group"), "dynamic", False),
+        ("topk-kv_group", TopKConfig(k=k, granularity="kv_group"), "static", False),
+        ("topk-query_head", TopKConfig(k=k, granularity="query_head"), "dynamic", False),
+        ("topk-query_head", TopKConfig(k=k, granularity="query_head"), "static", False),
+    ]
+    rows = []
+    for ctx in ctxs:
+        kv, prefill_s = _prefill(model, ctx)
+        for B in batches:
+            cell = []
+            for name, cfg, cache_kind, flash in modes:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                row = {"ctx": ctx, "B": B, "layers": layers, "mode": name, "cache": cache_kind,
+                       "path": "graph" if cache_kind == "static" else "eager", "k": None if cfg is None or cfg.dense else k,
+                       "prefill_s": prefill_s}
+                try:
+                    if cache_kind == "static":
+                        cache = StaticCache(config=model.config, max_cache_len=ctx + 64)
+                    else:
+                        cache = DynamicCache()
+                    with torch.no_grad():
+                        _fill(cache, kv, B)
+                        ctxm = sparsify(model, cfg) if cfg is not None else contextlib.nullcontext()
+                        with ctxm, (_sdpa_priority() if flash else contextlib.nullcontext()):
+                            steps = (_graph_steps if cache_kind == "static" else _eager_steps)(model, cache, B, ctx)
+                    ms = statistics.median(steps[WARMUP_STEPS:])
+                    row.update(step_ms=ms, tokens_per_s=B * 1e3 / ms, first_step_ms=steps[0],
+                               peak_gb=torch.cuda.max_memory_allocated() / 1e9)
+                    att = _attention_ms(name, B, ctx, k)
+                    row["attention_share"] = None if att is None else min(1.0, att * layers / ms)
+                except torch.OutOfMemoryError:
+                    row["note"] = "out of GPU memory"
+                except Exception as e:  # noqa: BLE001 - one failing mode must not end the run
+                    row["note"] = f"{type(e).__name__}: {str(e)[:120]}"
+                cache = None
+                cell.append(row)
+                print(row, flush=True)
+            timed = [r for r in cell if r.get("step_ms")]
+            dense = [r["step_ms"] for r in timed if r["mode"].startswith("dense")]
+            best = min(dense) if dense else None
+            default = next((r["step_ms"] for r in timed if r["mode"] == "dense-default"), None)
+            for r in cell:
+                if r.get("step_ms") and best:
+                    r["vs_best_dense"] = r["step_ms"] / best
+                if r.get("step_ms") and default:
+                    r["speedup_vs_default"] = default / r["step_ms"]
+                r["case"] = f"{r['mode']} {r['path']} B{B} {ctx // 1024}k"
+            rows += cell
+        del kv
+    meta = env_info() | {"k": k, "layers": layers, "weights_gb": weights_gb,
+                         "warmup_steps": WARMUP_STEPS, "steps": STEPS}
+    write_results("generate", rows, ["ctx", "B", "mode", "path", "prefill_s", "step_ms", "tokens_per_s",
+                                     "peak_gb", "attention_share", "vs_best_dense",
+                                     "speedup_vs_default", "note"],
+                  out_dir, meta, plot=("case", f"decode step, Llama-3-8B shape, {layers} layers, k={k}",
+                                       ["step_ms"]))

@@ -1,0 +1,212 @@
+"""The generate fast path: key-range masks, static cache, torch.compile, no host syncs, no
+recompilation (CPU tests on tiny models; `gpu` tests run on the device)."""
+
+import warnings
+
+import pytest
+import torch
+from transformers import StaticCache
+
+from tests.helpers import tiny_causal_lm
+from topkattn import TopKConfig, sparsify
+from topkattn.integrations import key_ranges as kr
+
+KW = dict(do_sample=False, pad_token_id=0)
+
+
+def _decode_loop(model, x, fwd, steps, max_cache_len=64):
+    """Greedy tokens of a hand-written StaticCache loop through ``fwd``."""
+    cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    out = model(x, past_key_values=cache)
+    tok = out.logits[:, -1:].argmax(-1)
+    toks = [tok]
+    for i in range(steps):
+        pos = torch.full((x.shape[0], 1), x.shape[1] + i)
+        out = fwd(input_ids=tok, past_key_values=cache, position_ids=pos)
+        tok = out.logits[:, -1:].argmax(-1)
+        toks.append(tok)
+    return torch.cat(toks, 1)
+
+
+def test_static_cache_prefill_logits_equal_dynamic():
+    model = tiny_causal_lm("llama")
+    x = torch.randint(3, 97, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), sparsify(model, TopKConfig(k=8, phases=("prefill", "decode"))):
+        dyn = model(x).logits
+        stat = model(x, past_key_values=StaticCache(config=model.config, max_cache_len=64)).logits
+    assert (dyn - stat).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("granularity", ["query_head", "kv_group"])
+def test_same_tokens_dynamic_static_and_compiled(granularity):
+    model = tiny_causal_lm("llama", seed=3)
+    x = torch.randint(3, 97, (1, 40), generator=torch.Generator().manual_seed(2))
+    cfg = TopKConfig(k=8, phases=("prefill", "decode"), granularity=granularity)
+    with torch.no_grad(), warnings.catch_warnings(), sparsify(model, cfg) as st:
+        warnings.simplefilter("ignore", FutureWarning)
+        dyn = model.generate(x, max_new_tokens=10, min_new_tokens=10, **KW)[:, 40:]
+        stat = model.generate(x, max_new_tokens=10, min_new_tokens=10, cache_implementation="static",
+                              **KW)[:, 40:]
+        loop = _decode_loop(model, x, model, 9)
+        torch._dynamo.reset()
+        compiled = torch.compile(model.forward, fullgraph=True, backend="aot_eager")
+        comp = _decode_loop(model, x, compiled, 9)
+    assert st[0].calls["sparse"] > 0
+    assert torch.equal(dyn, stat)
+    assert torch.equal(dyn, loop)
+    assert torch.equal(dyn, comp)
+
+
+def test_dense_config_matches_plain_model_with_left_padding():
+    model = tiny_causal_lm("qwen2", seed=4)
+    a = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(3))
+    b = torch.randint(3, 97, (1, 16), generator=torch.Generator().manual_seed(4))
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), a], 1), b])
+    mask = torch.ones_like(batch)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        plain = model.generate(batch, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, **KW)
+        with sparsify(model, TopKConfig(k=None)) as st:
+            ours = model.generate(batch, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, **KW)
+    assert st[0].calls["dense"] == 8 and st[0].calls["sparse"] == 0
+    assert torch.equal(plain, ours)
+
+
+def test_topk_mask_decode_ranges_and_holes():
+    attn = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    r = kr.topk_mask(batch_size=3, q_length=1, kv_length=8, q_offset=5, attention_mask=attn)
+    assert kr.is_key_ranges(r)
+    assert kr.field(r, kr.LO).tolist() == [2, 0, 0]
+    assert kr.field(r, kr.HI).tolist() == [6, 6, 6]  # slots 6, 7 of the cache are not filled yet
+    assert kr.field(r, kr.OK).tolist() == [1, 1, 0]  # a hole: no key range
+    w = kr.topk_mask(batch_size=3, q_length=1, kv_length=8, q_offset=5, attention_mask=attn, local_size=3)
+    assert kr.field(w, kr.LO).tolist() == [3, 3, 3]
+    bool_mask = kr.ranges_to_bool_mask(w, 1, 8)
+    assert bool_mask[0, 0, 0].tolist() == [False, False, False, True, True, True, False, False]
+
+
+def test_prefill_with_holes_gets_the_bool_mask():
+    attn = torch.tensor([[1, 0, 1, 1]], dtype=torch.bool)
+    m = kr.topk_mask(batch_size=1, q_length=4, kv_length=4, attention_mask=attn)
+    assert m.dtype == torch.bool and m.shape == (1, 1, 4, 4)
+    assert not m[0, 0, 3, 1] and m[0, 0, 3, 0]
+
+
+def test_decode_with_holes_is_nan_not_silently_wrong():
+    model = tiny_causal_lm("llama")
+    x = torch.randint(3, 97, (1, 10))
+    mask = torch.ones(1, 11, dtype=torch.long)
+    with torch.no_grad(), sparsify(model, TopKConfig(k=4)):
+        out = model(x, use_cache=True)
+        mask[0, 3] = 0
+        step = model(x[:, -1:], past_key_values=out.past_key_values, attention_mask=mask)
+    assert torch.isnan(step.logits).all()
+
+
+@pytest.mark.parametrize("op", ["topk_decode", "range_decode"])
+def test_opcheck_decode_ops_cpu(op):
+    from topkattn.ops.topk.custom_ops import OPS
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    k = torch.randn(2, 2, 40, 16, generator=g)
+    v = torch.randn(2, 2, 40, 16, generator=g)
+    lo = torch.tensor([0, 5], dtype=torch.int32)
+    hi = torch.tensor([40, 33], dtype=torch.int32)
+    args = (q, k, v, lo, hi, 8, 0.25, 1, 2, True) if op == "topk_decode" else (q, k, v, lo, hi, 0.25)
+    for kernel in (True, False):  # the interpreter's kernel and the reference
+        torch.library.opcheck(OPS[op], args + (kernel,))
+
+
+def test_opcheck_prefill_op_cpu():
+    from topkattn.ops.topk.custom_ops import OPS
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 32, 16, generator=g, requires_grad=True)
+    k = torch.randn(1, 2, 32, 16, generator=g, requires_grad=True)
+    v = torch.randn(1, 2, 32, 16, generator=g, requires_grad=True)
+    st = torch.zeros(1, dtype=torch.int32)
+    en = torch.full((1,), 32, dtype=torch.int32)
+    torch.library.opcheck(OPS["prefill_fwd"], (q, k, v, st, en, 8, True, 0.25, 0, 0, False),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+# ---------------------------------------------------------------- GPU
+
+
+def _gpu_model(layers=2):
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=layers,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, vocab_size=1000,
+                         max_position_embeddings=8192)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return tf.LlamaForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+
+
+def _triton_compiles() -> list:
+    """A list that grows by one entry per Triton compilation while the hook is installed."""
+    import triton
+
+    seen = []
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs.runtime, "jit_post_compile_hook"):
+        knobs.runtime.jit_post_compile_hook = lambda *a, **kw: seen.append(kw.get("key"))
+    else:  # pragma: no cover - older Triton
+        from triton.runtime.jit import JITFunction
+
+        JITFunction.cache_hook = lambda *a, **kw: seen.append(kw.get("key"))
+    return seen
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [TopKConfig(k=256, granularity="kv_group"), TopKConfig(k=256),
+                                 TopKConfig(k=None)], ids=["kv_group", "query_head", "dense"])
+def test_decode_steps_make_no_host_sync_and_no_recompile(cfg):
+    from transformers import DynamicCache
+
+    model = _gpu_model()
+    x = torch.randint(0, 1000, (2, 3000), device="cuda")
+    with torch.no_grad(), sparsify(model, cfg):
+        cache = DynamicCache()
+        out = model(x, past_key_values=cache)
+        tok = out.logits[:, -1:].argmax(-1)
+        for i in range(4):  # compile every kernel variant once
+            out = model(input_ids=tok, past_key_values=cache)
+            tok = out.logits[:, -1:].argmax(-1)
+        seen = _triton_compiles()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for i in range(100):
+                out = model(input_ids=tok, past_key_values=cache)
+                tok = out.logits[:, -1:].argmax(-1)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert seen == []
+
+
+@pytest.mark.gpu
+def test_generate_static_and_compiled_match_dynamic_on_gpu():
+    model = _gpu_model()
+    x = torch.randint(0, 1000, (1, 1500), device="cuda")
+    cfg = TopKConfig(k=128, granularity="kv_group", phases=("decode",))
+    with torch.no_grad(), sparsify(model, cfg):
+        dyn = model.generate(x, max_new_tokens=16, min_new_tokens=16, **KW)
+        stat = model.generate(x, max_new_tokens=16, min_new_tokens=16, cache_implementation="static", **KW)
+    assert torch.equal(dyn, stat)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["topk_decode", "range_decode"])
+def test_opcheck_decode_ops_gpu(op):
+    from topkattn.ops.topk.custom_ops import OPS
+
+    q = torch.randn(2, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 2, 3000, 64, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    lo = torch.tensor([0, 100], dtype=torch.int32, device="cuda")
+    hi = torch.tensor([3000, 2500], dtype=torch.int32, device="cuda")
+    args = (q, k, v, lo, hi, 256, 0.125, 1, 2, True) if op == "topk_decode" else (q, k, v, lo, hi, 0.125)
+    torch.library.opcheck(OPS[op], args)
