@@ -152,12 +152,24 @@ def _triton_compiles() -> list:
     seen = []
     knobs = getattr(triton, "knobs", None)
     if knobs is not None and hasattr(knobs.runtime, "jit_post_compile_hook"):
-        knobs.runtime.jit_post_compile_hook = lambda *a, **kw: seen.append(kw.get("key"))
+        knobs.runtime.jit_post_compile_hook = lambda *a, **kw: seen.append(str(kw.get("key") or kw.get("fn") or a)[:300])
     else:  # pragma: no cover - older Triton
         from triton.runtime.jit import JITFunction
 
-        JITFunction.cache_hook = lambda *a, **kw: seen.append(kw.get("key"))
+        JITFunction.cache_hook = lambda *a, **kw: seen.append(str(kw.get("key") or kw.get("fn") or a)[:300])
     return seen
+
+
+def _uninstall_hook() -> None:
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs.runtime, "jit_post_compile_hook"):
+        knobs.runtime.jit_post_compile_hook = None
+    else:  # pragma: no cover
+        from triton.runtime.jit import JITFunction
+
+        JITFunction.cache_hook = None
 
 
 @pytest.mark.gpu
@@ -184,7 +196,8 @@ def test_decode_steps_make_no_host_sync_and_no_recompile(cfg):
                 tok = out.logits[:, -1:].argmax(-1)
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    assert seen == []
+            _uninstall_hook()
+    assert seen == [], f"kernels compiled during decoding: {seen}"
 
 
 @pytest.mark.gpu

@@ -60,7 +60,9 @@ def padding_bounds(padding: torch.Tensor | None, B: int, kv_length: int, device
 def make_ranges(lo, hi, q_first, window, ok) -> torch.Tensor:
     """Stack the fields (each int32 [B], or a scalar for q_first / window) into [FIELDS, 1, 1, B]."""
     B = lo.shape[0]
-    cols = [t if isinstance(t, torch.Tensor) else torch.tensor(t, device=lo.device)
+    # scalars become fills on the device (a host-to-device copy would break graph capture)
+    cols = [t if isinstance(t, torch.Tensor)
+            else torch.full((B,), int(t), dtype=torch.int32, device=lo.device)
             for t in (lo, hi, q_first, window, ok)]
     cols = [c.to(device=lo.device, dtype=torch.int32).expand(B) for c in cols]
     return torch.stack(cols).view(len(FIELDS), 1, 1, B).contiguous()

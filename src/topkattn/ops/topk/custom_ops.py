@@ -32,11 +32,11 @@ def range_mask(starts: torch.Tensor, ends: torch.Tensor, n: int) -> torch.Tensor
 @torch.library.custom_op("topkattn::topk_decode", mutates_args=())
 def topk_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor,
                    ends: torch.Tensor, topk: int, scale: float, sink: int, local: int,
-                   kv_group: bool, kernel: bool = True) -> torch.Tensor:
+                   kv_group: bool, use_kernel: bool = True) -> torch.Tensor:
     """q [B, Hq, 1, D]; k, v [B, Hkv, n, D]; starts, ends int32 [B] -> out [B, Hq, 1, D].
-    ``kernel``: the Triton kernel where it can run (else, and when False: the reference)."""
+    ``use_kernel``: the Triton kernel where it can run (else, and when False: the reference)."""
     granularity = "kv_group" if kv_group else "query_head"
-    if kernel and kernels_run_on(q):
+    if use_kernel and kernels_run_on(q):
         from topkattn.ops.topk.triton_decode import topk_decode
 
         return topk_decode(q, k, v, topk, scale, sink, local, granularity, seq_lens=ends,
@@ -47,16 +47,16 @@ def topk_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: to
 
 
 @topk_decode_op.register_fake
-def _(q, k, v, starts, ends, topk, scale, sink, local, kv_group, kernel=True):
+def _(q, k, v, starts, ends, topk, scale, sink, local, kv_group, use_kernel=True):
     return torch.empty_like(q)
 
 
 @torch.library.custom_op("topkattn::range_decode", mutates_args=())
 def range_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor,
-                    ends: torch.Tensor, scale: float, kernel: bool = True) -> torch.Tensor:
+                    ends: torch.Tensor, scale: float, use_kernel: bool = True) -> torch.Tensor:
     """q [B, Hq, 1, D]; k, v [B, Hkv, n, D]; starts, ends int32 [B] -> out [B, Hq, 1, D].
-    ``kernel``: the Triton kernel where it can run (else, and when False: the reference)."""
-    if kernel and kernels_run_on(q):
+    ``use_kernel``: the Triton kernel where it can run (else, and when False: the reference)."""
+    if use_kernel and kernels_run_on(q):
         from topkattn.ops.topk.triton_dense import range_decode
 
         return range_decode(q, k, v, starts, ends, scale)
@@ -65,7 +65,7 @@ def range_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: t
 
 
 @range_decode_op.register_fake
-def _(q, k, v, starts, ends, scale, kernel=True):
+def _(q, k, v, starts, ends, scale, use_kernel=True):
     return torch.empty_like(q)
 
 
