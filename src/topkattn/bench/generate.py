@@ -19,8 +19,10 @@ and to ``dense-default`` (what a user gets today).
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -215,5 +217,39 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
     write_results("generate", rows, ["ctx", "B", "mode", "path", "prefill_s", "step_ms", "tokens_per_s",
                                      "peak_gb", "attention_share", "vs_best_dense",
                                      "speedup_vs_default", "note"],
-                  out_dir, meta, plot=("case", f"decode step, Llama-3-8B shape, {layers} layers, k={k}",
-                                       ["step_ms"]))
+                  out_dir, meta)
+    plot_generate(rows, meta, Path(out_dir) / "generate.png")
+
+
+def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
+    """Grouped bars: ms per decode step for each (batch, context) cell, one bar per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys((r["B"], r["ctx"]) for r in rows))
+    modes = list(dict.fromkeys(f"{r['mode']} {r['path']}" for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    width = 0.8 / max(len(modes), 1)
+    for j, m in enumerate(modes):
+        ys = [next((r.get("step_ms") for r in rows if (r["B"], r["ctx"]) == c
+                    and f"{r['mode']} {r['path']}" == m), None) or float("nan") for c in cells]
+        ax.bar([i + (j - (len(modes) - 1) / 2) * width for i in range(len(cells))], ys, width, label=m)
+    ax.set_xticks(range(len(cells)))
+    ax.set_xticklabels([f"B{b} {c // 1024}k" for b, c in cells])
+    ax.set_ylabel("ms per decode step (lower is better)")
+    ax.set_title(f"generate, random Llama-3-8B shape, {meta.get('layers')} layers, k={meta.get('k')}\n"
+                 f"{meta.get('device')}, torch {meta.get('torch')}, {meta.get('date')}", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replot(json_path: str | Path) -> Path:
+    """Redraw generate.png beside a generate.json."""
+    data = json.loads(Path(json_path).read_text())
+    out = Path(json_path).with_suffix(".png")
+    plot_generate(data["rows"], data["meta"], out)
+    return out

@@ -324,6 +324,11 @@ def sparsify(model: torch.nn.Module, cfg: TopKConfig) -> Iterator[dict[int | Non
     if cfg.selector != "exact":
         selector = make_selector(cfg.selector, **cfg.selector_args)
     needs_hidden = selector is not None and selector.needs_hidden_states
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # the selection scratch, before any CUDA-graph capture
+        from topkattn.ops.select.triton_select import reserve_workspace
+
+        reserve_workspace(device)
     with attention_override(
         model,
         ATTENTION_NAME,

@@ -322,7 +322,7 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT):
         tl.store(DONE + r64, 0)
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit(do_not_specialize=["n", "stride_s"])
 def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO, SHIFT,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr,
@@ -352,7 +352,7 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo, SAMPLE, SHIFT)
 
 
-@triton.jit(do_not_specialize=["n", "CAP", "ZERO"])
+@triton.jit(do_not_specialize=["n", "stride_s", "CAP", "ZERO"])
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, OUT,
                  stride_o, BUF, CAP, ZERO, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr, FULL: tl.constexpr = False,
@@ -481,7 +481,7 @@ def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.cons
     return cursor + tl.sum(si, 0)
 
 
-@triton.jit(do_not_specialize=["n", "CAP"])
+@triton.jit(do_not_specialize=["n", "stride_s", "CAP"])
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
                    BUF, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                    BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, TIERS: tl.constexpr = True,
@@ -750,24 +750,30 @@ def select_workspace(R: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(R * WORDS_PER_ROW, dtype=torch.int32, device=device)
 
 
-_WORKSPACES: dict[tuple[int, int], torch.Tensor] = {}
+_WORKSPACES: dict[int, torch.Tensor] = {}
 
 
 def workspace(R: int, device: torch.device) -> torch.Tensor:
-    """A `select_workspace` for at least R rows kept for the current CUDA stream (calls on one
-    stream run one after another, so they can share it; other streams get their own). Saves
-    a memset launch per call. CPU (interpreter): a fresh one."""
+    """A `select_workspace` for at least R rows kept per CUDA device (calls run one after
+    another on a stream, so they can share it). Saves a memset launch per call. Allocate it
+    outside CUDA-graph capture with `reserve_workspace` (an allocation during capture would
+    live in the graph's private pool). CPU (interpreter): a fresh one."""
     if device.type != "cuda":
         return select_workspace(R, device)
-    stream = torch.cuda.current_stream(device)
-    key = (device.index if device.index is not None else torch.cuda.current_device(),
-           getattr(stream, "cuda_stream", None) or stream.stream_id)
+    key = device.index if device.index is not None else torch.cuda.current_device()
     w = _WORKSPACES.get(key)
     if w is None or w.numel() < R * WORDS_PER_ROW:
-        if len(_WORKSPACES) >= 64:  # streams come and go: keep the cache small
-            _WORKSPACES.clear()
-        w = _WORKSPACES[key] = select_workspace(max(R, 64), device)
+        w = _WORKSPACES[key] = select_workspace(max(R, RESERVED_ROWS), device)
     return w
+
+
+RESERVED_ROWS = 4096  # rows a sparsified model's workspace holds from the start (B * Hq)
+
+
+def reserve_workspace(device: torch.device, rows: int = RESERVED_ROWS) -> None:
+    """Allocate the workspace of ``device`` now (before any CUDA-graph capture)."""
+    if device.type == "cuda":
+        workspace(rows, device)
 
 
 def workspace_views(work: torch.Tensor, R: int | None = None) -> SelectWorkspace:

@@ -51,7 +51,7 @@ DECODE_SCORES_STAGES = 3
 DECODE_SPARSE_WAVES = 2
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit(do_not_specialize=["n", "ssb", "ssh", "sgb", "sgh", "skb", "skh"])
 def _scores_kernel(
     Q, K, S, SG, LENS, STARTS, HIST, DONE, INFO, BT, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh,
     sbt, PS, Hkv, n, G, scale, sink, local, topk,

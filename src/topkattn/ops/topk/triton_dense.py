@@ -30,7 +30,7 @@ DENSE_WARPS = 4
 DENSE_WAVES = 2
 
 
-@triton.jit(do_not_specialize=["n", "CHUNK"])
+@triton.jit(do_not_specialize=["n", "CHUNK", "skb", "skh", "svb", "svh"])
 def _range_decode_kernel(
     Q, K, V, STARTS, ENDS, O, LSE, PM, PL, PACC,
     sqb, sqh, skb, skh, skn, svb, svh, svn, Hkv, n, G, CHUNK, scale,
@@ -88,11 +88,11 @@ def _range_decode_kernel(
         tl.store(PACC + prow[:, None] * D + d[None, :], acc, mask=gm[:, None])
 
 
-def range_splits(rows: int, n: int, device: torch.device) -> int:
+def range_splits(rows: int, device: torch.device) -> int:
     """Chunks the key range of each of ``rows`` (sequence, KV head) programs is split over:
-    enough programs for DENSE_WAVES per SM, at most 64, at least one block of keys each."""
-    want = max(1, DENSE_WAVES * _num_sms(device) // max(rows, 1))
-    return max(1, min(want, triton.cdiv(max(n, 1), DENSE_BLOCK_N), 64))
+    enough programs for DENSE_WAVES per SM, at most 64. Independent of the cache length, so
+    a growing cache never recompiles (chunks past a sequence's range exit at once)."""
+    return max(1, min(DENSE_WAVES * _num_sms(device) // max(rows, 1), 64))
 
 
 def range_decode(
@@ -129,7 +129,7 @@ def range_decode(
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q, k, v = unit_stride(q, k, v)
     starts, ends = starts.contiguous(), ends.contiguous()
-    splits = range_splits(B * Hkv, n, q.device)
+    splits = range_splits(B * Hkv, q.device)
     chunk = triton.cdiv(triton.cdiv(max(n, 1), splits), DENSE_BLOCK_N) * DENSE_BLOCK_N
     out = torch.empty(B, Hq, 1, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, 1, dtype=torch.float32, device=q.device)

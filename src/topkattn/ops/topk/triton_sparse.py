@@ -51,7 +51,7 @@ def kv_rows(b64, pos, skb, skn, BT, sbt, PS, valid, PAGED: tl.constexpr):
         return tl.where(valid, b64 * skb + pos.to(tl.int64) * skn, 0)
 
 
-@triton.jit(do_not_specialize=["Lk"])
+@triton.jit(do_not_specialize=["Lk", "ssb", "ssh", "skb", "skh", "svb", "svh"])
 def _sparse_fwd_kernel(
     Q, K, V, IDX, S, LENS, O, LSE, PM, PL, PACC, BT,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sib, sih, sim, ssb, ssh, sbt, PS,
