@@ -21,7 +21,7 @@ import triton.language as tl
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import pdl_launch, wait_prior
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, _combine_kernel, _num_sms, check_qkv, mm, unit_stride,
+    INTERPRET, _combine_kernel, _num_sms, check_qkv, mm, online_softmax_step, unit_stride,
 )
 
 DENSE_BLOCK_N = 64
@@ -67,14 +67,8 @@ def _range_decode_kernel(
         kt = tl.load(kbase + p64[:, None] * skn + d[None, :], mask=pm[:, None], other=0.0)
         s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
         s = tl.where(gm[:, None] & pm[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
         vt = tl.load(vbase + p64[:, None] * svn + d[None, :], mask=pm[:, None], other=0.0)
-        acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, vt, IEEE, UPCAST)
     orow = b64 * (Hkv * G) + hq  # rows of [B, Hq] (Lq = 1)
     if SPLITS == 1:
         l_safe = tl.where(l_i > 0, l_i, 1.0)

@@ -39,6 +39,18 @@ def mm(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def online_softmax_step(m_i, l_i, acc, s, vt, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """One block of an online softmax: running max m_i [G], sum l_i [G] and output acc [G, D]
+    updated with scores s [G, N] (-inf = not attended) and values vt [N, D]."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
+    return m_new, l_i * alpha + tl.sum(p, 1), acc
+
+
+@triton.jit
 def kv_rows(b64, pos, skb, skn, BT, sbt, PS, valid, PAGED: tl.constexpr):
     """int64 offsets [N] of the cache rows at positions pos [N] of sequence b (head offset not
     included). Contiguous cache: b*skb + pos*skn. PAGED (block table BT [B, pages], page size
@@ -103,15 +115,9 @@ def _sparse_fwd_kernel(
                          mask=valid[:, None], other=0.0)
             s = mm(q, tl.trans(kt), IEEE, UPCAST) * scale
         s = tl.where(gm[:, None] & valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
         vr = kv_rows(b64, idx64, svb, svn, BT, sbt, PS, valid, PAGED)
         vt = tl.load(vbase + vr[:, None] + d[None, :], mask=valid[:, None], other=0.0)
-        acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, vt, IEEE, UPCAST)
     orow = (b64 * Hq + (h0 + g).to(tl.int64)) * Lq + m  # [GP] rows of [B, Hq, Lq]
     if SPLITS == 1:
         l_safe = tl.where(l_i > 0, l_i, 1.0)
