@@ -23,3 +23,28 @@ def test_unknown_op_names_the_allowed_ones():
 def test_no_cuda_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="need a CUDA device"):
         run_ops(["decode"], "8k", "64", "1", str(tmp_path))
+
+
+def test_bad_layers_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--layers must be a positive integer, got 0"):
+        run_ops(["generate"], "8k", "64", "1", str(tmp_path), layers=0)
+
+
+def test_generate_plot_has_one_bar_per_mode_and_cell(tmp_path):
+    import json
+
+    import matplotlib.image as mpimg
+
+    from topkattn.bench.generate import replot
+
+    rows = [{"B": b, "ctx": c, "mode": m, "path": p, "step_ms": ms}
+            for b, c in ((1, 8192), (4, 8192))
+            for (m, p), ms in ((("dense-ranges", "graph"), 8.0), (("topk-kv_group", "graph"), 10.0 * b))]
+    meta = {"layers": 2, "k": 64, "device": "test", "torch": "x", "date": "d"}
+    (tmp_path / "generate.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    img = mpimg.imread(replot(tmp_path / "generate.json"))
+    assert img.shape[0] > 300 and img.shape[1] > 600
+    # the bars are drawn in colour: some pixels are neither white nor grey
+    rgb = img[..., :3]
+    coloured = (rgb.max(-1) - rgb.min(-1)) > 0.3
+    assert coloured.mean() > 0.01
