@@ -104,7 +104,11 @@ def plot_accuracy(cells: list["Cell"], ks: Iterable[str], path: Path, title: str
     for i in range(len(tasks), nrow * ncol):
         axes[i // ncol][i % ncol].axis("off")
     if title:
-        fig.suptitle(title)
+        import textwrap
+
+        # wrap to the figure's width so that a long title is never cut off at the edges
+        width = max(20, int(fig.get_figwidth() * 9))
+        fig.suptitle("\n".join(textwrap.wrap(title, width)), fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
