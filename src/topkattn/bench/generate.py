@@ -125,7 +125,6 @@ def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
     """One layer's attention op alone in a CUDA graph (a cache of ctx + STEPS keys)."""
     from topkattn.bench.common import decode_inputs
     from topkattn.ops.topk.custom_ops import range_decode_op, topk_decode_op
-    from topkattn.ops.topk.triton_dense import range_decode  # noqa: F401
 
     q, kk, vv = decode_inputs(B, ctx)
     lo = torch.zeros(B, dtype=torch.int32, device="cuda")
@@ -149,11 +148,12 @@ def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
 
 
 def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
+    import contextlib
+
     from transformers import DynamicCache, StaticCache
 
     from topkattn import TopKConfig, sparsify
     from topkattn.integrations.hf import _sdpa_priority
-    import contextlib
 
     k = ks[0] if ks else 2048
     model = llama3_8b_random(layers, max(ctxs) + 64)

@@ -5,7 +5,8 @@ For every sample the prompt is prefilled ONCE with dense attention, except its l
 copy of that cache is taken, the last prompt token is fed as the first decode step and the
 answer is decoded greedily inside ``sparsify(model, TopKConfig(k=..., phases=("decode",)))``,
 so that even the first answer token comes from a Top-k decode step (Top-k Decoding, as in
-arXiv 2512.03494). Full attention decodes without `sparsify`.
+arXiv 2512.03494). Full attention decodes inside ``sparsify(model, TopKConfig(k=None))``: the
+same attention function, over key ranges.
 
 Results: ``results.jsonl`` gets one line per (sample, k), flushed at once; a rerun with the same
 output folder skips finished (task, length, sample, k) keys, so an interrupted run resumes.

@@ -103,7 +103,7 @@ def _sdpa_priority():
 def _ranges_decode(state, query, key, value, ranges, scale):
     """One query per sequence over key ranges: exact Top-k or full attention as custom ops,
     no host synchronisation (unless k_ratio / min_context need the context length).
-    query [B, Hq, 1, D]; key, value [B, Hkv, n, D] -> [B, Hq, 1, D]."""
+    query [B, Hq, 1, D]; key, value [B, Hkv, n, D] -> [B, 1, Hq, D]."""
     B, n = query.shape[0], key.shape[2]
     lo, hi, ok = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI), kr.field(ranges, kr.OK)
     cfg = state.cfg if state is not None else None
@@ -129,7 +129,7 @@ def _ranges_decode(state, query, key, value, ranges, scale):
                              sink=cfg.sink, local=cfg.local, granularity=cfg.granularity,
                              indices=indices, attn_mask=mask, backend=cfg.backend)
     # a padding mask with holes has no key range: make those rows loud, never silently wrong
-    return torch.where(ok.view(B, 1, 1, 1) != 0, out, torch.full_like(out, float("nan")))
+    return out.masked_fill(ok.view(B, 1, 1, 1) == 0, float("nan")).transpose(1, 2)
 
 
 def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kwargs):
@@ -153,13 +153,13 @@ def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kw
 
 def _selection_context(state, topk, scale, phase):
     return SelectionContext(layer_idx=state.layer_idx, topk=topk, granularity=state.cfg.granularity,
-                            scale=scale, phase=phase, store=state.store, module=getattr(state, "module", None),
+                            scale=scale, phase=phase, store=state.store, module=state.module,
                             hidden_states=state.hidden_states)
 
 
 def _general(module, state, query, key, value, mask, dropout, scale, kwargs):
     """Any mask transformers may pass (None, bool, additive float), queries at the last Lq
-    key positions when there is none. Returns [B, Hq, Lq, D]."""
+    key positions when there is none. Returns [B, Lq, Hq, D] like transformers' SDPA function."""
     Lq, Lk = query.shape[2], key.shape[2]
     phase = "decode" if Lq == 1 else "prefill"
     if state is not None and mask is None and Lq == Lk:
@@ -167,21 +167,21 @@ def _general(module, state, query, key, value, mask, dropout, scale, kwargs):
     if state is None or not state.cfg.applies_to(state.layer_idx, phase, Lk):
         _count(state, False)
         out, _ = _dense_sdpa(module, query, key, value, mask, dropout, scale, **kwargs)
-        return out.transpose(1, 2)
+        return out
     cfg = state.cfg
     _count(state, True)
     mask = _to_bool_mask(mask)
     topk = cfg.k_for(Lk)
     indices = None
     if state.selector is not None:
-        state.module = module
         indices = state.selector.select(query, key, _selection_context(state, topk, scale, phase))
-    return topk_attention(
+    out = topk_attention(
         query, key, value, topk=topk,
         # transformers' mask already holds causality; without one, the queries are the last Lq
         causal=mask is None, scale=scale, sink=cfg.sink, local=cfg.local,
         granularity=cfg.granularity, indices=indices, attn_mask=mask, backend=cfg.backend,
     )
+    return out.transpose(1, 2)
 
 
 def topk_attention_forward(
@@ -202,7 +202,7 @@ def topk_attention_forward(
     SDPA function.
     """
     state: LayerState | None = getattr(module, _STATE_ATTR, None)
-    if state is not None and state.cfg is not None and dropout and module.training:
+    if state is not None and dropout and module.training:
         _warn_once("topk attention ignores attention dropout")
     if query.dtype != value.dtype or key.dtype != value.dtype:
         # under autocast RoPE may leave q/k in fp32 while v is bf16 (SDPA casts alike)
@@ -218,7 +218,7 @@ def topk_attention_forward(
                                   scale, kwargs)
     else:
         out = _general(module, state, query, key, value, attention_mask, dropout, scale, kwargs)
-    return out.transpose(1, 2).contiguous(), None
+    return out.contiguous(), None
 
 
 def attention_modules(model: torch.nn.Module) -> list[tuple[int | None, torch.nn.Module]]:

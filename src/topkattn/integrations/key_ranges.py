@@ -57,15 +57,12 @@ def padding_bounds(padding: torch.Tensor | None, B: int, kv_length: int, device
     return lo.to(torch.int32), hi.to(torch.int32), ok.to(torch.int32)
 
 
-def make_ranges(lo, hi, q_first, window, ok) -> torch.Tensor:
-    """Stack the fields (each int32 [B], or a scalar for q_first / window) into [FIELDS, 1, 1, B]."""
-    B = lo.shape[0]
-    # scalars become fills on the device (a host-to-device copy would break graph capture)
-    cols = [t if isinstance(t, torch.Tensor)
-            else torch.full((B,), int(t), dtype=torch.int32, device=lo.device)
-            for t in (lo, hi, q_first, window, ok)]
-    cols = [c.to(device=lo.device, dtype=torch.int32).expand(B) for c in cols]
-    return torch.stack(cols).view(len(FIELDS), 1, 1, B).contiguous()
+def make_ranges(lo, hi, q_first, window: int, ok) -> torch.Tensor:
+    """Stack the fields (int32 [B] tensors; ``window`` an int) into [FIELDS, 1, 1, B]."""
+    # the window becomes a fill on the device (a host-to-device copy would break graph capture)
+    win = torch.full_like(lo, window)
+    cols = [c.to(dtype=torch.int32) for c in (lo, hi, q_first, win, ok)]
+    return torch.stack(cols).view(len(FIELDS), 1, 1, lo.shape[0]).contiguous()
 
 
 def topk_mask(
@@ -93,18 +90,16 @@ def topk_mask(
                          device=device, **kwargs)
     padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
     lo, hi, ok = padding_bounds(padding, batch_size, kv_length, device)
-    q_first = q_offset - kv_offset
+    q_first = q_offset - kv_offset  # an int, or a device tensor for a static cache
     if isinstance(q_first, torch.Tensor):
         q_first = q_first.to(device=device, dtype=torch.int32).reshape(-1)[:1].expand(batch_size)
+    else:  # a fill on the device (a host-to-device copy would break graph capture)
+        q_first = torch.full_like(lo, q_first)
     window = int(local_size or 0)
     if q_length == 1:  # decode: cut by causality and the window now, once per forward
-        q_end = q_first + 1
-        hi = torch.minimum(hi, q_end if isinstance(q_end, torch.Tensor)
-                           else torch.full_like(hi, q_end))
+        hi = torch.minimum(hi, q_first + 1)
         if window:
-            w_lo = q_end - window
-            lo = torch.maximum(lo, w_lo if isinstance(w_lo, torch.Tensor)
-                               else torch.full_like(lo, w_lo))
+            lo = torch.maximum(lo, q_first + 1 - window)
     elif padding is not None and not _host_all(ok):
         # prefill (a host synchronisation is acceptable here): holes in the padding mask
         return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length,
