@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from tests.ops.compare import dev, rel_rms
 from topkattn.ops.topk.naive import topk_attention_reference
-import topkattn.ops.topk.triton_decode as td
 from topkattn.ops.topk.triton_decode import topk_decode
 
 
@@ -17,10 +16,9 @@ from topkattn.ops.topk.triton_decode import topk_decode
     B=st.integers(1, 3), Hkv=st.sampled_from([1, 2]), G=st.sampled_from([1, 2, 4]),
     n=st.integers(1, 400), D=st.sampled_from([16, 32]), kfrac=st.floats(0.0, 1.1),
     sink=st.integers(0, 3), local=st.integers(0, 3), gran=st.sampled_from(["query_head", "kv_group"]),
-    padded=st.booleans(), seed=st.integers(0, 2**16), fuse=st.booleans(),
+    padded=st.booleans(), seed=st.integers(0, 2**16),
 )
-def test_topk_decode_matches_reference(B, Hkv, G, n, D, kfrac, sink, local, gran, padded, seed, fuse):
-    # fuse: the selection histogram made inside the scores pass (kv_group)
+def test_topk_decode_matches_reference(B, Hkv, G, n, D, kfrac, sink, local, gran, padded, seed):
     g = torch.Generator().manual_seed(seed)
     Hq = Hkv * G
     q = torch.randn(B, Hq, 1, D, generator=g)
@@ -35,14 +33,9 @@ def test_topk_decode_matches_reference(B, Hkv, G, n, D, kfrac, sink, local, gran
         pos = torch.arange(n)
         mask = ((pos[None] >= st_[:, None]) & (pos[None] < en[:, None]))[:, None, None]
     d = dev()
-    keep = td.DECODE_FUSE_HIST
-    td.DECODE_FUSE_HIST = fuse
-    try:
-        out, lse = topk_decode(q.to(d), k.to(d), v.to(d), topk, sink=sink, local=local, granularity=gran,
-                               seq_lens=en.to(d) if en is not None else None,
-                               seq_starts=st_.to(d) if st_ is not None else None, return_lse=True)
-    finally:
-        td.DECODE_FUSE_HIST = keep
+    out, lse = topk_decode(q.to(d), k.to(d), v.to(d), topk, sink=sink, local=local, granularity=gran,
+                           seq_lens=en.to(d) if en is not None else None,
+                           seq_starts=st_.to(d) if st_ is not None else None, return_lse=True)
     ref, rlse = topk_attention_reference(q, k, v, topk, sink=sink, local=local, granularity=gran,
                                          attn_mask=mask, return_lse=True)
     assert rel_rms(out.cpu(), ref) < 1e-4

@@ -33,7 +33,9 @@ STEPS = 16
 
 
 def llama3_8b_random(layers: int, max_position: int):
-    """A random-weight LlamaForCausalLM of Llama-3-8B shape (bf16, on the GPU)."""
+    """A random-weight LlamaForCausalLM of Llama-3-8B shape (bf16, on the GPU): matrices and
+    embeddings N(0, 0.02), RMSNorm weights 1, as transformers initialises a Llama (random norm
+    weights would shrink every activation, and the attention scores to about 1e-4)."""
     import transformers as tf
 
     cfg = tf.LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
@@ -43,7 +45,8 @@ def llama3_8b_random(layers: int, max_position: int):
     with torch.device("cuda"):
         model = tf.LlamaForCausalLM(cfg).to(torch.bfloat16)
     for p in model.parameters():
-        p.data.normal_(0.0, 0.02)
+        if p.dim() >= 2:
+            p.data.normal_(0.0, 0.02)
     return model.eval()
 
 

@@ -3,12 +3,14 @@
 Design (one row = one selection problem; n up to 1M, k up to 8192):
 1. ``_hist_kernel`` (grid rows x blocks): histogram of a monotone 8-bit "log bin" of one in
    SELECT_SAMPLE candidate scores, sampled in runs of SELECT_SAMPLE_RUN consecutive positions
-   (`_log_bin`: sign, and 1/8-octave steps of |x| over [2^-6, 2^10), the rest clamped into
-   the end bins), added with one atomic per bin and program into [R, 256]. The last program
-   of each row to finish (an arrival counter) derives a bin window [b_lo, b_hi] that holds the
-   k-th largest score with a margin of four standard deviations of the sampled counts,
-   publishes it and zeroes the row's histogram and counter (`publish_pick`). The decode
-   kernel can make the same (exact) histogram and window inside its scores pass instead.
+   (`row_bin`: the sign of x - c and 1/8-octave steps of |x - c| over 16 octaves, the rest
+   clamped into the end bins). The frame (centre c, octave offset) is placed per row from 64
+   evenly spaced candidates (`_row_frame`), so rows of any scale or common offset spread over
+   the bins. Counts are added with one atomic per bin and program into [R, 256]. The last
+   program of each row to finish (an arrival counter) derives a bin window [b_lo, b_hi] that
+   holds the k-th largest score with a margin of four standard deviations of the sampled
+   counts, publishes it with the frame and zeroes the row's histogram and counter
+   (`publish_pick`).
 2. ``_scan_kernel`` (grid rows x blocks): streams each row once and writes every position of
    a bin above the window straight to the output and the window's entries (signed-order key
    and position packed in one int64) to a scratch buffer; one 64-bit atomic per block reserves
@@ -17,7 +19,7 @@ Design (one row = one selection problem; n up to 1M, k up to 8192):
 3. ``_finish_kernel`` (one program per row): checks the window against those exact counts
    (fewer than k above it, at least k from its bottom up, and within the buffer); radix
    passes over the window's entries (in registers, in tiers of 512, FINISH_BLOCK or twice
-   that; only the bits below the window's common prefix, 6 then 4 at a time, stopping once a
+   that; only the bits below the entries' common prefix, 6 then 4 at a time, stopping once a
    digit settles the threshold) give the exact k-th key T and the number of ties at T still
    needed; the rare partial tie is cut at a position found by bisection / a position radix
    (the lowest positions win, as in the reference); a last pass writes keys > T and the kept
@@ -25,7 +27,7 @@ Design (one row = one selection problem; n up to 1M, k up to 8192):
    or overflowed the buffer is caught there, and the row is re-read and selected in full
    (slower, same result).
 
-The scratch (`workspace`) is kept per CUDA stream: the kernels leave it zeroed, so no memset
+The scratch (`workspace`) is kept per CUDA device: the kernels leave it zeroed, so no memset
 is launched. On Hopper the kernels are launched with programmatic dependent launch (each waits
 in `wait_prior` for the previous kernel; `pdl_launch`).
 
@@ -54,15 +56,16 @@ except ImportError:  # pragma: no cover
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
 
-# `_log_bin`: |x| in [2^-6, 2^10) is split into 16 octaves x 2^_MANT steps per sign; smaller |x|
-# share the bins next to zero, larger the end bins. _MANT = 3: 256 bins (the default); 2: 128
-# bins (half the histogram work, twice the entries in the threshold bin). Read once, at import
-# (TOPKATTN_SELECT_BIN_MANT).
-_MANT = int(os.environ.get("TOPKATTN_SELECT_BIN_MANT", "3"))
+# `_log_bin`: |x - c| over 16 octaves of 2^_MANT steps per sign, the octaves placed per row by
+# `_row_frame` (c and the scale come from a sample of the row), smaller and larger |x - c|
+# clamped into the bins at c and at the ends.
+_MANT = 3
 BIN_SHIFT = tl.constexpr(23 - _MANT)  # key >> BIN_SHIFT: sign flag, exponent, _MANT mantissa bits
-BIN_UNIT = tl.constexpr(1 << BIN_SHIFT.value)  # keys per `_key_t` value
 BIN_SIGN = tl.constexpr(1 << (8 + _MANT))  # first value of key >> BIN_SHIFT with x >= 0
-BIN_U0 = tl.constexpr(121 << _MANT)  # |x| = 2^(121-127) = 2^-6 in units of key >> BIN_SHIFT
+BIN_U0 = tl.constexpr(121 << _MANT)  # default frame: |x| = 2^(121-127) = 2^-6 in units of key >> BIN_SHIFT
+# octaves of the frame above a row's sampled spread (`_row_frame`): room for the larger scores
+BIN_HEADROOM = tl.constexpr(6 << _MANT)
+FRAME_SAMPLES = tl.constexpr(64)  # evenly spaced candidates per row that place the frame
 NBINS = tl.constexpr(1 << (5 + _MANT))
 BIN_HALF = tl.constexpr(1 << (4 + _MANT))
 # row stride of the histogram scratch (the most bins)
@@ -95,27 +98,44 @@ def _key_t(key):
 
 
 @triton.jit
-def _log_bin(key):
+def _log_bin(key, u0):
     """Monotone bin (int32 in [0, NBINS)) of a `_f32_key` key: bins BIN_HALF.. hold x >= 0 in
-    equal steps of log2|x| from 2^-6 over 16 octaves, the bins below mirror them for x < 0;
-    smaller and larger |x| share the bins at zero and at the ends."""
+    equal steps of log2|x| over 16 octaves from 2^(u0 / 2^_MANT - 127), the bins below mirror
+    them for x < 0; smaller and larger |x| share the bins at zero and at the ends."""
     t = _key_t(key)
     nonneg = t >= BIN_SIGN
     u = tl.where(nonneg, t - BIN_SIGN, BIN_SIGN - 1 - t)  # of |x|
-    c = tl.minimum(tl.maximum(u - BIN_U0, 0), BIN_HALF - 1)
+    c = tl.minimum(tl.maximum(u - u0, 0), BIN_HALF - 1)
     return tl.where(nonneg, BIN_HALF + c, BIN_HALF - 1 - c)
 
 
 @triton.jit
-def _bin_trange(b):
-    """Inverse of `_log_bin`: the range [t_lo, t_hi] of `_key_t` values that fall in bin b."""
-    nonneg = b >= BIN_HALF
-    c = tl.where(nonneg, b - BIN_HALF, BIN_HALF - 1 - b)
-    u_lo = tl.where(c == 0, 0, BIN_U0 + c)
-    u_hi = tl.where(c == BIN_HALF - 1, BIN_SIGN - 1, BIN_U0 + c)
-    t_lo = tl.where(nonneg, BIN_SIGN + u_lo, BIN_SIGN - 1 - u_hi)
-    t_hi = tl.where(nonneg, BIN_SIGN + u_hi, BIN_SIGN - 1 - u_lo)
-    return t_lo, t_hi
+def row_bin(x, c, u0):
+    """`_log_bin` of fp32 scores x in a row's frame (c, u0) from `_row_frame`: monotone in x
+    (x - c rounds monotonically), so a range of bins is a range of scores."""
+    return _log_bin(_f32_key(x - c), u0)
+
+
+@triton.jit
+def _row_frame(srow, c_lo, c_hi):
+    """The frame of a row's bins from FRAME_SAMPLES evenly spaced candidates of [c_lo, c_hi):
+    the centre c (their median) and the offset u0 that puts their spread (the upper quartile
+    of |x - c|, or its max when that is 0) BIN_HEADROOM below the top of the 16 octaves. A
+    row of large common offset, of tiny or huge scores, or with a few outliers then still
+    spreads over many bins. Every program of a row computes the same frame (same loads, same
+    reductions); non-finite samples give the default frame (c = 0, u0 = BIN_U0)."""
+    i = tl.arange(0, FRAME_SAMPLES)
+    ncand = c_hi - c_lo
+    pos = c_lo + (i.to(tl.int64) * ncand // FRAME_SAMPLES).to(tl.int32)  # in [c_lo, c_hi)
+    x = tl.sort(tl.load(srow + pos, mask=pos < c_hi, other=0.0).to(tl.float32))
+    c = tl.sum(tl.where(i == FRAME_SAMPLES // 2, x, 0.0), 0)
+    dev = tl.sort(tl.abs(x - c))
+    spread = tl.sum(tl.where(i == (3 * FRAME_SAMPLES) // 4, dev, 0.0), 0)
+    spread = tl.where(spread > 0, spread, tl.max(dev, 0))
+    ok = (spread < float("inf")) & (tl.abs(c) < float("inf"))  # False for NaN too
+    u_spread = _key_t(_f32_key(spread)) - BIN_SIGN
+    u0 = tl.maximum(u_spread + BIN_HEADROOM - (BIN_HALF - 1), 0)
+    return tl.where(ok, c, 0.0), tl.where(ok, u0, BIN_U0)
 
 
 @triton.jit
@@ -143,11 +163,10 @@ def _pick(h, rem, NB: tl.constexpr):
 
 
 @triton.jit
-def _window_keys(INFO, r64):
-    """The `_f32_key` range [k_lo, k_hi] (int64 scalars) of row r64's published bin window."""
-    k_lo = _bin_trange(tl.load(INFO + r64 * 4 + 1))[0].to(tl.int64) * BIN_UNIT
-    k_hi = _bin_trange(tl.load(INFO + r64 * 4 + 2))[1].to(tl.int64) * BIN_UNIT + (BIN_UNIT - 1)
-    return k_lo, k_hi
+def _frame(INFO, r64):
+    """Row r64's published (mode, c, u0): see `publish_pick`."""
+    m = tl.load(INFO + r64 * 4)
+    return m & 1, tl.load(INFO + r64 * 4 + 3).to(tl.float32, bitcast=True), m >> 1
 
 
 @triton.jit
@@ -274,10 +293,9 @@ def release_next(PDL: tl.constexpr):
 
 
 @triton.jit
-def bin_hist(key, m):
-    """int32 [NBINS] counts of `_log_bin` over the keys where m (shared with the decode scores
-    kernel, which fuses the histogram into its pass)."""
-    return tl.histogram(_log_bin(key), NBINS, mask=m)
+def bin_hist(x, c, u0, m):
+    """int32 [NBINS] counts of `row_bin` (frame c, u0) over the fp32 scores x where m."""
+    return tl.histogram(row_bin(x, c, u0), NBINS, mask=m)
 
 
 @triton.jit
@@ -288,10 +306,11 @@ def add_hist(HIST, r, h):
 
 
 @triton.jit
-def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT):
+def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT, c, u0):
     """Called once by each of the ``nprog`` programs that add counts to row r's histogram,
     after its last add; the last program to arrive publishes the row's bin window
-    INFO[r] = (mode, b_lo, b_hi): bins above b_hi hold fewer than k candidates and bins from
+    INFO[r] = (mode + 2 * u0, b_lo, b_hi, c as fp32 bits), in the frame (c, u0) the counts
+    were made in (`_row_frame`, read back by `_frame`): bins above b_hi hold fewer than k candidates and bins from
     b_lo up at least k, with a margin of 4 standard deviations when the histogram counted one
     candidate in SAMPLE (1: exact counts, b_lo = b_hi = the bin of the k-th largest). mode 0:
     the row has no more than k candidates and keeps them all. SHIFT moves the window up by
@@ -312,9 +331,10 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT):
         b_hi = tl.min(tl.where(gt < hi, idx, NBINS - 1), 0)
         b_lo = tl.minimum(b_lo + SHIFT, NBINS - 1)
         b_hi = tl.minimum(tl.maximum(b_hi + SHIFT, b_lo), NBINS - 1)
-        tl.store(INFO + r64 * 4 + 0, (ncand > k).to(tl.int32))
+        tl.store(INFO + r64 * 4 + 0, (ncand > k).to(tl.int32) + 2 * u0)
         tl.store(INFO + r64 * 4 + 1, b_lo)
         tl.store(INFO + r64 * 4 + 2, b_hi)
+        tl.store(INFO + r64 * 4 + 3, c.to(tl.int32, bitcast=True))
         # leave the histogram and the counter zeroed for the next call (`workspace`), once
         # every warp of this program has read them
         tl.debug_barrier()
@@ -327,18 +347,20 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                  BLOCK: tl.constexpr, ITERS: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr,
                  PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
-    """`_log_bin` histogram of one in SAMPLE candidates of each row into HIST [R, HIST_STRIDE]
+    """`row_bin` histogram of one in SAMPLE candidates of each row into HIST [R, HIST_STRIDE]
     (runs of RUN consecutive positions, one run in every RUN * SAMPLE, so that only 1/SAMPLE
     of the row's memory is read),
     then the row's bin window into INFO (`publish_pick`). Each program counts ITERS blocks of
     BLOCK sampled positions (BLOCK * SAMPLE consecutive positions each) in registers, then adds
-    its counts with one atomic per bin; rows with no more than k candidates are not counted."""
+    its counts with one atomic per bin; rows with no more than k candidates are not counted.
+    Every program places the row's frame (`_row_frame`) itself."""
     wait_prior(PDL)
     release_next(PDL and EARLY)
     r = tl.program_id(0)
     first = tl.program_id(1) * (BLOCK * ITERS * SAMPLE)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
+    c, u0 = _row_frame(S + r.to(tl.int64) * stride_s, c_lo, c_hi)
     if (first < c_hi) & (first + BLOCK * ITERS * SAMPLE > c_lo) & (c_hi - c_lo > k):
         h = tl.zeros([NBINS], tl.int32)
         for it in range(ITERS):
@@ -347,9 +369,9 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
             m = (pos >= c_lo) & (pos < c_hi)
             # the load is masked by n only, so that it vectorizes (SAMPLE 1); m masks the rest
             x = tl.load(S + r.to(tl.int64) * stride_s + pos, mask=pos < n, other=0.0).to(tl.float32)
-            h += bin_hist(_f32_key(x), m)
+            h += bin_hist(x, c, u0, m)
         add_hist(HIST, r, h)
-    publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo, SAMPLE, SHIFT)
+    publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo, SAMPLE, SHIFT, c, u0)
 
 
 @triton.jit(do_not_specialize=["n", "stride_s", "CAP", "ZERO"])
@@ -363,7 +385,7 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
     low: buffer; order within a row varies): one atomic per block and a packed prefix sum (one
     atomic per entry measured 2.6x slower: same-address contention). CNT ends with the exact
     counts; stores past K outputs or CAP buffer entries are dropped (the finish then re-reads
-    the row). Bins are compared as ranges of `_f32_skey` (`_window_keys`).
+    the row). Each score's bin is made in the row's published frame (`row_bin`, `_frame`).
     FULL: no lengths, starts, sink or local (every position below n is a candidate).
 
     A block is a [BLOCK // 32, 32] tile: one row per load instruction (32 lanes, coalesced),
@@ -378,10 +400,9 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
     r64 = r.to(tl.int64)
     vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
-    mode = tl.load(INFO + r64 * 4)
-    k_lo, k_hi = _window_keys(INFO, r64)  # compared as `_f32_skey`: minus 2^31
-    k_lo = (k_lo - 2147483648).to(tl.int32)
-    k_hi = (k_hi - 2147483648).to(tl.int32)
+    mode, c, u0 = _frame(INFO, r64)
+    b_lo = tl.load(INFO + r64 * 4 + 1)
+    b_hi = tl.load(INFO + r64 * 4 + 2)
     orow = OUT + r64 * stride_o
     srow = S + r64 * stride_s
     offs = tl.arange(0, BLOCK) + ZERO
@@ -400,9 +421,11 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
                 m = pos < n
             else:
                 m = (pos >= c_lo) & (pos < c_hi)
-            key = _f32_skey(x.to(tl.float32))
-            up = m & (key > k_hi)
-            inb = m & (key >= k_lo) & (key <= k_hi)
+            xf = x.to(tl.float32)
+            key = _f32_skey(xf)
+            b = row_bin(xf, c, u0)
+            up = m & (b > b_hi)
+            inb = m & (b >= b_lo) & (b <= b_hi)
             packed = up.to(tl.int32) * 65536 + inb.to(tl.int32)  # BLOCK < 65536
             p2 = tl.reshape(packed, [BLOCK // 32, 32])  # [rows of a thread, lanes]
             lane_tot = tl.sum(p2, 0)  # [32]
@@ -455,15 +478,17 @@ def _radix_pass(key, match, want, rem, hi, DB: tl.constexpr):
 
 
 @triton.jit
-def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.constexpr,
+def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr,
                  DB: tl.constexpr, DB0: tl.constexpr):
-    """Finish of a row whose nb <= RB buffer entries (keys in [kmin, kmax], the window) are held
+    """Finish of a row whose nb <= RB buffer entries (the window's) are held
     in registers: radix passes over the key bits below the window's common prefix (DB0 bits in
     the first pass, then DB; `_radix_pass` stops early once a digit settles the threshold),
     the tie cut, and the write of the selected positions from ``cursor`` on. Returns the new
     cursor."""
     key, pos, valid = _load_src(buf, buf, True, c_lo, nb, tl.arange(0, RB))
-    x = kmin ^ kmax  # the window's key range: no reductions needed
+    kmin = tl.min(tl.where(valid, key, 0xFFFFFFFF), 0)
+    kmax = tl.max(tl.where(valid, key, 0), 0)
+    x = kmin ^ kmax  # the entries' key range
     hi = _bit_length(x)  # the bits above it are common to all entries
     want = tl.where(hi >= 32, 0, (kmin >> hi) << hi)
     match = valid
@@ -485,7 +510,7 @@ def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, RB: tl.cons
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
                    BUF, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
                    BLOCK: tl.constexpr, DB: tl.constexpr, DB0: tl.constexpr, TIERS: tl.constexpr = True,
-                   T2048: tl.constexpr = False, PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
+                   PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
     """Per row: exact k-th key among the window's entries (radix passes), write keys above it
     and the lowest-position ties, then the forced positions and -1 padding. Entries that fit
     in one block (512, or BLOCK) stay in registers for all passes (`_finish_regs`); more are
@@ -503,7 +528,7 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     ncand = c_hi - c_lo
     offs = tl.arange(0, BLOCK)
-    mode = tl.load(INFO + r64 * 4)
+    mode = tl.load(INFO + r64 * 4) & 1
     cursor = ncand
     if mode != 0:
         cnt = tl.load(CNT + r64)
@@ -513,19 +538,14 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
         rem = tl.where(use_buf, k - above, k)
         cursor = tl.where(use_buf, above, 0)
         want = (r * 0).to(tl.uint32)
-        kmin, kmax = _window_keys(INFO, r64)
-        kmin = kmin.to(tl.uint32)
-        kmax = kmax.to(tl.uint32)
-        # register tiers: the smallest that holds the window's entries (TIERS adds 2 * BLOCK,
-        # T2048 a tier of 2048); larger windows take the blocked passes
+        # register tiers: the smallest that holds the window's entries (TIERS adds 2 * BLOCK);
+        # larger windows take the blocked passes
         if use_buf & (nb <= 512) & (BLOCK > 512):
-            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, 512, DB, DB0)
-        elif T2048 & use_buf & (nb <= 2048) & (BLOCK > 2048):
-            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, 2048, DB, DB0)
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, 512, DB, DB0)
         elif use_buf & (nb <= BLOCK):
-            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, BLOCK, DB, DB0)
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, BLOCK, DB, DB0)
         elif TIERS & use_buf & (nb <= 2 * BLOCK):
-            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, kmin, kmax, 2 * BLOCK, DB, DB0)
+            cursor = _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, 2 * BLOCK, DB, DB0)
         else:
             n_src = tl.where(use_buf, nb, ncand)
             want, rem = _refine(srow, buf, use_buf, c_lo, n_src, want, rem, 32, BLOCK)
@@ -577,11 +597,10 @@ SCAN_WARPS: int | None = 2
 FINISH_BLOCK = 4096  # a sampled window holds ~3k entries at k = 2048 of 128k Gaussian scores
 FINISH_WARPS = 16
 FINISH_DIGIT_BITS = 4  # bits per radix pass of the register finish (16-bin histograms)
-# register finish tiers besides 512 and FINISH_BLOCK entries: 2 * FINISH_BLOCK, compiled in when
+# register finish tier besides 512 and FINISH_BLOCK entries: 2 * FINISH_BLOCK, compiled in when
 # 2k > FINISH_BLOCK (H100, 32x128k k=8192: 68.0 -> 46.3 us, such windows took the blocked passes;
-# compiled in at k=2048 it costs 0.5-1 us), and 2048 (slower at k=2048 and k=8192)
+# compiled in at k=2048 it costs 0.5-1 us)
 FINISH_TIERS = True
-FINISH_TIER_2048 = False
 FINISH_FIRST_DIGIT_BITS: int | None = 6  # bits of its first pass (None: FINISH_DIGIT_BITS)
 # scan blocks per program, at most (1 measured fastest on the H200: more programs in flight)
 SCAN_ITERS = 1
@@ -640,7 +659,6 @@ def select_rows(
     num_warps: int | None = None,
     cap: int | None = None,
     work: torch.Tensor | None = None,
-    hist_done: bool = False,
     starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Top-k positions of each row plus forced positions; the building block of the kernels.
@@ -656,10 +674,7 @@ def select_rows(
             FINISH_WARPS; bin b's entries stay in registers up to ``block``).
         cap: scratch entries per row for the candidates of the threshold window (default
             max(16384, 2k, n/16)); a larger window falls back to re-reading the row.
-        work, hist_done: zeroed scratch from `select_workspace`; with ``hist_done`` its
-            histogram and bin picks were already made by the caller (`bin_hist` over the
-            candidate positions of each row, exactly the scores passed here, then
-            `publish_pick`).
+        work: zeroed scratch from `select_workspace` (default: the device's `workspace`).
         starts: int32 [R // rows_per_len] first visible position of each group of rows (left
             padding; None: 0). Row r sees positions [starts, lens).
 
@@ -681,15 +696,16 @@ def select_rows(
         work = workspace(R, dev)
     try:
         return _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_len, sink,
-                       local, block, num_warps, cap, hist_done)
+                       local, block, num_warps, cap)
     except BaseException:
         work.zero_()  # a launch that did not happen leaves counts behind; clean for the next call
         raise
 
 
 def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_len, sink, local,
-            block, num_warps, cap, hist_done):
-    """The three kernels of `select_rows` (arguments as there, checked)."""
+            block, num_warps, cap, finish: bool = True):
+    """The three kernels of `select_rows` (arguments as there, checked); without ``finish``
+    only the histogram and the scan (the cursors are then left in the workspace)."""
     R, n = scores.shape
     dev = scores.device
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
@@ -698,16 +714,15 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
     cap = min(n, max(16384, 2 * k, n // 16)) if cap is None else max(1, cap)
     buf = torch.empty(R, cap, dtype=torch.int64, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)
-    if not hist_done:
-        smp = max(1, SELECT_SAMPLE)
-        ns = triton.cdiv(n, smp)  # sampled positions per row
-        hblock = 4096 if R * triton.cdiv(ns, 4096) >= 1024 else (2048 if R * triton.cdiv(ns, 2048) >= 512 else 1024)
-        hiters = _iters(R * triton.cdiv(ns, hblock), dev)
-        _hist_kernel[(R, triton.cdiv(ns, hblock * hiters))](
-            scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.hist,
-            ws.done, ws.info, _WINDOW_SHIFT, HAS_LENS=has_lens, HAS_STARTS=has_starts,
-            BLOCK=hblock, ITERS=hiters, SAMPLE=smp, RUN=SELECT_SAMPLE_RUN, num_warps=8, **pdl,
-        )
+    smp = max(1, SELECT_SAMPLE)
+    ns = triton.cdiv(n, smp)  # sampled positions per row
+    hblock = 4096 if R * triton.cdiv(ns, 4096) >= 1024 else (2048 if R * triton.cdiv(ns, 2048) >= 512 else 1024)
+    hiters = _iters(R * triton.cdiv(ns, hblock), dev)
+    _hist_kernel[(R, triton.cdiv(ns, hblock * hiters))](
+        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.hist,
+        ws.done, ws.info, _WINDOW_SHIFT, HAS_LENS=has_lens, HAS_STARTS=has_starts,
+        BLOCK=hblock, ITERS=hiters, SAMPLE=smp, RUN=SELECT_SAMPLE_RUN, num_warps=8, **pdl,
+    )
     sblock = SCAN_BLOCK or 512
     siters = min(SCAN_ITERS, _iters(R * triton.cdiv(n, sblock), dev))
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
@@ -716,15 +731,30 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
         ITERS=siters, FULL=not (has_lens or has_starts or sink or local),
         num_warps=SCAN_WARPS or max(1, sblock // 128), **pdl_launch(dev),  # None: 4 per thread
     )
+    if not finish:
+        return out
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
         kout, buf, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
         DB=FINISH_DIGIT_BITS, DB0=FINISH_FIRST_DIGIT_BITS or FINISH_DIGIT_BITS,
         TIERS=FINISH_TIERS and 2 * k > (block or FINISH_BLOCK),  # big windows only (see FINISH_TIERS)
-        T2048=FINISH_TIER_2048,
         num_warps=num_warps or FINISH_WARPS, **pdl,
     )
     return out
+
+
+def window_counts(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diagnostics of the sampled window for rows of ``scores`` [R, n] (every position a
+    candidate): int64 [R] counts of candidates above the window and in it. The fast finish
+    needs above < k <= above + in_window and in_window small (it holds up to FINISH_BLOCK
+    entries in registers, twice that with FINISH_TIERS); otherwise the row is re-read."""
+    R, n = scores.shape
+    scores = scores.contiguous()
+    work = select_workspace(R, scores.device)
+    _launch(scores, k, k, work, scores, scores, False, False, 1, 0, 0, None, None, None,
+            finish=False)
+    cnt = workspace_views(work, R).cnt
+    return cnt >> 32, cnt & 0xFFFFFFFF
 
 
 class SelectWorkspace(NamedTuple):
@@ -744,9 +774,7 @@ WORDS_PER_ROW = 263  # int32 words of scratch per row (`workspace_views`)
 def select_workspace(R: int, device: torch.device) -> torch.Tensor:
     """Zeroed int32 scratch of `select_rows` for R rows (see `SelectWorkspace`). The kernels
     leave it zeroed again when they finish, so one workspace serves any number of calls made
-    one after another (not concurrently). Pass it as ``work``; the decode kernel fills the
-    histogram and the picks (`workspace_views`) while it computes the scores and then passes
-    ``hist_done=True``."""
+    one after another (not concurrently). Pass it as ``work``."""
     return torch.zeros(R * WORDS_PER_ROW, dtype=torch.int32, device=device)
 
 

@@ -6,11 +6,8 @@ A batch of single-token queries q [B, Hq, 1, D] against a contiguous KV cache k,
 1. ``_scores_kernel`` (grid B*Hkv x key blocks): each program reads one K tile once and scores
    it against all G query heads of its KV head (one tl.dot). ``query_head`` writes fp32 scores
    [B, Hq, n] (Hq*n*4 bytes per sequence, 1/16 of K for Llama-3-8B shapes); ``kv_group``
-   writes only the group sum [B, Hkv, n]. With ``kv_group`` the same pass accumulates the
-   selection histogram of every row and, in each row's last program, its bin pick, so the
-   selection does not re-read the scores for it.
-2. `topkattn.ops.select.triton_select.select_rows` (``hist_done`` for kv_group): histogram
-   (query_head), scan, and exact finish of the k-th largest score of every row, writing the
+   writes only the group sum [B, Hkv, n].
+2. `topkattn.ops.select.triton_select.select_rows`: sampled histogram, scan, and exact finish of the k-th largest score of every row, writing the
    selected positions (ties: lowest position wins) plus sink/local.
 3. `topkattn.ops.topk.triton_sparse.sparse_attention`: gathers the selected rows (V, and the
    stored scores for ``query_head`` or the K rows of the group for ``kv_group``), online
@@ -27,21 +24,13 @@ import triton
 import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.triton_select import (
-    NBINS, _cand_range, _f32_key, _row_range, add_hist, bin_hist, publish_pick, select_rows,
-    pdl_launch, wait_prior, workspace, workspace_views,
-)
+from topkattn.ops.select.triton_select import pdl_launch, select_rows, wait_prior, workspace
 from topkattn.ops.topk.triton_sparse import (
     INTERPRET, _num_sms, check_cache, kv_rows, mm, sparse_attention, unit_stride,
 )
 
 GRANULARITIES = ("query_head", "kv_group")
 DECODE_BLOCK_N = 128  # measured best at B8 128k on the H100 (0.649x vs 0.676x at 64)
-# make the selection histogram inside the scores pass (kv_group only; False: select_rows does
-# it). Off: on the H200 at B8 128k the fused histogram made the scores pass 95 us slower while
-# the separate histogram pass costs 39 us (0.745x vs 0.696x SDPA); per query head it would cost
-# G histograms per tile (measured 1.5-1.6x slower on the H100).
-DECODE_FUSE_HIST = False
 # key tiles per scores program (their histogram counts are added once), its warps and its
 # software-pipelining depth (used when TILES > 1)
 DECODE_TILES = 4  # H200 B8 128k: 0.769x SDPA vs 0.934x with 1 tile
@@ -53,32 +42,26 @@ DECODE_SPARSE_WAVES = 2
 
 @triton.jit(do_not_specialize=["n", "ssb", "ssh", "sgb", "sgh", "skb", "skh"])
 def _scores_kernel(
-    Q, K, S, SG, LENS, STARTS, HIST, DONE, INFO, BT, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh,
-    sbt, PS, Hkv, n, G, scale, sink, local, topk,
+    Q, K, S, SG, LENS, BT, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, sbt, PS, Hkv, n, G, scale,
     GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, TILES: tl.constexpr,
-    HAS_LENS: tl.constexpr,
-    HAS_STARTS: tl.constexpr,
-    WRITE_S: tl.constexpr, WRITE_G: tl.constexpr, FUSE_HIST: tl.constexpr,
+    HAS_LENS: tl.constexpr, WRITE_S: tl.constexpr, WRITE_G: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    """Each program scores TILES consecutive tiles of BLOCK_N keys of one (sequence, KV head).
-    K rows come from a contiguous [B, Hkv, n, D] cache or, PAGED, from pages through the block
-    table BT (see `triton_sparse.kv_rows`). FUSE_HIST (with WRITE_G): the selection histogram
-    of the group sums (rows b*Hkv + hkv; only candidate positions, visible and not sink/local,
-    are counted, exactly as `select_rows` would) and, from the row's last program, its bin pick
-    (`publish_pick`)."""
+    """Each program scores TILES consecutive tiles of BLOCK_N keys of one (sequence, KV head),
+    up to the sequence's length. K rows come from a contiguous [B, Hkv, n, D] cache or, PAGED,
+    from pages through the block table BT (see `triton_sparse.kv_rows`)."""
     wait_prior(PDL)
     bh = tl.program_id(0)
     b = bh // Hkv
     hkv = bh % Hkv
     b64 = b.to(tl.int64)
-    vs, L = _row_range(LENS, STARTS, bh, Hkv, n, HAS_LENS, HAS_STARTS)  # sequence bh // Hkv = b
-    c_lo, c_hi = _cand_range(vs, L, sink, local)
+    L = n + b * 0
+    if HAS_LENS:
+        L = tl.minimum(tl.load(LENS + b), n)
     g = tl.arange(0, GP)
     gm = g < G
     d = tl.arange(0, D)
     hq = (hkv * G + g).to(tl.int64)
-    h = tl.zeros([NBINS], tl.int32)
     first = tl.program_id(1) * (BLOCK_N * TILES)
     if first < L:
         q = tl.load(Q + b64 * sqb + hq[:, None] * sqh + d[None, :], mask=gm[:, None], other=0.0)
@@ -95,24 +78,14 @@ def _scores_kernel(
             if WRITE_G:
                 sg = tl.sum(tl.where(gm[:, None], s, 0.0), 0)
                 tl.store(SG + b64 * sgb + hkv.to(tl.int64) * sgh + pos, sg, mask=pm)
-                if FUSE_HIST:
-                    h += bin_hist(_f32_key(sg), (pos >= c_lo) & (pos < c_hi))
-    if FUSE_HIST:
-        add_hist(HIST, bh, h)
-        publish_pick(HIST, DONE, INFO, bh, tl.num_programs(1), topk, c_hi - c_lo, 1, 0)
 
 
 def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torch.Tensor | None,
                   group_sum: bool, block_n: int = 64, write_s: bool = True,
-                  work: torch.Tensor | None = None, topk: int = 0, sink: int = 0, local: int = 0,
-                  seq_starts: torch.Tensor | None = None,
                   block_table: torch.Tensor | None = None,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """fp32 scores [B, Hq, n] (unless not ``write_s``) and the KV-group sum [B, Hkv, n] when
-    ``group_sum``. With ``work`` (a zeroed `select_workspace` for at least B*Hkv rows; needs
-    ``group_sum``) also makes the selection histogram of the group sums over the candidate
-    positions given by ``seq_starts``, ``seq_lens``, ``sink``, ``local`` and the bin pick of
-    the ``topk`` largest, so that `select_rows` can start at its scan (``hist_done``).
+    ``group_sum``, for q [B, Hq, 1, D] against k [B, Hkv, n, D].
 
     With ``block_table`` (int32 [B, pages]) k is a paged cache [num_pages, page_size, Hkv, D].
     Positions at or past a sequence's length are left unwritten (never read later)."""
@@ -130,19 +103,14 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     s_arg = S if S is not None else dummy
     sg_arg = SG if SG is not None else dummy
     lens = seq_lens if seq_lens is not None else dummy
-    if work is not None and not group_sum:
-        raise ValueError("the fused selection histogram is made for the group sums only (group_sum=True)")
-    ws = workspace_views(work, B * Hkv) if work is not None else (dummy,) * 4
     _scores_kernel[(B * Hkv, triton.cdiv(n, block_n * DECODE_TILES))](
-        q, k, s_arg, sg_arg, lens, seq_starts if seq_starts is not None else dummy,
-        ws[0], ws[2], ws[3], bt if bt is not None else dummy,
+        q, k, s_arg, sg_arg, lens, bt if bt is not None else dummy,
         q.stride(0), q.stride(1), *kst,
         S.stride(0) if S is not None else 0, S.stride(1) if S is not None else 0,
         SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0, sbt, ps,
-        Hkv, n, G, scale, sink, local, topk,
+        Hkv, n, G, scale,
         GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n, TILES=DECODE_TILES,
-        HAS_LENS=seq_lens is not None, HAS_STARTS=seq_starts is not None, WRITE_S=write_s,
-        WRITE_G=group_sum, FUSE_HIST=work is not None,
+        HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None,
         num_warps=DECODE_SCORES_WARPS, num_stages=DECODE_SCORES_STAGES, **pdl_launch(q.device),
     )
@@ -219,13 +187,10 @@ def topk_decode(
     # kv_group: the per-head scores are not stored; the sparse pass re-gathers the selected K
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.
-    fuse = DECODE_FUSE_HIST and group
     S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group,
-                          work=work if fuse else None, topk=kk, sink=sink, local=local,
-                          seq_starts=starts, block_table=block_table)
+                          block_table=block_table)
     sel_scores = SG if group else S
-    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work,
-                      hist_done=fuse, starts=starts)
+    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work, starts=starts)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(DECODE_SPARSE_WAVES * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
