@@ -26,7 +26,8 @@ import triton.language as tl
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import pdl_launch, select_rows, wait_prior, workspace
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, _num_sms, check_cache, kv_rows, mm, sparse_attention, unit_stride,
+    INTERPRET, _num_sms, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
+    sparse_attention, unit_stride,
 )
 
 GRANULARITIES = ("query_head", "kv_group")
@@ -40,17 +41,20 @@ DECODE_SCORES_STAGES = 3
 DECODE_SPARSE_WAVES = 2
 
 
-@triton.jit(do_not_specialize=["n", "ssb", "ssh", "sgb", "sgh", "skb", "skh"])
+@triton.jit(do_not_specialize=["n", "ssb", "ssh", "sgb", "sgh", "skb", "skh", "skn"])
 def _scores_kernel(
     Q, K, S, SG, LENS, BT, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, sbt, PS, Hkv, n, G, scale,
     GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, TILES: tl.constexpr,
     HAS_LENS: tl.constexpr, WRITE_S: tl.constexpr, WRITE_G: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, PDL: tl.constexpr = False,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, SU: tl.constexpr = 1,
+    PDL: tl.constexpr = False,
 ):
     """Each program scores TILES consecutive tiles of BLOCK_N keys of one (sequence, KV head),
     up to the sequence's length. K rows come from a contiguous [B, Hkv, n, D] cache or, PAGED,
-    from pages through the block table BT (see `triton_sparse.kv_rows`)."""
+    from pages through the block table BT (see `triton_sparse.kv_rows`); K strides in units of
+    SU elements (`triton_sparse.row_unit_strides`)."""
     wait_prior(PDL)
+    skb, skh, skn = scale_strides(skb, skh, skn, SU)
     bh = tl.program_id(0)
     b = bh // Hkv
     hkv = bh % Hkv
@@ -97,6 +101,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
         Hkv, n = k.shape[2], block_table.shape[1] * k.shape[1]
         kst, bt, sbt, ps = (k.stride(0), k.stride(2), k.stride(1)), block_table, block_table.stride(0), k.shape[1]
     G = Hq // Hkv
+    su, kst = row_unit_strides(D, *kst)
     S = torch.empty(B, Hq, n, dtype=torch.float32, device=q.device) if write_s else None
     SG = torch.empty(B, Hkv, n, dtype=torch.float32, device=q.device) if group_sum else None
     dummy = S if S is not None else SG if SG is not None else q
@@ -111,7 +116,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
         Hkv, n, G, scale,
         GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n, TILES=DECODE_TILES,
         HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, SU=su,
         num_warps=DECODE_SCORES_WARPS, num_stages=DECODE_SCORES_STAGES, **pdl_launch(q.device),
     )
     return S, SG

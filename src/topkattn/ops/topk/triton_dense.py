@@ -21,25 +21,30 @@ import triton.language as tl
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import pdl_launch, wait_prior
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, _combine_kernel, _num_sms, check_qkv, mm, online_softmax_step, unit_stride,
+    INTERPRET, _combine_kernel, _num_sms, check_qkv, mm, online_softmax_step, row_unit_strides,
+    scale_strides, unit_stride,
 )
 
 DENSE_BLOCK_N = 64
 DENSE_WARPS = 4
+DENSE_STAGES = 3  # software-pipelining depth of the key loop
 # programs per SM the key range is split over (fewer when the range is short)
 DENSE_WAVES = 2
 
 
-@triton.jit(do_not_specialize=["n", "CHUNK", "skb", "skh", "svb", "svh"])
+@triton.jit(do_not_specialize=["n", "CHUNK", "skb", "skh", "skn", "svb", "svh", "svn"])
 def _range_decode_kernel(
     Q, K, V, STARTS, ENDS, O, LSE, PM, PL, PACC,
     sqb, sqh, skb, skh, skn, svb, svh, svn, Hkv, n, G, CHUNK, scale,
     GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr = False,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, SU: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     """Program (b * Hkv + hkv, split): online softmax of the G query heads of KV head hkv over
-    keys [lo, hi) = [starts[b], ends[b]) cut to this split's chunk of [0, n)."""
+    keys [lo, hi) = [starts[b], ends[b]) cut to this split's chunk of [0, n). K/V strides in
+    units of SU elements (`triton_sparse.row_unit_strides`)."""
     wait_prior(PDL)
+    skb, skh, skn = scale_strides(skb, skh, skn, SU)
+    svb, svh, svn = scale_strides(svb, svh, svn, SU)
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // Hkv
@@ -123,6 +128,7 @@ def range_decode(
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q, k, v = unit_stride(q, k, v)
     starts, ends = starts.contiguous(), ends.contiguous()
+    su, kvst = row_unit_strides(D, *k.stride()[:3], *v.stride()[:3])
     splits = range_splits(B * Hkv, q.device)
     chunk = triton.cdiv(triton.cdiv(max(n, 1), splits), DENSE_BLOCK_N) * DENSE_BLOCK_N
     out = torch.empty(B, Hq, 1, D, dtype=q.dtype, device=q.device)
@@ -135,11 +141,10 @@ def range_decode(
         pm = pl = pacc = lse
     _range_decode_kernel[(B * Hkv, splits)](
         q, k, v, starts, ends, out, lse, pm, pl, pacc,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), Hkv, n, G, chunk, scale,
+        q.stride(0), q.stride(1), *kvst, Hkv, n, G, chunk, scale,
         GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK=DENSE_BLOCK_N, SPLITS=splits,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, num_warps=DENSE_WARPS,
-        **pdl_launch(q.device),
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, SU=su, num_warps=DENSE_WARPS,
+        num_stages=DENSE_STAGES, **pdl_launch(q.device),
     )
     if splits > 1:
         _combine_kernel[(B * Hq,)](

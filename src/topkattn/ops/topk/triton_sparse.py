@@ -50,6 +50,22 @@ def online_softmax_step(m_i, l_i, acc, s, vt, IEEE: tl.constexpr, UPCAST: tl.con
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
 
+def row_unit_strides(D: int, *strides: int) -> tuple[int, tuple[int, ...]]:
+    """(SU, strides // SU) for kernels that take cache strides in units of SU elements: SU = D
+    when every stride is a multiple of D (transformers' caches, paged caches), else 1. The
+    kernel multiplies them by the constexpr SU (`scale_strides`), so the compiler knows that
+    every row starts D-aligned and vectorises the loads, while the unit strides, which grow
+    with the cache, stay unspecialised (no recompilation as the cache grows)."""
+    su = D if D > 0 and all(int(x) % D == 0 for x in strides) else 1
+    return su, tuple(int(x) // su for x in strides)
+
+
+@triton.jit
+def scale_strides(a, b, c, SU: tl.constexpr):
+    """Element strides (int64) from strides in units of SU (`row_unit_strides`)."""
+    return a.to(tl.int64) * SU, b.to(tl.int64) * SU, c.to(tl.int64) * SU
+
+
 @triton.jit
 def kv_rows(b64, pos, skb, skn, BT, sbt, PS, valid, PAGED: tl.constexpr):
     """int64 offsets [N] of the cache rows at positions pos [N] of sequence b (head offset not
@@ -63,16 +79,19 @@ def kv_rows(b64, pos, skb, skn, BT, sbt, PS, valid, PAGED: tl.constexpr):
         return tl.where(valid, b64 * skb + pos.to(tl.int64) * skn, 0)
 
 
-@triton.jit(do_not_specialize=["Lk", "ssb", "ssh", "skb", "skh", "svb", "svh"])
+@triton.jit(do_not_specialize=["Lk", "ssb", "ssh", "skb", "skh", "skn", "svb", "svh", "svn"])
 def _sparse_fwd_kernel(
     Q, K, V, IDX, S, LENS, O, LSE, PM, PL, PACC, BT,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sib, sih, sim, ssb, ssh, sbt, PS,
     Hq, Hi, Lq, Lk, NIDX, G, CHUNK, scale,
     CAUSAL: tl.constexpr, HEADS: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
     BLOCK: tl.constexpr, SPLITS: tl.constexpr, HAS_S: tl.constexpr, HAS_LENS: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, PDL: tl.constexpr = False,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, PAGED: tl.constexpr, SU: tl.constexpr = 1,
+    PDL: tl.constexpr = False,
 ):
     wait_prior(PDL)
+    skb, skh, skn = scale_strides(skb, skh, skn, SU)
+    svb, svh, svn = scale_strides(svb, svh, svn, SU)
     row = tl.program_id(0)  # (b, hi, m)
     split = tl.program_id(1)
     m = row % Lq
@@ -318,6 +337,7 @@ def sparse_attention(
         vst = (v.stride(0), v.stride(2), v.stride(1))
         bt = block_table.to(device=q.device, dtype=torch.int32).contiguous()
         sbt, ps = bt.stride(0), k.shape[1]
+    su, kvst = row_unit_strides(D, *kst, *vst)
     Hi = indices.shape[1]
     heads = G if (Hi == Hkv and G > 1) else 1
     gp = max(16, triton.next_power_of_2(heads))
@@ -341,12 +361,12 @@ def sparse_attention(
     ss = (scores.stride(0), scores.stride(1)) if scores is not None else (0, 0)
     _sparse_fwd_kernel[(rows, splits)](
         q, k, v, indices, s_arg, lens, out, lse, pm, pl, pacc, bt if bt is not None else lens,
-        q.stride(0), q.stride(1), q.stride(2), *kst, *vst,
+        q.stride(0), q.stride(1), q.stride(2), *kvst,
         indices.stride(0), indices.stride(1), indices.stride(2), ss[0], ss[1], sbt, ps,
         Hq, Hi, Lq, Lk, nidx, G, chunk, scale,
         CAUSAL=causal, HEADS=heads, GP=gp, D=D, BLOCK=block, SPLITS=splits,
         HAS_S=scores is not None, HAS_LENS=seq_lens is not None,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, num_warps=4,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, SU=su, num_warps=4,
         **pdl_launch(q.device),
     )
     if splits > 1:
