@@ -169,3 +169,24 @@ def test_decode_paged_gpu_llama_shape():
         # same selected set; the order of the index lists (atomic cursors) and so the bf16
         # rounding of the sums may differ between two runs: one bf16 ulp is 2^-8
         assert rel_rms(out, ref) < 1e-2
+
+
+def test_decode_lengths_out_of_range_are_clamped_in_the_kernels():
+    # lengths past the cache see every key, negative ones none (zero output, lse -inf), and
+    # starts past the length none: the kernels clamp (no clamp kernels in a decode step)
+    torch.manual_seed(4)
+    B, n = 3, 120
+    q = torch.randn(B, 4, 1, 16, device=dev())
+    k = torch.randn(B, 2, n, 16, device=dev())
+    v = torch.randn(B, 2, n, 16, device=dev())
+    lens = torch.tensor([n + 50, -3, 60], dtype=torch.int32, device=dev())
+    starts = torch.tensor([-5, 0, 90], dtype=torch.int32, device=dev())
+    pos = torch.arange(n, device=dev())
+    mask = ((pos[None] >= starts[:, None]) & (pos[None] < lens[:, None]))[:, None, None]
+    for gran in ("query_head", "kv_group"):
+        out, lse = topk_decode(q, k, v, 10, granularity=gran, seq_lens=lens, seq_starts=starts,
+                               return_lse=True)
+        ref = topk_attention_reference(q, k, v, 10, granularity=gran, attn_mask=mask)
+        assert rel_rms(out[0], ref[0]) < 1e-5
+        assert torch.equal(out[1:], torch.zeros_like(out[1:]))
+        assert torch.isinf(lse[1:]).all() and torch.isfinite(lse[0]).all()

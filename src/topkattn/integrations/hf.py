@@ -105,7 +105,7 @@ def _ranges_decode(state, query, key, value, ranges, scale):
     no host synchronisation (unless k_ratio / min_context need the context length).
     query [B, Hq, 1, D]; key, value [B, Hkv, n, D] -> [B, 1, Hq, D]."""
     B, n = query.shape[0], key.shape[2]
-    lo, hi, ok = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI), kr.field(ranges, kr.OK)
+    lo, hi = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI)
     cfg = state.cfg if state is not None else None
     backend = cfg.backend if cfg is not None else "auto"
     kernel = use_kernels(query, backend)
@@ -129,7 +129,8 @@ def _ranges_decode(state, query, key, value, ranges, scale):
                              sink=cfg.sink, local=cfg.local, granularity=cfg.granularity,
                              indices=indices, attn_mask=mask, backend=cfg.backend)
     # a padding mask with holes has no key range: make those rows loud, never silently wrong
-    return out.masked_fill(ok.view(B, 1, 1, 1) == 0, float("nan")).transpose(1, 2)
+    # (+ NaN there, + 0.0 elsewhere: one kernel)
+    return (out + kr.poison_as(ranges, out.dtype).view(B, 1, 1, 1)).transpose(1, 2)
 
 
 def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kwargs):

@@ -15,6 +15,8 @@ with no host synchronisation:
 - ``ok`` [B]: 1 where the 2-D padding mask is one contiguous run of ones (a key range); 0
   where it has holes, which a key range cannot express (outputs of such rows are NaN at decode;
   at prefill `topk_mask` returns the ordinary bool mask instead).
+- ``poison`` [B]: the bits of 0.0 where ``ok``, of NaN where not, in fp32, bf16 and fp16 alike
+  (`poison_as`): the attention function adds it to a decode output, one kernel per layer.
 
 A mask function other than plain causal or sliding-window causal (packed sequences, image
 tokens, chunked attention) gets transformers' own bool mask, which the attention function
@@ -26,8 +28,11 @@ from __future__ import annotations
 import torch
 from transformers.masking_utils import causal_mask_function, prepare_padding_mask, sdpa_mask
 
-FIELDS = ("lo", "hi", "q_first", "window", "ok")
-LO, HI, Q_FIRST, WINDOW, OK = range(len(FIELDS))
+FIELDS = ("lo", "hi", "q_first", "window", "ok", "poison")
+LO, HI, Q_FIRST, WINDOW, OK, POISON = range(len(FIELDS))
+# NaN read as fp32 and, in each half, as bf16 (0x7FC0) and as fp16 (0x7FC0: exponent all ones,
+# mantissa not zero)
+NAN_BITS = 0x7FC07FC0
 
 
 def is_key_ranges(mask) -> bool:
@@ -39,6 +44,15 @@ def is_key_ranges(mask) -> bool:
 def field(ranges: torch.Tensor, i: int) -> torch.Tensor:
     """Field i of a key-range tensor as a contiguous int32 [B] view (no copy)."""
     return ranges[i, 0, 0]
+
+
+def poison_as(ranges: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ``poison`` field as [B] of a float ``dtype`` (fp32, bf16, fp16): 0.0 or NaN, a view
+    of its bits (no kernel)."""
+    bits = ranges[POISON, 0, 0]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return bits.view(torch.float32).to(dtype)
+    return bits.view(dtype)[:: 4 // dtype.itemsize]
 
 
 def padding_bounds(padding: torch.Tensor | None, B: int, kv_length: int, device
@@ -61,7 +75,9 @@ def make_ranges(lo, hi, q_first, window: int, ok) -> torch.Tensor:
     """Stack the fields (int32 [B] tensors; ``window`` an int) into [FIELDS, 1, 1, B]."""
     # the window becomes a fill on the device (a host-to-device copy would break graph capture)
     win = torch.full_like(lo, window)
-    cols = [c.to(dtype=torch.int32) for c in (lo, hi, q_first, win, ok)]
+    ok = ok.to(dtype=torch.int32)
+    poison = torch.where(ok != 0, 0, NAN_BITS).to(torch.int32)
+    cols = [c.to(dtype=torch.int32) for c in (lo, hi, q_first, win, ok, poison)]
     return torch.stack(cols).view(len(FIELDS), 1, 1, lo.shape[0]).contiguous()
 
 

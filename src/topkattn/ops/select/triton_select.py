@@ -265,7 +265,7 @@ def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.
     L = n and vs = 0 when not given)."""
     L = n + r * 0
     if HAS_LENS:
-        L = tl.minimum(tl.load(LENS + r // HSEL), n)
+        L = tl.maximum(tl.minimum(tl.load(LENS + r // HSEL), n), 0)
     vs = r * 0
     if HAS_STARTS:
         vs = tl.minimum(tl.maximum(tl.load(STARTS + r // HSEL), 0), L)

@@ -178,12 +178,12 @@ def topk_decode(
     if seq_lens is not None:
         if seq_lens.shape != (B,):
             raise ValueError(f"seq_lens must be [B={B}]; got {tuple(seq_lens.shape)}")
-        lens = seq_lens.to(device=q.device, dtype=torch.int32).clamp(0, n).contiguous()
+        lens = seq_lens.to(device=q.device, dtype=torch.int32).contiguous()  # kernels clamp
     starts = None
     if seq_starts is not None:
         if seq_starts.shape != (B,):
             raise ValueError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
-        starts = seq_starts.to(device=q.device, dtype=torch.int32).clamp(0, n).contiguous()
+        starts = seq_starts.to(device=q.device, dtype=torch.int32).contiguous()
     group = granularity == "kv_group" and G > 1
     hsel = Hkv if group else Hq
     kk = min(topk, n)
