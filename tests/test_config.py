@@ -20,7 +20,7 @@ from topkattn.config import TopKConfig, TopKConfigError, parse_k
         (dict(local=-2), "local must be"),
         (dict(dense_layers=(-1,)), "dense_layers"),
         (dict(granularity="head"), "granularity must be one of"),
-        (dict(selector="nope"), "unknown selector 'nope'; allowed: .*exact"),
+        (dict(selector="quest:16"), "selector must be a selector object .*parse_selector\\('quest:16'\\)"),
         (dict(backend="cuda"), "backend must be one of"),
     ],
 )

@@ -7,6 +7,7 @@ Public API::
     with topkattn.sparsify(model, cfg):
         out = model.generate(**inputs, max_new_tokens=32)
 
+    cfg = topkattn.TopKConfig(k=64, selector=topkattn.selectors.QuestSelector(page_size=16))
     out = topkattn.topk_attention(q, k, v, topk=64)   # the functional operator
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from topkattn.config import TopKConfig, TopKConfigError
 from topkattn.ops.topk import topk_attention
-from topkattn.selectors import SELECTORS, Selector, make_selector
+from topkattn.selectors import SELECTORS, ScoreSelector, Selector, make_selector, parse_selector
 
 __version__ = "0.1.0"
 
@@ -36,11 +37,13 @@ def __getattr__(name: str):
 
 __all__ = [
     "SELECTORS",
+    "ScoreSelector",
     "Selector",
     "TopKConfig",
     "TopKConfigError",
     "load_model",
     "make_selector",
+    "parse_selector",
     "sparsify",
     "topk_attention",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 Phase = Literal["decode", "prefill"]
 Granularity = Literal["query_head", "kv_group"]
@@ -52,9 +52,10 @@ class TopKConfig:
         min_context: below this many keys a query attends densely.
         granularity: ``"query_head"`` selects per query head; ``"kv_group"`` selects one set per
             KV head from the sum of its query heads' scores (shares one KV read on GPU).
-        selector: name of the selector in ``topkattn.selectors.SELECTORS`` (``"exact"`` is
-            exact top-k by q.k); approximate selectors replace exact selection.
-        selector_args: keyword arguments for the selector's constructor.
+        selector: a selector object (`topkattn.selectors`, e.g. ``QuestSelector(page_size=16)``)
+            that replaces exact selection, or ``None`` for exact top-k by q.k (the kernels'
+            own selection). Spec strings such as ``"quest:16"`` belong to the command line:
+            `topkattn.selectors.parse_selector` turns them into objects.
         backend: ``"auto"`` (Triton kernels on CUDA when available, reference elsewhere),
             ``"reference"`` or ``"triton"``.
     """
@@ -67,8 +68,7 @@ class TopKConfig:
     dense_layers: tuple[int, ...] = ()
     min_context: int = 0
     granularity: str = "query_head"
-    selector: str = "exact"
-    selector_args: dict = field(default_factory=dict, hash=False, compare=True)
+    selector: Any = field(default=None, hash=False)
     backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -110,10 +110,12 @@ class TopKConfig:
             raise TopKConfigError(
                 f"backend must be one of ('auto', 'reference', 'triton'), got {self.backend!r}"
             )
-        # Imported here: config is plain data and must not pull selectors at import time.
-        from topkattn.selectors.registry import check_selector_name
-
-        check_selector_name(self.selector)
+        if self.selector is not None and not callable(getattr(self.selector, "select", None)):
+            hint = (f"; build it with topkattn.selectors.parse_selector({self.selector!r})"
+                    if isinstance(self.selector, str) else "")
+            raise TopKConfigError("selector must be a selector object (e.g. "
+                                  f"QuestSelector(page_size=16)) or None for exact Top-k, got "
+                                  f"{self.selector!r}{hint}")
 
     @property
     def dense(self) -> bool:

@@ -15,16 +15,6 @@ def model():
     return tiny_llama(seed=2, init=0.1)
 
 
-def test_parse_spec():
-    assert F.parse_selector_spec("precision:0.75@protect=1,swap=lowest") == (
-        "precision:0.75", {"protect": 1, "swap": "lowest"})
-    assert F.parse_selector_spec("quest") == ("quest", {})
-    with pytest.raises(ValueError, match="unknown selector"):
-        F.parse_selector_spec("nope")
-    with pytest.raises(ValueError, match="key=value"):
-        F.parse_selector_spec("precision:0.5@protect")
-
-
 def test_step_metrics_exact_and_full():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 1, 8, generator=g), torch.randn(1, 2, 50, 8, generator=g),
@@ -44,7 +34,7 @@ def test_step_metrics_exact_and_full():
 def test_measure_fidelity(model, tmp_path):
     prompts = [random_prompt(120, seed=i) for i in range(2)]
     res = F.measure_fidelity(model, ToyTokenizer(), prompts, 16,
-                             ["exact", "precision:0.5", "precision:0.5@protect=1", "random",
+                             ["exact", "precision:0.5", "precision:0.5,protect=1", "random",
                               "window", "quest:8", "spans:8"], max_new_tokens=4, progress=False)
     assert res["exact"]["precision"] == pytest.approx(1.0)
     assert res["exact"]["out_err"] == pytest.approx(0.0, abs=1e-5)

@@ -49,7 +49,7 @@ def test_segment_bounds():
 @pytest.mark.parametrize("score", ["mean", "bound"])
 def test_spans_whole_spans_and_incremental_store(boundary, score):
     q, k = _qk(Lk=300, seed=3)
-    sel = SpanSelector(max_span=16, min_span=4, boundary=boundary, score=score)
+    sel = SpanSelector(max_span=16, min_span=4, boundary=boundary, represent=score)
     store = {}
     idx = sel.select(q, k, SelectionContext(topk=48, store=store))
     sid = sel.span_ids(k, {})[0]

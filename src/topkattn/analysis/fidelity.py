@@ -15,8 +15,8 @@ protecting the top member) on the task with Top-k decoding, by the same protocol
 ``topkattn eval`` (`topkattn.evaluation.runner.decode_branches`), and `correlate` / `plot_downstream` relate accuracy to
 precision and to mass recall (Pearson r).
 
-Selector specs here are ``name[:arg][@key=value,...]``, e.g. ``precision:0.75@protect=1`` or
-``lightning:runs/indexer.safetensors``.
+Selectors are given as objects or as specs of the one grammar of
+`topkattn.selectors.registry` (``precision:0.75,protect=1``, ``lightning:runs/indexer.safetensors``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from typing import Any
 
 import torch
 
-from topkattn.selectors import SelectionContext, Selector, make_selector
-from topkattn.selectors.registry import check_selector_name
+from topkattn.selectors import SelectionContext, Selector, parse_selector
 
 FIDELITY_ATTN = "topkattn_fidelity"
 _REC_ATTR = "_topkattn_fidelity"
@@ -38,37 +37,6 @@ METRICS = ("precision", "mass_recall", "out_err")
 
 #: the precision dial sweep of the downstream study
 PRECISION_SWEEP = (0.2, 0.4, 0.6, 0.75, 0.9, 1.0)
-
-
-def parse_selector_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """``"precision:0.75@protect=1,swap=lowest"`` -> (``"precision:0.75"``, {protect: 1, ...}).
-
-    Values are parsed as int, float, true/false, else kept as strings. Raises ValueError naming
-    an unknown selector.
-    """
-    spec, _, rest = text.strip().partition("@")
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise ValueError(f"selector option {item!r} in {text!r} must be key=value")
-        v: Any = val
-        for conv in (int, float):
-            try:
-                v = conv(val)
-                break
-            except ValueError:
-                pass
-        if val.lower() in ("true", "false"):
-            v = val.lower() == "true"
-        kwargs[key.strip()] = v
-    check_selector_name(spec)
-    return spec, kwargs
-
-
-def build_selector(text: str) -> Selector:
-    spec, kwargs = parse_selector_spec(text)
-    return make_selector(spec, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +128,7 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
         model, tokenizer: a Hugging Face causal LM (any `AttentionInterface` model).
         prompts: texts; each is decoded greedily (dense) for ``max_new_tokens`` steps.
         topk: k of the exact Top-k reference and of every selector.
-        selectors: specs (``name[:arg][@k=v,...]``) or label -> `Selector`.
+        selectors: specs (`topkattn.selectors.parse_selector`) or label -> `Selector`.
 
     Returns:
         {label: {"precision": float, "mass_recall": float, "out_err": float,
@@ -173,7 +141,7 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be a positive integer, got {topk!r}")
-    sels = selectors if isinstance(selectors, dict) else {s: build_selector(s) for s in selectors}
+    sels = selectors if isinstance(selectors, dict) else {s: parse_selector(s) for s in selectors}
     accs = {label: _Acc() for label in sels}
 
     def make_record(layer, module):
@@ -241,8 +209,7 @@ def run_downstream(model, tokenizer, task, samples, topk: int, selectors: list[s
 
     settings: list[tuple[str, TopKConfig | None]] = [("full", None)] if include_full else []
     for lab in selectors:
-        spec, kw = parse_selector_spec(lab)
-        settings.append((lab, TopKConfig(k=topk, selector=spec, selector_args=kw)))
+        settings.append((lab, TopKConfig(k=topk, selector=parse_selector(lab))))
     labels = [lab for lab, _ in settings]
     scores: dict[str, list[float]] = {lab: [] for lab in labels}
     preds: dict[str, list[str]] = {lab: [] for lab in labels}
@@ -338,7 +305,7 @@ def plot_downstream(fidelity: dict[str, dict], accuracy: dict[str, float], path:
             color = ("tab:red" if "protect" in l else "tab:blue") if l.startswith("precision") \
                 else "tab:green"
             ax.scatter([x], [y], color=color, s=30)
-            ax.annotate(l.replace("precision:", "p=").replace("@protect=", "+prot"),
+            ax.annotate(l.replace("precision:", "p=").replace(",protect=", "+prot"),
                         (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if full is not None:
             ax.axhline(full, color="gray", ls="--", lw=1, label=f"full attention {full:.2f}")
@@ -355,7 +322,7 @@ def plot_downstream(fidelity: dict[str, dict], accuracy: dict[str, float], path:
 def default_sweep(with_protect: int = 1) -> list[str]:
     """precision:p for p in `PRECISION_SWEEP`, without and with ``protect`` (p < 1 only)."""
     out = [f"precision:{p}" for p in PRECISION_SWEEP]
-    out += [f"precision:{p}@protect={with_protect}" for p in PRECISION_SWEEP if p < 1.0]
+    out += [f"precision:{p},protect={with_protect}" for p in PRECISION_SWEEP if p < 1.0]
     return out
 
 
@@ -444,7 +411,7 @@ def deepseek_v32_indexer_fidelity(model, input_ids: torch.Tensor, topk: int,
     return res
 
 
-__all__ = ["DownstreamRow", "deepseek_v32_indexer_fidelity", "METRICS", "PRECISION_SWEEP", "build_selector", "correlate",
-           "default_sweep", "markdown_table", "measure_fidelity", "parse_selector_spec",
+__all__ = ["DownstreamRow", "deepseek_v32_indexer_fidelity", "METRICS", "PRECISION_SWEEP", "correlate",
+           "default_sweep", "markdown_table", "measure_fidelity", 
            "pearson", "plot_downstream", "plot_per_layer", "run_downstream", "step_metrics",
            "summarize", "write_json"]

@@ -38,7 +38,7 @@ def eval_command(
                                     help="'query_head' (one selection per query head) or "
                                     "'kv_group' (one per KV head)"),
     selector: str = typer.Option("exact", "--selector",
-                                 help="selector name ('exact' is exact Top-k by q.k; see "
+                                 help="selector spec name[:value][,key=value...] ('exact' is exact Top-k by q.k; see "
                                  "`topkattn info` for the others)"),
     device: Optional[str] = typer.Option(None, "--device",
                                          help="cpu, cuda, ... (default: cuda when available)"),

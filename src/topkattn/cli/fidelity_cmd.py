@@ -12,8 +12,8 @@ DEFAULT_SELECTORS = "exact,lightning,quest,spans,window,random"
 
 def fidelity_command(
     selector: str = typer.Option(DEFAULT_SELECTORS, "--selector",
-                                 help="comma-separated specs name[:arg][@key=value;...], e.g. "
-                                 "lightning:runs/indexer.safetensors, precision:0.75@protect=1"),
+                                 help="comma-separated specs name[:value][,key=value...], e.g. "
+                                 "lightning:runs/indexer.safetensors, precision:0.75,protect=1"),
     k: int = typer.Option(64, "--k", help="keys per query (exact Top-k reference and selectors)"),
     model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id or a folder"),
     task: str = typer.Option("niah_multikey", "--task", help="synthetic task"),
@@ -43,12 +43,13 @@ def fidelity_command(
     from topkattn.tasks import get_task
 
     con = Console()
-    # ';' separates options inside one spec on the command line (',' separates specs)
-    specs = [s.strip().replace(";", ",") for s in selector.split(",") if s.strip()]
+    from topkattn.selectors import parse_selector, split_specs
+
+    specs = split_specs(selector)
     if downstream and sweep:
         specs += [s for s in F.default_sweep(protect) if s not in specs]
     for s in specs:
-        F.parse_selector_spec(s)  # fail early on a bad name
+        parse_selector(s)  # fail early on a bad name, key or value
     length = parse_length(length)
     t = get_task(task)
     m, tok = load_model(model, device=device)

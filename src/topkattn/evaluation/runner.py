@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from topkattn.config import TopKConfig, parse_k
+from topkattn.selectors import parse_selector
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "eval_config.json"
@@ -66,8 +67,9 @@ class EvalConfig:
         samples: samples per (task, length) cell; needle depths are swept across them.
         seed: task seed (the same seed gives the same prompts).
         max_new_tokens: greedy decode budget per answer; None uses each task's default.
-        sink, local, dense_layers, granularity, selector, selector_args, backend: the
-            `TopKConfig` fields shared by every k (phases is always ``("decode",)``).
+        sink, local, dense_layers, granularity, backend: the `TopKConfig` fields shared by
+            every k (phases is always ``("decode",)``).
+        selector: a selector spec (`topkattn.selectors.parse_selector`, e.g. ``"quest:16"``).
         out: output folder (``results.jsonl``, ``summary.json``, ``table.md``,
             ``accuracy.png``).
         progress: show a rich progress bar.
@@ -84,7 +86,6 @@ class EvalConfig:
     dense_layers: tuple[int, ...] = ()
     granularity: str = "query_head"
     selector: str = "exact"
-    selector_args: dict = field(default_factory=dict)
     backend: str = "auto"
     out: str | Path = "runs/eval"
     progress: bool = True
@@ -133,8 +134,7 @@ class EvalConfig:
         return TopKConfig(
             k=parsed.k, k_ratio=parsed.k_ratio, phases=("decode",), sink=self.sink,
             local=self.local, dense_layers=self.dense_layers, granularity=self.granularity,
-            selector=self.selector, selector_args=dict(self.selector_args),
-            backend=self.backend,
+            selector=parse_selector(self.selector), backend=self.backend,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -183,7 +183,7 @@ class Summary:
 
 # Settings that change what a finished line means: a rerun into the same folder must keep them.
 RESUME_FIELDS = ("samples", "seed", "max_new_tokens", "sink", "local", "dense_layers",
-                 "granularity", "selector", "selector_args", "backend")
+                 "granularity", "selector", "backend")
 
 
 def check_resumable(cfg: EvalConfig) -> None:

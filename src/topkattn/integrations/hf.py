@@ -35,7 +35,7 @@ from topkattn.config import TopKConfig
 from topkattn.integrations import key_ranges as kr
 from topkattn.ops.topk import topk_attention, use_kernels
 from topkattn.ops.topk.custom_ops import range_decode_op, topk_decode_op
-from topkattn.selectors import SelectionContext, Selector, make_selector
+from topkattn.selectors import ExactSelector, SelectionContext, Selector
 
 ATTENTION_NAME = "topk"
 _STATE_ATTR = "_topkattn_state"
@@ -321,9 +321,8 @@ def sparsify(model: torch.nn.Module, cfg: TopKConfig) -> Iterator[dict[int | Non
     if not isinstance(cfg, TopKConfig):
         raise TypeError(f"cfg must be a TopKConfig, got {type(cfg).__name__}")
     check_supported(model)
-    selector = None
-    if cfg.selector != "exact":
-        selector = make_selector(cfg.selector, **cfg.selector_args)
+    # exact Top-k is the kernels' own selection; any other selector object replaces it
+    selector = None if cfg.selector is None or type(cfg.selector) is ExactSelector else cfg.selector
     needs_hidden = selector is not None and selector.needs_hidden_states
     device = next(model.parameters()).device
     if device.type == "cuda":  # the selection scratch, before any CUDA-graph capture

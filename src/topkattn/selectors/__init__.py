@@ -1,16 +1,19 @@
 """Selectors: which keys each query attends to (exact top-k and approximations).
 
 Registered names (``SELECTORS``): ``exact``, ``precision`` (``precision:0.75``), ``window``,
-``random``, ``quest``, ``spans`` and ``lightning`` (``lightning:<weights path>``).
+``random``, ``quest``, ``spans`` and ``lightning`` (``lightning:<weights path>``). Specs are
+parsed in one place, `registry.parse_selector`.
 """
 
-from topkattn.selectors.base import SelectionContext, Selector
-from topkattn.selectors.exact import ExactSelector, exact_topk_indices
+from topkattn.selectors.base import ScoreSelector, SelectionContext, Selector, expand_heads
+from topkattn.selectors.exact import ExactSelector
 from topkattn.selectors.lightning import LightningIndexer, LightningSelector
 from topkattn.selectors.precision import PrecisionSelector
 from topkattn.selectors.quest import QuestSelector
 from topkattn.selectors.random import RandomSelector
-from topkattn.selectors.registry import SELECTORS, make_selector, register
+from topkattn.selectors.registry import (
+    SELECTORS, SelectorSpecError, make_selector, parse_selector, register, selector_name, split_specs,
+)
 from topkattn.selectors.spans import SpanSelector
 from topkattn.selectors.window import WindowSelector
 
@@ -34,7 +37,12 @@ __all__ = [
     "Selector",
     "SpanSelector",
     "WindowSelector",
-    "exact_topk_indices",
+    "ScoreSelector",
+    "SelectorSpecError",
+    "expand_heads",
     "make_selector",
+    "parse_selector",
     "register",
+    "selector_name",
+    "split_specs",
 ]

@@ -1,7 +1,6 @@
 """Helpers shared by the approximate selectors (not public API).
 
-- `visibility`: which key positions each query row may see (queries are the last Lq keys).
-- `topk_by_score`: top-k positions of a per-position score with deterministic ties.
+- `check_int`, `check_float`: validation of selector fields (strings from a spec parsed).
 - `PrefixStore`: per-position state kept in ``ctx.store`` next to the model's KV cache and
   validated against the cached keys, so that branches decoded from one deep-copied prefill
   (the evaluation runner does this) never read another branch's entries.
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from topkattn.selectors.exact import exact_topk_indices
 
 #: dims of the first KV head's key used as a per-position fingerprint
 FINGERPRINT_DIMS = 4
@@ -45,28 +43,6 @@ def check_float(name: str, value, lo: float, hi: float) -> float:
     if not (lo <= v <= hi):
         raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
     return v
-
-
-def visibility(Lq: int, Lk: int, device) -> torch.Tensor:
-    """bool [Lq, Lk]: query row i (at position Lk - Lq + i) sees keys <= its position."""
-    qpos = torch.arange(Lk - Lq, Lk, device=device).unsqueeze(-1)
-    return torch.arange(Lk, device=device).unsqueeze(0) <= qpos
-
-
-def topk_by_score(scores: torch.Tensor, topk: int, vis: torch.Tensor | None) -> torch.Tensor:
-    """Positions of the ``topk`` largest ``scores`` [..., Lk] among visible ones.
-
-    Ties go to the lowest position; rows with fewer visible positions are padded with -1.
-    Returns int64 [..., min(topk, Lk)].
-    """
-    if scores.shape[-1] > 4 * topk and scores.dim() >= 1:
-        # large rows: torch.topk is much cheaper than a full stable sort
-        s = scores.float()
-        if vis is not None:
-            s = s.masked_fill(~vis, float("-inf"))
-        vals, idx = s.topk(topk, dim=-1)
-        return torch.where(torch.isfinite(vals), idx, torch.full_like(idx, -1))
-    return exact_topk_indices(scores, topk, vis)
 
 
 def fingerprint(k: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """The selector interface: given queries and keys, which key positions each query attends to.
 
-A selector is a small dataclass with one method, `select`. Exact top-k is one selector;
-approximate ones (Lightning Indexer, Quest, Ltri-LLM spans, window, random) replace it and
-their chosen positions are fed to `topk_attention(..., indices=...)`.
+A selector is a small validated dataclass with one method, `select`; its positions are fed to
+`topk_attention(..., indices=...)`. Most selectors rank keys by a score: they subclass
+`ScoreSelector` and write only `score()`; the base expands KV heads to query heads, sums each
+KV group's scores for ``granularity="kv_group"``, hides keys a query may not see and takes the
+top-k with the reference's tie rule (`topkattn.ops.topk.naive.topk_indices`: lowest position
+wins). Window and random selection are not score-based and implement `select` directly.
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ class SelectionContext:
     hidden_states: torch.Tensor | None = None
 
 
+def expand_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, H, ...] -> [B, heads, ...] (each of the H heads repeated heads // H times, the
+    grouped-query layout of transformers' ``repeat_kv``); t itself when H == heads."""
+    H = t.shape[1]
+    if heads % H:
+        raise ValueError(f"{heads} query heads are not a multiple of {H} key heads")
+    return t if H == heads else t.repeat_interleave(heads // H, dim=1)
+
+
 class Selector(abc.ABC):
     """Chooses the key positions each query attends to."""
 
@@ -62,3 +74,41 @@ class Selector(abc.ABC):
             int64 indices [B, Hq or Hkv, Lq, n] (n >= 1; entries < 0 are padding). Positions
             a query may not see are dropped by the operator, so a selector need not mask them.
         """
+
+
+class ScoreSelector(Selector):
+    """A selector that ranks keys by a score: subclasses implement `score` only."""
+
+    @abc.abstractmethod
+    def score(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
+        """fp32 scores [B, H, Lq, Lk] of every cached key for every query, higher = keep.
+
+        H is the number of query heads Hq (one ranking per query head; for ``kv_group`` the
+        base sums each KV head's G query heads), the number of KV heads Hkv (one ranking per
+        KV group) or 1 (one ranking shared by all heads). Use `expand_heads` to bring
+        per-KV-head tensors to the query heads. Keys a query may not see need no masking."""
+
+    def group_scores(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext
+                     ) -> torch.Tensor:
+        """`score` with each KV group's query heads summed for ``kv_group``: [B, H', Lq, Lk]
+        with H' = Hkv for kv_group (when H = Hq), else H."""
+        s = self.score(q, k, ctx).float()
+        B, Hq, Lq = q.shape[:3]
+        Hkv, Lk = k.shape[1], k.shape[2]
+        if s.dim() != 4 or s.shape[0] != B or s.shape[2:] != (Lq, Lk) or s.shape[1] not in (1, Hkv, Hq):
+            raise ValueError(f"{type(self).__name__}.score must return [B={B}, H in (1, {Hkv}, "
+                             f"{Hq}), Lq={Lq}, Lk={Lk}]; got {tuple(s.shape)}")
+        G = Hq // Hkv
+        if ctx.granularity == "kv_group" and G > 1 and s.shape[1] == Hq:
+            s = s.view(B, Hkv, G, Lq, Lk).sum(2)
+        return s
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
+        """int64 [B, H', Lq, min(topk, Lk)]: the top-k visible keys of `group_scores` (ties:
+        lowest position); a shared ranking (H = 1) is repeated over the KV heads."""
+        from topkattn.ops.topk.naive import topk_indices, visible_mask
+
+        Lq, Lk, Hkv = q.shape[2], k.shape[2], k.shape[1]
+        idx = topk_indices(self.group_scores(q, k, ctx), ctx.topk,
+                           visible_mask(Lq, Lk, True, None, q.device))
+        return idx.expand(idx.shape[0], Hkv, *idx.shape[2:]) if idx.shape[1] == 1 else idx

@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from topkattn.selectors._common import PrefixStore, check_int, fingerprint, topk_by_score, visibility
-from topkattn.selectors.base import SelectionContext, Selector
+from topkattn.selectors._common import PrefixStore, check_int, fingerprint
+from topkattn.selectors.base import ScoreSelector, SelectionContext
 
 QUERY_SOURCES = ("hidden", "query")
 
@@ -159,7 +159,7 @@ class LightningIndexer(nn.Module):
 
 
 @dataclass
-class LightningSelector(Selector):
+class LightningSelector(ScoreSelector):
     """Top-k by a Lightning Indexer's scores (one set per query row, shared by all heads).
 
     Attributes:
@@ -248,12 +248,9 @@ class LightningSelector(Selector):
         iq, w = layer.queries(x)
         return layer.scores(iq, w, keys)
 
-    def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
-        """q [B, Hq, Lq, D], k [B, Hkv, Lk, D] -> int64 [B, Hkv, Lq, topk] (same set per head)."""
-        Lq, Lk, Hkv = q.shape[2], k.shape[2], k.shape[1]
-        s = self.scores(q, k, ctx)
-        idx = topk_by_score(s, ctx.topk, visibility(Lq, Lk, q.device))  # [B, Lq, n]
-        return idx[:, None].expand(idx.shape[0], Hkv, Lq, idx.shape[-1])
+    def score(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
+        """Index scores [B, 1, Lq, Lk]: one ranking shared by all heads."""
+        return self.scores(q, k, ctx)[:, None]
 
 
 __all__ = ["IndexerConfig", "IndexerLayer", "LightningIndexer", "LightningSelector",

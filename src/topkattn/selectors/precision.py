@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from topkattn.selectors._common import check_float, check_int, visibility
-from topkattn.selectors.base import SelectionContext, Selector
-from topkattn.selectors.exact import exact_topk_indices
+from topkattn.ops.topk.naive import topk_indices, visible_mask
+from topkattn.selectors._common import check_float, check_int
+from topkattn.selectors.exact import ExactSelector
+from topkattn.selectors.base import SelectionContext
 
 SWAP_MODES = ("random", "lowest", "highest")
 
 
 @dataclass
-class PrecisionSelector(Selector):
+class PrecisionSelector(ExactSelector):
     """Exact top-k with a fraction ``1 - p`` of its members replaced by random positions.
 
     Attributes:
@@ -58,17 +59,15 @@ class PrecisionSelector(Selector):
 
     def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
         """q [B, Hq, Lq, D], k [B, Hkv, Lk, D] -> int64 [B, Hq (or Hkv for kv_group), Lq, n]."""
-        B, Hq, Lq, D = q.shape
-        Hkv, Lk = k.shape[1], k.shape[2]
-        G = Hq // Hkv
-        kk = k.float().repeat_interleave(G, dim=1) if G > 1 else k.float()
-        scores = torch.matmul(q.float(), kk.transpose(-1, -2)) * ctx.scale  # [B, Hq, Lq, Lk]
-        if ctx.granularity == "kv_group" and G > 1:
-            scores = scores.view(B, Hkv, G, Lq, Lk).sum(2)
-        vis = visibility(Lq, Lk, q.device)
-        idx = exact_topk_indices(scores, ctx.topk, vis)  # [B, H, Lq, n], best first
+        Lq, Lk = q.shape[2], k.shape[2]
+        scores = self.group_scores(q, k, ctx)  # exact q.k, summed per KV group for kv_group
+        vis = visible_mask(Lq, Lk, True, None, q.device)
+        idx = topk_indices(scores, ctx.topk, vis)  # the exact set, ascending positions
         if self.p >= 1.0:
             return idx
+        # best first (stable: equal scores keep the lower position first), for protect / swap
+        s = scores.gather(-1, idx.clamp(min=0)).masked_fill(idx < 0, float("-inf"))
+        idx = idx.gather(-1, s.argsort(dim=-1, descending=True, stable=True))
         return self.swap_members(idx, vis.expand(*idx.shape[:-1], Lk))
 
     def swap_members(self, idx: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:

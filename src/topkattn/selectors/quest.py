@@ -14,14 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from topkattn.selectors._common import (
-    PrefixStore,
-    check_int,
-    fingerprint,
-    topk_by_score,
-    visibility,
-)
-from topkattn.selectors.base import SelectionContext, Selector
+from topkattn.selectors._common import PrefixStore, check_int, fingerprint
+from topkattn.selectors.base import ScoreSelector, SelectionContext, expand_heads
 
 
 def page_bounds(k: torch.Tensor, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +50,7 @@ def page_upper_bound(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) ->
 
 
 @dataclass
-class QuestSelector(Selector):
+class QuestSelector(ScoreSelector):
     """Quest page selection.
 
     Attributes:
@@ -91,19 +85,14 @@ class QuestSelector(Selector):
         return kmin, kmax
 
     @torch.no_grad()
-    def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
-        """q [B, Hq, Lq, D], k [B, Hkv, Lk, D] -> int64 [B, Hq (Hkv for kv_group), Lq, topk]."""
-        B, Hq, Lq, D = q.shape
-        Hkv, Lk = k.shape[1], k.shape[2]
-        G = Hq // Hkv
+    def score(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
+        """q [B, Hq, Lq, D], k [B, Hkv, Lk, D] -> [B, Hq, Lq, Lk]: every token scored by its
+        page's upper bound (the pages' tokens tie; the base keeps the lowest positions of the
+        last page it cuts)."""
         kmin, kmax = self._bounds(k, ctx.store)
-        if G > 1:
-            kmin, kmax = kmin.repeat_interleave(G, 1), kmax.repeat_interleave(G, 1)
-        ub = page_upper_bound(q, kmin, kmax)  # [B, Hq, Lq, P]
-        if ctx.granularity == "kv_group" and G > 1:
-            ub = ub.view(B, Hkv, G, Lq, -1).sum(2)
-        tok = ub.repeat_interleave(self.page_size, dim=-1)[..., :Lk]  # page score per token
-        return topk_by_score(tok, ctx.topk, visibility(Lq, Lk, q.device))
+        Hq = q.shape[1]
+        ub = page_upper_bound(q, expand_heads(kmin, Hq), expand_heads(kmax, Hq))  # [B, Hq, Lq, P]
+        return ub.repeat_interleave(self.page_size, dim=-1)[..., : k.shape[2]]
 
 
 __all__ = ["QuestSelector", "page_bounds", "page_upper_bound"]

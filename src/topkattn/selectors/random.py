@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from topkattn.selectors._common import check_int, visibility
+from topkattn.ops.topk.naive import visible_mask
+from topkattn.selectors._common import check_int
 from topkattn.selectors.base import SelectionContext, Selector
 
 
@@ -38,7 +39,7 @@ class RandomSelector(Selector):
             self._gen[key] = torch.Generator(device=q.device).manual_seed(self.seed)
         H = Hkv if self.per_head else 1
         r = torch.rand(B, H, Lq, Lk, generator=self._gen[key], device=q.device)
-        r = r.masked_fill(~visibility(Lq, Lk, q.device), -1.0)
+        r = r.masked_fill(~visible_mask(Lq, Lk, True, None, q.device), -1.0)
         vals, idx = r.topk(min(ctx.topk, Lk), dim=-1)
         idx = torch.where(vals >= 0, idx, torch.full_like(idx, -1))
         return idx if H == Hkv else idx.expand(B, Hkv, Lq, idx.shape[-1])

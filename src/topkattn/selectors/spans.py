@@ -10,8 +10,8 @@ This version keeps the idea and drops the engineering (offline index, retrieval-
   next span starts at the position j in [a + min_span, a + max_span] whose key has the lowest
   cosine similarity to its predecessor (keys averaged over KV heads) - a 1-D non-maximum
   suppression of boundary strength. ``boundary="fixed"`` uses spans of exactly ``max_span``.
-- Each span is represented by its mean key (``score="mean"``, the static index vector) or by
-  its per-channel key bounds (``score="bound"``, as in Quest) per KV head.
+- Each span is represented by its mean key (``represent="mean"``, the static index vector) or
+  by its per-channel key bounds (``represent="bound"``, as in Quest) per KV head.
 - A query scores spans with its own q, and whole top spans are retrieved until ``topk``
   tokens (the last one may be cut). The open span at the end of the cache (the local context,
   which Ltri-LLM keeps in memory) is always retrieved when ``keep_last=True``, and so is the
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from topkattn.selectors._common import check_int, fingerprint, topk_by_score, visibility
-from topkattn.selectors.base import SelectionContext, Selector
+from topkattn.selectors._common import check_int, fingerprint
+from topkattn.selectors.base import ScoreSelector, SelectionContext, expand_heads
 from topkattn.selectors.quest import page_upper_bound
 
 BOUNDARIES = ("similarity", "fixed")
@@ -67,14 +67,14 @@ def segment(sim: torch.Tensor, start: int, L: int, min_span: int, max_span: int,
 
 
 @dataclass
-class SpanSelector(Selector):
+class SpanSelector(ScoreSelector):
     """Ltri-LLM-style span retrieval.
 
     Attributes:
         max_span: longest span in tokens (spec ``spans:32``); also the fixed span size.
         min_span: shortest span (similarity boundaries only).
         boundary: "similarity" (boundaries where key similarity drops) or "fixed".
-        score: span representative: "mean" key or key "bound" (per-channel min/max).
+        represent: span representative: "mean" key or key "bound" (per-channel min/max).
         keep_last: always retrieve the open span at the end of the cache.
         keep_first: always retrieve the first span (initial tokens, the attention sink).
     """
@@ -82,7 +82,7 @@ class SpanSelector(Selector):
     max_span: int = 32
     min_span: int = 4
     boundary: str = "similarity"
-    score: str = "mean"
+    represent: str = "mean"
     keep_last: bool = True
     keep_first: bool = True
 
@@ -96,8 +96,8 @@ class SpanSelector(Selector):
             )
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
-        if self.score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.represent not in SCORES:
+            raise ValueError(f"represent must be one of {SCORES}, got {self.represent!r}")
 
     def span_ids(self, k: torch.Tensor, store: dict) -> torch.Tensor:
         """Span index of every cached position: k [B, Hkv, Lk, D] -> int64 [B, Lk].
@@ -135,39 +135,31 @@ class SpanSelector(Selector):
         return torch.stack(ids)
 
     @torch.no_grad()
-    def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
-        """q [B, Hq, Lq, D], k [B, Hkv, Lk, D] -> int64 [B, Hq (Hkv for kv_group), Lq, topk]."""
+    def score(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
+        """q [B, Hq, Lq, D], k [B, Hkv, Lk, D] -> [B, Hq, Lq, Lk]: every token scored by its
+        span's score (kept spans score the fp32 maximum)."""
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
-        G = Hq // Hkv
         sid = self.span_ids(k, ctx.store)  # [B, Lk]
         S = int(sid.max()) + 1
         idx = sid[:, None, :, None].expand(B, Hkv, Lk, D)
         kf = k.float()
-        if self.score == "mean":
+        if self.represent == "mean":
             tot = kf.new_zeros(B, Hkv, S, D).scatter_add_(2, idx, kf)
             cnt = torch.zeros(B, S, device=k.device).scatter_add_(1, sid, torch.ones_like(sid, dtype=torch.float))
             rep = tot / cnt.clamp(min=1)[:, None, :, None]  # [B, Hkv, S, D]
-            rep = rep.repeat_interleave(G, 1) if G > 1 else rep
-            span_score = torch.matmul(q.float(), rep.transpose(-1, -2))  # [B, Hq, Lq, S]
+            span_score = torch.matmul(q.float(), expand_heads(rep, Hq).transpose(-1, -2))  # [B, Hq, Lq, S]
         else:
             kmin = kf.new_full((B, Hkv, S, D), float("inf")).scatter_reduce(2, idx, kf, "amin")
             kmax = kf.new_full((B, Hkv, S, D), float("-inf")).scatter_reduce(2, idx, kf, "amax")
-            if G > 1:
-                kmin, kmax = kmin.repeat_interleave(G, 1), kmax.repeat_interleave(G, 1)
-            span_score = page_upper_bound(q, kmin, kmax)
-        if ctx.granularity == "kv_group" and G > 1:
-            span_score = span_score.view(B, Hkv, G, Lq, S).sum(2)
-        H = span_score.shape[1]
+            span_score = page_upper_bound(q, expand_heads(kmin, Hq), expand_heads(kmax, Hq))
         if self.keep_last or self.keep_first:
-            span_score = span_score.clone()
             top = torch.finfo(torch.float32).max
             if self.keep_first:
                 span_score[..., 0] = top
             if self.keep_last:
                 span_score[..., S - 1] = top
-        tok = span_score.gather(-1, sid[:, None, None, :].expand(B, H, Lq, Lk))
-        return topk_by_score(tok, ctx.topk, visibility(Lq, Lk, q.device))
+        return span_score.gather(-1, sid[:, None, None, :].expand(B, Hq, Lq, Lk))
 
 
 __all__ = ["BOUNDARIES", "SCORES", "SpanSelector", "adjacent_similarity", "segment"]

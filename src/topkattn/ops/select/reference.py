@@ -11,16 +11,10 @@ import torch
 
 def topk_select_mask_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
     """bool [R, n]: True at the ``k`` selected positions of each row (all when k >= n)."""
+    from topkattn.ops.topk.naive import select_topk_mask
+
     _check(scores, k)
-    s = scores.float()
-    n = s.shape[-1]
-    if k >= n:
-        return torch.ones_like(s, dtype=torch.bool)
-    thresh = s.topk(k, dim=-1).values[..., -1:]
-    above = s > thresh
-    tie = s == thresh
-    need = k - above.sum(-1, keepdim=True)
-    return above | (tie & (tie.cumsum(-1) <= need))
+    return select_topk_mask(scores, k, torch.ones((), dtype=torch.bool, device=scores.device))
 
 
 def topk_select_reference(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -117,6 +117,22 @@ def select_topk_mask(
     return sel
 
 
+def topk_indices(scores: torch.Tensor, topk: int, vis: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions of `select_topk_mask`'s set: the ``topk`` highest ``scores`` [..., Lk] among
+    visible ones (``vis`` bool, broadcastable; None: all), ties to the lowest position.
+
+    Returns int64 [..., min(topk, Lk)] in ascending position order, -1 where a row has fewer
+    visible positions."""
+    Lk = scores.shape[-1]
+    n = min(topk, Lk)
+    vis = torch.ones((), dtype=torch.bool, device=scores.device) if vis is None else vis
+    mask = select_topk_mask(scores, n, vis).expand_as(scores)
+    pos = torch.arange(Lk, device=scores.device)
+    key = torch.where(mask, Lk - pos, 0)  # selected positions, lowest first, then nothing
+    vals, idx = key.topk(n, dim=-1)
+    return torch.where(vals > 0, idx, -1)
+
+
 def indices_to_mask(indices: torch.Tensor, Lk: int) -> torch.Tensor:
     """Selected positions [..., n_sel] (entries < 0 are padding) -> bool mask [..., Lk]."""
     if indices.dtype not in (torch.int32, torch.int64):
