@@ -25,17 +25,26 @@ def test_info_runs():
     assert "selectors" in r.stdout and "exact" in r.stdout
 
 
-def test_value_errors_become_one_line(monkeypatch):
+def test_user_errors_become_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
     import topkattn.cli as cli
+    from topkattn.errors import InputError
 
     @cli.app.command("fail-for-test")
     def fail() -> None:
-        raise ValueError("k must be a positive integer, got k=0")
+        raise InputError("k must be a positive integer, got k=0")
+
+    @cli.app.command("bug-for-test")
+    def bug() -> None:
+        raise ValueError("an internal bug")
 
     monkeypatch.setattr(sys, "argv", ["topkattn", "fail-for-test"])
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: k must be a positive integer, got k=0"
+    monkeypatch.setattr(sys, "argv", ["topkattn", "bug-for-test"])
+    with pytest.raises(ValueError, match="an internal bug"):  # not swallowed as a user error
+        cli.main()
 
 
 def test_unknown_option_is_a_usage_error():

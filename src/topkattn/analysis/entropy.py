@@ -30,6 +30,8 @@ from typing import Iterator
 
 import torch
 
+from topkattn.errors import InputError
+
 CAPTURE_NAME = "topkattn_entropy"
 _ATTR = "_topkattn_entropy"
 
@@ -62,7 +64,7 @@ def parse_ks(ks: str | list | tuple) -> list[str]:
     items = [s.strip() for s in (ks.split(",") if isinstance(ks, str) else ks) if str(s).strip()]
     for s in items:
         if parse_k(str(s)) is None:
-            raise ValueError(f"entropy --k takes integers or ratios, not {s!r}")
+            raise InputError(f"entropy --k takes integers or ratios, not {s!r}")
     return [str(s) for s in items]
 
 
@@ -118,7 +120,7 @@ class EntropyAccumulator:
         """Means: entropy [L][H], topk[k] {entropy, mass} [L][H], per-layer means, contexts."""
         layers = sorted(self.sums)
         if not layers:
-            raise ValueError("no decode step was captured (decode_steps must be >= 1)")
+            raise InputError("no decode step was captured (decode_steps must be >= 1)")
 
         def mean(layer, t):
             return (t / self.sums[layer]["count"]).tolist()
@@ -209,12 +211,12 @@ class EntropyConfig:
         for name in ("length", "samples", "decode_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {name}={v!r}")
+                raise InputError(f"{name} must be an integer >= 1, got {name}={v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got seed={self.seed!r}")
+            raise InputError(f"seed must be an integer >= 0, got seed={self.seed!r}")
         self.ks = tuple(parse_ks(self.ks))
         if not self.ks:
-            raise ValueError("ks must name at least one k (e.g. 16,64 or 5%)")
+            raise InputError("ks must name at least one k (e.g. 16,64 or 5%)")
         if self.label is None:
             self.label = self.model or "default"
 

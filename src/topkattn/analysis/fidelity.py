@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from topkattn.selectors import SelectionContext, Selector, parse_selector
+from topkattn.errors import InputError
 
 FIDELITY_ATTN = "topkattn_fidelity"
 _REC_ATTR = "_topkattn_fidelity"
@@ -140,7 +141,7 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
     from topkattn.integrations.hf import attention_override
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        raise InputError(f"topk must be a positive integer, got {topk!r}")
     sels = selectors if isinstance(selectors, dict) else {s: parse_selector(s) for s in selectors}
     accs = {label: _Acc() for label in sels}
 
@@ -355,11 +356,11 @@ def deepseek_v32_indexer_fidelity(model, input_ids: torch.Tensor, topk: int,
     """
     cfg = model.config
     if cfg.model_type != "deepseek_v32":
-        raise ValueError(f"model must be a deepseek_v32 model, got model_type={cfg.model_type!r}")
+        raise InputError(f"model must be a deepseek_v32 model, got model_type={cfg.model_type!r}")
     L = input_ids.shape[1]
     min_pos = 2 * topk if min_pos is None else min_pos
     if min_pos >= L:
-        raise ValueError(f"min_pos ({min_pos}) must be below the sequence length ({L})")
+        raise InputError(f"min_pos ({min_pos}) must be below the sequence length ({L})")
     captured: dict[int, tuple] = {}
     hooks = []
     for i, layer in enumerate(model.model.layers):

@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from topkattn.errors import InputError
+
 LLAMA3_8B = {"Hq": 32, "Hkv": 8, "D": 128, "dtype": torch.bfloat16}
 
 
@@ -37,10 +39,10 @@ def parse_sizes(text: str) -> list[int]:
         elif t.endswith("m"):
             mult, t = 1024 * 1024, t[:-1]
         if not t.isdigit() or int(t) <= 0:
-            raise ValueError(f"size {item!r} must be a positive integer, optionally with k/m suffix")
+            raise InputError(f"size {item!r} must be a positive integer, optionally with k/m suffix")
         out.append(int(t) * mult)
     if not out:
-        raise ValueError(f"no sizes in {text!r}")
+        raise InputError(f"no sizes in {text!r}")
     return out
 
 

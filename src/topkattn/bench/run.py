@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from topkattn.errors import InputError
+
 OPS = ("select", "decode", "sparse", "prefill", "indexer_decode", "generate")
 
 
@@ -21,11 +23,11 @@ def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int 
 
     bad = [o for o in ops if o not in OPS]
     if bad:
-        raise ValueError(f"--op must be among {OPS}; got {bad}")
+        raise InputError(f"--op must be among {OPS}; got {bad}")
     if isinstance(layers, bool) or not isinstance(layers, int) or layers <= 0:
-        raise ValueError(f"--layers must be a positive integer, got {layers!r}")
+        raise InputError(f"--layers must be a positive integer, got {layers!r}")
     if not torch.cuda.is_available():
-        raise ValueError("benchmarks need a CUDA device (none found)")
+        raise InputError("benchmarks need a CUDA device (none found)")
     ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)
     for op in ops:
         extra = {"layers": layers} if op == "generate" else {}

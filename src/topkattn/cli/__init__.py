@@ -2,8 +2,9 @@
 
 Each subcommand lives in its own module ``topkattn.cli.<name>_cmd`` that defines
 ``register(app: typer.Typer) -> None``; this package discovers them, so adding a command never
-touches another command's file. Bad input raises `CLIError` (or a ValueError subclass from the
-library), which is printed as one line ``error: ...`` with exit code 2, without a traceback.
+touches another command's file. Bad input raises a `topkattn.errors.TopkattnError` (`CLIError`
+here, or the library's own), printed as one line ``error: ...`` with exit code 2; any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pkgutil
 import sys
 
 import typer
+
+from topkattn.errors import InputError, TopkattnError
 
 app = typer.Typer(
     name="topkattn",
@@ -24,7 +27,7 @@ app = typer.Typer(
 )
 
 
-class CLIError(ValueError):
+class CLIError(InputError):
     """Bad command-line input: printed as one line, exit code 2."""
 
 
@@ -46,9 +49,8 @@ def main() -> None:
     """Entry point: run the app, turning bad-input errors into one line and exit code 2."""
     try:
         app()  # click handles usage errors (exit 2) and --help itself
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+    except TopkattnError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: finished results are kept; rerun the same command to resume",

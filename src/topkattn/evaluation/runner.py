@@ -24,6 +24,7 @@ from typing import Any
 
 from topkattn.config import TopKConfig, parse_k
 from topkattn.selectors import parse_selector
+from topkattn.errors import InputError, MissingFileError
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "eval_config.json"
@@ -41,11 +42,11 @@ def parse_length(text: str | int) -> int:
         try:
             n = round(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"length must be a number of tokens such as 1024 or 1k, got {text!r}"
             ) from None
     if n <= 0:
-        raise ValueError(f"length must be a positive number of tokens, got {text!r}")
+        raise InputError(f"length must be a positive number of tokens, got {text!r}")
     return n
 
 
@@ -97,14 +98,14 @@ class EvalConfig:
             self.tasks = tuple(t for t in self.tasks.split(",") if t.strip())
         self.tasks = tuple(t.strip() for t in self.tasks)
         if not self.tasks:
-            raise ValueError("tasks must name at least one task")
+            raise InputError("tasks must name at least one task")
         for t in self.tasks:
             get_task(t)  # raises ValueError naming an unknown task and the allowed names
         if isinstance(self.lengths, (str, int)):
             self.lengths = tuple(str(self.lengths).split(","))
         self.lengths = tuple(parse_length(x) for x in self.lengths)
         if not self.lengths:
-            raise ValueError("lengths must hold at least one length")
+            raise InputError("lengths must hold at least one length")
         if isinstance(self.ks, str):
             self.ks = tuple(self.ks.split(","))
         labels = [k_label(k) for k in self.ks if str(k).strip()]
@@ -115,12 +116,12 @@ class EvalConfig:
         for name in ("samples",):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
         if self.max_new_tokens is not None and (
             isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int)
             or self.max_new_tokens < 1
         ):
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got "
+            raise InputError(f"max_new_tokens must be an integer >= 1, got "
                              f"{self.max_new_tokens!r}")
         self.dense_layers = tuple(self.dense_layers)
         self.out = Path(self.out)
@@ -203,7 +204,7 @@ def check_resumable(cfg: EvalConfig) -> None:
     diff = [f"{f}={old[f]!r} (now {new[f]!r})" for f in RESUME_FIELDS
             if f in old and old[f] != new[f]]
     if diff:
-        raise ValueError(f"output folder {str(cfg.out)!r} holds results made with "
+        raise InputError(f"output folder {str(cfg.out)!r} holds results made with "
                          f"{', '.join(diff)}; use the same settings to resume, or another --out")
 
 
@@ -363,7 +364,7 @@ def report_only(cfg: EvalConfig) -> Summary:
     out = Path(cfg.out)
     path = out / RESULTS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"no results to report: {str(path)!r} does not exist")
+        raise MissingFileError(f"no results to report: {str(path)!r} does not exist")
     labels = {get_task(t).name or t for t in cfg.tasks}
     rows = [r for r in read_results(path)
             if r["task"] in labels and r["length"] in cfg.lengths and r["k"] in cfg.ks]

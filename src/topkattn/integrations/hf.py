@@ -36,12 +36,13 @@ from topkattn.integrations import key_ranges as kr
 from topkattn.ops.topk import topk_attention, use_kernels
 from topkattn.ops.topk.custom_ops import range_decode_op, topk_decode_op
 from topkattn.selectors import ExactSelector, SelectionContext, Selector
+from topkattn.errors import InputError
 
 ATTENTION_NAME = "topk"
 _STATE_ATTR = "_topkattn_state"
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InputError):
     """A model that `sparsify` cannot switch to Top-k attention."""
 
 
@@ -141,7 +142,7 @@ def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kw
     q_first, window = vals[kr.Q_FIRST][0], vals[kr.WINDOW][0]
     end = q_first + Lq
     if end > key.shape[2] or q_first < 0:
-        raise ValueError(f"queries at key slots [{q_first}, {end}) do not fit the {key.shape[2]} "
+        raise InputError(f"queries at key slots [{q_first}, {end}) do not fit the {key.shape[2]} "
                          "cached keys")
     key, value = key[:, :, :end], value[:, :, :end]
     if state is not None and q_first == 0:

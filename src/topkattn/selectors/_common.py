@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from topkattn.errors import InputError
+
 
 #: dims of the first KV head's key used as a per-position fingerprint
 FINGERPRINT_DIMS = 4
@@ -26,9 +28,9 @@ def check_int(name: str, value, lo: int = 0) -> int:
         if isinstance(value, float) and v != value:
             raise TypeError
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}") from None
+        raise InputError(f"{name} must be an integer >= {lo}, got {value!r}") from None
     if v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {lo}, got {value!r}")
     return v
 
 
@@ -39,9 +41,9 @@ def check_float(name: str, value, lo: float, hi: float) -> float:
             raise TypeError
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}") from None
+        raise InputError(f"{name} must be a number in [{lo}, {hi}], got {value!r}") from None
     if not (lo <= v <= hi):
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
+        raise InputError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
     return v
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from topkattn.errors import InputError
+
 
 @dataclass
 class SelectionContext:
@@ -51,7 +53,7 @@ def expand_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     grouped-query layout of transformers' ``repeat_kv``); t itself when H == heads."""
     H = t.shape[1]
     if heads % H:
-        raise ValueError(f"{heads} query heads are not a multiple of {H} key heads")
+        raise InputError(f"{heads} query heads are not a multiple of {H} key heads")
     return t if H == heads else t.repeat_interleave(heads // H, dim=1)
 
 
@@ -96,7 +98,7 @@ class ScoreSelector(Selector):
         B, Hq, Lq = q.shape[:3]
         Hkv, Lk = k.shape[1], k.shape[2]
         if s.dim() != 4 or s.shape[0] != B or s.shape[2:] != (Lq, Lk) or s.shape[1] not in (1, Hkv, Hq):
-            raise ValueError(f"{type(self).__name__}.score must return [B={B}, H in (1, {Hkv}, "
+            raise InputError(f"{type(self).__name__}.score must return [B={B}, H in (1, {Hkv}, "
                              f"{Hq}), Lq={Lq}, Lk={Lk}]; got {tuple(s.shape)}")
         G = Hq // Hkv
         if ctx.granularity == "kv_group" and G > 1 and s.shape[1] == Hq:

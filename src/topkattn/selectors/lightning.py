@@ -37,6 +37,7 @@ from torch import nn
 
 from topkattn.selectors._common import PrefixStore, check_int, fingerprint
 from topkattn.selectors.base import ScoreSelector, SelectionContext
+from topkattn.errors import InputError, MissingFileError
 
 QUERY_SOURCES = ("hidden", "query")
 
@@ -64,7 +65,7 @@ class IndexerConfig:
         for name in ("n_layers", "q_in", "kv_dim", "n_heads", "head_dim"):
             setattr(self, name, check_int(name, getattr(self, name), 1))
         if self.query_source not in QUERY_SOURCES:
-            raise ValueError(
+            raise InputError(
                 f"query_source must be one of {QUERY_SOURCES}, got {self.query_source!r}"
             )
 
@@ -140,7 +141,7 @@ class LightningIndexer(nn.Module):
         """Read an indexer written by `save`. Raises FileNotFoundError for a missing path."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"indexer weights {str(path)!r} not found")
+            raise MissingFileError(f"indexer weights {str(path)!r} not found")
         if path.suffix in (".pt", ".pth", ".bin"):
             blob = torch.load(path, map_location="cpu", weights_only=True)
             cfg, state = IndexerConfig(**blob["config"]), blob["state_dict"]
@@ -151,7 +152,7 @@ class LightningIndexer(nn.Module):
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             if "indexer_config" not in meta:
-                raise ValueError(f"{str(path)!r} has no indexer_config metadata; not an indexer file")
+                raise InputError(f"{str(path)!r} has no indexer_config metadata; not an indexer file")
             cfg, state = IndexerConfig(**json.loads(meta["indexer_config"])), load_file(str(path))
         ind = cls(cfg)
         ind.load_state_dict(state)
@@ -183,10 +184,10 @@ class LightningSelector(ScoreSelector):
             self.indexer = LightningIndexer.load(self.path)
         if self.indexer is not None:
             if not isinstance(self.indexer, LightningIndexer):
-                raise ValueError(f"indexer must be a LightningIndexer, got {type(self.indexer).__name__}")
+                raise InputError(f"indexer must be a LightningIndexer, got {type(self.indexer).__name__}")
             self.query_source = self.indexer.cfg.query_source
         if self.query_source not in QUERY_SOURCES:
-            raise ValueError(
+            raise InputError(
                 f"query_source must be one of {QUERY_SOURCES}, got {self.query_source!r}"
             )
 
@@ -213,7 +214,7 @@ class LightningSelector(ScoreSelector):
             self.indexer.to(q.device)
         li = 0 if ctx.layer_idx is None else ctx.layer_idx
         if li >= len(self.indexer.layers):
-            raise ValueError(
+            raise InputError(
                 f"layer_idx {li} out of range: the indexer has {len(self.indexer.layers)} layers"
             )
         return self.indexer.layers[li]
@@ -239,7 +240,7 @@ class LightningSelector(ScoreSelector):
         keys = self.index_keys(layer, k, ctx.store)
         if self.query_source == "hidden":
             if ctx.hidden_states is None:
-                raise ValueError("the lightning selector needs the layer's hidden states "
+                raise InputError("the lightning selector needs the layer's hidden states "
                                  "(ctx.hidden_states is None; use it through sparsify)")
             x = ctx.hidden_states[:, -q.shape[2]:]
         else:

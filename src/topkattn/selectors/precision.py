@@ -22,6 +22,7 @@ from topkattn.ops.topk.naive import topk_indices, visible_mask
 from topkattn.selectors._common import check_float, check_int
 from topkattn.selectors.exact import ExactSelector
 from topkattn.selectors.base import SelectionContext
+from topkattn.errors import InputError
 
 SWAP_MODES = ("random", "lowest", "highest")
 
@@ -49,7 +50,7 @@ class PrecisionSelector(ExactSelector):
         self.protect = check_int("protect", self.protect, 0)
         self.seed = check_int("seed", self.seed, 0)
         if self.swap not in SWAP_MODES:
-            raise ValueError(f"swap must be one of {SWAP_MODES}, got {self.swap!r}")
+            raise InputError(f"swap must be one of {SWAP_MODES}, got {self.swap!r}")
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)

@@ -18,12 +18,13 @@ import dataclasses
 from typing import Any
 
 from topkattn.selectors.base import Selector
+from topkattn.errors import InputError
 
 #: name -> selector class (a dataclass whose fields are its spec keys)
 SELECTORS: dict[str, type[Selector]] = {}
 
 
-class SelectorSpecError(ValueError):
+class SelectorSpecError(InputError):
     """A selector spec that names no registered selector, or a bad key or value."""
 
 

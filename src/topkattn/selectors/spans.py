@@ -29,6 +29,7 @@ import torch
 from topkattn.selectors._common import check_int, fingerprint
 from topkattn.selectors.base import ScoreSelector, SelectionContext, expand_heads
 from topkattn.selectors.quest import page_upper_bound
+from topkattn.errors import InputError
 
 BOUNDARIES = ("similarity", "fixed")
 SCORES = ("mean", "bound")
@@ -90,14 +91,14 @@ class SpanSelector(ScoreSelector):
         self.max_span = check_int("max_span", self.max_span, 1)
         self.min_span = check_int("min_span", self.min_span, 1)
         if self.min_span > self.max_span:
-            raise ValueError(
+            raise InputError(
                 f"min_span must be <= max_span, got min_span={self.min_span}, "
                 f"max_span={self.max_span}"
             )
         if self.boundary not in BOUNDARIES:
-            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
+            raise InputError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
         if self.represent not in SCORES:
-            raise ValueError(f"represent must be one of {SCORES}, got {self.represent!r}")
+            raise InputError(f"represent must be one of {SCORES}, got {self.represent!r}")
 
     def span_ids(self, k: torch.Tensor, store: dict) -> torch.Tensor:
         """Span index of every cached position: k [B, Hkv, Lk, D] -> int64 [B, Lk].

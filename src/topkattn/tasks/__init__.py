@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from topkattn.tasks.base import Sample, Task, exact_match_score, normalize
 from topkattn.tasks.synthetic import SYNTHETIC_TASKS
+from topkattn.errors import InputError
 
 TASK_NAMES: tuple[str, ...] = tuple(SYNTHETIC_TASKS)
 FILE_TASKS: tuple[str, ...] = ("longbench_v2", "helmet")
@@ -31,7 +32,7 @@ def get_task(name: str) -> Task:
 
         return HelmetTask(path=path)
     allowed = ", ".join(TASK_NAMES) + ", " + ", ".join(f"{p}:<path>" for p in FILE_TASKS)
-    raise ValueError(f"unknown task {name!r}; allowed: {allowed}")
+    raise InputError(f"unknown task {name!r}; allowed: {allowed}")
 
 
 __all__ = ["FILE_TASKS", "Sample", "TASK_NAMES", "Task", "exact_match_score", "get_task",

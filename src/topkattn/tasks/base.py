@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from topkattn.errors import InputError
+
 DEFAULT_INSTRUCTION_SUFFIX = "Answer with the number only."
 
 
@@ -134,9 +136,9 @@ class Task(ABC):
 def check_length(length: int, max_length: int | None) -> None:
     """Raise ValueError when a target length is not positive or exceeds the model's context."""
     if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-        raise ValueError(f"length must be a positive number of tokens, got {length!r}")
+        raise InputError(f"length must be a positive number of tokens, got {length!r}")
     if max_length is not None and length > max_length:
-        raise ValueError(
+        raise InputError(
             f"length {length} tokens exceeds the model's context limit "
             f"(max_position_embeddings={max_length})"
         )

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from topkattn.tasks.base import TokenizerLike, count_tokens
+from topkattn.errors import InputError, MissingFileError
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -17,7 +18,7 @@ def read_records(path: str | Path) -> list[dict]:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {str(path)!r}")
+        raise MissingFileError(f"benchmark file not found: {str(path)!r}")
     text = p.read_text(encoding="utf-8")
     records: list = []
     stripped = text.lstrip()
@@ -30,10 +31,10 @@ def read_records(path: str | Path) -> list[dict]:
         else:
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON or JSONL: {e}") from None
+        raise InputError(f"{str(path)!r} is not valid JSON or JSONL: {e}") from None
     records = [r for r in records if isinstance(r, dict)]
     if not records:
-        raise ValueError(f"{str(path)!r} holds no records")
+        raise InputError(f"{str(path)!r} holds no records")
     return records
 
 
@@ -65,7 +66,7 @@ def fit_context(tokenizer: TokenizerLike, context: str, length: int, render) -> 
     """
     overhead = count_tokens(tokenizer, render(""))
     if overhead > length:
-        raise ValueError(f"length {length} tokens is too short for this prompt "
+        raise InputError(f"length {length} tokens is too short for this prompt "
                          f"(needs {overhead} tokens without context)")
     budget = length - overhead
     for _ in range(8):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from topkattn.tasks.base import (Sample, Task, TokenizerLike, check_length, exact_match_score,
                                  render_prompt)
 from topkattn.tasks.files import fit_context, read_records, seeded_pick
+from topkattn.errors import InputError
 
 
 def _answers(rec: dict) -> tuple[str, ...]:
@@ -43,13 +44,13 @@ class HelmetTask(Task):
 
     def __post_init__(self) -> None:
         if self.match not in ("any", "all"):
-            raise ValueError(f"match must be 'any' or 'all', got {self.match!r}")
+            raise InputError(f"match must be 'any' or 'all', got {self.match!r}")
 
     def records(self) -> list[dict]:
         recs = read_records(self.path)
         for i, r in enumerate(recs):
             if not (r.get("question") or r.get("input")) or not _answers(r):
-                raise ValueError(f"{self.path!r}: record {i} needs 'question' or 'input', and "
+                raise InputError(f"{self.path!r}: record {i} needs 'question' or 'input', and "
                                  "'answers' or 'answer'")
         return recs
 

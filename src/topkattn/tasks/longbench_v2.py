@@ -21,6 +21,7 @@ TEMPLATE = (
     "(A) {A}\n(B) {B}\n(C) {C}\n(D) {D}\n\n"
     'Format your response as follows: "The correct answer is (insert answer here)".'
 )
+from topkattn.errors import InputError
 ANSWER_PREFIX = "The correct answer is ("
 REQUIRED = ("question", "choice_A", "choice_B", "choice_C", "choice_D", "answer", "context")
 
@@ -48,7 +49,7 @@ class LongBenchV2Task(Task):
         for i, r in enumerate(recs):
             missing = [f for f in REQUIRED if f not in r]
             if missing:
-                raise ValueError(f"{self.path!r}: record {i} lacks LongBench v2 fields "
+                raise InputError(f"{self.path!r}: record {i} lacks LongBench v2 fields "
                                  f"{missing}")
         return recs
 

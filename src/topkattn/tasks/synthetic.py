@@ -32,6 +32,7 @@ from topkattn.tasks.base import (
     depths_for,
     render_prompt,
 )
+from topkattn.errors import InputError
 
 # --------------------------------------------------------------------------------------------
 # Filler: a small seeded grammar of digit-free sentences.
@@ -142,7 +143,7 @@ def build_prompt(
     """
     overhead = count_tokens(tokenizer, render(sep.join(n.text for n in needles)))
     if overhead > length:
-        raise ValueError(
+        raise InputError(
             f"length {length} tokens is too short for this task's prompt "
             f"(needs at least {overhead} tokens)"
         )

@@ -29,6 +29,8 @@ from typing import Any, Iterable
 
 import torch
 
+from topkattn.errors import InputError, MissingFileError
+
 IGNORE_INDEX = -100
 # Evaluation uses seeds far below this; training seeds start here.
 TRAIN_SEED_BASE = 1_000_000
@@ -60,7 +62,7 @@ class Example:
 def train_seed(seed: int) -> int:
     """The task seed used for a training set of user seed ``seed`` (disjoint from eval)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     return TRAIN_SEED_BASE + seed
 
 
@@ -105,7 +107,7 @@ def encode_messages(tokenizer, messages: list[dict], max_length: int,
         ids: list[int] = []
         for i, m in enumerate(messages):
             if m.get("role") not in ("system", "user", "assistant", "tool"):
-                raise ValueError(f"{source}: unknown message role {m.get('role')!r}")
+                raise InputError(f"{source}: unknown message role {m.get('role')!r}")
             if m["role"] == "assistant":
                 before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True,
                                                        tokenize=False)
@@ -127,7 +129,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """Records of a JSONL file; ValueError naming the line for a bad one."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"training data file {str(path)!r} does not exist")
+        raise MissingFileError(f"training data file {str(path)!r} does not exist")
     out = []
     with p.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -136,12 +138,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+                raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
-                raise ValueError(f"{p}:{n}: each line must be a JSON object")
+                raise InputError(f"{p}:{n}: each line must be a JSON object")
             out.append(rec)
     if not out:
-        raise ValueError(f"training data file {p} holds no records")
+        raise InputError(f"training data file {p} holds no records")
     return out
 
 
@@ -150,13 +152,13 @@ def encode_record(tokenizer, rec: dict, max_length: int, source: str) -> Example
     if "messages" in rec:
         msgs = rec["messages"]
         if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
-            raise ValueError(f"{source}: 'messages' must be a list of {{role, content}} objects")
+            raise InputError(f"{source}: 'messages' must be a list of {{role, content}} objects")
         return encode_messages(tokenizer, msgs, max_length, source)
     comp = next((rec[k] for k in ("completion", "answer", "response") if k in rec), None)
     if "prompt" in rec and comp is not None:
         return encode_prompt_completion(tokenizer, str(rec["prompt"]), str(comp), max_length,
                                         source)
-    raise ValueError(
+    raise InputError(
         f"{source}: a record needs 'messages' or 'prompt' + 'completion'; got keys "
         f"{sorted(rec)}"
     )
@@ -170,7 +172,7 @@ def load_jsonl_examples(tokenizer, path: str | Path, max_length: int) -> list[Ex
         if ex is not None:
             out.append(ex)
     if not out:
-        raise ValueError(f"no record of {path} fits max_length={max_length} with loss tokens")
+        raise InputError(f"no record of {path} fits max_length={max_length} with loss tokens")
     return out
 
 
@@ -187,7 +189,7 @@ def parse_synthetic(spec: str, default_length: int, default_n: int) -> Synthetic
     """Parse ``synthetic:TASK[,TASK...][@LENGTH][xN]`` (e.g. ``synthetic:passkey,kv@2048x500``)."""
     m = re.fullmatch(r"synthetic:([\w,\s]+?)(?:@(\d+)(k?))?(?:x(\d+))?", spec.strip())
     if not m:
-        raise ValueError(
+        raise InputError(
             f"bad synthetic data spec {spec!r}; expected synthetic:TASK[,TASK...][@LENGTH][xN], "
             "e.g. synthetic:passkey,niah_multikey@2048x500"
         )
@@ -199,9 +201,9 @@ def parse_synthetic(spec: str, default_length: int, default_n: int) -> Synthetic
     tasks = tuple(t.strip() for t in body.split(",") if t.strip())
     bad = [t for t in tasks if t not in TASK_NAMES]
     if not tasks or bad:
-        raise ValueError(f"unknown synthetic task(s) {bad or body!r}; allowed: {TASK_NAMES}")
+        raise InputError(f"unknown synthetic task(s) {bad or body!r}; allowed: {TASK_NAMES}")
     if length <= 0 or n <= 0:
-        raise ValueError(f"synthetic length and count must be > 0, got {length} and {n}")
+        raise InputError(f"synthetic length and count must be > 0, got {length} and {n}")
     return SyntheticSpec(tasks, length, n)
 
 
@@ -240,7 +242,7 @@ def load_examples(tokenizer, data: str, max_length: int, seed: int = 0,
     if data.startswith("synthetic:"):
         spec = parse_synthetic(data, synthetic_length or max_length, synthetic_n)
         if spec.length > max_length:
-            raise ValueError(
+            raise InputError(
                 f"synthetic length {spec.length} exceeds max_length={max_length}; raise "
                 "--max-length or lower the length"
             )

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from topkattn.selectors._common import check_float, check_int
 from topkattn.selectors.lightning import QUERY_SOURCES, LightningIndexer
+from topkattn.errors import InputError
 
 CAPTURE_NAME = "topkattn_capture"
 _REC_ATTR = "_topkattn_capture"
@@ -69,11 +70,11 @@ class IndexerTrainConfig:
         self.restrict_topk = check_int("restrict_topk", self.restrict_topk, 0)
         self.lr = check_float("lr", self.lr, 1e-8, 10.0)
         if self.query_source not in QUERY_SOURCES:
-            raise ValueError(f"query_source must be one of {QUERY_SOURCES}, got {self.query_source!r}")
+            raise InputError(f"query_source must be one of {QUERY_SOURCES}, got {self.query_source!r}")
         if isinstance(self.tasks, str):
             self.tasks = tuple(t for t in self.tasks.split(",") if t)
         if not self.tasks:
-            raise ValueError("tasks must name at least one task")
+            raise InputError("tasks must name at least one task")
 
 
 @dataclass

@@ -41,6 +41,7 @@ import torch
 from topkattn.config import TopKConfig, parse_k
 from topkattn.train import distributed as D
 from topkattn.train.data import IGNORE_INDEX, Example, batch_plan, collate, describe, load_examples
+from topkattn.errors import InputError, MissingFileError
 
 CKPT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
@@ -113,7 +114,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def need(name, ok, allowed):
             if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
+                raise InputError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
 
         need("data", isinstance(self.data, str) and bool(self.data), "a JSONL path or synthetic:...")
         need("out", isinstance(self.out, str) and bool(self.out), "an output folder")
@@ -148,7 +149,7 @@ class TrainConfig:
         base = parse_k(self.k)  # ValueError names the value and the allowed forms
         if base is None:
             if self.sink or self.local:
-                raise ValueError(f"sink={self.sink}/local={self.local} need a k, not k=full")
+                raise InputError(f"sink={self.sink}/local={self.local} need a k, not k=full")
             self.topk = None
         else:
             self.topk = base.with_(phases=("decode", "prefill"), sink=self.sink,
@@ -201,7 +202,7 @@ def build_model(cfg: TrainConfig, device: torch.device):
 
     if not cfg.data.startswith("synthetic:") and not Path(cfg.data).is_file():
         # fail before the (slow) model load, not after it
-        raise FileNotFoundError(f"training data file {cfg.data!r} does not exist")
+        raise MissingFileError(f"training data file {cfg.data!r} does not exist")
     model, tok = load_model(cfg.model, dtype=torch.float32, device=str(device))
     _strip_gguf(model)
     model.config.use_cache = False
@@ -302,14 +303,14 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig) -
     diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS
             if saved.get(k) != getattr(cfg, k)}
     if diff:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {path} was written by a different run ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
             "use another --out or delete its checkpoints"
         )
     params = _trainable(model)
     missing = set(params) ^ set(state["model"])
     if missing:
-        raise ValueError(f"checkpoint {path} does not match the model (params {sorted(missing)[:3]})")
+        raise InputError(f"checkpoint {path} does not match the model (params {sorted(missing)[:3]})")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(state["model"][n].to(p.device, p.dtype))
@@ -336,7 +337,7 @@ class _Stream:
         self._plan: list[list[int]] = []
         nb = math.ceil(len(examples) / cfg.batch_size)
         if nb < self.group:
-            raise ValueError(
+            raise InputError(
                 f"{len(examples)} examples make {nb} batches of {cfg.batch_size}, fewer than one "
                 f"optimizer step needs (grad_accum x processes = {self.group}); add data or "
                 "lower --batch-size/--grad-accum"

@@ -8,12 +8,12 @@ patch so ``__index__`` reads the single element. No effect when the interpreter 
 
 from __future__ import annotations
 
-import os
+from topkattn.ops.topk.triton_env import INTERPRET
 
 
 def apply() -> None:
     """Install the shim once (idempotent); only when TRITON_INTERPRET=1."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
+    if not INTERPRET:
         return
     try:
         import numpy as np

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from topkattn.errors import InputError
+
 
 def topk_select_mask_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
     """bool [R, n]: True at the ``k`` selected positions of each row (all when k >= n)."""
@@ -29,8 +31,8 @@ def topk_select_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def _check(scores: torch.Tensor, k: int) -> None:
     if scores.dim() != 2:
-        raise ValueError(f"scores must be 2-D [rows, n]; got shape {tuple(scores.shape)}")
+        raise InputError(f"scores must be 2-D [rows, n]; got shape {tuple(scores.shape)}")
     if scores.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"scores dtype must be float32, float16 or bfloat16; got {scores.dtype}")
+        raise InputError(f"scores dtype must be float32, float16 or bfloat16; got {scores.dtype}")
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")

@@ -39,7 +39,6 @@ Scores are compared in fp32; -0.0 equals +0.0; NaN is not supported.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
@@ -54,7 +53,9 @@ except ImportError:  # pragma: no cover
     _HAS_PDL = False
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
+from topkattn.ops.topk.triton_env import INTERPRET
 from topkattn.ops.select.reference import _check
+from topkattn.errors import InputError
 
 # `_log_bin`: |x - c| over 16 octaves of 2^_MANT steps per sign, the octaves placed per row by
 # `_row_frame` (c and the scale come from a sample of the row), smaller and larger |x - c|
@@ -626,7 +627,7 @@ PDL_EARLY = True  # ... and let the next kernel launch as soon as the selection 
 def pdl_launch(device: torch.device) -> dict:
     """Launch options for kernels that begin with `wait_prior`: PDL on CUDA devices of compute
     capability 9.0 or newer (and not under the interpreter), else none."""
-    if (not USE_PDL or not _HAS_PDL or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if (not USE_PDL or not _HAS_PDL or device.type != "cuda" or INTERPRET
             or torch.cuda.get_device_capability(device)[0] < 9):
         return {}
     return {"PDL": True, "launch_pdl": True}
@@ -810,7 +811,7 @@ def workspace_views(work: torch.Tensor, R: int | None = None) -> SelectWorkspace
     one left them; R (optional) is checked against the capacity."""
     cap = work.numel() // WORDS_PER_ROW
     if R is not None and R > cap:
-        raise ValueError(f"the workspace holds {cap} rows; {R} were asked for")
+        raise InputError(f"the workspace holds {cap} rows; {R} were asked for")
     return SelectWorkspace(work[: cap * 256], work[cap * 256: cap * 258].view(torch.int64),
                            work[cap * 258: cap * 259], work[cap * 259: cap * 263])
 

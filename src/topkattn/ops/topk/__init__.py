@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from topkattn.ops.topk.naive import topk_attention_reference
+from topkattn.errors import InputError
 
 BACKENDS = ("auto", "reference", "triton")
 _warned: set[str] = set()
@@ -23,11 +24,11 @@ _warned: set[str] = set()
 def resolve_backend(backend: str) -> str:
     """``backend`` with ``TOPKATTN_BACKEND`` applied to "auto" (ValueError for unknown ones)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     env = os.environ.get("TOPKATTN_BACKEND")
     if backend == "auto" and env:
         if env not in BACKENDS:
-            raise ValueError(f"TOPKATTN_BACKEND must be one of {BACKENDS}, got {env!r}")
+            raise InputError(f"TOPKATTN_BACKEND must be one of {BACKENDS}, got {env!r}")
         backend = env
     return backend
 
@@ -94,7 +95,7 @@ def topk_attention(
                 _warned.add(msg)
                 warnings.warn(msg, stacklevel=2)
         if backend == "triton":
-            raise ValueError(
+            raise InputError(
                 "backend='triton' but no Triton kernel fits these inputs "
                 f"(device={q.device}, dtype={q.dtype}, q {tuple(q.shape)}, k {tuple(k.shape)})"
             )

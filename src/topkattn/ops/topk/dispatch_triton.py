@@ -12,7 +12,8 @@ batches).
 
 from __future__ import annotations
 
-import os
+from topkattn.ops.topk.triton_env import kernels_run_on
+
 
 import torch
 
@@ -72,8 +73,7 @@ def _padding_bounds(attn_mask, B, Lq, Lk, causal, chunk=1024):
 
 def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse):
     """Run the kernel that fits these inputs; None when none does (see module docstring)."""
-    interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if not (q.is_cuda or interp):
+    if not kernels_run_on(q):
         return None
     if q.dtype not in SUPPORTED_DTYPES or not (q.dtype == k.dtype == v.dtype):
         return None

@@ -20,34 +20,36 @@ import math
 
 import torch
 
+from topkattn.errors import InputError
+
 GRANULARITIES = ("query_head", "kv_group")
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int | None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
+        raise InputError(
             f"q, k, v must be 4-D [B, H, L, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
             f"{tuple(v.shape)}"
         )
     B, Hq, Lq, D = q.shape
     Bk, Hkv, Lk, Dk = k.shape
     if Bk != B or v.shape[0] != B or v.shape[1] != Hkv or v.shape[2] != Lk or Dk != D:
-        raise ValueError(
+        raise InputError(
             f"k and v must be [B={B}, Hkv, Lk, D={D}] with matching shapes; got k "
             f"{tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if Hq % Hkv != 0:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of KV heads ({Hkv})")
+        raise InputError(f"query heads ({Hq}) must be a multiple of KV heads ({Hkv})")
     if Lq > Lk:
-        raise ValueError(f"more queries ({Lq}) than keys ({Lk}): queries sit at the last keys")
+        raise InputError(f"more queries ({Lq}) than keys ({Lk}): queries sit at the last keys")
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0):
-        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        raise InputError(f"topk must be a positive integer, got {topk!r}")
     if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise InputError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise ValueError(f"dtype must be float32, float16 or bfloat16; got {q.dtype}")
+        raise InputError(f"dtype must be float32, float16 or bfloat16; got {q.dtype}")
     if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+        raise InputError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
 
 
 def visible_mask(
@@ -66,7 +68,7 @@ def visible_mask(
     vis = vis[None, None]
     if attn_mask is not None:
         if attn_mask.dtype != torch.bool:
-            raise ValueError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+            raise InputError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
         vis = vis & attn_mask
     return vis
 
@@ -136,9 +138,9 @@ def topk_indices(scores: torch.Tensor, topk: int, vis: torch.Tensor | None = Non
 def indices_to_mask(indices: torch.Tensor, Lk: int) -> torch.Tensor:
     """Selected positions [..., n_sel] (entries < 0 are padding) -> bool mask [..., Lk]."""
     if indices.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"indices must be int32 or int64, got {indices.dtype}")
+        raise InputError(f"indices must be int32 or int64, got {indices.dtype}")
     if indices.numel() and int(indices.max()) >= Lk:
-        raise ValueError(f"indices must be < the number of keys ({Lk}); got {int(indices.max())}")
+        raise InputError(f"indices must be < the number of keys ({Lk}); got {int(indices.max())}")
     idx = indices.long()
     valid = idx >= 0
     mask = torch.zeros(*idx.shape[:-1], Lk + 1, dtype=torch.bool, device=idx.device)
@@ -171,12 +173,12 @@ def topk_selection_mask(
     forced = forced_mask(vis, sink, local) if (sink or local) else None
     if indices is not None:
         if indices.dim() != 4 or indices.shape[0] != B or indices.shape[2] != Lq:
-            raise ValueError(
+            raise InputError(
                 f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got "
                 f"{tuple(indices.shape)}"
             )
         if indices.shape[1] not in (Hq, Hkv):
-            raise ValueError(f"indices head dim must be Hq={Hq} or Hkv={Hkv}, got {indices.shape[1]}")
+            raise InputError(f"indices head dim must be Hq={Hq} or Hkv={Hkv}, got {indices.shape[1]}")
         sel = indices_to_mask(indices, Lk)
         if sel.shape[1] != Hq:
             sel = sel.repeat_interleave(G, dim=1)
@@ -185,7 +187,7 @@ def topk_selection_mask(
     if topk is None:
         return vis.expand(B, Hq, Lq, Lk)
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     scores = _scores(q, k, scale)  # [B, Hq, Lq, Lk] fp32
     if granularity == "kv_group" and G > 1:
         grouped = scores.view(B, Hkv, G, Lq, Lk).sum(2)  # [B, Hkv, Lq, Lk]

@@ -29,6 +29,7 @@ from topkattn.ops.topk.triton_sparse import (
     INTERPRET, _num_sms, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
     sparse_attention, unit_stride,
 )
+from topkattn.errors import InputError
 
 GRANULARITIES = ("query_head", "kv_group")
 DECODE_BLOCK_N = 128  # measured best at B8 128k on the H100 (0.649x vs 0.676x at 64)
@@ -164,25 +165,25 @@ def topk_decode(
     if block_table is not None:
         block_table = block_table.to(device=q.device, dtype=torch.int32).contiguous()
     if Lq != 1:
-        raise ValueError(f"topk_decode takes one query per sequence (Lq=1); got Lq={Lq}")
+        raise InputError(f"topk_decode takes one query per sequence (Lq=1); got Lq={Lq}")
     if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
-        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        raise InputError(f"topk must be a positive integer, got {topk!r}")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if sink < 0 or local < 0:
-        raise ValueError(f"sink and local must be >= 0; got sink={sink}, local={local}")
+        raise InputError(f"sink and local must be >= 0; got sink={sink}, local={local}")
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q, k, v = unit_stride(q, k, v)
     lens = None
     if seq_lens is not None:
         if seq_lens.shape != (B,):
-            raise ValueError(f"seq_lens must be [B={B}]; got {tuple(seq_lens.shape)}")
+            raise InputError(f"seq_lens must be [B={B}]; got {tuple(seq_lens.shape)}")
         lens = seq_lens.to(device=q.device, dtype=torch.int32).contiguous()  # kernels clamp
     starts = None
     if seq_starts is not None:
         if seq_starts.shape != (B,):
-            raise ValueError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
+            raise InputError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
         starts = seq_starts.to(device=q.device, dtype=torch.int32).contiguous()
     group = granularity == "kv_group" and G > 1
     hsel = Hkv if group else Hq

@@ -24,6 +24,7 @@ from topkattn.ops.topk.triton_sparse import (
     INTERPRET, _combine_kernel, _num_sms, check_qkv, mm, online_softmax_step, row_unit_strides,
     scale_strides, unit_stride,
 )
+from topkattn.errors import InputError
 
 DENSE_BLOCK_N = 64
 DENSE_WARPS = 4
@@ -119,10 +120,10 @@ def range_decode(
     B, Hq, Lq, D = q.shape
     Hkv, n = k.shape[1], k.shape[2]
     if Lq != 1:
-        raise ValueError(f"range_decode takes one query per sequence (Lq=1); got Lq={Lq}")
+        raise InputError(f"range_decode takes one query per sequence (Lq=1); got Lq={Lq}")
     for name, t in (("starts", starts), ("ends", ends)):
         if t.shape != (B,) or t.dtype != torch.int32 or t.device != q.device:
-            raise ValueError(f"{name} must be int32 [B={B}] on {q.device}; got {t.dtype} "
+            raise InputError(f"{name} must be int32 [B={B}] on {q.device}; got {t.dtype} "
                              f"{tuple(t.shape)} on {t.device}")
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)

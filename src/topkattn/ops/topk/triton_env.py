@@ -12,6 +12,14 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") in ("1", "true", "True")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
+def num_sms(device: torch.device, default: int = 132) -> int:
+    """Streaming multiprocessors of a CUDA device; ``default`` elsewhere (the interpreter: 132,
+    an H100's / H200's count, gives grids split as on those GPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return default
+
+
 def kernels_run_on(t: torch.Tensor) -> bool:
     """Whether the Triton kernels can take tensors like ``t``."""
     return HAS_TRITON and (t.is_cuda or INTERPRET)

@@ -61,7 +61,6 @@ takes the same tile (``PREFILL_TILES_CPU``).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -70,7 +69,9 @@ import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import _f32_key
+from topkattn.ops.topk.triton_env import num_sms
 from topkattn.ops.topk.triton_sparse import INTERPRET, check_qkv, mm, unit_stride
+from topkattn.errors import InputError
 
 P_INF: tl.constexpr = tl.constexpr(2**31 - 1)
 _INTERP: tl.constexpr = tl.constexpr(INTERPRET)  # no inline assembly under the interpreter
@@ -119,8 +120,8 @@ PREFILL_SAMPLE_SIGMA = 0.4  # ... and enough for a rank error of about this * CA
 PREFILL_BIN_WORDS = 3  # count bins = 4 * words - 2 (plus one below and one above)
 PREFILL_PROBE_WORDS = 3  # estimate probe bins = 4 * words - 2
 PREFILL_COLLECT_WAVES = 2  # persistent collect programs per SM
-# threshold search of the autograd op: "bcc" or "radix" (env TOPKATTN_PREFILL_METHOD)
-PREFILL_METHOD = os.environ.get("TOPKATTN_PREFILL_METHOD", "bcc")
+# threshold search of the autograd op: "bcc" or "radix" (`prefill_thresholds(method=...)`)
+PREFILL_METHOD = "bcc"
 # tests: 1 = one bin for all keys, 2 = estimate far above the k-th score, 3 = the collect kernel
 # gets a bin map shifted by half a bin against the one the count kernel used (emulates count /
 # collect scores that differ), 4 = the collect kernel drops every other band store (emulates
@@ -1158,12 +1159,6 @@ def _launch(t: PrefillTile) -> dict:
     return opt
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def _strides(q, k, v):
     return (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2))
@@ -1222,7 +1217,7 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
         _thresh_kernel[(R, n_rb)](q, k, TB, PB, st, en, TB, TB, TB, *args, FLAGGED=False, **ck)
         return (TB, PB, torch.full_like(TB, 2)) if return_status else (TB, PB)
     if method != "bcc":
-        raise ValueError(f"method must be 'bcc' or 'radix', got {method!r}")
+        raise InputError(f"method must be 'bcc' or 'radix', got {method!r}")
     cap, W = PREFILL_CAP, PREFILL_BIN_WORDS
     assert cap & (cap - 1) == 0 and 1 <= W <= 16 and 1 <= PREFILL_PROBE_WORDS <= 16
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -1243,7 +1238,7 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
         FL=65535 // BN,
         ESTM=_ESTIMATE_MODE, **ck,
     )
-    nprog = min(R * n_rb, _COLLECT_PROGRAMS or _num_sms(q.device) * PREFILL_COLLECT_WAVES)
+    nprog = min(R * n_rb, _COLLECT_PROGRAMS or num_sms(q.device, default=4) * PREFILL_COLLECT_WAVES)
     BS = torch.empty(nprog * BM, cap, **f32)
     CK = torch.empty_like(TB)
     if _POISON:
@@ -1336,16 +1331,16 @@ def topk_prefill(
     """
     check_qkv(q, k, v)
     if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
-        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+        raise InputError(f"topk must be a positive integer, got {topk!r}")
     if sink < 0 or local < 0:
-        raise ValueError(f"sink and local must be >= 0; got sink={sink}, local={local}")
+        raise InputError(f"sink and local must be >= 0; got sink={sink}, local={local}")
     if granularity not in ("query_head", "kv_group"):
-        raise ValueError(f"granularity must be 'query_head' or 'kv_group', got {granularity!r}")
+        raise InputError(f"granularity must be 'query_head' or 'kv_group', got {granularity!r}")
     B, Hq, _, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     for name, t in (("starts", starts), ("ends", ends)):
         if t is not None and (t.dim() != 1 or t.shape[0] != B):
-            raise ValueError(f"{name} must be [B={B}], got {tuple(t.shape)}")
+            raise InputError(f"{name} must be [B={B}], got {tuple(t.shape)}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q, k, v = unit_stride(q, k, v)
     topk = min(topk, Lk)

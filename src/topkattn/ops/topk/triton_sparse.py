@@ -12,7 +12,6 @@ instead of gathered K rows. This is the primitive that approximate selectors reu
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -20,10 +19,10 @@ import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import pdl_launch, wait_prior
+from topkattn.errors import InputError
 
-NUM_SMS_DEFAULT = 132
-# The CPU interpreter mis-computes tl.dot on bf16 operands: upcast to fp32 there.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# The CPU interpreter mis-computes tl.dot on bf16 operands: `mm` upcasts to fp32 under it.
+from topkattn.ops.topk.triton_env import INTERPRET, num_sms as _num_sms  # noqa: E402,F401
 
 
 @triton.jit
@@ -172,22 +171,16 @@ def _combine_kernel(PM, PL, PACC, O, LSE, SPLITS, SP: tl.constexpr, D: tl.conste
     tl.store(LSE + row, tl.where(l > 0, mx_safe + tl.log(l_safe), float("-inf")))
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return NUM_SMS_DEFAULT
-
-
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Shape / dtype checks shared by the kernels (ValueError naming the value)."""
     from topkattn.ops.topk.naive import _check_inputs
 
     _check_inputs(q, k, v, None)
     if q.dtype == torch.float64:
-        raise ValueError("Triton kernels support float32, float16 and bfloat16, not float64")
+        raise InputError("Triton kernels support float32, float16 and bfloat16, not float64")
     D = q.shape[-1]
     if D not in (16, 32, 64, 128, 256):
-        raise ValueError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
+        raise InputError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
 
 
 def unit_stride(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -201,24 +194,24 @@ def check_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_table: 
     sequence can hold, pages * page_size. q [B, Hq, Lq, D]; k, v [num_pages, page_size, Hkv, D];
     block_table int [B, pages] of page numbers in [0, num_pages)."""
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise ValueError("paged cache: q must be [B, Hq, Lq, D] and k, v [num_pages, page_size, "
+        raise InputError("paged cache: q must be [B, Hq, Lq, D] and k, v [num_pages, page_size, "
                          f"Hkv, D] of one shape; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"q, k, v must share one of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise InputError(f"q, k, v must share one of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.device != k.device or q.device != v.device:
-        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+        raise InputError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
     B, Hq, _, D = q.shape
     if k.shape[-1] != D or Hq % k.shape[2]:
-        raise ValueError(f"paged cache: head_dim {k.shape[-1]} must equal q's {D} and Hkv "
+        raise InputError(f"paged cache: head_dim {k.shape[-1]} must equal q's {D} and Hkv "
                          f"{k.shape[2]} divide Hq {Hq}")
     if D not in (16, 32, 64, 128, 256):
-        raise ValueError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
+        raise InputError(f"head_dim must be one of 16, 32, 64, 128, 256 for the kernels; got {D}")
     if block_table.dim() != 2 or block_table.shape[0] != B or block_table.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"block_table must be int32/int64 [B={B}, pages]; got "
+        raise InputError(f"block_table must be int32/int64 [B={B}, pages]; got "
                          f"{block_table.dtype} {tuple(block_table.shape)}")
     if block_table.numel() and (block_table.min() < 0 or block_table.max() >= k.shape[0]):
-        raise ValueError(f"block_table entries must lie in [0, num_pages={k.shape[0]}); got "
+        raise InputError(f"block_table entries must lie in [0, num_pages={k.shape[0]}); got "
                          f"[{int(block_table.min())}, {int(block_table.max())}]")
     return block_table.shape[1] * k.shape[1]
 
@@ -311,13 +304,13 @@ def sparse_attention(
     B, Hq, Lq, D = q.shape
     G = Hq // Hkv
     if indices.dim() != 4 or indices.shape[0] != B or indices.shape[2] != Lq or indices.shape[1] not in (Hq, Hkv):
-        raise ValueError(f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got {tuple(indices.shape)}")
+        raise InputError(f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got {tuple(indices.shape)}")
     if indices.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"indices must be int32 or int64, got {indices.dtype}")
+        raise InputError(f"indices must be int32 or int64, got {indices.dtype}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if seq_starts is not None:
         if seq_starts.shape != (B,):
-            raise ValueError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
+            raise InputError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
         st = seq_starts.to(device=q.device, dtype=indices.dtype).view(B, 1, 1, 1)
         indices = torch.where(indices < st, -1, indices)
     if sink or local:

@@ -1,0 +1,25 @@
+"""The errors topkattn raises for its users' mistakes.
+
+Every error meant for a user (a bad value, a missing file, an unsupported model) derives from
+`TopkattnError`; the command line prints those as one line and exits with code 2, and lets
+anything else (a bug) keep its traceback. `InputError` is also a ValueError and `MissingFileError`
+a FileNotFoundError, so code that catches the built-in types keeps working.
+"""
+
+from __future__ import annotations
+
+
+class TopkattnError(Exception):
+    """Base of the errors that describe a user's mistake (message: the bad value and what is
+    allowed)."""
+
+
+class InputError(TopkattnError, ValueError):
+    """A value outside what is allowed."""
+
+
+class MissingFileError(TopkattnError, FileNotFoundError):
+    """A file or folder named by the user does not exist."""
+
+
+__all__ = ["InputError", "MissingFileError", "TopkattnError"]
