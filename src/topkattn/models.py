@@ -113,7 +113,7 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    from topkattn.integrations.hf import check_supported
+    from topkattn.compat import check_supported
 
     check_supported(model)
     return model, tokenizer

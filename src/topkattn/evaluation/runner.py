@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from topkattn.config import TopKConfig, parse_k
-from topkattn.selectors import parse_selector
 from topkattn.errors import InputError, MissingFileError
+from topkattn.selectors import parse_selector
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "eval_config.json"
