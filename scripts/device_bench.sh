@@ -2,7 +2,7 @@
 # One device call: GPU-marked kernel tests, then every benchmark (each step time-limited and
 # logged under $OUT). Usage on the device machine, from the repo root:
 #   bash scripts/device_bench.sh [ops]      (ops default: select,decode,sparse,prefill;
-#   also indexer_decode, and variants = scripts/device_select_variants.py: selection and decode variants, per-kernel profiles)
+#   also indexer_decode)
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 FINAL=${OUT:-runs/device}
@@ -14,8 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   # every kernel test runs on CUDA when it is there (tests/ops/compare.py:dev), gpu-marked ones too
-  # pytest-xdist (carried as a wheel, e.g. in .carry_whl/) spreads Triton's compilation over the cores
-  pip install -q --no-deps .carry_whl/*.whl > /dev/null 2>&1 || true
+  # pytest-xdist, where installed, spreads Triton's compilation over the cores
   par=$(python3 -c "import xdist" 2>/dev/null && echo "-n 10" || echo "-x")
   timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/ops -q $par -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
   pack
@@ -27,7 +26,6 @@ for op in ${OPS//,/ }; do
     sparse)  args="--ctx 32k,128k --k 2048 --batch 1,8" ;;
     prefill) args="--ctx 8k,16k --k 2048 --batch 1" ;;
     indexer_decode) args="--ctx 32k,128k --k 2048 --batch 1,8" ;;
-    variants) timeout 300 python3 scripts/device_select_variants.py 2>&1 | tee "$OUT/variants.txt"; pack; continue ;;
   esac
   # per-op override, e.g. ARGS_decode="--ctx 32k,128k --k 2048 --batch 1,8"
   ov="ARGS_$op"; args=${!ov:-$args}
