@@ -10,21 +10,56 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
-    from topkattn.evaluation.runner import Cell, EvalConfig, Summary
+    from topkattn.evaluation.runner import EvalConfig
 
 SUMMARY_FILE = "summary.json"
 TABLE_FILE = "table.md"
 PLOT_FILE = "accuracy.png"
 
 
-def aggregate(rows: Iterable[dict]) -> list["Cell"]:
-    """Cells (task, length, k) with sample counts and score sums, in first-seen order."""
-    from topkattn.evaluation.runner import Cell
+@dataclass
+class Cell:
+    """Accuracy of one (task, length, k) cell."""
 
+    task: str
+    length: int
+    k: str
+    n: int
+    score_sum: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.score_sum / self.n if self.n else float("nan")
+
+
+@dataclass
+class Summary:
+    """What `run_eval` measured, and where it wrote it."""
+
+    config: "EvalConfig"
+    cells: list[Cell]
+    out: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def accuracy(self, task: str, length: int, k: str) -> float | None:
+        for c in self.cells:
+            if c.task == task and c.length == length and c.k == k:
+                return c.accuracy
+        return None
+
+    def table(self) -> str:
+        """The markdown table (rows task x length, columns full then each k)."""
+        return markdown_table(self.cells, self.config.ks)
+
+
+def aggregate(rows: Iterable[dict]) -> list[Cell]:
+    """Cells (task, length, k) with sample counts and score sums, in first-seen order."""
     cells: dict[tuple[str, int, str], Cell] = {}
     for r in rows:
         key = (r["task"], int(r["length"]), str(r["k"]))
@@ -34,14 +69,14 @@ def aggregate(rows: Iterable[dict]) -> list["Cell"]:
     return list(cells.values())
 
 
-def _rows_of(cells: list["Cell"]) -> list[tuple[str, int]]:
+def _rows_of(cells: list[Cell]) -> list[tuple[str, int]]:
     seen: dict[tuple[str, int], None] = {}
     for c in cells:
         seen.setdefault((c.task, c.length), None)
     return sorted(seen, key=lambda tl: ([c.task for c in cells].index(tl[0]), tl[1]))
 
 
-def markdown_table(cells: list["Cell"], ks: Iterable[str]) -> str:
+def markdown_table(cells: list[Cell], ks: Iterable[str]) -> str:
     """Markdown table: rows task x length, columns ``full`` then each k; ``n`` per row."""
     ks = list(ks)
     by = {(c.task, c.length, c.k): c for c in cells}
@@ -60,7 +95,7 @@ def markdown_table(cells: list["Cell"], ks: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(cells: list["Cell"], ks: Iterable[str], path: Path, title: str = "") -> Path:
+def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str = "") -> Path:
     """Accuracy vs k, one panel per task, one line per length, full attention dashed."""
     import matplotlib
 
@@ -116,10 +151,8 @@ def plot_accuracy(cells: list["Cell"], ks: Iterable[str], path: Path, title: str
     return path
 
 
-def write_reports(cfg: "EvalConfig", rows: list[dict], out: Path) -> "Summary":
+def write_reports(cfg: "EvalConfig", rows: list[dict], out: Path) -> Summary:
     """Write summary JSON, markdown table and plot for ``rows``; return the `Summary`."""
-    from topkattn.evaluation.runner import Summary
-
     cells = aggregate(rows)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / SUMMARY_FILE

@@ -18,12 +18,13 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from topkattn.config import TopKConfig, parse_k
 from topkattn.errors import InputError, MissingFileError
+from topkattn.evaluation.report import Cell, Summary, write_reports  # noqa: F401  (Cell: re-exported)
 from topkattn.selectors import parse_selector
 
 RESULTS_FILE = "results.jsonl"
@@ -144,44 +145,6 @@ class EvalConfig:
         return d
 
 
-@dataclass
-class Cell:
-    """Accuracy of one (task, length, k) cell."""
-
-    task: str
-    length: int
-    k: str
-    n: int
-    score_sum: float
-
-    @property
-    def accuracy(self) -> float:
-        return self.score_sum / self.n if self.n else float("nan")
-
-
-@dataclass
-class Summary:
-    """What `run_eval` measured, and where it wrote it."""
-
-    config: EvalConfig
-    cells: list[Cell]
-    out: Path
-    files: dict[str, Path] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def accuracy(self, task: str, length: int, k: str) -> float | None:
-        for c in self.cells:
-            if c.task == task and c.length == length and c.k == k:
-                return c.accuracy
-        return None
-
-    def table(self) -> str:
-        """The markdown table (rows task x length, columns full then each k)."""
-        from topkattn.evaluation.report import markdown_table
-
-        return markdown_table(self.cells, self.config.ks)
-
-
 # Settings that change what a finished line means: a rerun into the same folder must keep them.
 RESUME_FIELDS = ("samples", "seed", "max_new_tokens", "sink", "local", "dense_layers",
                  "granularity", "selector", "backend")
@@ -297,7 +260,6 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    from topkattn.evaluation.report import write_reports
     from topkattn.tasks import get_task
     from topkattn.tasks.base import check_length
 
@@ -358,7 +320,6 @@ def report_only(cfg: EvalConfig) -> Summary:
     Uses every line whose task, length and k are in ``cfg`` (any sample count), so an
     interrupted or staged run can be reported as it stands.
     """
-    from topkattn.evaluation.report import write_reports
     from topkattn.tasks import get_task
 
     out = Path(cfg.out)
