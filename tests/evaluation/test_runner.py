@@ -81,8 +81,10 @@ def test_run_resume_and_reports(tiny, tokenizer, tmp_path, monkeypatch):
 
     # rerun: nothing is decoded again
     calls = []
-    real = R.greedy_decode
-    monkeypatch.setattr(R, "greedy_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    import topkattn.generation as G
+
+    real = G.greedy_decode
+    monkeypatch.setattr(G, "greedy_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     run_eval(tiny, tokenizer, cfg)
     assert calls == [] and len(read_results(tmp_path / "results.jsonl")) == 12
 
@@ -105,9 +107,11 @@ def test_resume_refuses_other_settings(tiny, tokenizer, tmp_path):
 
 
 def test_topk_decode_uses_sparsify(tiny, tokenizer, tmp_path, monkeypatch):
+    import topkattn.generation as G
+
     seen = []
-    real = R._sparsify
-    monkeypatch.setattr(R, "_sparsify", lambda m, c: seen.append(c) or real(m, c))
+    real = G._sparsify
+    monkeypatch.setattr(G, "_sparsify", lambda m, c: seen.append(c) or real(m, c))
     run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1, ks=("4", "full")))
     assert seen[0] is None and seen[1].k == 4 and seen[1].phases == ("decode",)
 

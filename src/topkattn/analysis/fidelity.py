@@ -12,7 +12,7 @@ each selector's set S with the exact top-k set E of q.k:
 
 `run_downstream` then evaluates every selector (and the ``precision:p`` sweep, with and without
 protecting the top member) on the task with Top-k decoding, by the same protocol as
-``topkattn eval`` (`topkattn.evaluation.runner.decode_branches`), and `correlate` / `plot_downstream` relate accuracy to
+``topkattn eval`` (`topkattn.generation.decode_branches`), and `correlate` / `plot_downstream` relate accuracy to
 precision and to mass recall (Pearson r).
 
 Selectors are given as objects or as specs of the one grammar of
@@ -197,7 +197,7 @@ def run_downstream(model, tokenizer, task, samples, topk: int, selectors: list[s
                    progress: bool = True, on_row=None) -> list[DownstreamRow]:
     """Accuracy of Top-k decoding with each selector (and dense ``full`` as reference).
 
-    The same protocol as ``topkattn eval`` (`topkattn.evaluation.runner.decode_branches`):
+    The same protocol as ``topkattn eval`` (`topkattn.generation.decode_branches`):
     each sample is prefilled once densely (all but its last token); every selector decodes
     from its own deep copy of that cache inside ``sparsify(model, TopKConfig(k=topk,
     selector=...))``, so even the first answer token comes from a Top-k step. ``task.score``
@@ -206,7 +206,7 @@ def run_downstream(model, tokenizer, task, samples, topk: int, selectors: list[s
     from rich.progress import Progress
 
     from topkattn.config import TopKConfig
-    from topkattn.evaluation.runner import decode_branches, eos_token_ids
+    from topkattn.generation import decode_branches, eos_token_ids
 
     settings: list[tuple[str, TopKConfig | None]] = [("full", None)] if include_full else []
     for lab in selectors:

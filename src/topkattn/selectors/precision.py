@@ -2,7 +2,7 @@
 
 A controlled-fidelity selector for studying how selection precision drives accuracy: the
 expected precision (|selected ∩ exact top-k| / k) is ``p``. Which members may be swapped is part
-of the dial (ANCHORS.md: swapping the single highest-scoring key, usually the attention sink,
+of the dial (docs/results.md: swapping the single highest-scoring key, usually the attention sink,
 is what hurts): the ``protect`` highest-scoring members are never swapped, and ``swap`` says
 which of the others go ("random", the "lowest"-scoring or the "highest"-scoring ones).
 

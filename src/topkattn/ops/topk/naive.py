@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of Top-k attention: the oracle every kernel is tested against.
 
-Definition (DESIGN.md; Top-k Decoding from arXiv 2512.03494): for a query q over keys K,
+Definition (docs/design.md; Top-k Decoding from arXiv 2512.03494): for a query q over keys K,
 scores s = q.K^T * scale; positions the query may not see (causality, padding) are removed
 first; the selected set S is the ``sink`` first and ``local`` most recent visible positions
 plus the ``topk`` highest-scoring visible positions among the rest; softmax runs over S only
