@@ -12,7 +12,7 @@ from topkattn.selectors.precision import PrecisionSelector
 from topkattn.selectors.quest import QuestSelector
 from topkattn.selectors.random import RandomSelector
 from topkattn.selectors.registry import (
-    SELECTORS, SelectorSpecError, make_selector, parse_selector, register, selector_name, split_specs,
+    SELECTORS, SelectorSpecError, make_selector, parse_selector, register, split_specs,
 )
 from topkattn.selectors.spans import SpanSelector
 from topkattn.selectors.window import WindowSelector
@@ -43,6 +43,5 @@ __all__ = [
     "make_selector",
     "parse_selector",
     "register",
-    "selector_name",
     "split_specs",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from topkattn.errors import InputError
+from topkattn.ops.topk.naive import topk_indices, visible_mask
 
 
 @dataclass
@@ -108,8 +109,6 @@ class ScoreSelector(Selector):
     def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
         """int64 [B, H', Lq, min(topk, Lk)]: the top-k visible keys of `group_scores` (ties:
         lowest position); a shared ranking (H = 1) is repeated over the KV heads."""
-        from topkattn.ops.topk.naive import topk_indices, visible_mask
-
         Lq, Lk, Hkv = q.shape[2], k.shape[2], k.shape[1]
         idx = topk_indices(self.group_scores(q, k, ctx), ctx.topk,
                            visible_mask(Lq, Lk, True, None, q.device))

@@ -94,13 +94,17 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
-def parse_selector(spec: str) -> Selector:
-    """The selector object of a spec (see the module docstring)."""
-    name, kwargs = parse_spec(spec)
+def _build(name: str, kwargs: dict[str, Any], spec: str) -> Selector:
+    """SELECTORS[name](**kwargs), its own validation errors reported against ``spec``."""
     try:
         return SELECTORS[name](**kwargs)
     except (TypeError, ValueError, FileNotFoundError) as e:
         raise SelectorSpecError(f"selector {spec!r}: {e}") from None
+
+
+def parse_selector(spec: str) -> Selector:
+    """The selector object of a spec (see the module docstring)."""
+    return _build(*parse_spec(spec), spec)
 
 
 def split_specs(text: str) -> list[str]:
@@ -130,21 +134,4 @@ def make_selector(spec: str | Selector, **overrides) -> Selector:
     if bad:
         raise SelectorSpecError(f"unknown key {bad[0]!r} for {name}; it takes: "
                                 f"{', '.join(spec_fields(name)) or 'no arguments'}")
-    try:
-        return SELECTORS[name](**(kwargs | overrides))
-    except (TypeError, ValueError, FileNotFoundError) as e:
-        raise SelectorSpecError(f"selector {spec!r}: {e}") from None
-
-
-def selector_name(selector: Selector) -> str:
-    """The registered name of a selector object's class (its class name if unregistered)."""
-    _ensure_loaded()
-    for name, cls in SELECTORS.items():
-        if type(selector) is cls:
-            return name
-    return type(selector).__name__
-
-
-def check_selector_name(spec: str) -> None:
-    """Raise `SelectorSpecError` unless ``spec`` parses (name and keys)."""
-    parse_spec(spec)
+    return _build(name, kwargs | overrides, spec)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.triton_select import pdl_launch, select_rows, wait_prior, workspace
+from topkattn.ops.select.triton_select import _row_range, pdl_launch, select_rows, wait_prior, workspace
 from topkattn.ops.topk.triton_sparse import (
     INTERPRET, _num_sms, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
     sparse_attention, unit_stride,
@@ -60,9 +60,7 @@ def _scores_kernel(
     b = bh // Hkv
     hkv = bh % Hkv
     b64 = b.to(tl.int64)
-    L = n + b * 0
-    if HAS_LENS:
-        L = tl.minimum(tl.load(LENS + b), n)
+    _, L = _row_range(LENS, LENS, bh, Hkv, n, HAS_LENS, False)  # sequence bh // Hkv = b
     g = tl.arange(0, GP)
     gm = g < G
     d = tl.arange(0, D)

@@ -18,11 +18,10 @@ import triton
 import triton.language as tl
 
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.triton_select import pdl_launch, wait_prior
 from topkattn.errors import InputError
-
-# The CPU interpreter mis-computes tl.dot on bf16 operands: `mm` upcasts to fp32 under it.
-from topkattn.ops.topk.triton_env import INTERPRET, num_sms as _num_sms  # noqa: E402,F401
+from topkattn.ops.select.triton_select import pdl_launch, wait_prior
+# INTERPRET: the CPU interpreter mis-computes tl.dot on bf16 operands, so `mm` upcasts under it
+from topkattn.ops.topk.triton_env import INTERPRET, num_sms as _num_sms  # noqa: F401 (re-exported)
 
 
 @triton.jit
