@@ -73,6 +73,11 @@ def resolve_model_source(name_or_path: str | None) -> tuple[str, str | None]:
     return name_or_path, None
 
 
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(e).__name__
+
+
 def load_model(
     name_or_path: str | None = None,
     dtype=None,
@@ -85,35 +90,56 @@ def load_model(
         name_or_path: None or "default" (embedded SmolLM2-135M-Instruct), a local folder, a
             ``.gguf`` file, or a Hub id.
         dtype: torch dtype (default: float32 on CPU, bfloat16 on CUDA).
-        device: "cpu", "cuda", ... (default: cuda when available).
+        device: "cpu", "cuda", "cuda:N" (default: cuda when available), checked first by
+            `topkattn.devices.check_device`.
         attn_implementation: the dense attention used outside `sparsify` blocks.
 
     Returns:
-        (model in eval mode, tokenizer). Raises `ModelNotFoundError` for a missing path and
-        ValueError for a model that is not a supported causal LM.
+        (model in eval mode, tokenizer). Before any weight is read: `InputError` for a bad
+        device, `ModelNotFoundError` for a missing path or a folder without config.json, and
+        `UnsupportedModelError` (an InputError, one line) for a model that is not a supported
+        causal LM (`topkattn.compat.check_config`); after loading, `compat.check_supported`.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from topkattn.compat import UnsupportedModelError, check_config, check_supported
+    from topkattn.devices import check_device
+
+    dev = check_device(device)
     source, gguf = resolve_model_source(name_or_path)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if gguf is None and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"model folder {name_or_path!r} has no config.json, so it is not a saved Hugging Face "
+            "model (save one with model.save_pretrained(folder) and tokenizer.save_pretrained("
+            "folder), or give a .gguf file)")
     if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     kwargs = {"gguf_file": gguf} if gguf else {}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(f"could not load model {name_or_path!r}: {_one_line(e)}") from None
+    except (ValueError, KeyError) as e:  # unknown model_type: transformers' message lists all
+        raise UnsupportedModelError(
+            f"model {name_or_path!r}: transformers cannot read its config ({_one_line(e)[:160]})"
+        ) from None
+    check_config(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation=attn_implementation, **kwargs
         )
     except OSError as e:
-        raise ModelNotFoundError(
-            f"could not load model {name_or_path!r}: {str(e).splitlines()[0]}"
-        ) from None
+        raise ModelNotFoundError(f"could not load model {name_or_path!r}: {_one_line(e)}") from None
+    except ValueError as e:
+        msg = str(e)
+        if "does not support an attention implementation" in msg or "Unrecognized configuration" in msg:
+            raise UnsupportedModelError(
+                f"model {name_or_path!r} ({config.model_type}): {_one_line(e)[:200]}") from None
+        raise
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
-    from topkattn.compat import check_supported
-
     check_supported(model)
+    model.to(dev).eval()
     return model, tokenizer

@@ -4,7 +4,11 @@
 and the benchmarks. On CUDA tensors with Triton available it runs the fused kernels
 (`triton_decode`, `triton_prefill`, `triton_sparse`); elsewhere the pure-PyTorch reference
 (`naive`). ``backend="reference"`` or the environment variable ``TOPKATTN_BACKEND=reference``
-forces the reference (tests use this to compare).
+forces the reference (tests use this to compare). An unknown ``TOPKATTN_BACKEND`` is an
+`InputError` wherever it is read (`resolve_backend`, `env_backend`), whatever ``backend`` is.
+
+Every argument is checked before any work (`InputError` naming the value). NaN / inf inputs
+follow the reference's policy (`topkattn.ops.topk.naive` module docstring).
 """
 
 from __future__ import annotations
@@ -14,23 +18,51 @@ import warnings
 
 import torch
 
-from topkattn.ops.topk.naive import topk_attention_reference
+from topkattn.ops.topk.naive import check_arguments, topk_attention_reference
 from topkattn.errors import InputError
 
 BACKENDS = ("auto", "reference", "triton")
 _warned: set[str] = set()
 
 
+def env_backend() -> str | None:
+    """``TOPKATTN_BACKEND`` (None when unset or empty); `InputError` naming the variable, its
+    value and the allowed values when it is set to anything else."""
+    env = os.environ.get("TOPKATTN_BACKEND")
+    if not env:
+        return None
+    if env not in BACKENDS:
+        raise InputError(f"environment variable TOPKATTN_BACKEND={env!r} is not a backend: "
+                         f"allowed values are {', '.join(BACKENDS)} (or unset it)")
+    return env
+
+
 def resolve_backend(backend: str) -> str:
-    """``backend`` with ``TOPKATTN_BACKEND`` applied to "auto" (ValueError for unknown ones)."""
+    """``backend`` with ``TOPKATTN_BACKEND`` applied to "auto" (`InputError` for an unknown
+    ``backend``, and for an unknown ``TOPKATTN_BACKEND`` even when ``backend`` is explicit)."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    env = os.environ.get("TOPKATTN_BACKEND")
+    env = env_backend()
     if backend == "auto" and env:
-        if env not in BACKENDS:
-            raise InputError(f"TOPKATTN_BACKEND must be one of {BACKENDS}, got {env!r}")
         backend = env
     return backend
+
+
+def check_indices(indices: torch.Tensor, Lk: int) -> None:
+    """Explicit selections: int32 / int64 entries in [-1, Lk) (-1 = padding). Costs one device
+    synchronisation (the range is read on the host), so only the public `topk_attention` runs
+    it; generation's exact decode path calls the custom ops directly and never pays it."""
+    if not isinstance(indices, torch.Tensor):
+        raise InputError(f"indices must be an int tensor or None, got {type(indices).__name__}")
+    if indices.dtype not in (torch.int32, torch.int64):
+        raise InputError(f"indices must be int32 or int64, got {indices.dtype}")
+    if indices.numel() == 0:
+        return
+    lo, hi = (int(x) for x in torch.stack([indices.min(), indices.max()]).tolist())
+    if lo < -1 or hi >= Lk:
+        bad = lo if lo < -1 else hi
+        raise InputError(f"indices must be key positions in [0, {Lk}) or -1 (padding); got "
+                         f"{bad} (min {lo}, max {hi})")
 
 
 def use_kernels(q: torch.Tensor, backend: str = "auto") -> bool:
@@ -76,7 +108,21 @@ def topk_attention(
     See `topkattn.ops.topk.naive.topk_attention_reference` for the exact definition of every
     argument; kernels match it. ``backend`` is "auto", "reference" or "triton" ("triton"
     fails when no kernel fits the inputs).
+
+    Checked first (`InputError` naming the bad value): ``sink`` and ``local`` integers >= 0,
+    ``scale`` None or finite > 0, and ``indices`` int32 / int64 in [-1, Lk) where -1 is padding
+    (the value `naive.topk_indices` and every selector emit; other negative values are refused,
+    a Python-style index from the end would otherwise count as padding). The indices range
+    check reads two numbers on the host: one device synchronisation per call with indices
+    (generation's exact decode calls the custom ops, not this function, and pays none).
+    A selected position the query cannot see (causality, ``attn_mask``) is dropped, never an
+    error: selectors rely on it (`topkattn.selectors.base`); a row left with nothing selected
+    is zero.
     """
+    check_arguments(scale, sink, local)
+    if indices is not None:
+        if k.dim() == 4:  # other shapes: the shape checks below name them
+            check_indices(indices, k.shape[2])
     backend = resolve_backend(backend)
     args = (q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse)
     if backend == "triton" or (backend == "auto" and q.is_cuda):
@@ -102,4 +148,5 @@ def topk_attention(
     return topk_attention_reference(*args)
 
 
-__all__ = ["topk_attention", "topk_attention_reference", "BACKENDS", "use_kernels", "resolve_backend"]
+__all__ = ["topk_attention", "topk_attention_reference", "BACKENDS", "use_kernels", "resolve_backend",
+           "env_backend", "check_indices"]

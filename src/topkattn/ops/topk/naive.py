@@ -12,17 +12,40 @@ With ``topk`` >= the number of visible keys the result equals dense (masked) att
 Shapes: q [B, Hq, Lq, D]; k, v [B, Hkv, Lk, D] with Hq a multiple of Hkv; the Lq queries sit at
 the last Lq key positions (query i is at position Lk - Lq + i). Scores and softmax are computed
 in fp32; the output has q's dtype.
+
+NaN / inf policy (like `torch.nn.functional.scaled_dot_product_attention`'s math path, tested
+against it): a NaN score ranks above every other score (as in `torch.topk`), so a visible key
+whose score is NaN, or +inf, is always selected and its row comes out NaN; a NaN in a query
+makes its whole row NaN. A score of -inf is a selected key with zero weight. Only the selected
+set matters: a NaN or inf in a key or value the query cannot see, or did not select, has no
+effect (SDPA's math path lets such a value poison every row through 0 * NaN; its CPU flash path
+even returns zeros for a NaN query). A NaN or inf in a selected value propagates as in the sum
+p_j v_j (NaN, or +/-inf, in that output entry). A row with nothing selected is zero, lse -inf.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from topkattn.errors import InputError
 
 GRANULARITIES = ("query_head", "kv_group")
+
+
+def check_arguments(scale: float | None, sink: int, local: int) -> None:
+    """The scalar arguments (host values only: no device synchronisation): ``sink`` and
+    ``local`` integers >= 0, ``scale`` None or a finite number > 0."""
+    for name, val in (("sink", sink), ("local", local)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            raise InputError(f"{name} must be an integer >= 0, got {name}={val!r}")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise InputError(f"scale must be None or a finite number > 0, got scale={scale!r}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"scale must be None or a finite number > 0, got scale={scale!r}")
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int | None) -> None:
@@ -102,9 +125,12 @@ def select_topk_mask(
     Returns:
         bool [..., Lk]: forced positions plus the ``topk`` highest-scoring remaining visible
         positions (all of them when fewer remain); among equal scores the lowest position wins.
+        A NaN score ranks highest (like +inf, as in `torch.topk`).
     """
     cand = vis if forced is None else vis & ~forced
-    s = scores.float().masked_fill(~cand, float("-inf"))
+    s = scores.float()
+    # NaN ranks above everything (torch.topk's order), so a NaN score is selected and shows
+    s = torch.where(torch.isnan(s), float("inf"), s).masked_fill(~cand, float("-inf"))
     Lk = s.shape[-1]
     if topk >= Lk:
         sel = cand.expand_as(s)
@@ -241,6 +267,7 @@ def topk_attention_reference(
         out [B, Hq, Lq, D] in q's dtype (rows with no visible key are zero), and lse when asked.
     """
     _check_inputs(q, k, v, topk)
+    check_arguments(scale, sink, local)
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -259,12 +286,30 @@ def topk_attention_reference(
         sel = topk_selection_mask(qc, kc, topk, causal, scale, sink, local, granularity, ic, mc)
         s = _scores(qc, kc, scale).masked_fill(~sel, float("-inf"))
         lse = torch.logsumexp(s, dim=-1)  # [B, Hq, lq]; -inf where nothing selected
-        p = torch.exp(s - torch.where(torch.isfinite(lse), lse, 0.0).unsqueeze(-1))
+        # NaN / +inf lse (a selected NaN or +inf score) stays: those rows come out NaN
+        p = torch.exp(s - torch.where(lse == float("-inf"), 0.0, lse).unsqueeze(-1))
         vv = vc.float().repeat_interleave(G, dim=1) if G > 1 else vc.float()
-        outs.append(torch.matmul(p, vv).to(q.dtype))
+        outs.append(_weighted_values(p, vv, sel).to(q.dtype))
         lses.append(lse)
     out = torch.cat(outs, dim=2)
     return (out, torch.cat(lses, dim=2)) if return_lse else out
+
+
+def _weighted_values(p: torch.Tensor, vv: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """sum_{j in S} p_j v_j: p [B, H, lq, n] (zero outside S), vv [B, H, n, D] fp32, sel the
+    set. Values outside S take no part even when NaN / inf (p_j = 0 would make 0 * NaN = NaN);
+    non-finite selected values give NaN or +/-inf in their output entries."""
+    if vv.device.type == "cpu" and bool(torch.isfinite(vv).all()):  # free on the host
+        return torch.matmul(p, vv)
+    finite = torch.isfinite(vv)
+    out = torch.matmul(p, torch.where(finite, vv, 0.0))
+    # how many selected (p > 0) entries of each output column are NaN, +inf, -inf
+    taken = (sel & (p > 0)).float()
+    flags = torch.cat([torch.isnan(vv), vv == float("inf"), vv == float("-inf")], -1).float()
+    n_nan, n_pos, n_neg = torch.matmul(taken, flags).chunk(3, -1)
+    out = torch.where(n_neg > 0, float("-inf"), out)
+    out = torch.where(n_pos > 0, float("inf"), out)
+    return torch.where((n_nan > 0) | ((n_pos > 0) & (n_neg > 0)), float("nan"), out)
 
 
 def dense_attention_reference(
