@@ -121,8 +121,9 @@ def check_supported(model: torch.nn.Module) -> None:
     can_generate = getattr(model, "can_generate", None)
     if callable(can_generate) and not can_generate():
         raise UnsupportedModelError(
-            f"{cls} ({mt}) has no language-model head (a base model); load the model with "
-            "AutoModelForCausalLM (topkattn.models.load_model does)")
+            f"{cls} ({mt}) is not a decoder-only causal LM with a language-model head (a base "
+            "or encoder model); load a causal LM with AutoModelForCausalLM (topkattn.models."
+            "load_model does)")
     modules = attention_modules(model)
     if not modules:
         raise UnsupportedModelError(

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from topkattn.ops.topk.naive import check_arguments, topk_attention_reference
+from topkattn.ops.topk.naive import check_arguments, check_indices_shape, topk_attention_reference
 from topkattn.errors import InputError
 
 BACKENDS = ("auto", "reference", "triton")
@@ -121,7 +121,8 @@ def topk_attention(
     """
     check_arguments(scale, sink, local)
     if indices is not None:
-        if k.dim() == 4:  # other shapes: the shape checks below name them
+        if q.dim() == 4 and k.dim() == 4:  # other shapes: the shape checks below name them
+            check_indices_shape(indices, q, k)
             check_indices(indices, k.shape[2])
     backend = resolve_backend(backend)
     args = (q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse)

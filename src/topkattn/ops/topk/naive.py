@@ -48,6 +48,17 @@ def check_arguments(scale: float | None, sink: int, local: int) -> None:
             raise InputError(f"scale must be None or a finite number > 0, got scale={scale!r}")
 
 
+def check_indices_shape(indices: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+    """``indices`` [B, Hq or Hkv, Lq, n] for q [B, Hq, Lq, D], k [B, Hkv, Lk, D] (shapes only:
+    no device synchronisation)."""
+    B, Hq, Lq = q.shape[:3]
+    Hkv = k.shape[1]
+    if (not isinstance(indices, torch.Tensor) or indices.dim() != 4 or indices.shape[0] != B
+            or indices.shape[2] != Lq or indices.shape[1] not in (Hq, Hkv)):
+        shape = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise InputError(f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got {shape}")
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int | None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise InputError(
@@ -268,6 +279,8 @@ def topk_attention_reference(
     """
     _check_inputs(q, k, v, topk)
     check_arguments(scale, sink, local)
+    if indices is not None:
+        check_indices_shape(indices, q, k)
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G = Hq // Hkv
