@@ -6,8 +6,9 @@ from a copy of that cache (repeated over the batch) and decodes greedily:
 - ``dense-default``: no `sparsify`, DynamicCache, transformers' default SDPA (on Hopper with
   torch 2.11 that is cuDNN, which rebuilds its plan for every new key length), eager;
 - ``dense-flash``: the same with the flash backend preferred, eager;
-- ``dense-ranges``: `sparsify(TopKConfig(k=None))`: full attention over key ranges, StaticCache,
-  one decode step captured in a CUDA graph (the graph machinery Top-k uses, without Top-k);
+- ``dense-ranges``: `sparsify(TopKConfig(k=None))`: full attention over key ranges, eager with a
+  DynamicCache, and over a StaticCache with one decode step captured in a CUDA graph (the
+  machinery Top-k uses, without Top-k);
 - ``topk-kv_group`` / ``topk-query_head``: exact Top-k (k per run), DynamicCache eager and
   StaticCache + CUDA graph.
 
@@ -164,6 +165,7 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
     modes = [  # (name, cfg or None, cache kind, sdpa priority)
         ("dense-default", None, "dynamic", False),
         ("dense-flash", None, "dynamic", True),
+        ("dense-ranges", TopKConfig(k=None), "dynamic", False),
         ("dense-ranges", TopKConfig(k=None), "static", False),
         ("topk-kv_group", TopKConfig(k=k, granularity="kv_group"), "dynamic", False),
         ("topk-kv_group", TopKConfig(k=k, granularity="kv_group"), "static", False),

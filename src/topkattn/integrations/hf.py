@@ -34,7 +34,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from topkattn.config import TopKConfig
 from topkattn.integrations import key_ranges as kr
 from topkattn.ops.topk import topk_attention, use_kernels
-from topkattn.ops.topk.custom_ops import range_decode_op, topk_decode_op
+from topkattn.ops.topk.custom_ops import decode_ops
 from topkattn.selectors import ExactSelector, SelectionContext, Selector
 from topkattn.compat import UnsupportedModelError, attention_modules, check_supported  # noqa: F401
 from topkattn.errors import InputError
@@ -115,11 +115,12 @@ def _ranges_decode(state, query, key, value, ranges, scale):
         sparse = cfg.applies_to(state.layer_idx, "decode", context)
         topk = cfg.k_for(context)
     _count(state, sparse)
+    topk_decode, range_decode = decode_ops()
     if not sparse:
-        out = range_decode_op(query, key, value, lo, hi, scale, kernel)
+        out = range_decode(query, key, value, lo, hi, scale, kernel)
     elif state.selector is None:
-        out = topk_decode_op(query, key, value, lo, hi, topk, scale, cfg.sink, cfg.local,
-                             cfg.granularity == "kv_group", kernel)
+        out = topk_decode(query, key, value, lo, hi, topk, scale, cfg.sink, cfg.local,
+                          cfg.granularity == "kv_group", kernel)
     else:
         mask = kr.ranges_to_bool_mask(ranges, 1, n)
         indices = state.selector.select(query, key, _selection_context(state, topk, scale, "decode"))

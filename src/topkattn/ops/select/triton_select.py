@@ -52,10 +52,11 @@ except ImportError:  # pragma: no cover
     gdc_launch_dependents = gdc_wait = None
     _HAS_PDL = False
 
-from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.topk.triton_env import INTERPRET
-from topkattn.ops.select.reference import _check
 from topkattn.errors import InputError
+from topkattn.ops.launch import cached_launch
+from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
+from topkattn.ops.select.reference import _check
+from topkattn.ops.topk.triton_env import INTERPRET, compute_major, num_sms
 
 # `_log_bin`: |x - c| over 16 octaves of 2^_MANT steps per sign, the octaves placed per row by
 # `_row_frame` (c and the scale come from a sample of the row), smaller and larger |x - c|
@@ -343,6 +344,7 @@ def publish_pick(HIST, DONE, INFO, r, nprog, k, ncand, SAMPLE, SHIFT, c, u0):
         tl.store(DONE + r64, 0)
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["n", "stride_s"])
 def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE, INFO, SHIFT,
                  HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
@@ -375,6 +377,7 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     publish_pick(HIST, DONE, INFO, r, tl.num_programs(1), k, c_hi - c_lo, SAMPLE, SHIFT, c, u0)
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["n", "stride_s", "CAP", "ZERO"])
 def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, OUT,
                  stride_o, BUF, CAP, ZERO, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
@@ -507,6 +510,7 @@ def _finish_regs(buf, orow, nb, rem, cursor, c_lo, c_hi, RB: tl.constexpr,
     return cursor + tl.sum(si, 0)
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["n", "stride_s", "CAP"])
 def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT, OUT, stride_o, KOUT,
                    BUF, CAP, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr,
@@ -627,8 +631,7 @@ PDL_EARLY = True  # ... and let the next kernel launch as soon as the selection 
 def pdl_launch(device: torch.device) -> dict:
     """Launch options for kernels that begin with `wait_prior`: PDL on CUDA devices of compute
     capability 9.0 or newer (and not under the interpreter), else none."""
-    if (not USE_PDL or not _HAS_PDL or device.type != "cuda" or INTERPRET
-            or torch.cuda.get_device_capability(device)[0] < 9):
+    if not USE_PDL or not _HAS_PDL or INTERPRET or compute_major(device) < 9:
         return {}
     return {"PDL": True, "launch_pdl": True}
 
@@ -642,7 +645,7 @@ def pdl_early(device: torch.device) -> dict:
 
 
 def _iters(programs: int, device: torch.device) -> int:
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = num_sms(device, default=4)
     it = 1
     while it * 2 <= SELECT_ITERS and programs // (it * 2) >= 2 * sms:
         it *= 2

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import _row_range, pdl_launch, select_rows, wait_prior, workspace
 from topkattn.ops.topk.triton_sparse import (
@@ -42,6 +43,7 @@ DECODE_SCORES_STAGES = 3
 DECODE_SPARSE_WAVES = 2
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["n", "ssb", "ssh", "sgb", "sgh", "skb", "skh", "skn"])
 def _scores_kernel(
     Q, K, S, SG, LENS, BT, sqb, sqh, skb, skh, skn, ssb, ssh, sgb, sgh, sbt, PS, Hkv, n, G, scale,

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import pdl_launch, wait_prior
 from topkattn.ops.topk.triton_sparse import (
@@ -33,6 +34,7 @@ DENSE_STAGES = 3  # software-pipelining depth of the key loop
 DENSE_WAVES = 2
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["n", "CHUNK", "skb", "skh", "skn", "svb", "svh", "svn"])
 def _range_decode_kernel(
     Q, K, V, STARTS, ENDS, O, LSE, PM, PL, PACC,

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.errors import InputError
 from topkattn.ops.select.triton_select import pdl_launch, wait_prior
@@ -77,6 +78,7 @@ def kv_rows(b64, pos, skb, skn, BT, sbt, PS, valid, PAGED: tl.constexpr):
         return tl.where(valid, b64 * skb + pos.to(tl.int64) * skn, 0)
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["Lk", "ssb", "ssh", "skb", "skh", "skn", "svb", "svh", "svn"])
 def _sparse_fwd_kernel(
     Q, K, V, IDX, S, LENS, O, LSE, PM, PL, PACC, BT,
@@ -149,6 +151,7 @@ def _sparse_fwd_kernel(
         tl.store(PACC + prow[:, None] * D + d[None, :], acc, mask=gm[:, None])
 
 
+@cached_launch
 @triton.jit
 def _combine_kernel(PM, PL, PACC, O, LSE, SPLITS, SP: tl.constexpr, D: tl.constexpr,
                     PDL: tl.constexpr = False):
