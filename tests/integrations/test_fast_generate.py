@@ -224,3 +224,33 @@ def test_opcheck_decode_ops_gpu(op):
     hi = torch.tensor([3000, 2500], dtype=torch.int32, device="cuda")
     args = (q, k, v, lo, hi, 256, 0.125, 1, 2, True) if op == "topk_decode" else (q, k, v, lo, hi, 0.125)
     torch.library.opcheck(OPS[op], args)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_embedded_model_static_and_compiled_match_dynamic_on_gpu():
+    """The embedded SmolLM2-135M-Instruct on the GPU: `generate` inside `sparsify` gives the
+    same tokens with the DynamicCache, a StaticCache (transformers compiles that forward) and
+    a StaticCache passed by hand, for exact Top-k and for the Lightning Indexer's range path.
+    ``TOPKATTN_EMBEDDED_GGUF`` may name the GGUF file (a device machine without the wheel)."""
+    import os
+    import warnings
+
+    from topkattn.models import load_model
+    from topkattn.selectors.lightning import LightningSelector
+
+    model, tok = load_model(os.environ.get("TOPKATTN_EMBEDDED_GGUF") or None, device="cuda")
+    text = " ".join(f"Item {i}: the code for room {i % 37} is {(i * 7919) % 10007}." for i in range(120))
+    x = tok(text + " What is the code for room 5?", return_tensors="pt").input_ids.cuda()
+    assert x.shape[1] > 1000
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
+    for cfg in (TopKConfig(k=64, granularity="kv_group", phases=("decode",)),
+                TopKConfig(k=64, selector=LightningSelector(), phases=("decode",))):
+        with torch.no_grad(), sparsify(model, cfg), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dyn = model.generate(x, **kw)
+            stat = model.generate(x, cache_implementation="static", **kw)
+            by_hand = model.generate(x, past_key_values=StaticCache(
+                config=model.config, max_cache_len=x.shape[1] + 32), **kw)
+        assert torch.equal(dyn, stat), cfg
+        assert torch.equal(dyn, by_hand), cfg

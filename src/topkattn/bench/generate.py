@@ -10,7 +10,10 @@ from a copy of that cache (repeated over the batch) and decodes greedily:
   DynamicCache, and over a StaticCache with one decode step captured in a CUDA graph (the
   machinery Top-k uses, without Top-k);
 - ``topk-kv_group`` / ``topk-query_head``: exact Top-k (k per run), DynamicCache eager and
-  StaticCache + CUDA graph.
+  StaticCache + CUDA graph;
+- ``topk-lightning``: a Lightning Indexer (untrained, 4 heads x 64: its speed does not depend
+  on its weights) picks k keys per sequence from its own key cache (`LightningSelector`'s
+  `range_indices` path), the same two paths.
 
 Per mode: median ms per decode step after a warm-up that covers compilation, tokens/s, peak GPU
 memory, and the attention share of a step (the attention op of one layer timed alone in a CUDA
@@ -134,6 +137,8 @@ def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
     lo = torch.zeros(B, dtype=torch.int32, device="cuda")
     hi = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
     scale = q.shape[-1] ** -0.5
+    if kind == "topk-lightning":
+        return None  # the indexer's share is not timed alone
     if kind == "dense-flash" or kind == "dense-default":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -158,6 +163,7 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
 
     from topkattn import TopKConfig, sparsify
     from topkattn.integrations.hf import _sdpa_priority
+    from topkattn.selectors.lightning import LightningSelector
 
     k = ks[0] if ks else 2048
     model = llama3_8b_random(layers, max(ctxs) + 64)
@@ -171,6 +177,8 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
         ("topk-kv_group", TopKConfig(k=k, granularity="kv_group"), "static", False),
         ("topk-query_head", TopKConfig(k=k, granularity="query_head"), "dynamic", False),
         ("topk-query_head", TopKConfig(k=k, granularity="query_head"), "static", False),
+        ("topk-lightning", TopKConfig(k=k, selector=LightningSelector()), "dynamic", False),
+        ("topk-lightning", TopKConfig(k=k, selector=LightningSelector()), "static", False),
     ]
     rows = []
     for ctx in ctxs:

@@ -58,6 +58,12 @@ def arg_key(a: Any, specialize: bool) -> Any:
     return a  # None, dtypes, constexpr values: by value
 
 
+def _hooked(hook) -> bool:
+    """Whether a Triton launch hook is set: a function, or a non-empty hook chain (Triton
+    >= 3.5 keeps an empty `HookChain` there by default)."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 class CachedLaunch:
     """A ``@triton.jit`` kernel launched as ``k[grid](*args, **kwargs)`` (runtime arguments by
     position, constexprs and launch options by keyword), through the compiled kernel's
@@ -87,7 +93,7 @@ class CachedLaunch:
             self.fn[grid](*args, **kwargs)
             return
         rt = triton.knobs.runtime
-        if rt.launch_enter_hook is not None or rt.launch_exit_hook is not None:
+        if _hooked(rt.launch_enter_hook) or _hooked(rt.launch_exit_hook):
             self.fn[grid](*args, **kwargs)
             return
         flags = self._param_flags()

@@ -78,6 +78,22 @@ class Selector(abc.ABC):
             a query may not see are dropped by the operator, so a selector need not mask them.
         """
 
+    def range_indices(self, q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
+                      ends: torch.Tensor, ctx: SelectionContext) -> torch.Tensor | None:
+        """Optional fast decode path over key ranges (one query per sequence, a cache whose
+        sequence b sees positions [starts[b], ends[b]), int32 [B] on the device): int32
+        indices [B, Hkv, 1, n], each row distinct and inside its range (-1: padding), computed
+        with no host synchronisation while a CUDA graph is captured or `torch.compile`
+        traces. None (the default): the integration uses `select` with a mask instead."""
+        return None
+
+    def observe_prefill(self, q: torch.Tensor, k: torch.Tensor, end: int,
+                        ctx: SelectionContext) -> None:
+        """Called by the integration at every prefill over key ranges, outside any graph: the
+        chunk's queries q [B, Hq, Lq, D] and the layer's whole cache k [B, Hkv, cap, D] whose
+        positions [0, end) are now filled. Selectors with a `range_indices` path index those
+        positions here. Default: nothing."""
+
 
 class ScoreSelector(Selector):
     """A selector that ranks keys by a score: subclasses implement `score` only."""

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from topkattn.selectors._common import PrefixStore, check_int, fingerprint
+from topkattn.ops.topk.naive import topk_indices
 from topkattn.selectors.base import ScoreSelector, SelectionContext
 from topkattn.errors import InputError, MissingFileError
 
@@ -252,6 +253,96 @@ class LightningSelector(ScoreSelector):
     def score(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
         """Index scores [B, 1, Lq, Lk]: one ranking shared by all heads."""
         return self.scores(q, k, ctx)[:, None]
+
+    # -- the fast decode path over key ranges (see `Selector.range_indices`) ---------------
+
+    def _key_cache(self, layer: IndexerLayer, k: torch.Tensor, end: int, store: dict,
+                   ) -> RangeKeyCache:
+        """This layer's indexer key cache, holding at least k's positions, with positions
+        [0, end) computed from k (host-side bookkeeping only: no synchronisation)."""
+        B, _, cap, _ = k.shape
+        kc: RangeKeyCache | None = store.get("lightning_ranges")
+        if kc is None or kc.keys.shape[0] != B or kc.keys.shape[2] != layer.head_dim:
+            kc = RangeKeyCache(torch.zeros(B, 0, layer.head_dim, device=k.device))
+        if kc.keys.shape[1] < cap:
+            if _capturing(k):
+                raise InputError(
+                    "the lightning selector's key cache cannot grow while a CUDA graph is "
+                    "captured or torch.compile traces: prefill through sparsify (or run one "
+                    "eager decode step) first")
+            grown = torch.zeros(B, max(cap, 2 * kc.keys.shape[1]), layer.head_dim, device=k.device)
+            grown[:, :kc.keys.shape[1]] = kc.keys  # decoded slots past `filled` included
+            kc.keys = grown
+        end = min(end, cap)
+        if end > kc.filled:
+            kc.keys[:, kc.filled:end] = layer.keys(k[:, :, kc.filled:end])
+            kc.filled = end
+        store["lightning_ranges"] = kc
+        return kc
+
+    def observe_prefill(self, q: torch.Tensor, k: torch.Tensor, end: int,
+                        ctx: SelectionContext) -> None:
+        """Index the filled positions [0, end) of the cache k [B, Hkv, cap, D]."""
+        with torch.no_grad():
+            self._key_cache(self._layer(q, k, ctx), k, end, ctx.store)
+
+    @torch.no_grad()
+    def range_indices(self, q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
+                      ends: torch.Tensor, ctx: SelectionContext) -> torch.Tensor | None:
+        """int32 [B, Hkv, 1, min(topk, cap)]: the top-k positions of each sequence's range by
+        the index scores, one set shared by all heads (-1: padding).
+
+        The new token's indexer key (slot ends - 1) is written into the key cache on the
+        device. The prompt was indexed by `observe_prefill`; without a prefill seen there,
+        every position before the new one is indexed first. Then the index-score kernel and
+        the radix selection run over [starts, ends)."""
+        if q.shape[2] != 1:
+            return None
+        from topkattn.ops.select.triton_select import select_rows
+        from topkattn.ops.topk.triton_env import kernels_run_on
+        from topkattn.ops.topk.triton_index import index_scores
+
+        B, Hkv, cap, D = k.shape
+        layer = self._layer(q, k, ctx)
+        # a prefill seen through `observe_prefill` indexed the prompt, and every decode step
+        # writes its own slot; without one, index every position before the new one now
+        seen = "lightning_ranges" in ctx.store
+        kc = self._key_cache(layer, k, 0 if seen else cap - 1, ctx.store)
+        slot = (ends.long() - 1).clamp(0, cap - 1)  # [B]: the new token's key slot
+        new = k.gather(2, slot.view(B, 1, 1, 1).expand(B, Hkv, 1, D))
+        kc.keys[torch.arange(B, device=k.device), slot] = layer.keys(new)[:, 0]
+        if self.query_source == "hidden":
+            if ctx.hidden_states is None:
+                raise InputError("the lightning selector needs the layer's hidden states "
+                                 "(ctx.hidden_states is None; use it through sparsify)")
+            x = ctx.hidden_states[:, -1:]
+        else:
+            x = q.transpose(1, 2).reshape(B, 1, -1)
+        iq, w = layer.queries(x)  # [B, 1, H, d], [B, 1, H]
+        scores = index_scores(iq[:, 0] * layer.head_dim**-0.5, w[:, 0], kc.keys[:, :cap],
+                              starts, ends)  # [B, cap]
+        kk = min(ctx.topk, cap)
+        if kernels_run_on(scores):
+            idx = select_rows(scores, kk, ends, 1, starts=starts)  # int32 [B, kk]
+        else:
+            pos = torch.arange(cap, device=k.device)
+            vis = (pos >= starts[:, None]) & (pos < ends[:, None])
+            idx = topk_indices(scores, kk, vis).to(torch.int32)
+        return idx.view(B, 1, 1, kk).expand(B, Hkv, 1, kk)
+
+
+@dataclass
+class RangeKeyCache:
+    """Indexer keys [B, cap, head_dim] (fp32) of one layer's cache positions, the first
+    ``filled`` computed from the model keys on the host's schedule; later slots are written
+    by the decode steps themselves (on the device)."""
+
+    keys: torch.Tensor
+    filled: int = 0
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 __all__ = ["IndexerConfig", "IndexerLayer", "LightningIndexer", "LightningSelector",
