@@ -9,7 +9,7 @@ import torch
 from topkattn.selectors.base import ScoreSelector, SelectionContext, expand_heads
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExactSelector(ScoreSelector):
     """Exact top-k of q.k (per query head, or per KV group by summed scores). Inside
     `sparsify` this is the kernels' own selection; as an object it is the oracle of the

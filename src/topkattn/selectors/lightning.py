@@ -160,7 +160,7 @@ class LightningIndexer(nn.Module):
         return ind.to(device) if device is not None else ind
 
 
-@dataclass
+@dataclass(frozen=True)
 class LightningSelector(ScoreSelector):
     """Top-k by a Lightning Indexer's scores (one set per query row, shared by all heads).
 
@@ -178,15 +178,19 @@ class LightningSelector(ScoreSelector):
     head_dim: int = 64
     query_source: str = "hidden"
     seed: int = 0
-    _warned: bool = field(default=False, repr=False, compare=False)
+    # the untrained indexer made at the first call when neither path nor indexer is given: a
+    # lazily built cache, not a setting (outside init, repr and comparison; set through
+    # object.__setattr__ since the selector is frozen)
+    _random_indexer: LightningIndexer | None = field(default=None, init=False, repr=False,
+                                                     compare=False)
 
     def __post_init__(self) -> None:
         if self.indexer is None and self.path is not None:
-            self.indexer = LightningIndexer.load(self.path)
+            object.__setattr__(self, "indexer", LightningIndexer.load(self.path))
         if self.indexer is not None:
             if not isinstance(self.indexer, LightningIndexer):
                 raise InputError(f"indexer must be a LightningIndexer, got {type(self.indexer).__name__}")
-            self.query_source = self.indexer.cfg.query_source
+            object.__setattr__(self, "query_source", self.indexer.cfg.query_source)
         if self.query_source not in QUERY_SOURCES:
             raise InputError(
                 f"query_source must be one of {QUERY_SOURCES}, got {self.query_source!r}"
@@ -197,28 +201,28 @@ class LightningSelector(ScoreSelector):
         return self.query_source == "hidden"
 
     def _layer(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> IndexerLayer:
-        if self.indexer is None:
-            if not self._warned:
-                warnings.warn("lightning selector without trained weights: using a random "
-                              "indexer (train one with `topkattn train-indexer`)", stacklevel=3)
-                self._warned = True
+        indexer = self.indexer if self.indexer is not None else self._random_indexer
+        if indexer is None:
+            warnings.warn("lightning selector without trained weights: using a random "
+                          "indexer (train one with `topkattn train-indexer`)", stacklevel=3)
             B, Hq, Lq, D = q.shape
             q_in = (ctx.hidden_states.shape[-1] if self.query_source == "hidden" else Hq * D)
             mcfg = getattr(ctx.module, "config", None)
             n_layers = getattr(mcfg, "num_hidden_layers", None) or max(64, (ctx.layer_idx or 0) + 1)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                self.indexer = LightningIndexer(IndexerConfig(
+                indexer = LightningIndexer(IndexerConfig(
                     n_layers=n_layers, q_in=q_in, kv_dim=k.shape[1] * D,
                     n_heads=self.n_heads, head_dim=self.head_dim, query_source=self.query_source))
-        if self.indexer.layers[0].wq.weight.device != q.device:
-            self.indexer.to(q.device)
+            object.__setattr__(self, "_random_indexer", indexer)
+        if indexer.layers[0].wq.weight.device != q.device:
+            indexer.to(q.device)
         li = 0 if ctx.layer_idx is None else ctx.layer_idx
-        if li >= len(self.indexer.layers):
+        if li >= len(indexer.layers):
             raise InputError(
-                f"layer_idx {li} out of range: the indexer has {len(self.indexer.layers)} layers"
+                f"layer_idx {li} out of range: the indexer has {len(indexer.layers)} layers"
             )
-        return self.indexer.layers[li]
+        return indexer.layers[li]
 
     def index_keys(self, layer: IndexerLayer, k: torch.Tensor, store: dict) -> torch.Tensor:
         """Indexer keys of all cached positions [B, Lk, d], new positions computed only."""

@@ -27,7 +27,7 @@ from topkattn.errors import InputError
 SWAP_MODES = ("random", "lowest", "highest")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrecisionSelector(ExactSelector):
     """Exact top-k with a fraction ``1 - p`` of its members replaced by random positions.
 
@@ -46,9 +46,9 @@ class PrecisionSelector(ExactSelector):
     _gen: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.p = check_float("precision p", self.p, 0.0, 1.0)
-        self.protect = check_int("protect", self.protect, 0)
-        self.seed = check_int("seed", self.seed, 0)
+        object.__setattr__(self, "p", check_float("precision p", self.p, 0.0, 1.0))
+        object.__setattr__(self, "protect", check_int("protect", self.protect, 0))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
         if self.swap not in SWAP_MODES:
             raise InputError(f"swap must be one of {SWAP_MODES}, got {self.swap!r}")
 

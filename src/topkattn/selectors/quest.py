@@ -49,7 +49,7 @@ def page_upper_bound(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) ->
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuestSelector(ScoreSelector):
     """Quest page selection.
 
@@ -60,7 +60,7 @@ class QuestSelector(ScoreSelector):
     page_size: int = 16
 
     def __post_init__(self) -> None:
-        self.page_size = check_int("page_size", self.page_size, 1)
+        object.__setattr__(self, "page_size", check_int("page_size", self.page_size, 1))
 
     def _bounds(self, k: torch.Tensor, store: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Page min/max [B, Hkv, P, D] of all pages, full ones from the store."""

@@ -14,7 +14,7 @@ from topkattn.selectors._common import check_int
 from topkattn.selectors.base import SelectionContext, Selector
 
 
-@dataclass
+@dataclass(frozen=True)
 class RandomSelector(Selector):
     """Random visible positions.
 
@@ -28,7 +28,7 @@ class RandomSelector(Selector):
     _gen: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.seed = check_int("seed", self.seed, 0)
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
 
     def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
         """-> int64 [B, Hkv, Lq, min(topk, Lk)] (-1 where a row sees fewer keys)."""

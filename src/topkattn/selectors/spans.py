@@ -67,7 +67,7 @@ def segment(sim: torch.Tensor, start: int, L: int, min_span: int, max_span: int,
     return starts
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpanSelector(ScoreSelector):
     """Ltri-LLM-style span retrieval.
 
@@ -88,8 +88,8 @@ class SpanSelector(ScoreSelector):
     keep_first: bool = True
 
     def __post_init__(self) -> None:
-        self.max_span = check_int("max_span", self.max_span, 1)
-        self.min_span = check_int("min_span", self.min_span, 1)
+        object.__setattr__(self, "max_span", check_int("max_span", self.max_span, 1))
+        object.__setattr__(self, "min_span", check_int("min_span", self.min_span, 1))
         if self.min_span > self.max_span:
             raise InputError(
                 f"min_span must be <= max_span, got min_span={self.min_span}, "

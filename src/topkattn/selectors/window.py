@@ -14,7 +14,7 @@ from topkattn.selectors._common import check_int
 from topkattn.selectors.base import SelectionContext, Selector
 
 
-@dataclass
+@dataclass(frozen=True)
 class WindowSelector(Selector):
     """Sink tokens + recent window.
 
@@ -25,7 +25,7 @@ class WindowSelector(Selector):
     sink: int = 4
 
     def __post_init__(self) -> None:
-        self.sink = check_int("sink", self.sink, 0)
+        object.__setattr__(self, "sink", check_int("sink", self.sink, 0))
 
     def select(self, q: torch.Tensor, k: torch.Tensor, ctx: SelectionContext) -> torch.Tensor:
         """-> int64 [B, Hkv, Lq, n] with n = topk (duplicates and positions < 0 are -1)."""
