@@ -7,8 +7,11 @@ answers. Tasks are data and scoring only: they never import a model or the integ
 Scoring (`exact_match_score`): the prediction and every answer are normalised (lower case,
 punctuation other than ``-`` dropped, whitespace collapsed); an answer counts as found when it
 occurs in the normalised prediction. A sample's score is the *fraction* of its answers found
-(1.0 or 0.0 for single-answer tasks, which all the synthetic tasks are). Multiple-choice tasks
-(LongBench v2) override `score` with a letter match.
+(1.0 or 0.0 for single-answer tasks). Benchmarks read from files (LongBench v2, HELMET) and the
+RULER aggregation tasks (CWE, FWE) override `score` with their authors' metric.
+
+Two optional hooks for the evaluation runner/report: `Task.followup` (a second generation turn,
+LongBench v2 chain of thought) and `Task.breakdown` (a benchmark's own summary of its rows).
 """
 
 from __future__ import annotations
@@ -131,6 +134,25 @@ class Task(ABC):
     def score(self, prediction: str, sample: Sample) -> float:
         """Score in [0, 1] of a generated text against the sample's answers."""
         return exact_match_score(prediction, sample.answers)
+
+    def followup(self, tokenizer: TokenizerLike, sample: Sample, prediction: str) -> str | None:
+        """The prompt of a second turn built from the first turn's output, or None (one turn).
+
+        A runner that supports two-turn tasks generates from this prompt (at most
+        ``followup_max_new_tokens`` tokens) and scores *that* output with `score`. LongBench v2's
+        chain-of-thought variant uses it; a runner that ignores it scores the first output.
+        """
+        return None
+
+    followup_max_new_tokens: int = 128
+
+    def breakdown(self, rows: list[dict]) -> dict | None:
+        """Benchmark-specific summary of per-sample result rows (one setting), or None.
+
+        ``rows`` are result records with at least ``sample_id`` and ``score``. LongBench v2
+        returns accuracy overall, by difficulty and by length bucket (`LongBenchV2Task`).
+        """
+        return None
 
 
 def check_length(length: int, max_length: int | None) -> None:
