@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from topkattn.errors import InputError
 
@@ -35,6 +35,23 @@ def resolve_k(k: int | None, k_ratio: float | None, context: int) -> int:
     if k_ratio is None:  # pragma: no cover - prevented by TopKConfig validation
         raise TopKConfigError("one of k or k_ratio must be set")
     return max(1, math.ceil(k_ratio * context))
+
+
+def check_k(k: int | None, k_ratio: float | None) -> None:
+    """Raise `TopKConfigError` naming the value unless (k, k_ratio) is a valid k setting: a
+    positive integer k, a ratio in (0, 1], or neither (dense). The one rule for k, used by
+    `TopKConfig.__post_init__` and by `parse_k`."""
+    if k is not None and k_ratio is not None:
+        raise TopKConfigError(f"set k or k_ratio, not both (got k={k}, k_ratio={k_ratio})")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TopKConfigError(f"k must be a positive integer, got {k!r}")
+        if k <= 0:
+            raise TopKConfigError(f"k must be a positive integer (k >= 1), got k={k}")
+    if k_ratio is not None:
+        r = k_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 < r <= 1.0):
+            raise TopKConfigError(f"k_ratio must be in (0, 1], got k_ratio={r!r}")
 
 
 @dataclass(frozen=True)
@@ -74,19 +91,7 @@ class TopKConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.k is not None and self.k_ratio is not None:
-            raise TopKConfigError(
-                f"set k or k_ratio, not both (got k={self.k}, k_ratio={self.k_ratio})"
-            )
-        if self.k is not None:
-            if isinstance(self.k, bool) or not isinstance(self.k, int):
-                raise TopKConfigError(f"k must be a positive integer, got {self.k!r}")
-            if self.k <= 0:
-                raise TopKConfigError(f"k must be a positive integer (k >= 1), got k={self.k}")
-        if self.k_ratio is not None:
-            r = self.k_ratio
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 < r <= 1.0):
-                raise TopKConfigError(f"k_ratio must be in (0, 1], got k_ratio={r!r}")
+        check_k(self.k, self.k_ratio)
         phases = (self.phases,) if isinstance(self.phases, str) else tuple(self.phases)
         bad = [p for p in phases if p not in PHASES]
         if bad or not phases:
@@ -148,25 +153,116 @@ class TopKConfig:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
+    @property
+    def k_label(self) -> str:
+        """``"full"``, ``"64"`` or the ratio (``"0.05"``)."""
+        return setting_label(self.k, self.k_ratio)
 
-def parse_k(text: str) -> TopKConfig | None:
-    """Parse a CLI k value: ``"64"`` (absolute), ``"0.05"`` or ``"5%"`` (ratio), ``"full"``.
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values; the selector as its spec (`selector_spec`)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["phases"], d["dense_layers"] = list(self.phases), list(self.dense_layers)
+        d["selector"] = selector_spec(self.selector)
+        return d
 
-    Returns ``None`` for ``"full"`` (dense attention). Raises `TopKConfigError` otherwise.
+
+class KSetting(NamedTuple):
+    """One k setting as plain values: ``(k, k_ratio)``; both None means full (dense)
+    attention. `TopKConfig` takes them as they are: ``replace(base, k=s.k, k_ratio=s.k_ratio)``.
     """
-    t = text.strip().lower()
+
+    k: int | None
+    k_ratio: float | None
+
+    @property
+    def dense(self) -> bool:
+        return self.k is None and self.k_ratio is None
+
+
+FULL = KSetting(None, None)
+
+
+def parse_k(text: str) -> KSetting:
+    """Parse one CLI k value into plain values ``(k, k_ratio)``: ``"64"`` -> ``(64, None)``,
+    ``"0.05"`` or ``"5%"`` -> ``(None, 0.05)``, ``"full"``/``"dense"`` -> ``(None, None)``.
+
+    Raises `TopKConfigError` naming the value (the rule of `check_k`, the one `TopKConfig`
+    applies). No config is built: the caller puts the values into its own `TopKConfig`.
+    """
+    t = str(text).strip().lower()
     if t in ("full", "dense"):
-        return None
+        return FULL
     try:
         if t.endswith("%"):
-            return TopKConfig(k=None, k_ratio=float(t[:-1]) / 100.0)
-        if any(c in t for c in ".e"):
-            return TopKConfig(k=None, k_ratio=float(t))
-        return TopKConfig(k=int(t))
-    except ValueError as e:
-        if isinstance(e, TopKConfigError):
-            raise
+            setting = KSetting(None, float(t[:-1]) / 100.0)
+        elif any(c in t for c in ".e"):
+            setting = KSetting(None, float(t))
+        else:
+            setting = KSetting(int(t), None)
+    except ValueError:
         raise TopKConfigError(
             f"k must be a positive integer, a ratio in (0, 1] such as 0.05 or 5%, or 'full'; "
             f"got {text!r}"
         ) from None
+    try:
+        check_k(*setting)
+    except TopKConfigError as e:
+        raise TopKConfigError(f"{e} (from k {text!r})") from None
+    return setting
+
+
+def parse_k_list(text: str | list | tuple) -> list[tuple[str, KSetting]]:
+    """A comma-separated list of k values (or a list of them) -> ``[(label, (k, k_ratio))]``
+    in the given order, without duplicates; ``label`` is the canonical text
+    (`k_label`). Raises `TopKConfigError` naming the first bad value."""
+    items = text.split(",") if isinstance(text, str) else [str(x) for x in text]
+    out: dict[str, KSetting] = {}
+    for item in items:
+        if item.strip():
+            out.setdefault(k_label(item), parse_k(item))
+    return list(out.items())
+
+
+def k_label(text: str) -> str:
+    """Canonical label of a k value as typed: ``"full"``, ``"64"``, ``"5%"``, ``"0.05"``."""
+    t = str(text).strip().lower()
+    return "full" if t in ("full", "dense") else t
+
+
+def setting_label(k: int | None, k_ratio: float | None) -> str:
+    """Label of plain k values: ``"full"``, ``"64"`` or the ratio (``"0.05"``)."""
+    if k is None and k_ratio is None:
+        return "full"
+    return str(k) if k is not None else f"{k_ratio:g}"
+
+
+def selector_spec(selector: Any) -> str:
+    """A spec string of a selector object (`topkattn.selectors.parse_selector` reads it back
+    for the built-in selectors): ``None`` -> ``"exact"``; fields equal to their defaults are
+    left out; an in-memory object without a spec form (a Lightning indexer given as a module,
+    an unregistered class) is named by its class."""
+    import dataclasses
+
+    if selector is None:
+        return "exact"
+    from topkattn.selectors.registry import SELECTORS
+
+    name = next((n for n, cls in SELECTORS.items() if type(selector) is cls), None)
+    if name is None or not dataclasses.is_dataclass(selector):
+        return type(selector).__name__
+    items = []
+    for f in dataclasses.fields(selector):
+        if not f.init or f.name.startswith("_"):
+            continue
+        v = getattr(selector, f.name)
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING
+                   else dataclasses.MISSING)
+        if v == default:
+            continue
+        if not isinstance(v, (str, int, float, bool)):
+            if f.name == "indexer" and getattr(selector, "path", None) is not None:
+                continue  # loaded from its path, which the spec names
+            return f"{name}:<{type(v).__name__}>"
+        items.append(f"{f.name}={v}")
+    return name + (":" + ",".join(items) if items else "")

@@ -125,3 +125,27 @@ def test_cli_compare(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "o" / "entropy.json").read_text())
     assert len(data) == 2 and data[0]["entropy"] == data[1]["entropy"]
+
+
+def test_ks_are_parsed_once_into_values():
+    from topkattn.analysis.entropy import k_value, parse_ks
+
+    assert parse_ks("16, 64,5%,16") == ["16", "64", "5%"]
+    assert k_value("16", 100) == 16 and k_value("5%", 100) == 5 and k_value("0.5", 3) == 2
+    acc = EntropyAccumulator(ks=["5%"])
+    assert acc.keys_kept("5%", 1000) == 50 and acc.keys_kept("5%", 10) == 1
+
+
+@pytest.mark.parametrize("k,msg", [("full", "entropy --k takes integers or ratios, not 'full'"),
+                                   ("8,abc", "got 'abc'"), ("0", "got k=0")])
+def test_cli_bad_k_is_one_line(monkeypatch, capsys, tmp_path, k, msg):
+    import sys
+
+    import topkattn.cli as cli
+
+    monkeypatch.setattr(sys, "argv", ["topkattn", "entropy", "--k", k, "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and msg in err
+    assert len(err.strip().splitlines()) == 1

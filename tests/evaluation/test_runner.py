@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from topkattn.config import TopKConfigError
+from topkattn.config import TopKConfig, TopKConfigError
 from topkattn.evaluation import EvalConfig, parse_length, read_results, run_eval
 from topkattn.evaluation import runner as R
 
@@ -41,20 +41,23 @@ def test_parse_length():
 
 
 def test_config_validation(tmp_path):
-    c = _cfg(tmp_path)
+    c = _cfg(tmp_path, topk=TopKConfig(k=None, sink=2, min_context=16))
     assert c.ks == ("full", "4", "50%") and c.lengths == (256,)
-    assert c.topk_config("full") is None
-    t = c.topk_config("4")
-    assert t.k == 4 and t.phases == ("decode",)
-    assert c.topk_config("50%").k_ratio == 0.5
+    settings = dict(c.settings())
+    assert list(settings) == ["full", "4", "50%"] and settings["full"] is None
+    t = settings["4"]
+    assert t.k == 4 and t.k_ratio is None and t.phases == ("decode",)
+    assert t.sink == 2 and t.min_context == 16  # the base's other fields are kept
+    assert settings["50%"].k_ratio == 0.5 and settings["50%"].k is None
+    assert c.ks == _cfg(tmp_path, ks="4,full,50%,4").ks  # a string, duplicates dropped
     with pytest.raises(ValueError, match="unknown task 'bogus'"):
         _cfg(tmp_path, tasks=("bogus",))
     with pytest.raises(TopKConfigError):
         _cfg(tmp_path, ks=("zero",))
     with pytest.raises(ValueError, match="samples"):
         _cfg(tmp_path, samples=0)
-    with pytest.raises(ValueError, match="granularity"):
-        _cfg(tmp_path, granularity="rows")
+    with pytest.raises(ValueError, match="topk must be a TopKConfig"):
+        _cfg(tmp_path, topk="quest:16")
     with pytest.raises(ValueError, match="max_new_tokens"):
         _cfg(tmp_path, max_new_tokens=0)
 
@@ -100,6 +103,9 @@ def test_resume_refuses_other_settings(tiny, tokenizer, tmp_path):
     run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1, ks=("full",)))
     with pytest.raises(ValueError, match=r"samples=1 \(now 2\)"):
         run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=2))
+    with pytest.raises(ValueError, match=r"min_context=0 \(now 8\)"):  # a Top-k setting
+        run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1,
+                                       topk=TopKConfig(k=None, min_context=8)))
     # new tasks, lengths and ks are fine
     run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey", "kv"), samples=1,
                                    ks=("full", "4")))
@@ -114,6 +120,22 @@ def test_topk_decode_uses_sparsify(tiny, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(G, "_sparsify", lambda m, c: seen.append(c) or real(m, c))
     run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1, ks=("4", "full")))
     assert seen[0] is None and seen[1].k == 4 and seen[1].phases == ("decode",)
+
+
+def test_old_config_folder_resumes_with_the_same_settings(tiny, tokenizer, tmp_path):
+    """A folder written before the Top-k settings moved under "topk" (flat fields) still
+    resumes with equal settings and refuses others."""
+    run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1, ks=("full",)))
+    path = tmp_path / "eval_config.json"
+    d = json.loads(path.read_text())
+    flat = {k: v for k, v in d.items() if k != "topk"}
+    flat.update(sink=0, local=0, dense_layers=[], granularity="query_head", selector="exact",
+                backend="auto")
+    path.write_text(json.dumps(flat))
+    run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1, ks=("full",)))
+    path.write_text(json.dumps(flat | {"selector": "quest:8"}))
+    with pytest.raises(ValueError, match=r"selector='quest:page_size=8' \(now 'exact'\)"):
+        run_eval(tiny, tokenizer, _cfg(tmp_path, tasks=("passkey",), samples=1, ks=("full",)))
 
 
 def test_k_larger_than_context_equals_full(tiny, tokenizer, tmp_path):

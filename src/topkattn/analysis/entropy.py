@@ -58,21 +58,23 @@ def topk_stats(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def parse_ks(ks: str | list | tuple) -> list[str]:
-    """``"16,64,5%"`` -> ["16", "64", "5%"] (validated with `topkattn.config.parse_k`)."""
-    from topkattn.config import parse_k
+    """``"16,64,5%"`` -> ["16", "64", "5%"] (validated with `topkattn.config.parse_k`; 'full'
+    is refused: the top-k mass of all keys is 1)."""
+    from topkattn.config import parse_k_list
 
-    items = [s.strip() for s in (ks.split(",") if isinstance(ks, str) else ks) if str(s).strip()]
-    for s in items:
-        if parse_k(str(s)) is None:
-            raise InputError(f"entropy --k takes integers or ratios, not {s!r}")
-    return [str(s) for s in items]
+    labels = []
+    for label, setting in parse_k_list(ks):
+        if setting.dense:
+            raise InputError(f"entropy --k takes integers or ratios, not {label!r}")
+        labels.append(label)
+    return labels
 
 
 def k_value(k: str, context: int) -> int:
     """Keys kept for a k string ("64" or "0.05"/"5%") at ``context`` keys."""
-    from topkattn.config import parse_k
+    from topkattn.config import parse_k, resolve_k
 
-    return parse_k(k).k_for(context)
+    return resolve_k(*parse_k(k), context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +88,15 @@ class EntropyAccumulator:
     ks: list[str]
     sums: dict = field(default_factory=dict)  # layer -> {"entropy": [H], "count": int, ...}
     contexts: list[int] = field(default_factory=list)
+    _values: dict = field(default_factory=dict, repr=False)  # k label -> (k, k_ratio)
+
+    def keys_kept(self, k: str, context: int) -> int:
+        """`k_value` with each label parsed once."""
+        from topkattn.config import parse_k, resolve_k
+
+        if k not in self._values:
+            self._values[k] = parse_k(k)
+        return resolve_k(*self._values[k], context)
 
     def add(self, layer: int, query: torch.Tensor, key: torch.Tensor,
             mask: torch.Tensor | None, scale: float) -> None:
@@ -108,7 +119,7 @@ class EntropyAccumulator:
         slot["entropy"] += entropy(p).double().sum(0).cpu()
         slot["count"] += B
         for k in self.ks:
-            ent, mass = topk_stats(p, k_value(k, n_vis))
+            ent, mass = topk_stats(p, self.keys_kept(k, n_vis))
             t = slot["topk"].setdefault(k, {"entropy": torch.zeros(Hq, dtype=torch.float64),
                                             "mass": torch.zeros(Hq, dtype=torch.float64)})
             t["entropy"] += ent.double().sum(0).cpu()
@@ -143,7 +154,7 @@ class EntropyAccumulator:
             "mean_context": ctx,
             "log_context": math.log(ctx) if ctx > 0 else 0.0,
             "decode_calls": len(self.contexts),
-            "k_values": {k: k_value(k, max(1, round(ctx))) for k in self.ks},
+            "k_values": {k: self.keys_kept(k, max(1, round(ctx))) for k in self.ks},
         }
 
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from topkattn.cli.topk_options import KListOpt
 from topkattn.evaluation.runner import parse_length
 
 
@@ -15,7 +16,6 @@ def entropy_command(
     length: str = typer.Option("1k", "--length", help="prompt length in tokens (1024, 2k)"),
     samples: int = typer.Option(4, "--samples", help="prompts"),
     steps: int = typer.Option(8, "--steps", help="decode steps measured per prompt"),
-    k: str = typer.Option("16,64", "--k", help="k values for top-k mass: 16,64 or 5%"),
     seed: int = typer.Option(0, "--seed", help="task seed"),
     compare: Optional[str] = typer.Option(None, "--compare", help="a second model, side by "
                                           "side (e.g. after Top-k SFT)"),
@@ -23,9 +23,11 @@ def entropy_command(
     compare_label: Optional[str] = typer.Option(None, "--compare-label"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda"),
     out: str = typer.Option("runs/entropy", "--out", help="output folder"),
+    k: KListOpt = "16,64",
 ) -> None:
     """Shannon entropy of each layer's and head's attention, renormalised top-k entropy and the
-    attention mass the top k keys hold; JSON, markdown table, heatmap and per-layer plot."""
+    attention mass the top k keys hold (for each --k, integers or ratios); JSON, markdown
+    table, heatmap and per-layer plot."""
     from rich.console import Console
 
     from topkattn.analysis.entropy import EntropyConfig, run_entropy, write_outputs

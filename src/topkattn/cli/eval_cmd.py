@@ -6,6 +6,9 @@ from typing import Optional
 
 import typer
 
+from topkattn.cli.topk_options import (BackendOpt, DenseLayersOpt, GranularityOpt, KListOpt,
+                                       LocalOpt, MinContextOpt, SelectorOpt, SinkOpt, topk_sweep)
+
 
 def eval_command(
     model: str = typer.Option("default", "--model",
@@ -17,9 +20,6 @@ def eval_command(
     lengths: str = typer.Option("1k,2k,4k", "--lengths",
                                 help="comma-separated prompt lengths in tokens of the model's "
                                 "tokenizer, e.g. 1k,2k,4k or 1024,2048"),
-    k: str = typer.Option("8,32,128,full", "--k",
-                          help="comma-separated k settings: an integer (keys per query), a "
-                          "ratio such as 0.05 or 5%, or 'full' (dense; always measured)"),
     samples: int = typer.Option(10, "--samples",
                                 help="samples per task and length (needle depths swept "
                                 "evenly over them)"),
@@ -28,18 +28,6 @@ def eval_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
                                                  help="greedy answer tokens per sample "
                                                  "(default: each task's own budget)"),
-    sink: int = typer.Option(0, "--sink", help="first positions always kept (attention "
-                             "sinks), in addition to k"),
-    local: int = typer.Option(0, "--local", help="most recent positions always kept, in "
-                              "addition to k"),
-    dense_layers: str = typer.Option("", "--dense-layers",
-                                     help="comma-separated layer indices left dense, e.g. 0,1"),
-    granularity: str = typer.Option("query_head", "--granularity",
-                                    help="'query_head' (one selection per query head) or "
-                                    "'kv_group' (one per KV head)"),
-    selector: str = typer.Option("exact", "--selector",
-                                 help="selector spec name[:value][,key=value...] ('exact' is exact Top-k by q.k; see "
-                                 "`topkattn info` for the others)"),
     device: Optional[str] = typer.Option(None, "--device",
                                          help="cpu, cuda, ... (default: cuda when available)"),
     out: str = typer.Option("runs/eval", "--out",
@@ -51,6 +39,14 @@ def eval_command(
     report_only: bool = typer.Option(False, "--report-only",
                                      help="only rewrite summary, table and plot from the "
                                      "finished lines in --out (no model is loaded)"),
+    k: KListOpt = "8,32,128,full",
+    sink: SinkOpt = 0,
+    local: LocalOpt = 0,
+    dense_layers: DenseLayersOpt = "",
+    min_context: MinContextOpt = 0,
+    granularity: GranularityOpt = "query_head",
+    selector: SelectorOpt = "exact",
+    backend: BackendOpt = "auto",
 ) -> None:
     """Accuracy of Top-k decoding vs full attention: JSONL, summary, table and plot."""
     from rich.console import Console
@@ -59,17 +55,13 @@ def eval_command(
     from topkattn.cli import CLIError
     from topkattn.evaluation import EvalConfig, report_only as make_report, run_eval
 
-    try:
-        layers = tuple(int(x) for x in dense_layers.split(",") if x.strip())
-    except ValueError:
-        raise CLIError(f"--dense-layers must be comma-separated layer indices, got "
-                       f"{dense_layers!r}") from None
+    topk, ks = topk_sweep(k, sink=sink, local=local, dense_layers=dense_layers,
+                          min_context=min_context, granularity=granularity, selector=selector,
+                          backend=backend)
     cfg = EvalConfig(
         tasks=tuple(t for t in task.split(",") if t.strip()),
         lengths=tuple(x for x in lengths.split(",") if x.strip()),
-        ks=tuple(x for x in k.split(",") if x.strip()),
-        samples=samples, seed=seed, max_new_tokens=max_new_tokens, sink=sink, local=local,
-        dense_layers=layers, granularity=granularity, selector=selector, out=out,
+        ks=ks, topk=topk, samples=samples, seed=seed, max_new_tokens=max_new_tokens, out=out,
         progress=not quiet,
     )
     con = Console()

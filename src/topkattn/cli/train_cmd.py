@@ -10,6 +10,9 @@ from typing import Optional
 
 import typer
 
+from topkattn.cli.topk_options import (BackendOpt, DenseLayersOpt, GranularityOpt, KOpt, LocalOpt,
+                                       MinContextOpt, SelectorOpt, SinkOpt, topk_config)
+
 
 def train_command(
     data: str = typer.Option(..., "--data", help="JSONL file (chat 'messages' or "
@@ -17,11 +20,6 @@ def train_command(
     out: str = typer.Option(..., "--out", help="output folder (final HF model, checkpoints)"),
     model: Optional[str] = typer.Option(None, "--model", help="'default' (embedded SmolLM2), "
                                         "a Hub id or a local folder"),
-    k: str = typer.Option("full", "--k", help="keys per query: 64, 0.05 / 5% (ratio), or full "
-                          "(dense SFT)"),
-    sink: int = typer.Option(0, "--sink", help="always-kept first positions (Top-k only)"),
-    local: int = typer.Option(0, "--local", help="always-kept most recent positions"),
-    backend: str = typer.Option("auto", "--backend", help="auto, reference or triton"),
     max_length: int = typer.Option(2048, "--max-length", help="longest sequence in tokens"),
     synthetic_length: Optional[int] = typer.Option(None, "--synthetic-length",
                                                    help="prompt length of synthetic data"),
@@ -42,14 +40,27 @@ def train_command(
     gradient_checkpointing: str = typer.Option("auto", "--grad-ckpt", help="auto, on or off"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: auto)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    k: KOpt = "full",
+    sink: SinkOpt = 0,
+    local: LocalOpt = 0,
+    dense_layers: DenseLayersOpt = "",
+    min_context: MinContextOpt = 0,
+    granularity: GranularityOpt = "query_head",
+    selector: SelectorOpt = "exact",
+    backend: BackendOpt = "auto",
 ) -> None:
-    """Supervised fine-tuning with Top-k attention in the forward pass (rerun to resume)."""
+    """Supervised fine-tuning with Top-k attention in the forward pass (--k full: dense SFT;
+    rerun to resume)."""
     from rich.console import Console
 
     from topkattn.train.sft import TrainConfig, train
 
+    # every training sequence is one prefill: Top-k applies there (and at decode, for use after)
+    topk = topk_config(k, sink=sink, local=local, dense_layers=dense_layers,
+                       min_context=min_context, granularity=granularity, selector=selector,
+                       backend=backend, phases=("decode", "prefill"))
     cfg = TrainConfig(
-        data=data, out=out, model=model, k=k, sink=sink, local=local, backend=backend,
+        data=data, out=out, model=model, topk=topk,
         max_length=max_length, synthetic_length=synthetic_length,
         synthetic_samples=synthetic_samples, batch_size=batch_size, grad_accum=grad_accum,
         lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, max_steps=max_steps,
@@ -61,7 +72,7 @@ def train_command(
 
     if int(os.environ.get("RANK", "0")) == 0:
         con = Console()
-        what = "dense SFT" if cfg.topk is None else f"Top-k SFT (k={cfg.k})"
+        what = "dense SFT" if cfg.topk.dense else f"Top-k SFT (k={cfg.topk.k_label})"
         first = f"{res.losses[0]:.4f}" if res.losses else "-"
         con.print(f"{what}: {res.steps} steps, loss {first} -> {res.final_loss:.4f}, "
                   f"{res.tokens_per_s:,.0f} tok/s" +

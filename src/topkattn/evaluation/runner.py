@@ -3,7 +3,7 @@
 For every sample the prompt is prefilled ONCE with dense attention, except its last token
 (``model(input_ids[:, :-1], use_cache=True)``). Then, for full attention and for each k, a deep
 copy of that cache is taken, the last prompt token is fed as the first decode step and the
-answer is decoded greedily inside ``sparsify(model, TopKConfig(k=..., phases=("decode",)))``,
+answer is decoded greedily inside ``sparsify(model, replace(cfg.topk, k=..., k_ratio=...))``,
 so that even the first answer token comes from a Top-k decode step (Top-k Decoding, as in
 arXiv 2512.03494). Full attention decodes inside ``sparsify(model, TopKConfig(k=None))``: the
 same attention function, over key ranges.
@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from topkattn.config import TopKConfig, parse_k
+from topkattn.config import TopKConfig, parse_k, parse_k_list, selector_spec
 from topkattn.errors import InputError, MissingFileError
 from topkattn.evaluation.report import Cell, Summary, write_reports  # noqa: F401  (Cell: re-exported)
 from topkattn.generation import decode_branches, eos_token_ids  # noqa: F401  (re-exported)
-from topkattn.selectors import parse_selector
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "eval_config.json"
@@ -51,12 +50,6 @@ def parse_length(text: str | int) -> int:
     return n
 
 
-def k_label(text: str) -> str:
-    """Canonical label of a k setting: ``"full"``, ``"64"``, ``"5%"``, ``"0.05"``."""
-    t = str(text).strip().lower()
-    return "full" if t in ("full", "dense") else t
-
-
 @dataclass
 class EvalConfig:
     """What `run_eval` measures (validated on construction).
@@ -64,14 +57,16 @@ class EvalConfig:
     Attributes:
         tasks: task names (`topkattn.tasks.get_task`), e.g. ``("passkey", "kv")``.
         lengths: prompt lengths in tokens (ints, or strings such as ``"2k"``).
-        ks: k settings as for the CLI: ``"64"`` (absolute), ``"5%"``/``"0.05"`` (ratio) or
-            ``"full"``; full attention is always measured and comes first.
+        ks: the k settings of the sweep, as for the CLI: ``"64"`` (absolute), ``"5%"`` /
+            ``"0.05"`` (ratio) or ``"full"`` (also a comma-separated string); full attention
+            is always measured and comes first.
+        topk: the base `TopKConfig` shared by every k (sink, local, dense_layers,
+            min_context, granularity, selector, backend, phases); its own k and k_ratio are
+            replaced by each setting of ``ks`` (`settings`). Default: exact Top-k, nothing
+            else kept.
         samples: samples per (task, length) cell; needle depths are swept across them.
         seed: task seed (the same seed gives the same prompts).
         max_new_tokens: greedy decode budget per answer; None uses each task's default.
-        sink, local, dense_layers, granularity, backend: the `TopKConfig` fields shared by
-            every k (phases is always ``("decode",)``).
-        selector: a selector spec (`topkattn.selectors.parse_selector`, e.g. ``"quest:16"``).
         out: output folder (``results.jsonl``, ``summary.json``, ``table.md``,
             ``accuracy.png``).
         progress: show a rich progress bar.
@@ -80,15 +75,10 @@ class EvalConfig:
     tasks: tuple[str, ...] = ("passkey",)
     lengths: tuple[int, ...] = (1024,)
     ks: tuple[str, ...] = ("full",)
+    topk: TopKConfig = field(default_factory=lambda: TopKConfig(k=None))
     samples: int = 10
     seed: int = 0
     max_new_tokens: int | None = None
-    sink: int = 0
-    local: int = 0
-    dense_layers: tuple[int, ...] = ()
-    granularity: str = "query_head"
-    selector: str = "exact"
-    backend: str = "auto"
     out: str | Path = "runs/eval"
     progress: bool = True
 
@@ -107,13 +97,11 @@ class EvalConfig:
         self.lengths = tuple(parse_length(x) for x in self.lengths)
         if not self.lengths:
             raise InputError("lengths must hold at least one length")
-        if isinstance(self.ks, str):
-            self.ks = tuple(self.ks.split(","))
-        labels = [k_label(k) for k in self.ks if str(k).strip()]
-        for k in labels:
-            parse_k(k)  # raises TopKConfigError (a ValueError) naming a bad k
+        labels = [label for label, _ in parse_k_list(self.ks)]  # names a bad k
         # full first, then the sparse settings in the given order, without duplicates
-        self.ks = ("full",) + tuple(dict.fromkeys(k for k in labels if k != "full"))
+        self.ks = ("full",) + tuple(k for k in labels if k != "full")
+        if not isinstance(self.topk, TopKConfig):
+            raise InputError(f"topk must be a TopKConfig, got {self.topk!r}")
         for name in ("samples",):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -124,34 +112,51 @@ class EvalConfig:
         ):
             raise InputError(f"max_new_tokens must be an integer >= 1, got "
                              f"{self.max_new_tokens!r}")
-        self.dense_layers = tuple(self.dense_layers)
         self.out = Path(self.out)
-        self.topk_config("64")  # validates sink, local, dense_layers, granularity, selector
 
-    def topk_config(self, k: str) -> TopKConfig | None:
-        """The `TopKConfig` of one k label (None for full attention)."""
-        parsed = parse_k(k)
-        if parsed is None:
-            return None
-        return TopKConfig(
-            k=parsed.k, k_ratio=parsed.k_ratio, phases=("decode",), sink=self.sink,
-            local=self.local, dense_layers=self.dense_layers, granularity=self.granularity,
-            selector=parse_selector(self.selector), backend=self.backend,
-        )
+    def settings(self) -> list[tuple[str, TopKConfig | None]]:
+        """``(label, TopKConfig)`` of every k setting, in order (None: full attention): the
+        base `topk` with the setting's k and k_ratio, built here, once per setting."""
+        out: list[tuple[str, TopKConfig | None]] = []
+        for label in self.ks:
+            k, k_ratio = parse_k(label)
+            out.append((label, None if k is None and k_ratio is None
+                        else replace(self.topk, k=k, k_ratio=k_ratio)))
+        return out
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["tasks"], d["lengths"], d["ks"] = list(self.tasks), list(self.lengths), list(self.ks)
         d["out"] = str(self.out)
+        d["topk"] = self.topk.to_json()
+        d["topk"].pop("k"), d["topk"].pop("k_ratio")  # each of ks sets them
         return d
 
 
-# Settings that change what a finished line means: a rerun into the same folder must keep them.
-RESUME_FIELDS = ("samples", "seed", "max_new_tokens", "sink", "local", "dense_layers",
-                 "granularity", "selector", "backend")
+# Settings that change what a finished line means: a rerun into the same folder must keep them
+# (the Top-k ones are those of `EvalConfig.topk`; older folders stored them at the top level).
+RESUME_FIELDS = ("samples", "seed", "max_new_tokens")
+RESUME_TOPK_FIELDS = ("sink", "local", "dense_layers", "min_context", "granularity",
+                      "selector", "backend", "phases")
+
+
+def _resume_view(d: dict) -> dict:
+    view = {f: d[f] for f in RESUME_FIELDS if f in d}
+    topk = d.get("topk") if isinstance(d.get("topk"), dict) else d
+    view.update({f: topk[f] for f in RESUME_TOPK_FIELDS if f in topk})
+    if topk is d and isinstance(d.get("selector"), str):  # an older folder: the spec as typed
+        from topkattn.selectors import parse_selector
+
+        try:
+            view["selector"] = selector_spec(parse_selector(d["selector"]))
+        except (ValueError, FileNotFoundError):
+            pass
+    return view
 
 
 def check_resumable(cfg: EvalConfig) -> None:
-    """Raise ValueError when ``cfg.out`` holds results made with other `RESUME_FIELDS`.
+    """Raise ValueError when ``cfg.out`` holds results made with other settings (`RESUME_FIELDS`
+    and the Top-k settings of `RESUME_TOPK_FIELDS`).
 
     Tasks, lengths and ks may change between runs into one folder (new cells are added); the
     sample count and seed may not, since a sample's id does not encode its needle depth.
@@ -160,12 +165,11 @@ def check_resumable(cfg: EvalConfig) -> None:
     if not path.exists() or not (Path(cfg.out) / RESULTS_FILE).exists():
         return
     try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        old = _resume_view(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
         return
-    new = json.loads(json.dumps(cfg.to_json()))
-    diff = [f"{f}={old[f]!r} (now {new[f]!r})" for f in RESUME_FIELDS
-            if f in old and old[f] != new[f]]
+    new = _resume_view(json.loads(json.dumps(cfg.to_json())))
+    diff = [f"{f}={old[f]!r} (now {new[f]!r})" for f in new if f in old and old[f] != new[f]]
     if diff:
         raise InputError(f"output folder {str(cfg.out)!r} holds results made with "
                          f"{', '.join(diff)}; use the same settings to resume, or another --out")
@@ -227,7 +231,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
     results_path = out / RESULTS_FILE
     done = {record_key(r["task"], r["length"], r["sample_id"], r["k"])
             for r in read_results(results_path)}
-    settings = [(k, cfg.topk_config(k)) for k in cfg.ks]
+    settings = cfg.settings()
     _end_with_newline(results_path)  # a torn last line must not swallow the next record
     eos = eos_token_ids(model, tokenizer)
     tasks = [(name, get_task(name)) for name in cfg.tasks]

@@ -1,11 +1,11 @@
 """Native Top-k supervised fine-tuning: SFT with the Top-k operator in the forward pass.
 
-With ``k`` set, the model trains inside `topkattn.sparsify` with phases ``("decode",
-"prefill")``: every query row of a training sequence attends to its own top-k keys (exact
+With a sparse ``topk`` (a `TopKConfig` whose phases include ``"prefill"``), the model trains
+inside ``topkattn.sparsify(model, cfg.topk)``: every query row of a training sequence attends to its own top-k keys (exact
 selection by q.k, plus optional sink/local positions), softmax over the selected keys only, and
 gradients reach q, k and v through the selected entries only (Top-k Decoding, arXiv 2512.03494:
-training with the operator used at inference). ``k="full"`` is dense SFT with the identical
-recipe, for comparison.
+training with the operator used at inference). A dense ``topk`` (``TopKConfig(k=None)``, the
+default; ``--k full``) is dense SFT with the identical recipe, for comparison.
 
 Recipe: AdamW, linear warm-up then cosine decay
 (`transformers.get_cosine_schedule_with_warmup`), gradient accumulation, gradient clipping,
@@ -32,7 +32,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -46,9 +46,29 @@ from topkattn.errors import InputError, MissingFileError
 CKPT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 DONE_MARK = "COMPLETE"
-# Fields that must agree between a checkpoint and the run that resumes from it.
-_RESUME_KEYS = ("data", "model", "k", "sink", "local", "max_length", "batch_size", "grad_accum",
-                "lr", "seed", "lora", "lora_r", "max_steps", "warmup_steps")
+# Fields that must agree between a checkpoint and the run that resumes from it: these of the
+# config and these of its `TopKConfig` (the backend may change: it computes the same operator).
+_RESUME_KEYS = ("data", "model", "max_length", "batch_size", "grad_accum", "lr", "seed", "lora",
+                "lora_r", "max_steps", "warmup_steps")
+_RESUME_TOPK_KEYS = ("k", "k_ratio", "sink", "local", "dense_layers", "min_context",
+                     "granularity", "selector")
+
+
+def _resume_view(d: dict) -> dict:
+    """The settings of a saved `TrainConfig.to_dict` that a resuming run must share."""
+    view = {k: d.get(k) for k in _RESUME_KEYS}
+    topk = d.get("topk")
+    if not isinstance(topk, dict):  # a checkpoint of an older version: k text, sink, local
+        k, k_ratio = parse_k(d.get("k", "full"))
+        topk = {"k": k, "k_ratio": k_ratio, "sink": d.get("sink", 0), "local": d.get("local", 0),
+                "dense_layers": [], "min_context": 0, "granularity": "query_head",
+                "selector": "exact"}
+    view.update({k: topk.get(k) for k in _RESUME_TOPK_KEYS})
+    return view
+
+
+def _dense_sft() -> TopKConfig:
+    return TopKConfig(k=None, phases=("decode", "prefill"))
 
 
 @dataclass
@@ -60,9 +80,11 @@ class TrainConfig:
             synthetic spec ``synthetic:TASK[,TASK][@LENGTH][xN]``.
         out: output folder (final HF model, logs, checkpoints).
         model: None/"default" (embedded SmolLM2-135M-Instruct), a Hub id or a local folder.
-        k: keys per query: an integer ("64"), a ratio ("0.05" or "5%") or "full" (dense SFT).
-        sink, local: always-kept first / most recent positions (Top-k only).
-        backend: Top-k operator backend ("auto", "reference", "triton").
+        topk: the Top-k attention of the forward pass, whole (k or k_ratio, sink, local,
+            dense_layers, min_context, granularity, selector, backend); its phases must
+            include "prefill" (a training sequence is one prefill), e.g.
+            ``TopKConfig(k=64, phases=("decode", "prefill"))``. Dense (``k=None``, the
+            default): dense SFT.
         max_length: longest training sequence in tokens (longer prompts are cut on the left).
         synthetic_length, synthetic_samples: defaults for synthetic specs without @LENGTH / xN.
         batch_size: sequences per micro-batch (per process).
@@ -83,10 +105,7 @@ class TrainConfig:
     data: str
     out: str
     model: str | None = None
-    k: str = "full"
-    sink: int = 0
-    local: int = 0
-    backend: str = "auto"
+    topk: TopKConfig = field(default_factory=_dense_sft)
     max_length: int = 2048
     synthetic_length: int | None = None
     synthetic_samples: int = 256
@@ -109,7 +128,6 @@ class TrainConfig:
     precision: str = "auto"
     gradient_checkpointing: str = "auto"
     device: str | None = None
-    topk: TopKConfig | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         def need(name, ok, allowed):
@@ -123,7 +141,7 @@ class TrainConfig:
             v = getattr(self, name)
             need(name, isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                  "an integer >= 1")
-        for name in ("sink", "local", "warmup_steps", "save_every", "seed"):
+        for name in ("warmup_steps", "save_every", "seed"):
             v = getattr(self, name)
             need(name, isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                  "an integer >= 0")
@@ -142,23 +160,21 @@ class TrainConfig:
         need("precision", self.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32")
         need("gradient_checkpointing", self.gradient_checkpointing in ("auto", "on", "off"),
              "auto, on or off")
-        need("backend", self.backend in ("auto", "reference", "triton"),
-             "auto, reference or triton")
         self.lora_targets = tuple(self.lora_targets)
-        self.k = str(self.k).strip()
-        base = parse_k(self.k)  # ValueError names the value and the allowed forms
-        if base is None:
-            if self.sink or self.local:
-                raise InputError(f"sink={self.sink}/local={self.local} need a k, not k=full")
-            self.topk = None
-        else:
-            self.topk = base.with_(phases=("decode", "prefill"), sink=self.sink,
-                                   local=self.local, backend=self.backend)
+        # the Top-k values themselves were checked by TopKConfig; here only how training uses it
+        t = self.topk
+        need("topk", isinstance(t, TopKConfig), "a TopKConfig")
+        if t.dense and (t.sink or t.local):
+            raise InputError(f"sink={t.sink}/local={t.local} need a k, not k=full")
+        if not t.dense and "prefill" not in t.phases:
+            raise InputError(f"topk.phases={t.phases!r} must include 'prefill': a training "
+                             "sequence runs as one prefill (e.g. phases=('decode', 'prefill'))")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("topk", None)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["lora_targets"] = list(self.lora_targets)
+        d["topk"] = self.topk.to_json()
+        d["k"] = self.topk.k_label  # the k label alone, for readers of older summaries
         return d
 
 
@@ -299,9 +315,8 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, data_pos:
 def load_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig) -> dict:
     """Restore weights, optimizer, scheduler and RNG; returns the checkpoint dict."""
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-    saved = state["config"]
-    diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS
-            if saved.get(k) != getattr(cfg, k)}
+    saved, now = _resume_view(state["config"]), _resume_view(cfg.to_dict())
+    diff = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
     if diff:
         raise InputError(
             f"checkpoint {path} was written by a different run ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
@@ -453,7 +468,7 @@ def _train(cfg, info, on_step, progress, make_sched) -> TrainResult:
         (out / "train_config.json").write_text(json.dumps(
             {"config": cfg.to_dict(), "data": stats, "world_size": info.world_size}, indent=2))
     log = (out / "train_log.jsonl").open("a") if info.is_main else None
-    sparse = contextlib.nullcontext() if cfg.topk is None else _sparsify(base, cfg.topk)
+    sparse = contextlib.nullcontext() if cfg.topk.dense else _sparsify(base, cfg.topk)
     tokens_seen, t_loop = 0, time.time()
     try:
         with sparse, _progress(progress and info.is_main) as bar:
