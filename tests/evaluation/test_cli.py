@@ -71,3 +71,52 @@ def test_length_beyond_context_and_a_run(monkeypatch, capsys, tmp_path, model_di
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
     assert "passkey" in out and "kv" not in (tmp_path / "table.md").read_text()
+
+
+def test_topk_options_reach_sparsify(tmp_path, model_dir, monkeypatch):
+    """Every Top-k option of eval, --min-context included, is in the TopKConfig that
+    `sparsify` gets, and one config is built per k setting."""
+    from typer.testing import CliRunner
+
+    import topkattn.generation as G
+    from topkattn.cli import app
+    from topkattn.selectors import QuestSelector
+
+    seen = []
+    real = G._sparsify
+    monkeypatch.setattr(G, "_sparsify", lambda m, c: seen.append(c) or real(m, c))
+    r = CliRunner().invoke(app, [
+        "eval", "--model", str(model_dir), "--task", "passkey", "--lengths", "256", "--k",
+        "4,5%", "--samples", "1", "--max-new-tokens", "1", "--quiet", "--device", "cpu",
+        "--out", str(tmp_path), "--sink", "1", "--local", "2", "--min-context", "8",
+        "--dense-layers", "1", "--granularity", "kv_group", "--selector", "quest:8",
+        "--backend", "reference"])
+    assert r.exit_code == 0, r.output
+    assert seen[0] is None  # full attention first
+    four, ratio = seen[1:]
+    assert (four.k, four.k_ratio, ratio.k, ratio.k_ratio) == (4, None, None, 0.05)
+    for t in (four, ratio):
+        assert (t.sink, t.local, t.min_context, t.dense_layers) == (1, 2, 8, (1,))
+        assert t.granularity == "kv_group" and t.backend == "reference"
+        assert t.selector == QuestSelector(page_size=8) and t.phases == ("decode",)
+    import json
+
+    saved = json.loads((tmp_path / "eval_config.json").read_text())
+    assert saved["ks"] == ["full", "4", "5%"] and saved["topk"]["min_context"] == 8
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--min-context", "-1"], "min_context must be an integer >= 0, got min_context=-1"),
+    (["--granularity", "rows"], "granularity must be one of ('query_head', 'kv_group'), got "
+                                "'rows'"),
+    (["--selector", "quest:x"], "quest:x"),
+    (["--dense-layers", "0,x"], "--dense-layers must be comma-separated layer indices, got "
+                                "'0,x'"),
+    (["--backend", "gpu"], "got 'gpu'"),
+    (["--k", "8,0%"], "from k '0%'"),
+])
+def test_bad_topk_option_is_one_line(monkeypatch, capsys, tmp_path, args, msg):
+    code, out, err = _main(monkeypatch, capsys, *args, "--out", str(tmp_path))
+    assert code == 2
+    assert err.startswith("error: ") and msg in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
