@@ -7,7 +7,7 @@ from topkattn.tasks.base import count_tokens, exact_match_score, normalize
 
 
 def test_registered_names():
-    assert set(TASK_NAMES) == {"passkey", "niah_multikey", "vartrack", "kv"}
+    assert set(TASK_NAMES) == {"passkey", "niah_multikey", "vartrack", "kv", "cwe", "fwe"}
 
 
 def test_unknown_task_names_it_and_the_allowed():

@@ -1,38 +1,64 @@
-"""Evaluation tasks: synthetic retrieval (RULER-style) and local-file benchmarks.
+"""Evaluation tasks: synthetic retrieval and aggregation (RULER-style) and local-file benchmarks.
 
-`get_task(name)` returns a `Task`. Registered synthetic names are in `TASK_NAMES`; file-backed
-benchmarks are named ``longbench_v2:<path>`` and ``helmet:<path>`` (JSON or JSONL files).
+`get_task(name)` returns a `Task`. Registered synthetic names are in `TASK_NAMES` (``passkey``,
+``niah_multikey``, ``vartrack``, ``kv``, and RULER's aggregation tasks ``cwe``, ``fwe``).
+File-backed benchmarks (JSON or JSONL files):
+
+- ``longbench_v2:<path>``: LongBench v2, 0-shot prompt; ``longbench_v2_cot:<path>``: its
+  chain-of-thought prompt (`topkattn.tasks.longbench_v2`);
+- ``helmet:<category>:<path>`` or ``helmet:<category>@<setting>:<path>``: one HELMET dataset
+  with HELMET's prompt and metric, ``<setting>`` one of 4k ... 128k
+  (`topkattn.tasks.helmet`); ``helmet:<path>``: the generic HELMET-style reader.
 """
 
 from __future__ import annotations
 
-from topkattn.tasks.base import Sample, Task, exact_match_score, normalize
-from topkattn.tasks.synthetic import SYNTHETIC_TASKS
-from topkattn.errors import InputError
+import re
 
-TASK_NAMES: tuple[str, ...] = tuple(SYNTHETIC_TASKS)
-FILE_TASKS: tuple[str, ...] = ("longbench_v2", "helmet")
+from topkattn.errors import InputError
+from topkattn.tasks.base import Sample, Task, exact_match_score, normalize
+from topkattn.tasks.ruler import AGGREGATION_TASKS
+from topkattn.tasks.synthetic import SYNTHETIC_TASKS
+
+_REGISTRY = {**SYNTHETIC_TASKS, **AGGREGATION_TASKS}
+TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+FILE_TASKS: tuple[str, ...] = ("longbench_v2", "longbench_v2_cot", "helmet")
+_CATEGORY = re.compile(r"([A-Za-z][\w]*)(?:@(\w+))?")
 
 
 def get_task(name: str) -> Task:
-    """The task registered under ``name`` (or ``longbench_v2:<path>`` / ``helmet:<path>``).
+    """The task registered under ``name``, or a file benchmark (see the module docstring).
 
-    Raises ValueError naming the unknown task and the allowed names.
+    Raises ValueError naming the unknown task (or HELMET category) and the allowed names.
     """
     key = name.strip()
-    if key in SYNTHETIC_TASKS:
-        return SYNTHETIC_TASKS[key]()
-    prefix, _, path = key.partition(":")
-    if prefix in FILE_TASKS and path:
-        if prefix == "longbench_v2":
-            from topkattn.tasks.longbench_v2 import LongBenchV2Task
+    if key in _REGISTRY:
+        return _REGISTRY[key]()
+    prefix, _, rest = key.partition(":")
+    if prefix in ("longbench_v2", "longbench_v2_cot") and rest:
+        from topkattn.tasks.longbench_v2 import LongBenchV2Task
 
-            return LongBenchV2Task(path=path)
-        from topkattn.tasks.helmet import HelmetTask
-
-        return HelmetTask(path=path)
-    allowed = ", ".join(TASK_NAMES) + ", " + ", ".join(f"{p}:<path>" for p in FILE_TASKS)
+        return LongBenchV2Task(path=rest, cot=prefix == "longbench_v2_cot")
+    if prefix == "helmet" and rest:
+        return _helmet(rest)
+    allowed = (", ".join(TASK_NAMES) + ", longbench_v2:<path>, longbench_v2_cot:<path>, "
+               "helmet:<category>[@<setting>]:<path>, helmet:<path>")
     raise InputError(f"unknown task {name!r}; allowed: {allowed}")
+
+
+def _helmet(rest: str) -> Task:
+    """``<category>[@<setting>]:<path>`` -> HelmetCategoryTask; a bare ``<path>`` -> HelmetTask.
+
+    A first part that looks like a name (letters, digits, ``_``, optional ``@setting``) and is
+    followed by ``:<path>`` is a category; anything else is a path.
+    """
+    from topkattn.tasks.helmet import HelmetCategoryTask, HelmetTask
+
+    head, sep, path = rest.partition(":")
+    m = _CATEGORY.fullmatch(head)
+    if sep and path and m:
+        return HelmetCategoryTask(category=m.group(1), setting=m.group(2), path=path)
+    return HelmetTask(path=rest)
 
 
 __all__ = ["FILE_TASKS", "Sample", "TASK_NAMES", "Task", "exact_match_score", "get_task",
