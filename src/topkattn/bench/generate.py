@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from topkattn.bench.common import env_info, time_graph_ms, write_results
+from topkattn.errors import InputError
 
 WARMUP_STEPS = 4
 STEPS = 16
@@ -156,7 +157,9 @@ def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
     return time_graph_ms(fn)
 
 
-def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
+def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | None = None) -> None:
+    """The generate benchmark (module docstring); ``modes``: only the modes of these names
+    (default all)."""
     import contextlib
 
     from transformers import DynamicCache, StaticCache
@@ -168,7 +171,7 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
     k = ks[0] if ks else 2048
     model = llama3_8b_random(layers, max(ctxs) + 64)
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
-    modes = [  # (name, cfg or None, cache kind, sdpa priority)
+    mode_list = [  # (name, cfg or None, cache kind, sdpa priority)
         ("dense-default", None, "dynamic", False),
         ("dense-flash", None, "dynamic", True),
         ("dense-ranges", TopKConfig(k=None), "dynamic", False),
@@ -180,12 +183,18 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32) -> None:
         ("topk-lightning", TopKConfig(k=k, selector=LightningSelector()), "dynamic", False),
         ("topk-lightning", TopKConfig(k=k, selector=LightningSelector()), "static", False),
     ]
+    if modes is not None:
+        known = {m[0] for m in mode_list}
+        unknown = [m for m in modes if m not in known]
+        if unknown:
+            raise InputError(f"unknown generate modes {unknown}; allowed: {sorted(known)}")
+        mode_list = [m for m in mode_list if m[0] in modes]
     rows = []
     for ctx in ctxs:
         kv, prefill_s = _prefill(model, ctx)
         for B in batches:
             cell = []
-            for name, cfg, cache_kind, flash in modes:
+            for name, cfg, cache_kind, flash in mode_list:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 row = {"ctx": ctx, "B": B, "layers": layers, "mode": name, "cache": cache_kind,
@@ -243,7 +252,7 @@ def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
 
     cells = list(dict.fromkeys((r["B"], r["ctx"]) for r in rows))
     modes = list(dict.fromkeys(f"{r['mode']} {r['path']}" for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 5.4))
     width = 0.8 / max(len(modes), 1)
     for j, m in enumerate(modes):
         ys = [next((r.get("step_ms") for r in rows if (r["B"], r["ctx"]) == c
@@ -254,7 +263,9 @@ def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
     ax.set_ylabel("ms per decode step (lower is better)")
     ax.set_title(f"generate, random Llama-3-8B shape, {meta.get('layers')} layers, k={meta.get('k')}\n"
                  f"{meta.get('device')}, torch {meta.get('torch')}, {meta.get('date')}", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    # below the axes: the bars of a 128k cell reach the top, where a legend would cover them
+    ax.legend(fontsize=7, ncol=min(5, len(modes)), loc="upper center",
+              bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
