@@ -82,3 +82,132 @@ def test_run_downstream_branches_from_one_prefill(model):
     assert acc["full"].accuracy == 1.0 and acc["full"].predictions[0] == answer
     # precision:1.0 is exact top-k: identical generations
     assert acc["precision:1.0"].predictions == acc["exact"].predictions
+
+
+def test_step_metrics_kv_group_exact_set_is_the_group_sum():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 4, 1, 8, generator=g), torch.randn(1, 2, 40, 8, generator=g),
+               torch.randn(1, 2, 40, 8, generator=g))
+    from topkattn.selectors import SelectionContext
+
+    idx = make_selector("exact").select(q, k, SelectionContext(topk=6, scale=8**-0.5,
+                                                               granularity="kv_group"))
+    assert idx.shape[1] == 2  # one set per KV head
+    m = F.step_metrics(q, k, v, idx, 6, 8**-0.5, "kv_group")
+    assert torch.allclose(m["precision"], torch.ones(1, 4))
+    per_head = F.step_metrics(q, k, v, idx, 6, 8**-0.5)  # against each head's own top-k
+    assert float(per_head["precision"].min()) < 1.0
+
+
+def test_measure_fidelity_takes_a_topk_config(model):
+    from topkattn.config import TopKConfig
+
+    prompts = [random_prompt(120, seed=3)]
+    tok = ToyTokenizer()
+    by_int = F.measure_fidelity(model, tok, prompts, 16, ["random"], max_new_tokens=2,
+                                progress=False)
+    by_cfg = F.measure_fidelity(model, tok, prompts, TopKConfig(k=16), ["random"],
+                                max_new_tokens=2, progress=False)
+    assert by_cfg["random"]["precision"] == pytest.approx(by_int["random"]["precision"])
+    # dense layers and min_context are not measured; a ratio is resolved per step
+    res = F.measure_fidelity(model, tok, prompts, TopKConfig(k=None, k_ratio=0.1,
+                                                             dense_layers=(1,)),
+                             ["exact"], max_new_tokens=2, progress=False)
+    assert list(res["exact"]["steps"]) == ["0"] and res["exact"]["precision"] == pytest.approx(1)
+    res = F.measure_fidelity(model, tok, prompts, TopKConfig(k=16, min_context=10_000),
+                             ["exact"], max_new_tokens=2, progress=False)
+    assert res["exact"]["steps"] == {}
+    with pytest.raises(ValueError, match="not k=full"):
+        F.measure_fidelity(model, tok, prompts, TopKConfig(k=None), ["exact"], progress=False)
+
+
+def test_run_downstream_uses_the_base_config(model, monkeypatch):
+    from topkattn.config import TopKConfig
+    import topkattn.generation as G
+
+    seen = []
+    real = G._sparsify
+    monkeypatch.setattr(G, "_sparsify", lambda m, c: seen.append(c) or real(m, c))
+    prompt = random_prompt(60, seed=4)
+    base = TopKConfig(k=8, sink=1, local=2, min_context=4, backend="reference")
+    F.run_downstream(model, ToyTokenizer(), _Task(), [_Sample(prompt, "1")], base,
+                     ["quest:8", "random"], max_new_tokens=1, progress=False)
+    assert seen[0] is None
+    for c, name in zip(seen[1:], ("QuestSelector", "RandomSelector")):
+        assert type(c.selector).__name__ == name
+        assert (c.k, c.sink, c.local, c.min_context, c.backend) == (8, 1, 2, 4, "reference")
+
+
+def test_fidelity_config_validation():
+    from topkattn.config import TopKConfig
+
+    cfg = F.FidelityConfig(selectors="exact,precision:0.5,protect=1,quest", length="1k")
+    assert cfg.selectors == ("exact", "precision:0.5,protect=1", "quest")
+    assert cfg.length == 1024 and cfg.topk.k == 64
+    swept = F.FidelityConfig(selectors=("exact",), downstream=True, protect=2)
+    assert swept.selectors[0] == "exact" and "precision:0.2,protect=2" in swept.selectors
+    assert F.FidelityConfig(selectors=("exact",), downstream=True, sweep=False).selectors == (
+        "exact",)
+    for bad, match in [(dict(topk=TopKConfig(k=None)), "not k=full"),
+                       (dict(topk=64), "topk must be a TopKConfig"),
+                       (dict(selectors="bogus"), "unknown selector 'bogus'"),
+                       (dict(task="nope"), "unknown task 'nope'"),
+                       (dict(samples=0), "samples must be an integer >= 1"),
+                       (dict(length="2x"), "got '2x'")]:
+        with pytest.raises(ValueError, match=match):
+            F.FidelityConfig(**bad)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tests.train.conftest import make_tiny_model_dir
+
+    return str(make_tiny_model_dir(tmp_path_factory.mktemp("tiny-fid")))
+
+
+def test_cli_is_a_thin_wrapper_of_run_fidelity(model_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from topkattn.cli import app
+
+    seen = []
+    real = F.run_fidelity
+    monkeypatch.setattr(F, "run_fidelity", lambda m, t, c: seen.append(c) or real(m, t, c))
+    out = tmp_path / "fid"
+    r = CliRunner().invoke(app, [
+        "fidelity", "--model", model_dir, "--task", "passkey", "--length", "300",
+        "--samples", "1", "--steps", "2", "--selector", "exact,random", "--k", "8",
+        "--granularity", "kv_group", "--sink", "1", "--min-context", "4", "--device", "cpu",
+        "--quiet", "--out", str(out), "--downstream", "--no-sweep", "--max-new-tokens", "1",
+        "--backend", "reference"])
+    assert r.exit_code == 0, r.output
+    (cfg,) = seen
+    assert cfg.selectors == ("exact", "random") and cfg.downstream
+    t = cfg.topk
+    assert (t.k, t.granularity, t.sink, t.min_context, t.backend, t.selector) == (
+        8, "kv_group", 1, 4, "reference", None)
+    data = json.loads((out / "fidelity.json").read_text())
+    assert data["k"] == 8 and data["config"]["topk"]["granularity"] == "kv_group"
+    assert data["selectors"]["exact"]["precision"] == pytest.approx(1.0)
+    for name in ("fidelity.md", "fidelity_layers.png", "downstream.json",
+                 "fidelity_downstream.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| exact | 1.000 |" in r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--k", "full"], "not k=full"), (["--k", "-2"], "got k=-2"),
+    (["--granularity", "rows"], "got 'rows'"), (["--selector", "bogus"], "unknown selector 'bogus'"),
+    (["--min-context", "-3"], "min_context=-3"),
+])
+def test_cli_bad_value_is_one_line(monkeypatch, capsys, tmp_path, args, msg):
+    import sys
+
+    import topkattn.cli as cli
+
+    monkeypatch.setattr(sys, "argv", ["topkattn", "fidelity", *args, "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and msg in err
+    assert len(err.strip().splitlines()) == 1

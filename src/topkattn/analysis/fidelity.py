@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from topkattn.selectors import SelectionContext, Selector, parse_selector
+from topkattn.config import TopKConfig
 from topkattn.errors import InputError
+from topkattn.selectors import SelectionContext, Selector, parse_selector, split_specs
 
 FIDELITY_ATTN = "topkattn_fidelity"
 _REC_ATTR = "_topkattn_fidelity"
@@ -45,10 +46,13 @@ PRECISION_SWEEP = (0.2, 0.4, 0.6, 0.75, 0.9, 1.0)
 
 
 def step_metrics(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
-                 topk: int, scale: float) -> dict[str, torch.Tensor]:
+                 topk: int, scale: float, granularity: str = "query_head"
+                 ) -> dict[str, torch.Tensor]:
     """Fidelity of one decode step.
 
     q [B, Hq, 1, D]; k, v [B, Hkv, Lk, D]; indices [B, Hq or Hkv, 1, n] (< 0 = padding).
+    The exact set is the top-k of each query head's scores, or with ``granularity="kv_group"``
+    of each KV group's summed scores (what exact Top-k selects at that granularity).
     Returns precision, mass_recall and out_err, each fp32 [B, Hq].
     """
     from topkattn.ops.topk.naive import indices_to_mask, select_topk_mask
@@ -61,8 +65,11 @@ def step_metrics(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: tor
     s = torch.matmul(q.float(), kk.transpose(-1, -2))[:, :, 0] * scale  # [B, Hq, Lk]
     p = torch.softmax(s, -1)
     n = min(topk, Lk)
-    vis = torch.ones_like(s, dtype=torch.bool)
-    exact = select_topk_mask(s, n, vis)
+    vis = torch.ones((), dtype=torch.bool, device=s.device)
+    if granularity == "kv_group" and G > 1:
+        exact = select_topk_mask(s.view(B, Hkv, G, Lk).sum(2), n, vis).repeat_interleave(G, 1)
+    else:
+        exact = select_topk_mask(s, n, vis).expand_as(s)
     sel = indices_to_mask(indices[:, :, 0], Lk)
     if sel.shape[1] != Hq:
         sel = sel.repeat_interleave(Hq // sel.shape[1], 1)
@@ -102,25 +109,35 @@ def _fidelity_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     rec = getattr(module, _REC_ATTR, None)
     if rec is not None:
         Lq, Lk = query.shape[2], key.shape[2]
+        cfg: TopKConfig = rec["topk"]
         if Lq == Lk:
             for st in rec["stores"]:
                 st.clear()
-        elif Lq == 1 and Lk > rec["topk"]:
+        elif Lq == 1 and cfg.applies_to(rec["layer"], "decode", Lk):
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            n = cfg.k_for(Lk)
             for i, (label, sel) in enumerate(rec["selectors"]):
-                ctx = SelectionContext(layer_idx=rec["layer"], topk=rec["topk"],
-                                       granularity="query_head", scale=scale, phase="decode",
+                ctx = SelectionContext(layer_idx=rec["layer"], topk=n,
+                                       granularity=cfg.granularity, scale=scale, phase="decode",
                                        store=rec["stores"][i], module=module,
                                        hidden_states=rec.get("hidden"))
                 with torch.no_grad():
                     idx = sel.select(query, key, ctx)
-                    m = step_metrics(query, key, value, idx, rec["topk"], scale)
+                    m = step_metrics(query, key, value, idx, n, scale, cfg.granularity)
                 rec["acc"][label].add(rec["layer"], m)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                   scaling=scaling, **kwargs)
 
 
-def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
+def _topk_of(topk: int | TopKConfig) -> TopKConfig:
+    """A k (int) or a whole `TopKConfig` -> the `TopKConfig` (not dense)."""
+    cfg = topk if isinstance(topk, TopKConfig) else TopKConfig(k=topk)
+    if cfg.dense:
+        raise InputError("fidelity compares selections of k keys: give a k, not k=full")
+    return cfg
+
+
+def measure_fidelity(model, tokenizer, prompts: list[str], topk: int | TopKConfig,
                      selectors: list[str] | dict[str, Selector], max_new_tokens: int = 8,
                      progress: bool = True) -> dict[str, dict]:
     """Per selector: mean and per-layer / per-head precision, mass recall and output error.
@@ -128,7 +145,10 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
     Args:
         model, tokenizer: a Hugging Face causal LM (any `AttentionInterface` model).
         prompts: texts; each is decoded greedily (dense) for ``max_new_tokens`` steps.
-        topk: k of the exact Top-k reference and of every selector.
+        topk: k of the exact Top-k reference and of every selector, or a whole `TopKConfig`:
+            its k or k_ratio (resolved per step), granularity, and the steps it applies to
+            (`TopKConfig.applies_to`: dense layers, min_context, sink + local + k >= context
+            are not measured); its own selector is not used.
         selectors: specs (`topkattn.selectors.parse_selector`) or label -> `Selector`.
 
     Returns:
@@ -140,13 +160,12 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
 
     from topkattn.integrations.hf import attention_override
 
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise InputError(f"topk must be a positive integer, got {topk!r}")
+    cfg = _topk_of(topk)
     sels = selectors if isinstance(selectors, dict) else {s: parse_selector(s) for s in selectors}
     accs = {label: _Acc() for label in sels}
 
     def make_record(layer, module):
-        return {"layer": layer, "topk": topk, "selectors": list(sels.items()),
+        return {"layer": layer, "topk": cfg, "selectors": list(sels.items()),
                 "stores": [dict() for _ in sels], "acc": accs}
 
     def on_hidden(rec, hidden):
@@ -155,7 +174,7 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int,
     dev = next(model.parameters()).device
     with attention_override(model, FIDELITY_ATTN, _fidelity_forward, make_record, _REC_ATTR,
                             on_hidden), Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(f"fidelity k={topk}", total=len(prompts))
+        job = bar.add_task(f"fidelity k={cfg.k_label}", total=len(prompts))
         for text in prompts:
             ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(dev)
             with torch.no_grad():
@@ -192,25 +211,26 @@ class DownstreamRow:
     predictions: list[str] = field(default_factory=list)
 
 
-def run_downstream(model, tokenizer, task, samples, topk: int, selectors: list[str],
+def run_downstream(model, tokenizer, task, samples, topk: int | TopKConfig, selectors: list[str],
                    max_new_tokens: int = 12, include_full: bool = True,
                    progress: bool = True, on_row=None) -> list[DownstreamRow]:
     """Accuracy of Top-k decoding with each selector (and dense ``full`` as reference).
 
     The same protocol as ``topkattn eval`` (`topkattn.generation.decode_branches`):
     each sample is prefilled once densely (all but its last token); every selector decodes
-    from its own deep copy of that cache inside ``sparsify(model, TopKConfig(k=topk,
-    selector=...))``, so even the first answer token comes from a Top-k step. ``task.score``
-    scores the generated text; ``on_row(sample, {label: (score, text)})`` sees each sample.
+    from its own deep copy of that cache inside ``sparsify(model, replace(base,
+    selector=...))``, ``base`` being ``topk`` (a `TopKConfig`, or ``TopKConfig(k=topk)``), so
+    even the first answer token comes from a Top-k step. ``task.score`` scores the generated
+    text; ``on_row(sample, {label: (score, text)})`` sees each sample.
     """
     from rich.progress import Progress
 
-    from topkattn.config import TopKConfig
     from topkattn.generation import decode_branches, eos_token_ids
 
+    base = _topk_of(topk)
     settings: list[tuple[str, TopKConfig | None]] = [("full", None)] if include_full else []
     for lab in selectors:
-        settings.append((lab, TopKConfig(k=topk, selector=parse_selector(lab))))
+        settings.append((lab, replace(base, selector=parse_selector(lab))))
     labels = [lab for lab, _ in settings]
     scores: dict[str, list[float]] = {lab: [] for lab in labels}
     preds: dict[str, list[str]] = {lab: [] for lab in labels}
@@ -335,6 +355,138 @@ def write_json(obj: Any, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# One run, as the command line does it
+
+#: the selectors the command line compares by default
+DEFAULT_SELECTORS = ("exact", "lightning", "quest", "spans", "window", "random")
+
+
+@dataclass
+class FidelityConfig:
+    """What `run_fidelity` measures (validated on construction).
+
+    Attributes:
+        selectors: selector specs compared with exact Top-k (`topkattn.selectors.
+            parse_selector`; a comma-separated string is split by `split_specs`). With
+            ``downstream`` and ``sweep``, the ``precision:p`` sweep (`default_sweep`) is added.
+        topk: the base `TopKConfig`: its k or k_ratio is that of the exact reference and of
+            every selector, its granularity that of both, and the downstream runs use it whole
+            (sink, local, dense_layers, min_context, backend) with each selector in place of
+            its own. Not dense.
+        task, length, samples, seed: the prompts (a synthetic task, tokens, how many, seed).
+        steps: greedy decode steps measured per sample.
+        downstream: also evaluate accuracy with every selector, and relate it to fidelity.
+        sweep: with ``downstream``, add the precision:p sweep (with and without ``protect``).
+        protect: top members the protected sweep keeps.
+        max_new_tokens: answer tokens of the downstream runs.
+        out: output folder (fidelity.json, fidelity.md, fidelity_layers.png and with
+            ``downstream`` downstream.json, fidelity_downstream.png).
+        progress: show progress bars.
+    """
+
+    selectors: tuple[str, ...] = DEFAULT_SELECTORS
+    topk: TopKConfig = field(default_factory=lambda: TopKConfig(k=64))
+    task: str = "niah_multikey"
+    length: int = 2048
+    samples: int = 8
+    seed: int = 0
+    steps: int = 8
+    downstream: bool = False
+    sweep: bool = True
+    protect: int = 1
+    max_new_tokens: int = 12
+    out: str | Path = "runs/fidelity"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from topkattn.evaluation.runner import parse_length
+        from topkattn.tasks import get_task
+
+        if not isinstance(self.topk, TopKConfig):
+            raise InputError(f"topk must be a TopKConfig, got {self.topk!r}")
+        _topk_of(self.topk)  # not dense
+        for name, lo in (("samples", 1), ("steps", 1), ("max_new_tokens", 1), ("protect", 0),
+                         ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise InputError(f"{name} must be an integer >= {lo}, got {name}={v!r}")
+        specs = (split_specs(self.selectors) if isinstance(self.selectors, str)
+                 else [str(x).strip() for x in self.selectors if str(x).strip()])
+        if self.downstream and self.sweep:
+            specs += [x for x in default_sweep(self.protect) if x not in specs]
+        if not specs:
+            raise InputError("selectors must name at least one selector")
+        for spec in specs:
+            parse_selector(spec)  # fail early on a bad name, key or value
+        self.selectors = tuple(dict.fromkeys(specs))
+        self.length = parse_length(self.length)
+        get_task(self.task)  # names an unknown task and the allowed ones
+        self.out = Path(self.out)
+
+    @property
+    def title(self) -> str:
+        return f"{self.task}, {self.length} tokens, k={self.topk.k_label}, {self.samples} samples"
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["selectors"], d["out"] = list(self.selectors), str(self.out)
+        d["topk"] = self.topk.to_json()
+        d["topk"].pop("selector")  # each of selectors replaces it
+        return d
+
+
+@dataclass
+class FidelityResult:
+    """What `run_fidelity` measured and where it wrote it."""
+
+    config: FidelityConfig
+    fidelity: dict[str, dict]
+    table: str
+    files: dict[str, Path]
+    accuracy: dict[str, float] | None = None
+    correlation: dict[str, float] | None = None
+    rows: list[DownstreamRow] = field(default_factory=list)
+
+
+def run_fidelity(model, tokenizer, cfg: FidelityConfig) -> FidelityResult:
+    """Fidelity of ``cfg.selectors`` against exact Top-k on ``cfg.task`` (and with
+    ``cfg.downstream`` the accuracy with each); writes JSON, markdown and plots to ``cfg.out``."""
+    from topkattn.tasks import get_task
+
+    task = get_task(cfg.task)
+    smp = task.samples(tokenizer, cfg.length, cfg.samples, cfg.seed)
+    out = Path(cfg.out)
+    specs = list(cfg.selectors)
+    fid = measure_fidelity(model, tokenizer, [s.prompt for s in smp], cfg.topk, specs,
+                           max_new_tokens=cfg.steps, progress=cfg.progress)
+    k = cfg.topk.k if cfg.topk.k is not None else cfg.topk.k_label
+    files = {"json": write_json({"task": cfg.task, "length": cfg.length, "k": k,
+                                 "samples": cfg.samples, "seed": cfg.seed,
+                                 "config": cfg.to_json(), "selectors": fid},
+                                out / "fidelity.json"),
+             "layers": plot_per_layer(fid, out / "fidelity_layers.png", cfg.title)}
+    table = markdown_table(fid)
+    res = FidelityResult(cfg, fid, table, files)
+    if cfg.downstream:
+        rows = run_downstream(model, tokenizer, task, smp, cfg.topk, specs,
+                              max_new_tokens=cfg.max_new_tokens, progress=cfg.progress)
+        acc = {r.selector: r.accuracy for r in rows}
+        sel_acc = {lab: a for lab, a in acc.items() if lab != "full"}
+        corr = correlate(fid, sel_acc)
+        files["downstream"] = write_json({"accuracy": acc, "correlation": corr, "rows": rows},
+                                         out / "downstream.json")
+        files["downstream_plot"] = plot_downstream(fid, sel_acc, out / "fidelity_downstream.png",
+                                                   cfg.title, full=acc.get("full"))
+        table = markdown_table(fid, acc) + (
+            f"\n\nPearson r: accuracy vs precision {corr['r_precision']:.2f}, "
+            f"vs mass recall {corr['r_mass_recall']:.2f} ({corr['n']} selectors)")
+        res.accuracy, res.correlation, res.rows, res.table = acc, corr, rows, table
+    files["md"] = out / "fidelity.md"
+    files["md"].write_text(f"{cfg.title}\n\n{table}\n")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
 # DeepSeek-V3.2's built-in indexer
 
 
@@ -412,7 +564,7 @@ def deepseek_v32_indexer_fidelity(model, input_ids: torch.Tensor, topk: int,
     return res
 
 
-__all__ = ["DownstreamRow", "deepseek_v32_indexer_fidelity", "METRICS", "PRECISION_SWEEP", "correlate",
-           "default_sweep", "markdown_table", "measure_fidelity", 
-           "pearson", "plot_downstream", "plot_per_layer", "run_downstream", "step_metrics",
-           "summarize", "write_json"]
+__all__ = ["DEFAULT_SELECTORS", "DownstreamRow", "FidelityConfig", "FidelityResult", "METRICS",
+           "PRECISION_SWEEP", "correlate", "deepseek_v32_indexer_fidelity", "default_sweep",
+           "markdown_table", "measure_fidelity", "pearson", "plot_downstream", "plot_per_layer",
+           "run_downstream", "run_fidelity", "step_metrics", "summarize", "write_json"]

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from topkattn.cli.topk_options import (BackendOpt, DenseLayersOpt, GranularityOpt, KOpt,
+                                       LocalOpt, MinContextOpt, SinkOpt, topk_config)
+
 DEFAULT_SELECTORS = "exact,lightning,quest,spans,window,random"
 
 
@@ -14,7 +17,6 @@ def fidelity_command(
     selector: str = typer.Option(DEFAULT_SELECTORS, "--selector",
                                  help="comma-separated specs name[:value][,key=value...], e.g. "
                                  "lightning:runs/indexer.safetensors, precision:0.75,protect=1"),
-    k: int = typer.Option(64, "--k", help="keys per query (exact Top-k reference and selectors)"),
     model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id or a folder"),
     task: str = typer.Option("niah_multikey", "--task", help="synthetic task"),
     length: str = typer.Option("2k", "--length", help="prompt length in tokens (2048, 2k)"),
@@ -31,54 +33,33 @@ def fidelity_command(
     out: str = typer.Option("runs/fidelity", "--out", help="output folder"),
     device: Optional[str] = typer.Option(None, "--device"),
     quiet: bool = typer.Option(False, "--quiet"),
+    k: KOpt = "64",
+    sink: SinkOpt = 0,
+    local: LocalOpt = 0,
+    dense_layers: DenseLayersOpt = "",
+    min_context: MinContextOpt = 0,
+    granularity: GranularityOpt = "query_head",
+    backend: BackendOpt = "auto",
 ) -> None:
-    """Per-layer/head precision, attention-mass recall and output error vs exact Top-k."""
-    from pathlib import Path
-
+    """Per-layer/head precision, attention-mass recall and output error vs exact Top-k (--k is
+    that of the reference and of every selector)."""
     from rich.console import Console
 
-    from topkattn.analysis import fidelity as F
-    from topkattn.evaluation.runner import parse_length
+    from topkattn.analysis.fidelity import FidelityConfig, run_fidelity
     from topkattn.models import load_model
-    from topkattn.tasks import get_task
 
-    con = Console()
-    from topkattn.selectors import parse_selector, split_specs
-
-    specs = split_specs(selector)
-    if downstream and sweep:
-        specs += [s for s in F.default_sweep(protect) if s not in specs]
-    for s in specs:
-        parse_selector(s)  # fail early on a bad name, key or value
-    length = parse_length(length)
-    t = get_task(task)
+    topk = topk_config(k, sink=sink, local=local, dense_layers=dense_layers,
+                       min_context=min_context, granularity=granularity, selector=None,
+                       backend=backend)
+    cfg = FidelityConfig(selectors=selector, topk=topk, task=task, length=length,
+                         samples=samples, seed=seed, steps=steps, downstream=downstream,
+                         sweep=sweep, protect=protect, max_new_tokens=max_new_tokens, out=out,
+                         progress=not quiet)
     m, tok = load_model(model, device=device)
-    smp = t.samples(tok, length, samples, seed)
-    outdir = Path(out)
-    fid = F.measure_fidelity(m, tok, [s.prompt for s in smp], k, specs, max_new_tokens=steps,
-                             progress=not quiet)
-    F.write_json({"task": task, "length": length, "k": k, "samples": samples, "seed": seed,
-                  "selectors": fid}, outdir / "fidelity.json")
-    title = f"{task}, {length} tokens, k={k}, {samples} samples"
-    F.plot_per_layer(fid, outdir / "fidelity_layers.png", title)
-    table = F.markdown_table(fid)
-    acc = None
-    if downstream:
-        rows = F.run_downstream(m, tok, t, smp, k, specs, max_new_tokens=max_new_tokens,
-                                progress=not quiet)
-        acc = {r.selector: r.accuracy for r in rows}
-        corr = F.correlate(fid, {l: a for l, a in acc.items() if l != "full"})
-        F.write_json({"accuracy": acc, "correlation": corr, "rows": rows},
-                     outdir / "downstream.json")
-        F.plot_downstream(fid, {l: a for l, a in acc.items() if l != "full"},
-                          outdir / "fidelity_downstream.png", title, full=acc.get("full"))
-        table = F.markdown_table(fid, acc) + (
-            f"\n\nPearson r: accuracy vs precision {corr['r_precision']:.2f}, "
-            f"vs mass recall {corr['r_mass_recall']:.2f} ({corr['n']} selectors)")
-    (outdir / "fidelity.md").write_text(f"{title}\n\n{table}\n")
-    con.print(table)
-    con.print(f"results in {outdir}/ (fidelity.json, fidelity.md, fidelity_layers.png"
-              + (", downstream.json, fidelity_downstream.png)" if downstream else ")"))
+    res = run_fidelity(m, tok, cfg)
+    con = Console()
+    con.print(res.table)
+    con.print(f"results in {cfg.out}/ (" + ", ".join(p.name for p in res.files.values()) + ")")
 
 
 def register(app: typer.Typer) -> None:
