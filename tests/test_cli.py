@@ -1,32 +1,42 @@
-"""The CLI entry point: commands are discovered, bad input is one line and exit code 2."""
+"""The CLI entry point: commands are discovered, bad input is one line and exit code 2, and the
+Top-k options are one shared set (in process: typer's CliRunner or `main` with sys.argv)."""
 
-import subprocess
 import sys
+import typing
 
 import pytest
+from typer.testing import CliRunner
+
+import topkattn.cli as cli
+from topkattn.cli import topk_options as T
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "from topkattn.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=300,
-    )
+def run_main(monkeypatch, capsys, *args):
+    """(exit code, stdout, stderr) of ``topkattn ARGS`` through `main`."""
+    monkeypatch.setattr(sys, "argv", ["topkattn", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def test_help_lists_commands():
-    r = run_cli("--help")
-    assert r.returncode == 0
-    assert "info" in r.stdout
+    r = CliRunner().invoke(cli.app, ["--help"])
+    assert r.exit_code == 0
+    for name in ("info", "eval", "train", "fidelity", "entropy", "bench"):
+        assert name in r.output
 
 
 def test_info_runs():
-    r = run_cli("info")
-    assert r.returncode == 0, r.stderr
-    assert "selectors" in r.stdout and "exact" in r.stdout
+    r = CliRunner().invoke(cli.app, ["info"])
+    assert r.exit_code == 0, r.output
+    assert "selectors" in r.output and "exact" in r.output
 
 
 def test_user_errors_become_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
-    import topkattn.cli as cli
     from topkattn.errors import InputError
 
     @cli.app.command("fail-for-test")
@@ -47,13 +57,105 @@ def test_user_errors_become_one_line_and_bugs_keep_their_traceback(monkeypatch, 
         cli.main()
 
 
-def test_unknown_option_is_a_usage_error():
-    r = run_cli("info", "--bogus")
-    assert r.returncode == 2 and "No such option" in r.stderr
+def test_unknown_option_is_a_usage_error(monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "info", "--bogus")
+    assert code == 2 and "No such option" in err
 
 
 @pytest.mark.parametrize("command", ["fidelity", "entropy", "eval"])
-def test_bad_length_is_one_line(command):
-    r = run_cli(command, "--length" if command != "eval" else "--lengths", "2x")
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["error: length must be a number of tokens such as 1024 or 1k, got '2x'"]
+def test_bad_length_is_one_line(monkeypatch, capsys, command):
+    code, _, err = run_main(monkeypatch, capsys, command,
+                            "--length" if command != "eval" else "--lengths", "2x")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: length must be a number of tokens such as 1024 or 1k, got '2x'"]
+
+
+# --------------------------------------------------------------------------------------------
+# One set of Top-k options
+
+#: the Top-k options each command takes (those that mean something for it)
+TOPK_FLAGS = {
+    "eval": {"--k", "--sink", "--local", "--dense-layers", "--min-context", "--granularity",
+             "--selector", "--backend"},
+    "train": {"--k", "--sink", "--local", "--dense-layers", "--min-context", "--granularity",
+              "--selector", "--backend"},
+    "fidelity": {"--k", "--sink", "--local", "--dense-layers", "--min-context",
+                 "--granularity", "--backend"},
+    "entropy": {"--k"},
+}
+
+
+def _options(command: str) -> dict[str, object]:
+    import typer.main
+
+    group = typer.main.get_command(cli.app)
+    return {p.opts[0]: p for p in group.commands[command].params}
+
+
+def _shared() -> dict[str, set[str]]:
+    """flag -> the help texts the shared aliases of `topk_options` declare for it."""
+    out: dict[str, set[str]] = {}
+    for name in T.__all__:
+        alias = getattr(T, name)
+        for meta in getattr(alias, "__metadata__", ()):
+            out.setdefault(meta.param_decls[0] if meta.param_decls else meta.default,
+                           set()).add(meta.help)
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(TOPK_FLAGS))
+def test_topk_options_are_the_shared_ones_in_one_panel(command):
+    opts = _options(command)
+    panel = {flag for flag, p in opts.items() if getattr(p, "rich_help_panel", None) == T.PANEL}
+    assert panel == TOPK_FLAGS[command]
+    shared = _shared()
+    for flag in panel:
+        assert opts[flag].help in shared[flag], (command, flag)  # declared once, there
+    r = CliRunner().invoke(cli.app, [command, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and T.PANEL in r.output
+
+
+def test_flags_kept_from_before():
+    """Flags that existed before the shared options still parse (backward compatible)."""
+    assert {"--k", "--sink", "--local", "--dense-layers", "--granularity",
+            "--selector"} <= set(_options("eval"))
+    assert {"--k", "--sink", "--local", "--backend"} <= set(_options("train"))
+    assert {"--k", "--selector"} <= set(_options("fidelity"))
+    assert "--k" in _options("entropy")
+
+
+def test_topk_config_builds_one_config_from_the_options():
+    from topkattn.config import TopKConfig
+    from topkattn.selectors import QuestSelector
+
+    cfg = T.topk_config("5%", sink=1, local=2, granularity="kv_group", selector="quest:8",
+                        dense_layers="0, 2", min_context=32, backend="reference",
+                        phases="decode,prefill")
+    assert cfg == TopKConfig(k=None, k_ratio=0.05, phases=("decode", "prefill"), sink=1,
+                             local=2, dense_layers=(0, 2), min_context=32,
+                             granularity="kv_group", selector=QuestSelector(page_size=8),
+                             backend="reference")
+    assert T.topk_config("full").dense and T.topk_config("8", selector="").selector is None
+    base, ks = T.topk_sweep("8,full,5%,8", sink=3)
+    assert base.dense and base.sink == 3 and ks == ("8", "full", "5%")
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: T.topk_config("abc"), "got 'abc'"),
+    (lambda: T.topk_config("8", granularity="head"), "got 'head'"),
+    (lambda: T.topk_config("8", dense_layers="1,a"), "got '1,a'"),
+    (lambda: T.topk_config("8", phases="train"), "phases must be"),
+    (lambda: T.topk_sweep("8,0"), "got k=0"),
+])
+def test_topk_config_bad_values_name_them(call, match):
+    from topkattn.errors import TopkattnError
+
+    with pytest.raises(TopkattnError, match=match):
+        call()
+
+
+def test_alias_types_are_annotated():
+    for name in ("KOpt", "KListOpt", "SinkOpt", "LocalOpt", "GranularityOpt", "SelectorOpt",
+                 "DenseLayersOpt", "MinContextOpt", "BackendOpt", "PhasesOpt"):
+        assert typing.get_origin(getattr(T, name)) is typing.Annotated
