@@ -84,3 +84,41 @@ def test_helmet_fields_and_scoring(tokenizer, tmp_path):
     assert HelmetTask(path=str(p), match="all").score("cat", ss["helmet-2"]) == 0.5
     with pytest.raises(ValueError, match="match"):
         HelmetTask(path=str(p), match="some")
+
+
+def test_truncated_jsonl_line_is_named(tmp_path):
+    from topkattn.tasks.files import read_records
+
+    p = tmp_path / "broken.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}\n{"a": "unterminated\n{"a": 4}\n')
+    with pytest.raises(ValueError) as e:
+        read_records(p)
+    msg = str(e.value)
+    assert "line 3" in msg and "line 1 column" not in msg and "\n" not in msg
+
+
+def test_jsonl_named_json_and_json_list_named_jsonl(tmp_path):
+    from topkattn.tasks.files import read_records
+
+    a = tmp_path / "rows.json"
+    a.write_text('{"x": 1}\n\n{"x": 2}\n')
+    assert read_records(a) == [{"x": 1}, {"x": 2}]
+    b = tmp_path / "rows.jsonl"
+    b.write_text(json.dumps([{"x": 1}, {"x": 2}], indent=1))
+    assert read_records(b) == [{"x": 1}, {"x": 2}]
+    c = tmp_path / "wrapped.json"
+    c.write_text(json.dumps({"data": [{"x": 3}]}))
+    assert read_records(c) == [{"x": 3}]
+
+
+def test_broken_json_list_and_empty_files(tmp_path):
+    from topkattn.tasks.files import read_records
+
+    p = tmp_path / "list.json"
+    p.write_text('[\n {"x": 1},\n {"x": \n')
+    with pytest.raises(ValueError, match=r"is not valid JSON: line 4"):
+        read_records(p)
+    q = tmp_path / "empty.jsonl"
+    q.write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no records"):
+        read_records(q)
