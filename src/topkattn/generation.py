@@ -48,13 +48,17 @@ def greedy_decode(model, first_token, cache, max_new_tokens: int, eos: set[int])
     return out_ids
 
 
+#: full attention through the Top-k attention function (a frozen config, built once)
+FULL_ATTENTION = TopKConfig(k=None)
+
+
 def _sparsify(model, cfg: TopKConfig | None):
     """Top-k decoding with ``cfg``; ``None`` (full attention) decodes densely through the same
-    attention function (`TopKConfig(k=None)`: full attention over key ranges, no per-length
+    attention function (`FULL_ATTENTION`: full attention over key ranges, no per-length
     SDPA plan rebuilds), so both sides of a comparison take the same path."""
     from topkattn.integrations.hf import sparsify
 
-    return sparsify(model, cfg if cfg is not None else TopKConfig(k=None))
+    return sparsify(model, cfg if cfg is not None else FULL_ATTENTION)
 
 
 @dataclass
