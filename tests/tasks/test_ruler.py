@@ -6,13 +6,15 @@ from collections import Counter
 
 import pytest
 
-from topkattn.tasks import TASK_NAMES, get_task
+from topkattn.tasks import AGGREGATION_NAMES, ALL_TASK_NAMES, TASK_NAMES, get_task
+from topkattn.tasks.base import count_tokens
 from topkattn.tasks.ruler import (LEXICON, CommonWordsTask, FrequentWordsTask,
                                   string_match_all, zeta)
 
 
 def test_registered_like_the_other_synthetic_tasks():
-    assert {"cwe", "fwe"} <= set(TASK_NAMES)
+    assert AGGREGATION_NAMES == ("cwe", "fwe") and set(ALL_TASK_NAMES) >= {"cwe", "niah_multikey"}
+    assert not {"cwe", "fwe"} & set(TASK_NAMES)  # training specs take single-answer tasks
     assert isinstance(get_task("cwe"), CommonWordsTask)
     assert isinstance(get_task("fwe"), FrequentWordsTask)
 
@@ -26,6 +28,10 @@ def test_deterministic_by_seed(tokenizer, name):
     assert [s.answers for s in a] == [s.answers for s in b]
     assert [s.answers for s in a] != [s.answers for s in c]
     assert a[0].answers != a[1].answers and a[0].depth is None
+    for s in a:
+        assert count_tokens(tokenizer, s.prompt) == s.n_tokens <= 1024
+        assert s.prompt.endswith("<|im_start|>assistant\n" + s.metadata["answer_prefix"])
+        assert all(w in s.prompt for w in s.answers) and s.task == name
 
 
 def _list_counts(user: str) -> Counter:

@@ -1,7 +1,9 @@
 """Evaluation tasks: synthetic retrieval and aggregation (RULER-style) and local-file benchmarks.
 
-`get_task(name)` returns a `Task`. Registered synthetic names are in `TASK_NAMES` (``passkey``,
-``niah_multikey``, ``vartrack``, ``kv``, and RULER's aggregation tasks ``cwe``, ``fwe``).
+`get_task(name)` returns a `Task`. Registered synthetic names: `TASK_NAMES` (``passkey``,
+``niah_multikey``, ``vartrack``, ``kv``: one answer each, so training's ``synthetic:`` data
+specs take them) and `AGGREGATION_NAMES` (RULER's ``cwe``, ``fwe``: several gold words, scored
+by the fraction found); `ALL_TASK_NAMES` is both.
 File-backed benchmarks (JSON or JSONL files):
 
 - ``longbench_v2:<path>``: LongBench v2, 0-shot prompt; ``longbench_v2_cot:<path>``: its
@@ -21,7 +23,9 @@ from topkattn.tasks.ruler import AGGREGATION_TASKS
 from topkattn.tasks.synthetic import SYNTHETIC_TASKS
 
 _REGISTRY = {**SYNTHETIC_TASKS, **AGGREGATION_TASKS}
-TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+TASK_NAMES: tuple[str, ...] = tuple(SYNTHETIC_TASKS)
+AGGREGATION_NAMES: tuple[str, ...] = tuple(AGGREGATION_TASKS)
+ALL_TASK_NAMES: tuple[str, ...] = TASK_NAMES + AGGREGATION_NAMES
 FILE_TASKS: tuple[str, ...] = ("longbench_v2", "longbench_v2_cot", "helmet")
 _CATEGORY = re.compile(r"([A-Za-z][\w]*)(?:@(\w+))?")
 
@@ -41,7 +45,7 @@ def get_task(name: str) -> Task:
         return LongBenchV2Task(path=rest, cot=prefix == "longbench_v2_cot")
     if prefix == "helmet" and rest:
         return _helmet(rest)
-    allowed = (", ".join(TASK_NAMES) + ", longbench_v2:<path>, longbench_v2_cot:<path>, "
+    allowed = (", ".join(ALL_TASK_NAMES) + ", longbench_v2:<path>, longbench_v2_cot:<path>, "
                "helmet:<category>[@<setting>]:<path>, helmet:<path>")
     raise InputError(f"unknown task {name!r}; allowed: {allowed}")
 
@@ -61,5 +65,5 @@ def _helmet(rest: str) -> Task:
     return HelmetTask(path=rest)
 
 
-__all__ = ["FILE_TASKS", "Sample", "TASK_NAMES", "Task", "exact_match_score", "get_task",
+__all__ = ["AGGREGATION_NAMES", "ALL_TASK_NAMES", "FILE_TASKS", "Sample", "TASK_NAMES", "Task", "exact_match_score", "get_task",
            "normalize"]
