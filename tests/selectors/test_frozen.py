@@ -43,3 +43,14 @@ def test_lightning_caches_its_random_indexer_outside_the_fields():
     assert sel._random_indexer is cached and torch.equal(first, again)
     assert "_random_indexer" not in repr(sel)
     assert sel == LightningSelector(query_source="query", n_heads=2, head_dim=8)
+
+
+@pytest.mark.parametrize("spec", ["precision:0.5", "random"])
+def test_copies_do_not_share_the_rng_cache(spec):
+    sel = parse_selector(spec)
+    q, k = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 30, 8)
+    ctx = SelectionContext(topk=4)
+    sel.select(q, k, ctx)
+    copy = dataclasses.replace(sel)
+    assert copy._gen is not sel._gen and not copy._gen
+    assert torch.equal(copy.select(q, k, ctx), parse_selector(spec).select(q, k, ctx))

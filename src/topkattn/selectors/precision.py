@@ -43,7 +43,7 @@ class PrecisionSelector(ExactSelector):
     protect: int = 0
     swap: str = "random"
     seed: int = 0
-    _gen: dict = field(default_factory=dict, repr=False, compare=False)
+    _gen: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # RNG cache
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p", check_float("precision p", self.p, 0.0, 1.0))

@@ -25,7 +25,7 @@ class RandomSelector(Selector):
 
     seed: int = 0
     per_head: bool = True
-    _gen: dict = field(default_factory=dict, repr=False, compare=False)
+    _gen: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # RNG cache
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
