@@ -220,6 +220,8 @@ def parse_k_list(text: str | list | tuple) -> list[tuple[str, KSetting]]:
     for item in items:
         if item.strip():
             out.setdefault(k_label(item), parse_k(item))
+    if not out:
+        raise TopKConfigError(f"k list {text!r} names no k value; give e.g. '8,32,full' or '5%'")
     return list(out.items())
 
 

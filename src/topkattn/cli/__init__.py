@@ -34,6 +34,9 @@ class CLIError(InputError):
 @app.callback()
 def _root() -> None:
     """Top-k sparse attention for Hugging Face causal LMs."""
+    from topkattn.ops.topk import env_backend
+
+    env_backend()  # a bad TOPKATTN_BACKEND stops every command, with the allowed values
 
 
 def _register_commands() -> None:

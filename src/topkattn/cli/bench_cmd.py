@@ -19,5 +19,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Time the Triton kernels against SDPA dense / FlexAttention on this GPU."""
         from topkattn.bench.run import run_ops
+        from topkattn.paths import prepare_out_dir
 
+        prepare_out_dir(out)
         run_ops([o.strip() for o in op.split(",") if o.strip()], ctx, k, batch, out, layers)

@@ -34,6 +34,12 @@ def entropy_command(
 
     common = dict(task=task, length=parse_length(length), samples=samples, decode_steps=steps,
                   ks=k, seed=seed, device=device)
+    from topkattn.devices import check_device
+    from topkattn.paths import prepare_out_dir
+
+    prepare_out_dir(out)  # before any model is loaded
+    if device is not None:
+        check_device(device)
     cfg = EntropyConfig(model=model, label=label, **common)
     cmp = EntropyConfig(model=compare, label=compare_label, **common) if compare else None
     results = run_entropy(cfg, cmp, out=None)

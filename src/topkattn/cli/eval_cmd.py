@@ -16,7 +16,8 @@ def eval_command(
                               "model folder or a .gguf file"),
     task: str = typer.Option("passkey,niah_multikey,vartrack,kv", "--task",
                              help="comma-separated tasks: passkey, niah_multikey, vartrack, kv, "
-                             "longbench_v2:<file>, helmet:<file>"),
+                             "cwe, fwe, longbench_v2:<file>, longbench_v2_cot:<file>, "
+                             "helmet:<category>[@<length>]:<file> (docs/benchmark_suites.md)"),
     lengths: str = typer.Option("1k,2k,4k", "--lengths",
                                 help="comma-separated prompt lengths in tokens of the model's "
                                 "tokenizer, e.g. 1k,2k,4k or 1024,2048"),
@@ -64,6 +65,12 @@ def eval_command(
         ks=ks, topk=topk, samples=samples, seed=seed, max_new_tokens=max_new_tokens, out=out,
         progress=not quiet,
     )
+    from topkattn.devices import check_device
+    from topkattn.paths import prepare_out_dir
+
+    prepare_out_dir(out)  # before any model is loaded
+    if device is not None:
+        check_device(device)
     con = Console()
     if report_only:
         summary = make_report(cfg)

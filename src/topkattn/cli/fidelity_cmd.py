@@ -55,6 +55,12 @@ def fidelity_command(
                          samples=samples, seed=seed, steps=steps, downstream=downstream,
                          sweep=sweep, protect=protect, max_new_tokens=max_new_tokens, out=out,
                          progress=not quiet)
+    from topkattn.devices import check_device
+    from topkattn.paths import prepare_out_dir
+
+    prepare_out_dir(out)  # before the model is loaded
+    if device is not None:
+        check_device(device)
     m, tok = load_model(model, device=device)
     res = run_fidelity(m, tok, cfg)
     con = Console()

@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
             table.add_row(pkg, version)
         cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU reference)"
         table.add_row("CUDA device", cuda)
+        from topkattn.ops.topk import env_backend
+
+        table.add_row("TOPKATTN_BACKEND", env_backend() or "unset")
         has_triton = importlib.util.find_spec("triton") is not None
         kernels = (
             "Triton on CUDA" if has_triton and torch.cuda.is_available()

@@ -53,7 +53,13 @@ def train_command(
     rerun to resume)."""
     from rich.console import Console
 
+    from topkattn.devices import check_device
+    from topkattn.paths import prepare_out_dir
     from topkattn.train.sft import TrainConfig, train
+
+    prepare_out_dir(out)  # before the model is loaded
+    if device is not None:
+        check_device(device)
 
     # every training sequence is one prefill: Top-k applies there (and at decode, for use after)
     topk = topk_config(k, sink=sink, local=local, dense_layers=dense_layers,

@@ -37,6 +37,9 @@ def train_indexer_command(
                              samples=samples, rows=rows, n_heads=heads, head_dim=head_dim,
                              query_source=query_source, steps=steps, lr=lr,
                              restrict_topk=restrict_topk, seed=seed)
+    from topkattn.paths import prepare_out_file
+
+    prepare_out_file(out, suffixes=(".safetensors", ".pt"))  # before training, not after
     m, tok = load_model(model, device=device)
     res = train_indexer(cfg, m, tok, progress=not quiet)
     Console().print(f"indexer: {res.sequences} sequences, {len(res.losses)} steps, KL "
