@@ -1,7 +1,9 @@
 """Reports of an evaluation run: summary JSON, markdown table and accuracy plot.
 
 - ``summary.json``: the config and one entry per (task, length, k) with ``n`` (samples scored),
-  ``score_sum`` and ``accuracy`` (mean score).
+  ``score_sum`` and ``accuracy`` (mean score); ``breakdowns``: the benchmark's own summary
+  where the task has one (LongBench v2: overall, easy/hard, short/medium/long, each with its
+  count and 95% Wilson interval).
 - ``table.md``: rows task x length, columns full attention then each k (accuracy in [0, 1]).
 - ``accuracy.png``: one panel per task, accuracy vs k (categorical axis in the order given),
   one line per length, full attention as a dashed line of the same colour.
@@ -151,6 +153,28 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
     return path
 
 
+def breakdowns(rows: list[dict]) -> list[dict]:
+    """Each task's own summary of its rows per (task, length, k) where it has one
+    (`Task.breakdown`: LongBench v2 by difficulty and length bucket, with counts and 95%
+    intervals); synthetic tasks have none."""
+    from topkattn.tasks import get_task
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["length"], r["k"]), []).append(r)
+    out, tasks = [], {}
+    for (task, length, k), group in groups.items():
+        if task not in tasks:
+            try:
+                tasks[task] = get_task(task)
+            except (ValueError, OSError):  # a file moved since the run: no breakdown
+                tasks[task] = None
+        b = tasks[task].breakdown(group) if tasks[task] is not None else None
+        if b is not None:
+            out.append({"task": task, "length": length, "k": k, "breakdown": b})
+    return out
+
+
 def write_reports(cfg: "EvalConfig", rows: list[dict], out: Path) -> Summary:
     """Write summary JSON, markdown table and plot for ``rows``; return the `Summary`."""
     cells = aggregate(rows)
@@ -160,6 +184,7 @@ def write_reports(cfg: "EvalConfig", rows: list[dict], out: Path) -> Summary:
         "config": cfg.to_json(),
         "cells": [{"task": c.task, "length": c.length, "k": c.k, "n": c.n,
                    "score_sum": c.score_sum, "accuracy": c.accuracy} for c in cells],
+        "breakdowns": breakdowns(rows),
     }, indent=2) + "\n")
     table_path = out / TABLE_FILE
     table_path.write_text(markdown_table(cells, cfg.ks))
