@@ -34,3 +34,20 @@ def tiny_causal_lm(family: str = "llama", layers: int = 2, seed: int = 0, vocab:
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     return model_cls(config).eval()
+
+
+def run_main(monkeypatch, capsys, *args):
+    """(exit code, stdout, stderr) of ``topkattn ARGS`` run in process through
+    `topkattn.cli.main` (so bad input gives its one-line error and exit code 2)."""
+    import sys
+
+    import topkattn.cli as cli
+
+    monkeypatch.setattr(sys, "argv", ["topkattn", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err

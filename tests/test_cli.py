@@ -8,19 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 import topkattn.cli as cli
+from tests.helpers import run_main
 from topkattn.cli import topk_options as T
 
 
-def run_main(monkeypatch, capsys, *args):
-    """(exit code, stdout, stderr) of ``topkattn ARGS`` through `main`."""
-    monkeypatch.setattr(sys, "argv", ["topkattn", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_help_lists_commands():

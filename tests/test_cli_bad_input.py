@@ -2,22 +2,9 @@
 exit code 2, and nothing expensive done first (no model is loaded: `load_model` is replaced by
 a function that fails the test). In process, through `topkattn.cli.main`."""
 
-import sys
-
 import pytest
 
-import topkattn.cli as cli
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["topkattn", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.helpers import run_main
 
 
 @pytest.fixture
