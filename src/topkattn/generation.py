@@ -105,4 +105,13 @@ def decode_branches(model, tokenizer, prompt: str, settings, max_new_tokens: int
         torch.cuda.empty_cache()
 
 
-__all__ = ["Branch", "decode_branches", "eos_token_ids", "greedy_decode"]
+def decode_one(model, tokenizer, prompt: str, topk: TopKConfig | None, max_new_tokens: int,
+               eos: set[int], label: str = "") -> Branch:
+    """One greedy answer to ``prompt`` under ``topk`` (None: full attention), by the protocol
+    of `decode_branches` (dense prefill of all but the last prompt token, then decoding inside
+    ``sparsify``). Used for the second turn of two-turn tasks."""
+    return list(decode_branches(model, tokenizer, prompt, [(label, topk)], max_new_tokens,
+                                eos))[0]
+
+
+__all__ = ["Branch", "decode_branches", "decode_one", "eos_token_ids", "greedy_decode"]

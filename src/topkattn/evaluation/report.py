@@ -7,11 +7,17 @@
 - ``table.md``: rows task x length, columns full attention then each k (accuracy in [0, 1]).
 - ``accuracy.png``: one panel per task, accuracy vs k (categorical axis in the order given),
   one line per length, full attention as a dashed line of the same colour.
+
+Each file is written to a temporary name and then renamed, so a reader (or a second shard
+writing the same reports) never sees half a file. Score sums are exact sums (``math.fsum``), so
+the same results give the same numbers in any order.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -48,6 +54,9 @@ class Summary:
     out: Path
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    complete: bool = True  # False: a shard's part is done, others are missing (no reports yet)
+    missing: int = 0  # results of the run not in the folder yet
+    shard: str | None = None  # "i/n" of the process that made this Summary, None unsharded
 
     def accuracy(self, task: str, length: int, k: str) -> float | None:
         for c in self.cells:
@@ -63,12 +72,47 @@ class Summary:
 def aggregate(rows: Iterable[dict]) -> list[Cell]:
     """Cells (task, length, k) with sample counts and score sums, in first-seen order."""
     cells: dict[tuple[str, int, str], Cell] = {}
+    scores: dict[tuple[str, int, str], list[float]] = {}
     for r in rows:
         key = (r["task"], int(r["length"]), str(r["k"]))
         c = cells.setdefault(key, Cell(task=key[0], length=key[1], k=key[2], n=0, score_sum=0.0))
         c.n += 1
-        c.score_sum += float(r["score"])
+        scores.setdefault(key, []).append(float(r["score"]))
+    for key, c in cells.items():
+        c.score_sum = math.fsum(scores[key])
     return list(cells.values())
+
+
+def check_not_less(out: Path, rows: list[dict]) -> None:
+    """`InputError` when ``out/summary.json`` counts results that ``rows`` lack: a cell
+    (task, length, k) it has and ``rows`` do not, or one with more samples. Reports made from
+    ``rows`` would then replace a finished summary with less."""
+    from topkattn.errors import InputError
+
+    path = Path(out) / SUMMARY_FILE
+    try:
+        old = json.loads(path.read_text())["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    new = {(c.task, c.length, c.k): c.n for c in aggregate(rows)}
+    lost = []
+    for c in old:
+        if not isinstance(c, dict):
+            continue
+        n = new.get((c.get("task"), c.get("length"), c.get("k")), 0)
+        if n < c.get("n", 0):
+            lost.append(f"{c['task']} {c['length']} k={c['k']}: {c['n']} -> {n} samples")
+    if lost:
+        raise InputError(
+            f"the reports in {str(out)!r} count more results than these settings select "
+            f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); nothing was written: "
+            "leave out --task/--lengths/--k to report with the folder's own settings")
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _rows_of(cells: list[Cell]) -> list[tuple[str, int]]:
@@ -148,8 +192,10 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
         fig.suptitle("\n".join(textwrap.wrap(title, width)), fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -180,14 +226,14 @@ def write_reports(cfg: "EvalConfig", rows: list[dict], out: Path) -> Summary:
     cells = aggregate(rows)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / SUMMARY_FILE
-    summary_path.write_text(json.dumps({
+    _replace_text(summary_path, json.dumps({
         "config": cfg.to_json(),
         "cells": [{"task": c.task, "length": c.length, "k": c.k, "n": c.n,
                    "score_sum": c.score_sum, "accuracy": c.accuracy} for c in cells],
         "breakdowns": breakdowns(rows),
     }, indent=2) + "\n")
     table_path = out / TABLE_FILE
-    table_path.write_text(markdown_table(cells, cfg.ks))
+    _replace_text(table_path, markdown_table(cells, cfg.ks))
     plot_path = plot_accuracy(cells, cfg.ks, out / PLOT_FILE,
                               title=f"Top-k decoding vs full attention ({cfg.samples} "
                                     f"samples per point)")

@@ -8,14 +8,28 @@ so that even the first answer token comes from a Top-k decode step (Top-k Decodi
 arXiv 2512.03494). Full attention decodes inside ``sparsify(model, TopKConfig(k=None))``: the
 same attention function, over key ranges.
 
+Two-turn tasks (LongBench v2 with chain of thought, ``longbench_v2_cot:<file>``): where
+`Task.followup` returns a second prompt built from a branch's first output, that prompt is
+decoded in the same way and under the same setting (prefilled densely, decoded with full
+attention or with the branch's Top-k config); the second output is the ``prediction`` that is
+scored and the first is kept as ``reasoning``.
+
 Results: ``results.jsonl`` gets one line per (sample, k), flushed at once; a rerun with the same
-output folder skips finished (task, length, sample, k) keys, so an interrupted run resumes.
-`topkattn.evaluation.report` then writes ``summary.json``, ``table.md`` and ``accuracy.png``.
+output folder skips finished (task, length, sample, k) keys, so an interrupted run resumes
+(`topkattn.evaluation.records`: a torn last line is cut off first, with a warning). With a
+`Shard` (``--shard i/n``, or torchrun's ``RANK``/``WORLD_SIZE``) the process evaluates its
+part of the samples (`topkattn.evaluation.shard`) into ``results.shard-<i>-of-<n>.jsonl``;
+finished results of any file in the folder are reused. `topkattn.evaluation.report` then writes
+``summary.json``, ``table.md`` and ``accuracy.png`` from the results of every file, in one
+fixed order, so that they equal an unsharded run's; a shard writes them when the folder holds
+every result of the run (the last shard to finish), and ``report_only`` at any time.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,11 +37,29 @@ from typing import Any
 
 from topkattn.config import TopKConfig, parse_k, parse_k_list, selector_spec
 from topkattn.errors import InputError, MissingFileError
+from topkattn.evaluation.records import (RESULTS_FILE, key_of, read_folder, read_results,
+                                         record_key, repair_tail, result_files)
 from topkattn.evaluation.report import Cell, Summary, write_reports  # noqa: F401  (Cell: re-exported)
-from topkattn.generation import decode_branches, eos_token_ids  # noqa: F401  (re-exported)
+from topkattn.evaluation.shard import Shard
+from topkattn.generation import decode_branches, decode_one, eos_token_ids  # noqa: F401
 
-RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "eval_config.json"
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """`run_eval` stopped by Ctrl-C (or SIGINT): every finished result is in the folder.
+
+    Attributes: ``new`` results written by this call, ``done`` and ``total`` results of this
+    process's part of the run, ``path`` of its results file.
+    """
+
+    def __init__(self, new: int, done: int, total: int, path: Path) -> None:
+        self.new, self.done, self.total, self.path = new, done, total, Path(path)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (f"interrupted after {self.done} of {self.total} results ({self.new} new) in "
+                f"{self.path}; rerun the same command to resume")
 
 
 def parse_length(text: str | int) -> int:
@@ -67,6 +99,8 @@ class EvalConfig:
         samples: samples per (task, length) cell; needle depths are swept across them.
         seed: task seed (the same seed gives the same prompts).
         max_new_tokens: greedy decode budget per answer; None uses each task's default.
+        followup_max_new_tokens: budget of a two-turn task's second turn (LongBench v2 CoT's
+            answer); None uses the task's ``followup_max_new_tokens``.
         out: output folder (``results.jsonl``, ``summary.json``, ``table.md``,
             ``accuracy.png``).
         progress: show a rich progress bar.
@@ -81,6 +115,7 @@ class EvalConfig:
     max_new_tokens: int | None = None
     out: str | Path = "runs/eval"
     progress: bool = True
+    followup_max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         from topkattn.tasks import get_task
@@ -106,12 +141,10 @@ class EvalConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.max_new_tokens is not None and (
-            isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int)
-            or self.max_new_tokens < 1
-        ):
-            raise InputError(f"max_new_tokens must be an integer >= 1, got "
-                             f"{self.max_new_tokens!r}")
+        for name in ("max_new_tokens", "followup_max_new_tokens"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
         self.out = Path(self.out)
 
     def settings(self) -> list[tuple[str, TopKConfig | None]]:
@@ -132,10 +165,34 @@ class EvalConfig:
         d["topk"].pop("k"), d["topk"].pop("k_ratio")  # each of ks sets them
         return d
 
+    @classmethod
+    def from_json(cls, d: dict, **changes) -> "EvalConfig":
+        """The config that `to_json` wrote (``eval_config.json``), with ``changes`` applied.
+
+        Reads older folders too (Top-k settings at the top level, no ``topk``)."""
+        from topkattn.selectors import parse_selector
+
+        names = {f.name for f in fields(cls)} - {"topk"}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("tasks", "lengths", "ks"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        t = d.get("topk") if isinstance(d.get("topk"), dict) else d
+        tk = {k: t[k] for k in RESUME_TOPK_FIELDS if k in t}
+        for k in ("dense_layers", "phases"):
+            if k in tk:
+                tk[k] = tuple(tk[k])
+        spec = tk.pop("selector", None)
+        if "topk" not in changes:
+            sel = None if spec in (None, "", "exact") else parse_selector(spec)
+            kw["topk"] = TopKConfig(k=None, selector=sel, **tk)
+        kw.update(changes)
+        return cls(**kw)
+
 
 # Settings that change what a finished line means: a rerun into the same folder must keep them
 # (the Top-k ones are those of `EvalConfig.topk`; older folders stored them at the top level).
-RESUME_FIELDS = ("samples", "seed", "max_new_tokens")
+RESUME_FIELDS = ("samples", "seed", "max_new_tokens", "followup_max_new_tokens")
 RESUME_TOPK_FIELDS = ("sink", "local", "dense_layers", "min_context", "granularity",
                       "selector", "backend", "phases")
 
@@ -162,7 +219,7 @@ def check_resumable(cfg: EvalConfig) -> None:
     sample count and seed may not, since a sample's id does not encode its needle depth.
     """
     path = Path(cfg.out) / CONFIG_FILE
-    if not path.exists() or not (Path(cfg.out) / RESULTS_FILE).exists():
+    if not path.exists() or not result_files(Path(cfg.out)):
         return
     try:
         old = _resume_view(json.loads(path.read_text()))
@@ -175,43 +232,46 @@ def check_resumable(cfg: EvalConfig) -> None:
                          f"{', '.join(diff)}; use the same settings to resume, or another --out")
 
 
-def record_key(task: str, length: int, sample_id: str, k: str) -> str:
-    """Resume key of one result line."""
-    return f"{task}/{length}/{sample_id}/{k}"
+def sort_rows(rows: list[dict], cfg: EvalConfig) -> list[dict]:
+    """``rows`` in one fixed order, whatever file or shard each came from: task and length
+    as in ``cfg``, then sample id (digit runs compared as numbers), then k as in ``cfg``."""
+    def natural(text: str) -> tuple:
+        return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(text)))
+
+    tasks = {t: i for i, t in enumerate(_labels(cfg))}
+    lengths = {n: i for i, n in enumerate(cfg.lengths)}
+    ks = {k: i for i, k in enumerate(cfg.ks)}
+    big = 1 << 30
+    return sorted(rows, key=lambda r: (tasks.get(r["task"], big), str(r["task"]),
+                                       lengths.get(r["length"], big), int(r["length"]),
+                                       natural(r["sample_id"]), ks.get(r["k"], big),
+                                       str(r["k"])))
 
 
-def read_results(path: Path) -> list[dict]:
-    """Result lines of a JSONL file (a torn last line from an interrupted run is ignored)."""
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+def _labels(cfg: EvalConfig) -> list[str]:
+    from topkattn.tasks import get_task
+
+    return [get_task(t).name or t for t in cfg.tasks]
 
 
-def _end_with_newline(path: Path) -> None:
-    if path.exists() and path.stat().st_size:
-        with path.open("rb") as f:
-            f.seek(-1, 2)
-            last = f.read(1)
-        if last != b"\n":
-            with path.open("a", encoding="utf-8") as f:
-                f.write("\n")
+def _write_config(cfg: EvalConfig, out: Path) -> None:
+    """``eval_config.json``, replaced atomically (shards may write it at the same time)."""
+    tmp = out / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    os.replace(tmp, out / CONFIG_FILE)
 
 
-def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
+def run_eval(model, tokenizer, cfg: EvalConfig, *, shard: "Shard | str | None" = None) -> Summary:
     """Evaluate full attention and Top-k decoding at each k; write results; return a Summary.
 
+    ``shard``: a `Shard` (or ``"i/n"``, or ``"auto"`` for torchrun's ``RANK``/``WORLD_SIZE``)
+    to evaluate only that part of the samples, into its own results file; None evaluates
+    everything. The reports are written when the folder holds every result of the run; the
+    returned Summary says so (``complete``) and counts what is missing.
+
     Raises ValueError when a length exceeds the model's context (``max_position_embeddings``)
-    before any work is done.
+    before any work is done, and `EvalInterrupted` (a KeyboardInterrupt) on Ctrl-C, after the
+    finished results are safely written.
     """
     import torch
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -221,18 +281,18 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
     from topkattn.tasks.base import check_length
 
     t_start = time.perf_counter()
+    shard = Shard() if shard is None else Shard.parse(shard)
     max_len = getattr(model.config, "max_position_embeddings", None)
     for length in cfg.lengths:
         check_length(length, max_len)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     check_resumable(cfg)
-    (out / CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
-    results_path = out / RESULTS_FILE
-    done = {record_key(r["task"], r["length"], r["sample_id"], r["k"])
-            for r in read_results(results_path)}
+    _write_config(cfg, out)
+    results_path = out / shard.results_name
+    repair_tail(results_path)  # a torn last line must not swallow the next record
+    done = {key_of(r) for r in read_folder(out)}
     settings = cfg.settings()
-    _end_with_newline(results_path)  # a torn last line must not swallow the next record
     eos = eos_token_ids(model, tokenizer)
     tasks = [(name, get_task(name)) for name in cfg.tasks]
 
@@ -240,8 +300,12 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
     model.eval()
     columns = (TextColumn("[bold]eval[/] {task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    total = len(tasks) * len(cfg.lengths) * cfg.samples
+    n_all = len(tasks) * len(cfg.lengths) * cfg.samples
+    total = len([i for i in range(n_all) if shard.owns(i)])
     expected: set[str] = set()
+    mine: set[str] = set()
+    new = 0
+    number = 0
     try:
         with results_path.open("a", encoding="utf-8") as f, torch.no_grad(), \
                 Progress(*columns, disable=not cfg.progress) as bar:
@@ -249,24 +313,53 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
             for name, task in tasks:
                 label = task.name or name
                 max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", 16)
+                follow_new = (cfg.followup_max_new_tokens
+                              or getattr(task, "followup_max_new_tokens", 128))
                 for length in cfg.lengths:
-                    bar.update(prog, description=f"{label} {length}")
+                    bar.update(prog, description=f"{label} {length}"
+                               + (f" (shard {shard.label})" if shard.sharded else ""))
                     samples = task.samples(tokenizer, length, cfg.samples, cfg.seed,
                                            max_length=max_len)
                     for s in samples:
-                        expected.update(record_key(label, length, s.id, k) for k, _ in settings)
-                        todo = [(k, c) for k, c in settings
-                                if record_key(label, length, s.id, k) not in done]
+                        keys = [record_key(label, length, s.id, k) for k, _ in settings]
+                        expected.update(keys)
+                        owned = shard.owns(number)
+                        number += 1
+                        if not owned:
+                            continue
+                        mine.update(keys)
+                        todo = [(k, c) for (k, c), key in zip(settings, keys) if key not in done]
                         if todo:
-                            _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f,
-                                         done)
+                            new += _eval_sample(model, tokenizer, task, label, s, todo, max_new,
+                                                eos, f, done, follow_new)
                         bar.advance(prog)
+    except KeyboardInterrupt as e:
+        if isinstance(e, EvalInterrupted):
+            raise
+        n_mine = len([k for k in done if k in mine]) if mine else 0
+        raise EvalInterrupted(new, n_mine, total * len(settings), results_path) from None
     finally:
         if was_training:
             model.train()
-    rows = [r for r in read_results(results_path)
-            if record_key(r["task"], r["length"], r["sample_id"], r["k"]) in expected]
-    summary = write_reports(cfg, rows, out)
+    return _finish(cfg, out, expected, shard, results_path, t_start)
+
+
+def _finish(cfg: EvalConfig, out: Path, expected: set[str], shard: Shard, results_path: Path,
+            t_start: float) -> Summary:
+    """The Summary of the results of every file in ``out`` that belong to the run; the
+    reports are written only when none is missing (an unsharded run always writes them)."""
+    from topkattn.evaluation.report import aggregate
+
+    rows = sort_rows([r for r in read_folder(out) if key_of(r) in expected], cfg)
+    missing = len(expected) - len(rows)
+    if missing and shard.sharded:  # other shards still running: the last one reports
+        summary = Summary(config=cfg, cells=aggregate(rows), out=out,
+                          files={"results": results_path}, complete=False, missing=missing)
+    else:
+        summary = write_reports(cfg, rows, out)
+        summary.files["results"] = results_path
+        summary.complete, summary.missing = missing == 0, missing
+    summary.shard = shard.label if shard.sharded else None
     summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -274,35 +367,67 @@ def run_eval(model, tokenizer, cfg: EvalConfig) -> Summary:
 def report_only(cfg: EvalConfig) -> Summary:
     """Summary, table and plot from the finished lines in ``cfg.out`` (no model is run).
 
-    Uses every line whose task, length and k are in ``cfg`` (any sample count), so an
-    interrupted or staged run can be reported as it stands.
+    Uses every line of every results file in the folder (``results.jsonl`` and the shard files)
+    whose task, length and k are in ``cfg`` (any sample count), so an interrupted, staged or
+    sharded run can be reported as it stands. Result files are only read.
+
+    Raises `MissingFileError` when the folder holds no results, `InputError` when none of
+    them is of ``cfg``'s tasks, lengths and ks (naming what the folder holds), and
+    `InputError` when the reports would replace a ``summary.json`` that counts more results
+    (`topkattn.evaluation.report.check_not_less`).
     """
-    from topkattn.tasks import get_task
+    from topkattn.evaluation.report import check_not_less
 
     out = Path(cfg.out)
-    path = out / RESULTS_FILE
-    if not path.exists():
-        raise MissingFileError(f"no results to report: {str(path)!r} does not exist")
-    labels = {get_task(t).name or t for t in cfg.tasks}
-    rows = [r for r in read_results(path)
+    files = result_files(out)
+    all_rows = read_folder(out)
+    if not all_rows:
+        what = (f"{', '.join(repr(str(p)) for p in files)} holds no finished result" if files
+                else f"no results file ({RESULTS_FILE} or results.shard-*.jsonl) in {str(out)!r}")
+        raise MissingFileError(f"no results to report: {what}")
+    labels = set(_labels(cfg))
+    rows = [r for r in all_rows
             if r["task"] in labels and r["length"] in cfg.lengths and r["k"] in cfg.ks]
+    if not rows:
+        held = sorted({(r["task"], r["length"], r["k"]) for r in all_rows}, key=str)
+        raise InputError(
+            f"no results in {str(out)!r} for tasks {sorted(labels)}, lengths "
+            f"{list(cfg.lengths)} and k {list(cfg.ks)}; the folder holds tasks "
+            f"{sorted({t for t, _, _ in held})}, lengths {sorted({n for _, n, _ in held})}, k "
+            f"{sorted({k for _, _, k in held})}")
+    rows = sort_rows(rows, cfg)
+    check_not_less(out, rows)
     return write_reports(cfg, rows, out)
 
 
-def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f, done) -> None:
-    """Prefill one sample once, then decode its answer for each (k, TopKConfig) in ``todo``."""
+def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f, done,
+                 followup_max_new: int = 128) -> int:
+    """Prefill one sample once, then decode its answer for each (k, TopKConfig) in ``todo``;
+    a two-turn task's second turn is decoded under the same setting. Returns lines written."""
     configs = dict(todo)
+    follow = getattr(task, "followup", None)
+    n = 0
     for br in decode_branches(model, tokenizer, s.prompt, todo, max_new, eos):
         topk = configs[br.label]
+        second = follow(tokenizer, s, br.text) if follow is not None else None
         rec = {
             "task": label, "length": s.length, "n_tokens": br.n_tokens,
             "depth": s.depth, "sample_id": s.id, "k": br.label,
             "k_value": topk.k if topk else None,
             "k_ratio": topk.k_ratio if topk else None,
             "prediction": br.text, "answer": s.answer, "answers": list(s.answers),
-            "score": float(task.score(br.text, s)), "new_tokens": len(br.token_ids),
+            "score": 0.0, "new_tokens": len(br.token_ids),
             "seconds": round(br.seconds, 4), "prefill_seconds": round(br.prefill_seconds, 4),
         }
+        if second is not None:  # two turns: score the answer to the follow-up prompt
+            br2 = decode_one(model, tokenizer, second, topk, followup_max_new, eos,
+                             label=br.label)
+            rec.update(prediction=br2.text, reasoning=br.text, followup_n_tokens=br2.n_tokens,
+                       followup_new_tokens=len(br2.token_ids),
+                       followup_seconds=round(br2.seconds + br2.prefill_seconds, 4))
+        rec["score"] = float(task.score(rec["prediction"], s))
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         f.flush()
         done.add(record_key(label, s.length, s.id, br.label))
+        n += 1
+    return n
