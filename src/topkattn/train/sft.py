@@ -14,14 +14,20 @@ bf16 autocast over fp32 master weights on GPU, gradient checkpointing, full fine
 micro-batches of an optimizer step (across ranks too), so accumulation and data parallelism do
 not change the objective. Logits are computed only at loss positions (``logits_to_keep``).
 
-Checkpoints (``OUT/checkpoints/step-N``) hold the trainable weights, optimizer, scheduler, RNG
-states and data position; rerunning the same command resumes from the newest one. The final
-model is saved in Hugging Face format (``save_pretrained`` + tokenizer) in ``OUT``, readable by
-`topkattn.models.load_model` and ``topkattn eval --model OUT``.
+Checkpoints (``OUT/checkpoints/step-N``, `topkattn.train.checkpoint`) hold the trainable weights
+and optimizer state (torch.distributed.checkpoint), scheduler, RNG states and data position;
+rerunning the same command resumes from the newest one, with the same or another number of
+processes (same global batch), and the loss log keeps each step once. A rerun of a finished
+run does nothing and says so. Ctrl-C (KeyboardInterrupt) in a one-process run saves a
+checkpoint of the last finished step first, and `TrainInterrupted` says where it stopped.
+The final model is saved in Hugging Face format (``save_pretrained`` + tokenizer) in ``OUT``,
+readable by `topkattn.models.load_model` and ``topkattn eval --model OUT``.
 
 Several processes: launch the same command with ``torchrun --nproc_per_node N`` (DDP; NCCL on
-GPU, gloo on CPU). Each optimizer step consumes ``batch_size x grad_accum x world_size``
-sequences; rank r takes every world-th micro-batch of the global group.
+GPU, gloo on CPU), or add ``fsdp=True`` (``--fsdp``) to shard parameters, gradients and
+optimizer state with FSDP2 (`topkattn.train.fsdp`). Each optimizer step consumes
+``batch_size x grad_accum x world_size`` sequences; rank r takes every world-th micro-batch of
+the global group.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,33 +43,16 @@ from typing import Callable
 
 import torch
 
-from topkattn.config import TopKConfig, parse_k
+from topkattn.config import TopKConfig
 from topkattn.train import distributed as D
+from topkattn.train import fsdp as F
+from topkattn.train.checkpoint import (CKPT_DIR, DONE_MARK, LOG_FILE, STATE_FILE, SUMMARY_FILE,  # noqa: F401
+                                       finished_summary, latest_checkpoint, load_checkpoint,
+                                       resume_view, rng_state, save_checkpoint, trim_log)
 from topkattn.train.data import IGNORE_INDEX, Example, batch_plan, collate, describe, load_examples
 from topkattn.errors import InputError, MissingFileError
 
-CKPT_DIR = "checkpoints"
-STATE_FILE = "state.pt"
-DONE_MARK = "COMPLETE"
-# Fields that must agree between a checkpoint and the run that resumes from it: these of the
-# config and these of its `TopKConfig` (the backend may change: it computes the same operator).
-_RESUME_KEYS = ("data", "model", "max_length", "batch_size", "grad_accum", "lr", "seed", "lora",
-                "lora_r", "max_steps", "warmup_steps")
-_RESUME_TOPK_KEYS = ("k", "k_ratio", "sink", "local", "dense_layers", "min_context",
-                     "granularity", "selector")
-
-
-def _resume_view(d: dict) -> dict:
-    """The settings of a saved `TrainConfig.to_dict` that a resuming run must share."""
-    view = {k: d.get(k) for k in _RESUME_KEYS}
-    topk = d.get("topk")
-    if not isinstance(topk, dict):  # a checkpoint of an older version: k text, sink, local
-        k, k_ratio = parse_k(d.get("k", "full"))
-        topk = {"k": k, "k_ratio": k_ratio, "sink": d.get("sink", 0), "local": d.get("local", 0),
-                "dense_layers": [], "min_context": 0, "granularity": "query_head",
-                "selector": "exact"}
-    view.update({k: topk.get(k) for k in _RESUME_TOPK_KEYS})
-    return view
+_resume_view = resume_view  # the name of older versions
 
 
 def _dense_sft() -> TopKConfig:
@@ -100,6 +88,9 @@ class TrainConfig:
         precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32".
         gradient_checkpointing: "auto" (on with CUDA), "on" or "off".
         device: "cpu", "cuda", ... (default: CUDA when available).
+        fsdp: with several processes, shard parameters, gradients and optimizer state with
+            FSDP2 (per decoder layer, then the root) instead of replicating them (DDP). One
+            process trains the unsharded model; checkpoints are the same either way.
     """
 
     data: str
@@ -128,6 +119,7 @@ class TrainConfig:
     precision: str = "auto"
     gradient_checkpointing: str = "auto"
     device: str | None = None
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         def need(name, ok, allowed):
@@ -160,6 +152,10 @@ class TrainConfig:
         need("precision", self.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32")
         need("gradient_checkpointing", self.gradient_checkpointing in ("auto", "on", "off"),
              "auto, on or off")
+        need("fsdp", isinstance(self.fsdp, bool), "True or False")
+        if self.fsdp and self.lora:
+            raise InputError("fsdp=True with lora=True is not supported (the adapters could not "
+                             "be merged into the sharded model): train LoRA with DDP")
         self.lora_targets = tuple(self.lora_targets)
         # the Top-k values themselves were checked by TopKConfig; here only how training uses it
         t = self.topk
@@ -188,10 +184,23 @@ class TrainResult:
     tokens_per_s: float
     resumed_from: int | None
     seconds: float
+    already_done: bool = False  # True: ``out`` held this finished run; nothing was trained
 
     @property
     def final_loss(self) -> float:
         return self.losses[-1] if self.losses else float("nan")
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C; ``str(e)`` is one line: where it stopped, which checkpoint
+    a rerun resumes from."""
+
+    def __init__(self, message: str, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,87 +261,6 @@ def _call_first(obj, names: tuple[str, ...], **kwargs):
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _rng_state() -> dict:
-    st = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    random.setstate(st["python"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
-            torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """Newest complete checkpoint folder under ``out/checkpoints`` (None if there is none)."""
-    root = Path(out) / CKPT_DIR
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step-*") if (p / DONE_MARK).exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, data_pos: dict,
-                    losses: list[float], cfg: TrainConfig, keep: int) -> Path:
-    """Write ``out/checkpoints/step-N`` atomically (temp folder, then rename)."""
-    root = out / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    state = {
-        "step": step,
-        "model": {n: p.detach().cpu() for n, p in _trainable(model).items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
-        "data_pos": data_pos,
-        "losses": losses,
-        "config": cfg.to_dict(),
-    }
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / DONE_MARK).write_text(str(step))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    old = sorted((p for p in root.glob("step-*") if p != final),
-                 key=lambda p: int(p.name.split("-")[1]))
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig) -> dict:
-    """Restore weights, optimizer, scheduler and RNG; returns the checkpoint dict."""
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-    saved, now = _resume_view(state["config"]), _resume_view(cfg.to_dict())
-    diff = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
-    if diff:
-        raise InputError(
-            f"checkpoint {path} was written by a different run ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
-            "use another --out or delete its checkpoints"
-        )
-    params = _trainable(model)
-    missing = set(params) ^ set(state["model"])
-    if missing:
-        raise InputError(f"checkpoint {path} does not match the model (params {sorted(missing)[:3]})")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state["model"][n].to(p.device, p.dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    return state
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,13 +350,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None,
 
 def _train(cfg, info, on_step, progress, make_sched) -> TrainResult:
     t_start = time.time()
+    out = Path(cfg.out)
+    done = finished_summary(out, cfg)  # before any model is loaded
+    if done is not None:
+        return TrainResult(str(out), int(done["steps"]), list(done.get("losses") or []),
+                           float(done.get("tokens_per_s") or 0.0), done.get("resumed_from"),
+                           0.0, already_done=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    out = Path(cfg.out)
     device = info.device
     model, base, tok = build_model(cfg, device)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if use_bf16:
+    sharded = cfg.fsdp and info.enabled
+    if use_bf16 and not sharded:  # FSDP: its mixed-precision policy casts instead
         def autocast():
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     else:
@@ -441,108 +375,204 @@ def _train(cfg, info, on_step, progress, make_sched) -> TrainResult:
     stream = _Stream(examples, cfg, info.world_size)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    params = list(_trainable(model).values())
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-        foreach=device.type == "cuda" or None)
-    scheduler = make_sched(optimizer, cfg.warmup_steps, cfg.max_steps)
-
-    step, losses, resumed = 0, [], None
-    ck = latest_checkpoint(out)
-    if ck is not None:
-        st = load_checkpoint(ck, model, optimizer, scheduler, cfg)
-        step, losses, resumed = st["step"], list(st["losses"]), st["step"]
-        stream.restore(st["data_pos"])
-
-    ddp_model = model
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(
-            {"config": cfg.to_dict(), "data": stats, "world_size": info.world_size}, indent=2))
-    log = (out / "train_log.jsonl").open("a") if info.is_main else None
-    sparse = contextlib.nullcontext() if cfg.topk.dense else _sparsify(base, cfg.topk)
-    tokens_seen, t_loop = 0, time.time()
+    loop = None
     try:
-        with sparse, _progress(progress and info.is_main) as bar:
-            task = bar.add_task("train", total=cfg.max_steps, completed=step, loss="-", tps="-")
-            while step < cfg.max_steps:
-                group = stream.next_group()
-                mine = group[info.rank::info.world_size]
-                batches = [collate([examples[i] for i in b], pad_id) for b in mine]
-                n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-                n_global = float(D.all_reduce_sum(torch.tensor([n_local], dtype=torch.float64),
-                                                  info)[0])
-                optimizer.zero_grad(set_to_none=True)
-                loss_acc = torch.zeros((), dtype=torch.float64)
-                for j, b in enumerate(batches):
-                    b = {k: v.to(device) for k, v in b.items()}
-                    last = j == len(batches) - 1
-                    sync = ddp_model.no_sync() if (info.enabled and not last) else contextlib.nullcontext()
-                    with sync:
-                        ls = _loss_sum(ddp_model, b, autocast)
-                        # DDP averages gradients over ranks: scale so the result is the global
-                        # token mean of this optimizer step
-                        (ls * (info.world_size / n_global)).backward()
-                    loss_acc += ls.detach().double().cpu()
-                    tokens_seen += int(b["attention_mask"].sum())
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                loss = float(D.all_reduce_sum(loss_acc, info)) / n_global
-                losses.append(loss)
-                dt = max(time.time() - t_loop, 1e-9)
-                tps = tokens_seen * info.world_size / dt
-                bar.update(task, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
-                if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                    log.write(json.dumps({"step": step, "loss": loss,
-                                          "lr": scheduler.get_last_lr()[0],
-                                          "tokens_per_s": round(tps, 1),
-                                          "epoch": stream.epoch}) + "\n")
-                    log.flush()
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                    if info.is_main:
-                        save_checkpoint(out, step, model, optimizer, scheduler, stream.state(),
-                                        losses, cfg, cfg.keep_checkpoints)
-                    D.barrier(info)
-                if on_step is not None:
-                    on_step(step, loss)
-    finally:
-        if log is not None:
-            log.close()
-    tps = tokens_seen * info.world_size / max(time.time() - t_loop, 1e-9)
-    digests = D.gather_strings(weights_digest(model), info)
-    if info.is_main:
-        save_final(model, tok, out, cfg)
-        summary = {"steps": step, "final_loss": losses[-1] if losses else None,
-                   "first_loss": losses[0] if losses else None, "losses": losses,
-                   "tokens_per_s": round(tps, 1), "resumed_from": resumed,
-                   "world_size": info.world_size, "rank_weight_digests": digests,
-                   "data": stats, "config": cfg.to_dict(),
-                   "seconds": round(time.time() - t_start, 2)}
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        with contextlib.ExitStack() as stack:
+            # Top-k on before sharding: sparsify reads the model's own (unwrapped) class
+            if not cfg.topk.dense:
+                stack.enter_context(_sparsify(base, cfg.topk))
+            if sharded:
+                F.shard_model(model, device, info.world_size, use_bf16)
+            params = list(_trainable(model).values())
+            decay = [p for p in params if p.dim() >= 2]
+            no_decay = [p for p in params if p.dim() < 2]
+            optimizer = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": cfg.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                foreach=device.type == "cuda" or None)
+            scheduler = make_sched(optimizer, cfg.warmup_steps, cfg.max_steps)
+
+            step, losses, resumed = 0, [], None
+            ck = latest_checkpoint(out)
+            if ck is not None:
+                st = load_checkpoint(ck, model, optimizer, scheduler, cfg,
+                                     world_size=info.world_size)
+                step, losses, resumed = st["step"], list(st["losses"]), st["step"]
+                stream.restore(st["data_pos"])
+
+            fwd = model
+            if info.enabled and not sharded:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+            if info.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "train_config.json").write_text(json.dumps(
+                    {"config": cfg.to_dict(), "data": stats, "world_size": info.world_size,
+                     "fsdp": sharded}, indent=2))
+                trim_log(out / LOG_FILE, step)  # steps after the checkpoint are trained again
+            loop = _Loop(cfg, info, model, fwd, optimizer, scheduler, stream, examples, pad_id,
+                         autocast, sharded, step, losses,
+                         saved_step=step if ck is not None else -1)
+            loop.run(on_step, progress)
+        # the sparsify block has exited: the saved config keeps the model's own attention
+        step, losses, tps = loop.step, loop.losses, loop.tokens_per_s()
+        full = F.full_state_dict(model) if sharded else None
+        if sharded:
+            digests = [_digest(sorted(full.items()))] if info.is_main else []
+        else:
+            digests = D.gather_strings(weights_digest(model), info)
+        if info.is_main:
+            save_final(model, tok, out, cfg, state_dict=full)
+            summary = {"steps": step, "final_loss": losses[-1] if losses else None,
+                       "first_loss": losses[0] if losses else None, "losses": losses,
+                       "tokens_per_s": round(tps, 1), "resumed_from": resumed,
+                       "world_size": info.world_size, "fsdp": sharded,
+                       "rank_weight_digests": digests, "data": stats,
+                       "config": cfg.to_dict(), "seconds": round(time.time() - t_start, 2)}
+            tmp = out / (SUMMARY_FILE + ".tmp")  # written last: it marks a finished run
+            tmp.write_text(json.dumps(summary, indent=2))
+            tmp.replace(out / SUMMARY_FILE)
+    except KeyboardInterrupt as e:
+        if loop is None:
+            raise
+        raise loop.interrupted(out) from e
     D.barrier(info)
     return TrainResult(str(out), step, losses, tps, resumed, time.time() - t_start)
 
 
-def weights_digest(model) -> str:
-    """SHA-256 of all parameters' bytes (ranks of a DDP run must agree)."""
+class _Loop:
+    """The optimizer steps of one run, and what an interruption needs to save.
+
+    ``boundary`` is the data position and RNG state at the start of the current step: a
+    checkpoint written after a Ctrl-C in the middle of a step resumes exactly where an
+    uninterrupted run is after ``step`` steps.
+    """
+
+    def __init__(self, cfg, info, model, fwd, optimizer, scheduler, stream, examples, pad_id,
+                 autocast, sharded, step, losses, saved_step):
+        self.cfg, self.info, self.model, self.fwd = cfg, info, model, fwd
+        self.optimizer, self.scheduler, self.stream = optimizer, scheduler, stream
+        self.examples, self.pad_id = examples, pad_id
+        self.autocast, self.sharded = autocast, sharded
+        self.step, self.losses, self.saved_step = step, losses, saved_step
+        self.params = list(_trainable(model).values())
+        self.in_step = False     # between a step's first micro-batch and its optimizer update
+        self.consistent = True   # False only while the optimizer updates the weights
+        self.boundary = (stream.state(), rng_state())
+        self.tokens_seen, self.t0 = 0, time.time()
+
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen * self.info.world_size / max(time.time() - self.t0, 1e-9)
+
+    def save(self, out: Path, boundary: tuple[dict, dict] | None = None) -> Path:
+        data_pos, rng = boundary or (self.stream.state(), None)
+        p = save_checkpoint(out, self.step, self.model, self.optimizer, self.scheduler,
+                            data_pos, self.losses, self.cfg, self.cfg.keep_checkpoints,
+                            world_size=self.info.world_size, rng=rng)
+        self.saved_step = self.step
+        return p
+
+    def run(self, on_step, progress: bool) -> None:
+        cfg, info, stream = self.cfg, self.info, self.stream
+        out = Path(cfg.out)
+        log = (out / LOG_FILE).open("a") if info.is_main else None
+        try:
+            with _progress(progress and info.is_main) as bar:
+                task = bar.add_task("train", total=cfg.max_steps, completed=self.step,
+                                    loss="-", tps="-")
+                while self.step < cfg.max_steps:
+                    self.boundary = (stream.state(), rng_state())
+                    self.in_step = True
+                    loss = self._one_step(stream.next_group())
+                    tps = self.tokens_per_s()
+                    bar.update(task, completed=self.step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+                    if log is not None and (self.step % cfg.log_every == 0
+                                            or self.step == cfg.max_steps):
+                        log.write(json.dumps({"step": self.step, "loss": loss,
+                                              "lr": self.scheduler.get_last_lr()[0],
+                                              "tokens_per_s": round(tps, 1),
+                                              "epoch": stream.epoch}) + "\n")
+                        log.flush()
+                    if cfg.save_every and self.step % cfg.save_every == 0 \
+                            and self.step < cfg.max_steps:
+                        self.save(out)
+                    if on_step is not None:
+                        on_step(self.step, loss)
+        finally:
+            if log is not None:
+                log.close()
+
+    def _one_step(self, group: list[list[int]]) -> float:
+        """One optimizer step over a global micro-batch group; returns its token-mean loss."""
+        cfg, info = self.cfg, self.info
+        mine = group[info.rank::info.world_size]
+        batches = [collate([self.examples[i] for i in b], self.pad_id) for b in mine]
+        n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        n_global = float(D.all_reduce_sum(torch.tensor([n_local], dtype=torch.float64), info)[0])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_acc = torch.zeros((), dtype=torch.float64)
+        for j, b in enumerate(batches):
+            b = {k: v.to(info.device) for k, v in b.items()}
+            last = j == len(batches) - 1
+            if self.sharded:
+                sync = F.no_grad_sync(self.fwd, not last)
+            elif info.enabled and not last:
+                sync = self.fwd.no_sync()
+            else:
+                sync = contextlib.nullcontext()
+            with sync:
+                ls = _loss_sum(self.fwd, b, self.autocast)
+                # DDP and FSDP average gradients over ranks: scale so the result is the
+                # global token mean of this optimizer step
+                (ls * (info.world_size / n_global)).backward()
+            loss_acc += ls.detach().double().cpu()
+            self.tokens_seen += int(b["attention_mask"].sum())
+        loss = float(D.all_reduce_sum(loss_acc, info)) / n_global
+        self.consistent = False
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.losses.append(loss)
+        self.in_step, self.consistent = False, True
+        return loss
+
+    def interrupted(self, out: Path) -> TrainInterrupted:
+        """After Ctrl-C: save the last finished step, then say where the run stopped.
+
+        One process only: with several, the ranks may stop at different points (a collective
+        save could hang), so the newest periodic checkpoint stands. Nothing is saved while the
+        optimizer was updating the weights (they are neither step N nor N+1)."""
+        where = f"interrupted at step {self.step} of {self.cfg.max_steps}"
+        if not self.info.enabled and self.consistent and self.step > self.saved_step:
+            # cut short inside a step: the data position and RNG of that step's start
+            p = self.save(out, self.boundary if self.in_step else None)
+            return TrainInterrupted(f"{where}; saved checkpoint {p}; rerun the same command "
+                                    "to resume", self.step, str(p))
+        ck = latest_checkpoint(out)
+        if ck is None:
+            return TrainInterrupted(f"{where}; no checkpoint yet, a rerun starts at step 0",
+                                    self.step, None)
+        return TrainInterrupted(f"{where}; rerun the same command to resume from {ck}",
+                                self.step, str(ck))
+
+
+def _digest(named) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for n, p in sorted(model.named_parameters()):
+    for n, p in named:
         h.update(n.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of all parameters' bytes (ranks of a DDP run must agree)."""
+    return _digest(sorted(model.named_parameters()))
 
 
 def _sparsify(base, topk: TopKConfig):
@@ -551,8 +581,12 @@ def _sparsify(base, topk: TopKConfig):
     return sparsify(base, topk)
 
 
-def save_final(model, tokenizer, out: Path, cfg: TrainConfig) -> None:
-    """Save the trained model in HF format (LoRA adapters merged; adapter kept in ``adapter/``)."""
+def save_final(model, tokenizer, out: Path, cfg: TrainConfig,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save the trained model in HF format (LoRA adapters merged; adapter kept in ``adapter/``).
+
+    ``state_dict``: the full weights gathered from an FSDP-sharded ``model`` (rank 0).
+    """
     if cfg.lora:
         model.save_pretrained(out / "adapter")
         model = model.merge_and_unload()
@@ -560,8 +594,12 @@ def save_final(model, tokenizer, out: Path, cfg: TrainConfig) -> None:
         _call_first(model, ("activation_checkpointing_disable", "gradient_checkpointing_disable"))
     model.config.use_cache = True
     _strip_gguf(model)
-    model.save_pretrained(out, safe_serialization=True)
+    if state_dict is not None:
+        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "latest_checkpoint", "train"]
+__all__ = ["TrainConfig", "TrainInterrupted", "TrainResult", "build_model", "latest_checkpoint",
+           "load_checkpoint", "save_checkpoint", "train"]
