@@ -63,14 +63,23 @@ def test_length_beyond_context_and_a_run(monkeypatch, capsys, tmp_path, model_di
     assert "passkey" in out and "k=4" in out and "full" in out
     assert (tmp_path / "table.md").exists() and (tmp_path / "accuracy.png").exists()
 
+    # a report-only that selects less than the finished summary counts writes nothing
+    table = (tmp_path / "table.md").read_text()
     monkeypatch.setattr(sys, "argv", ["topkattn", "eval", "--report-only", "--task", "passkey",
                                       "--lengths", "256", "--k", "4,full", "--out",
                                       str(tmp_path)])
     with pytest.raises(SystemExit) as e:
         cli.main()
-    assert e.value.code in (0, None)
-    out = capsys.readouterr().out
-    assert "passkey" in out and "kv" not in (tmp_path / "table.md").read_text()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "kv 256 k=full: 1 -> 0 samples" in err
+    assert (tmp_path / "table.md").read_text() == table and "kv" in table
+    # without the flags it reports with the folder's own settings: the same table
+    monkeypatch.setattr(sys, "argv", ["topkattn", "eval", "--report-only", "--out",
+                                      str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code in (0, None) and "passkey" in capsys.readouterr().out
+    assert (tmp_path / "table.md").read_text() == table
 
 
 def test_topk_options_reach_sparsify(tmp_path, model_dir, monkeypatch):

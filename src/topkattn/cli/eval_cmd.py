@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import typer
@@ -11,6 +12,7 @@ from topkattn.cli.topk_options import (BackendOpt, DenseLayersOpt, GranularityOp
 
 
 def eval_command(
+    ctx: typer.Context,
     model: str = typer.Option("default", "--model",
                               help="'default' (embedded SmolLM2-135M-Instruct), a Hub id, a "
                               "model folder or a .gguf file"),
@@ -39,7 +41,17 @@ def eval_command(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     report_only: bool = typer.Option(False, "--report-only",
                                      help="only rewrite summary, table and plot from the "
-                                     "finished lines in --out (no model is loaded)"),
+                                     "finished lines of every results file in --out (no model "
+                                     "is loaded); --task, --lengths and --k default to the "
+                                     "folder's own"),
+    shard: str = typer.Option("auto", "--shard",
+                              help="evaluate shard i/n of the samples (e.g. 0/2) into "
+                              "results.shard-i-of-n.jsonl; 'auto': RANK/WORLD_SIZE of "
+                              "torchrun or accelerate launch, else everything"),
+    followup_max_new_tokens: Optional[int] = typer.Option(
+        None, "--followup-max-new-tokens",
+        help="answer tokens of a two-turn task's second turn (longbench_v2_cot; default: the "
+        "task's own, 128)"),
     k: KListOpt = "8,32,128,full",
     sink: SinkOpt = 0,
     local: LocalOpt = 0,
@@ -56,6 +68,10 @@ def eval_command(
     from topkattn.cli import CLIError
     from topkattn.evaluation import EvalConfig, report_only as make_report, run_eval
 
+    from topkattn.evaluation import EvalInterrupted, Shard
+    from topkattn.evaluation.context import check_model_lengths
+    from topkattn.evaluation.shard import local_device
+
     topk, ks = topk_sweep(k, sink=sink, local=local, dense_layers=dense_layers,
                           min_context=min_context, granularity=granularity, selector=selector,
                           backend=backend)
@@ -63,17 +79,19 @@ def eval_command(
         tasks=tuple(t for t in task.split(",") if t.strip()),
         lengths=tuple(x for x in lengths.split(",") if x.strip()),
         ks=ks, topk=topk, samples=samples, seed=seed, max_new_tokens=max_new_tokens, out=out,
-        progress=not quiet,
+        progress=not quiet, followup_max_new_tokens=followup_max_new_tokens,
     )
+    part = Shard.parse(shard)  # names a bad --shard or RANK/WORLD_SIZE
     from topkattn.devices import check_device
     from topkattn.paths import prepare_out_dir
 
     prepare_out_dir(out)  # before any model is loaded
+    device = local_device(device)  # one GPU per process under torchrun / accelerate
     if device is not None:
         check_device(device)
     con = Console()
     if report_only:
-        summary = make_report(cfg)
+        summary = make_report(_saved_settings(ctx, cfg))
         con.print(Markdown(summary.table()))
         con.print(f"reports in {summary.out}")
         return
@@ -83,13 +101,49 @@ def eval_command(
         import torch
 
         torch.set_num_threads(threads)
+    check_model_lengths(model, cfg.lengths)  # from the config, before the weights
     from topkattn.models import load_model
 
     m, tok = load_model(model, device=device)
-    summary = run_eval(m, tok, cfg)
+    try:
+        summary = run_eval(m, tok, cfg, shard=part)
+    except EvalInterrupted as e:
+        print(str(e), file=sys.stderr)
+        raise typer.Exit(130) from None
+    if not summary.complete:
+        con.print(f"shard {summary.shard} done in {summary.seconds:.0f} s "
+                  f"({summary.files['results']}); {summary.missing} results of other shards "
+                  "are not in the folder yet: the last shard to finish writes the table, or "
+                  f"run `topkattn eval --report-only --out {out}`")
+        return
     con.print(Markdown(summary.table()))
     con.print(f"results in {summary.out} ({summary.seconds:.0f} s): "
               + ", ".join(p.name for p in summary.files.values()))
+
+
+def _saved_settings(ctx: typer.Context, cfg):
+    """For ``--report-only``: ``cfg`` with the tasks, lengths, ks and the rest of the folder's
+    ``eval_config.json`` wherever the command line left the option at its default."""
+    import json
+    from pathlib import Path
+
+    from topkattn.evaluation import EvalConfig
+
+    path = Path(cfg.out) / "eval_config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return cfg
+    # (by name: typer may bring its own copy of click's ParameterSource)
+    given = {p for p in ("task", "lengths", "k", "samples", "seed")
+             if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") not in
+             ("DEFAULT", "DEFAULT_MAP")}
+    changes = {"out": cfg.out, "progress": cfg.progress}
+    for opt, name in (("task", "tasks"), ("lengths", "lengths"), ("k", "ks"),
+                      ("samples", "samples"), ("seed", "seed")):
+        if opt in given:
+            changes[name] = getattr(cfg, name)
+    return EvalConfig.from_json(saved, **changes)
 
 
 def register(app: typer.Typer) -> None:

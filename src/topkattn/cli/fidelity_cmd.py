@@ -61,6 +61,9 @@ def fidelity_command(
     prepare_out_dir(out)  # before the model is loaded
     if device is not None:
         check_device(device)
+    from topkattn.evaluation.context import check_model_lengths
+
+    check_model_lengths(model, [cfg.length], "--length")  # from the config, before the weights
     m, tok = load_model(model, device=device)
     res = run_fidelity(m, tok, cfg)
     con = Console()

@@ -40,6 +40,9 @@ def train_indexer_command(
     from topkattn.paths import prepare_out_file
 
     prepare_out_file(out, suffixes=(".safetensors", ".pt"))  # before training, not after
+    from topkattn.evaluation.context import check_model_lengths
+
+    check_model_lengths(model, [cfg.length], "--length")  # from the config, before the weights
     m, tok = load_model(model, device=device)
     res = train_indexer(cfg, m, tok, progress=not quiet)
     Console().print(f"indexer: {res.sequences} sequences, {len(res.losses)} steps, KL "
