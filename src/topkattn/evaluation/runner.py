@@ -292,6 +292,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, *, shard: "Shard | str | None" =
     results_path = out / shard.results_name
     repair_tail(results_path)  # a torn last line must not swallow the next record
     done = {key_of(r) for r in read_folder(out)}
+    n_before = len(done)
     settings = cfg.settings()
     eos = eos_token_ids(model, tokenizer)
     tasks = [(name, get_task(name)) for name in cfg.tasks]
@@ -304,7 +305,6 @@ def run_eval(model, tokenizer, cfg: EvalConfig, *, shard: "Shard | str | None" =
     total = len([i for i in range(n_all) if shard.owns(i)])
     expected: set[str] = set()
     mine: set[str] = set()
-    new = 0
     number = 0
     try:
         with results_path.open("a", encoding="utf-8") as f, torch.no_grad(), \
@@ -330,14 +330,15 @@ def run_eval(model, tokenizer, cfg: EvalConfig, *, shard: "Shard | str | None" =
                         mine.update(keys)
                         todo = [(k, c) for (k, c), key in zip(settings, keys) if key not in done]
                         if todo:
-                            new += _eval_sample(model, tokenizer, task, label, s, todo, max_new,
-                                                eos, f, done, follow_new)
+                            _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f,
+                                         done, follow_new)
                         bar.advance(prog)
     except KeyboardInterrupt as e:
         if isinstance(e, EvalInterrupted):
             raise
-        n_mine = len([k for k in done if k in mine]) if mine else 0
-        raise EvalInterrupted(new, n_mine, total * len(settings), results_path) from None
+        n_mine = len([k for k in done if k in mine])
+        raise EvalInterrupted(len(done) - n_before, n_mine, total * len(settings),
+                              results_path) from None
     finally:
         if was_training:
             model.train()
