@@ -92,9 +92,12 @@ def decode_branches(model, tokenizer, prompt: str, settings, max_new_tokens: int
         prefix = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
     prefill_s = time.perf_counter() - t0
     for label, topk in settings:
-        cache = copy.deepcopy(prefix)
+        observes = getattr(getattr(topk, "selector", None), "observes_dense_prefill", False)
+        cache = None if observes else copy.deepcopy(prefix)
         t1 = time.perf_counter()
         with torch.no_grad(), _sparsify(model, topk):
+            if observes:  # the selector reads the prefill's attention (Ltri's span detection)
+                cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
             gen = greedy_decode(model, ids[:, -1:], cache, max_new_tokens, eos)
         secs = time.perf_counter() - t1
         del cache

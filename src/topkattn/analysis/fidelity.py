@@ -113,6 +113,12 @@ def _fidelity_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         if Lq == Lk:
             for st in rec["stores"]:
                 st.clear()
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            for i, (label, sel) in enumerate(rec["selectors"]):  # selectors reading prefill
+                if getattr(sel, "observes_dense_prefill", False):  # attention (ltri)
+                    sel.observe_prefill(query, key, Lk, SelectionContext(
+                        layer_idx=rec["layer"], topk=cfg.k_for(Lk), granularity=cfg.granularity,
+                        scale=scale, phase="prefill", store=rec["stores"][i], module=module))
         elif Lq == 1 and cfg.applies_to(rec["layer"], "decode", Lk):
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             n = cfg.k_for(Lk)

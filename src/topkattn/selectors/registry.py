@@ -6,6 +6,7 @@ items, optionally led by one bare value for the selector's first field:
     exact                      quest:page_size=16 (= quest:16)
     precision:p=0.8,protect=1  precision:0.8,protect=1,swap=lowest
     spans:max_span=32,represent=bound    lightning:runs/indexer.safetensors
+    ltri:max_span=32,retrieval_layers=2;5,boundary=triangle
 
 Values are read as int, float, true/false or else kept as strings, then checked by the
 selector's own dataclass. In Python, build the objects directly
@@ -39,8 +40,9 @@ def register(name: str):
 
 
 def _ensure_loaded() -> None:
-    # Importing the package registers the built-in selectors.
+    # Importing the package registers the built-in selectors; Ltri's lives in topkattn.ltri.
     import topkattn.selectors  # noqa: F401
+    import topkattn.ltri.selector  # noqa: F401  (registers "ltri")
 
 
 def _value(text: str) -> Any:
