@@ -57,6 +57,33 @@ def test_same_tokens_dynamic_static_and_compiled(granularity):
     assert torch.equal(dyn, comp)
 
 
+def test_lightning_same_tokens_dynamic_static_and_generate_compiled():
+    """The Lightning Indexer's range path with a dense prefill: the prompt indexed at prefill
+    survives into the decode steps that transformers compiles for a static cache (they may not
+    grow the indexer's key cache), and all three paths give the same tokens."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    from topkattn.selectors.lightning import LightningSelector
+
+    model = tiny_causal_lm("llama", seed=3)
+    x = torch.randint(3, 97, (1, 40), generator=torch.Generator().manual_seed(2))
+    cfg = TopKConfig(k=8, phases=("decode",), selector=LightningSelector())
+    kw = dict(KW, max_new_tokens=6, min_new_tokens=6)
+    compile_cfg = CompileConfig(backend="aot_eager", fullgraph=False)
+    compile_cfg._compile_all_devices = True  # transformers compiles on CUDA only by default
+    with torch.no_grad(), warnings.catch_warnings(), sparsify(model, cfg) as st:
+        warnings.simplefilter("ignore")
+        dyn = model.generate(x, **kw)
+        stat = model.generate(x, cache_implementation="static", **kw)
+        torch._dynamo.reset()
+        comp = model.generate(x, cache_implementation="static", compile_config=compile_cfg, **kw)
+    torch._dynamo.reset()
+    assert "lightning_ranges" in st[0].store
+    assert st[0].calls["sparse"] > 0
+    assert torch.equal(dyn, stat)
+    assert torch.equal(dyn, comp)
+
+
 def test_dense_config_matches_plain_model_with_left_padding():
     model = tiny_causal_lm("qwen2", seed=4)
     a = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(3))
@@ -116,6 +143,22 @@ def test_opcheck_decode_ops_cpu(op):
     args = (q, k, v, lo, hi, 8, 0.25, 1, 2, True) if op == "topk_decode" else (q, k, v, lo, hi, 0.25)
     for kernel in (True, False):  # the interpreter's kernel and the reference
         torch.library.opcheck(OPS[op], args + (kernel,))
+
+
+def test_opcheck_index_topk_op_cpu():
+    from topkattn.ops.topk.custom_ops import OPS, index_topk_ranges
+
+    g = torch.Generator().manual_seed(0)
+    q, w = torch.randn(2, 4, 16, generator=g), torch.rand(2, 4, generator=g)
+    keys = torch.randn(2, 48, 16, generator=g)
+    lo = torch.tensor([0, 5], dtype=torch.int32)
+    hi = torch.tensor([48, 12], dtype=torch.int32)
+    for kernel in (True, False):  # the interpreter's kernels and the reference
+        torch.library.opcheck(OPS["index_topk"], (q, w, keys, lo, hi, 8, kernel))
+    got, want = (index_topk_ranges(q, w, keys, lo, hi, 8, kernel) for kernel in (True, False))
+    assert torch.equal(got.sort(-1).values, want.sort(-1).values)
+    # sequence 1's range [5, 12) holds 7 keys: all of them, then one -1
+    assert sorted(want[1].tolist()) == [-1, 5, 6, 7, 8, 9, 10, 11]
 
 
 def test_opcheck_prefill_op_cpu():

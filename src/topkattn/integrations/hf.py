@@ -172,7 +172,9 @@ def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kw
     plain = (all(lo == 0 for lo in vals[kr.LO]) and all(hi >= end for hi in vals[kr.HI])
              and not (window and end > window))
     mask = None if plain else kr.ranges_to_bool_mask(ranges, Lq, end)
-    return _general(module, state, query, key, value, mask, dropout, scale, kwargs)
+    # the store was cleared above for a new sequence (and may hold the prefill just observed)
+    return _general(module, state, query, key, value, mask, dropout, scale, kwargs,
+                    new_sequence_clears=False)
 
 
 def _selection_context(state, topk, scale, phase):
@@ -181,12 +183,15 @@ def _selection_context(state, topk, scale, phase):
                             hidden_states=state.hidden_states)
 
 
-def _general(module, state, query, key, value, mask, dropout, scale, kwargs):
+def _general(module, state, query, key, value, mask, dropout, scale, kwargs,
+             new_sequence_clears: bool = True):
     """Any mask transformers may pass (None, bool, additive float), queries at the last Lq
-    key positions when there is none. Returns [B, Lq, Hq, D] like transformers' SDPA function."""
+    key positions when there is none. Returns [B, Lq, Hq, D] like transformers' SDPA function.
+    ``new_sequence_clears``: a call without a mask whose queries are all the keys starts a new
+    sequence and clears the selectors' store (`_ranges_prefill` has done that itself)."""
     Lq, Lk = query.shape[2], key.shape[2]
     phase = "decode" if Lq == 1 else "prefill"
-    if state is not None and mask is None and Lq == Lk:
+    if new_sequence_clears and state is not None and mask is None and Lq == Lk:
         state.store.clear()  # a new sequence starts: selectors' per-sequence state is stale
     if state is None or not state.cfg.applies_to(state.layer_idx, phase, Lk):
         _count(state, False)

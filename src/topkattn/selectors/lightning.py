@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from topkattn.selectors._common import PrefixStore, check_int, fingerprint
-from topkattn.ops.topk.naive import topk_indices
 from topkattn.selectors.base import ScoreSelector, SelectionContext
 from topkattn.errors import InputError, MissingFileError
 
@@ -302,9 +301,7 @@ class LightningSelector(ScoreSelector):
         the radix selection run over [starts, ends)."""
         if q.shape[2] != 1:
             return None
-        from topkattn.ops.select.triton_select import select_rows
-        from topkattn.ops.topk.triton_env import kernels_run_on
-        from topkattn.ops.topk.triton_index import index_scores
+        from topkattn.ops.topk.custom_ops import index_topk
 
         B, Hkv, cap, D = k.shape
         layer = self._layer(q, k, ctx)
@@ -323,15 +320,9 @@ class LightningSelector(ScoreSelector):
         else:
             x = q.transpose(1, 2).reshape(B, 1, -1)
         iq, w = layer.queries(x)  # [B, 1, H, d], [B, 1, H]
-        scores = index_scores(iq[:, 0] * layer.head_dim**-0.5, w[:, 0], kc.keys[:, :cap],
-                              starts, ends)  # [B, cap]
         kk = min(ctx.topk, cap)
-        if kernels_run_on(scores):
-            idx = select_rows(scores, kk, ends, 1, starts=starts)  # int32 [B, kk]
-        else:
-            pos = torch.arange(cap, device=k.device)
-            vis = (pos >= starts[:, None]) & (pos < ends[:, None])
-            idx = topk_indices(scores, kk, vis).to(torch.int32)
+        idx = index_topk()(iq[:, 0] * layer.head_dim**-0.5, w[:, 0], kc.keys[:, :cap],
+                           starts, ends, kk)  # int32 [B, kk]
         return idx.view(B, 1, 1, kk).expand(B, Hkv, 1, kk)
 
 

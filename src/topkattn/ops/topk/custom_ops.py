@@ -7,6 +7,9 @@ them with no graph break, and CUDA graphs capture them (no host synchronisation 
   [starts[b], ends[b]) of a contiguous cache (`triton_decode.topk_decode`).
 - ``topkattn::range_decode``: full attention for one query per sequence over the same ranges
   (`triton_dense.range_decode`): the dense path of a sparsified model.
+- ``topkattn::index_topk``: the k positions of each sequence's range [starts[b], ends[b])
+  with the highest Lightning-Indexer scores (`triton_index.index_scores`, then
+  `triton_select.select_rows`): the selection of the Lightning Indexer's decode step.
 - ``topkattn::prefill_fwd`` / ``topkattn::prefill_bwd``: Top-k prefill / training attention
   (`triton_prefill`), differentiable through `torch.library.register_autograd`.
 
@@ -77,6 +80,38 @@ def _(q, k, v, starts, ends, scale, use_kernel=True):
     return torch.empty_like(q)
 
 
+def index_topk_ranges(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, starts: torch.Tensor,
+                      ends: torch.Tensor, topk: int, use_kernel: bool = True) -> torch.Tensor:
+    """Lightning-Indexer selection of one query per sequence: q [B, H, d] (scaled), w [B, H],
+    indexer keys [B, cap, d]; starts, ends int32 [B] -> int32 [B, min(topk, cap)], the
+    positions in [starts[b], ends[b]) of the highest index scores (ties: lowest position;
+    -1 where the range holds fewer). ``use_kernel``: the Triton kernels where they run (else,
+    and when False: the reference). The body of ``topkattn::index_topk``."""
+    from topkattn.ops.topk.naive import topk_indices
+    from topkattn.ops.topk.triton_index import index_scores, index_scores_reference
+
+    cap = keys.shape[1]
+    kk = min(topk, cap)
+    if use_kernel and kernels_run_on(keys):
+        from topkattn.ops.select.triton_select import select_rows
+
+        scores = index_scores(q, w, keys, starts, ends)  # written inside the ranges only
+        return select_rows(scores, kk, ends, 1, starts=starts)
+    scores = index_scores_reference(q, w, keys)
+    pos = torch.arange(cap, device=keys.device)
+    vis = (pos >= starts[:, None]) & (pos < ends[:, None])
+    return topk_indices(scores, kk, vis).to(torch.int32)
+
+
+index_topk_op = torch.library.custom_op("topkattn::index_topk", index_topk_ranges,
+                                        mutates_args=())
+
+
+@index_topk_op.register_fake
+def _(q, w, keys, starts, ends, topk, use_kernel=True):
+    return keys.new_empty(keys.shape[0], min(topk, keys.shape[1]), dtype=torch.int32)
+
+
 @torch.library.custom_op("topkattn::prefill_fwd", mutates_args=())
 def prefill_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor,
                    ends: torch.Tensor, topk: int, causal: bool, scale: float, sink: int,
@@ -144,9 +179,16 @@ def prefill_op(q, k, v, starts, ends, topk, causal, scale, sink, local, kv_group
 OPS = {
     "topk_decode": topk_decode_op,
     "range_decode": range_decode_op,
+    "index_topk": index_topk_op,
     "prefill_fwd": prefill_fwd_op,
     "prefill_bwd": prefill_bwd_op,
 }
+
+
+def index_topk():
+    """The Lightning-Indexer selection over key ranges: the custom op while `torch.compile`
+    traces (its Triton kernels are opaque to the tracer), else its body (see `decode_ops`)."""
+    return index_topk_op if torch.compiler.is_compiling() else index_topk_ranges
 
 
 def decode_ops():
