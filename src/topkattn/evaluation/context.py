@@ -16,17 +16,59 @@ from __future__ import annotations
 from topkattn.errors import InputError
 
 
-def _gguf_context_length(path: str) -> int | None:
-    try:
-        import gguf
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                 10: "<Q", 11: "<q", 12: "<d"}
 
-        reader = gguf.GGUFReader(path)
-        arch_field = reader.fields["general.architecture"]
-        arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
-        f = reader.fields.get(f"{arch}.context_length")
-        return int(f.parts[f.data[0]][0]) if f is not None else None
-    except Exception:  # noqa: BLE001 - no limit known: the runner checks after loading
+
+def _gguf_context_length(path: str) -> int | None:
+    """``<arch>.context_length`` from a GGUF file's metadata, reading only the key-value
+    header up to that key (``gguf.GGUFReader`` also maps every tensor: seconds for a model).
+    None when the file is not GGUF v2/v3 or the key is absent."""
+    import struct
+
+    def read(f, fmt):
+        n = struct.calcsize(fmt)
+        data = f.read(n)
+        if len(data) != n:
+            raise EOFError
+        return struct.unpack(fmt, data)[0]
+
+    def read_str(f):
+        return f.read(read(f, "<Q")).decode("utf-8", errors="replace")
+
+    def skip(f, kind):
+        if kind in _GGUF_SCALARS:
+            f.seek(struct.calcsize(_GGUF_SCALARS[kind]), 1)
+        elif kind == 8:
+            f.seek(read(f, "<Q"), 1)
+        elif kind == 9:
+            inner, count = read(f, "<I"), read(f, "<Q")
+            if inner in _GGUF_SCALARS:
+                f.seek(count * struct.calcsize(_GGUF_SCALARS[inner]), 1)
+            else:
+                for _ in range(count):
+                    skip(f, inner)
+        else:
+            raise ValueError(f"GGUF value type {kind}")
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF" or read(f, "<I") not in (2, 3):
+                return None
+            read(f, "<Q")  # tensor count
+            arch = None
+            for _ in range(read(f, "<Q")):
+                key, kind = read_str(f), read(f, "<I")
+                if key == "general.architecture" and kind == 8:
+                    arch = read_str(f)
+                elif arch is not None and key == f"{arch}.context_length" \
+                        and kind in _GGUF_SCALARS:
+                    return int(read(f, _GGUF_SCALARS[kind]))
+                else:
+                    skip(f, kind)
+    except (OSError, EOFError, ValueError, struct.error):
         return None
+    return None
 
 
 def context_limit(model: str | None) -> tuple[int | None, str]:
