@@ -30,6 +30,25 @@ def test_bad_layers_is_a_clear_error(tmp_path):
         run_ops(["generate"], "8k", "64", "1", str(tmp_path), layers=0)
 
 
+def test_generate_modes_and_paths_are_checked_before_any_gpu_work(tmp_path):
+    with pytest.raises(ValueError, match="unknown generate paths \\['graphs'\\]; allowed: "
+                                         "\\['compiled', 'eager', 'graph'\\]"):
+        run_ops(["generate"], "8k", "64", "1", str(tmp_path), paths="eager,graphs")
+    with pytest.raises(ValueError, match="unknown generate modes \\['topk'\\]"):
+        run_ops(["generate"], "8k", "64", "1", str(tmp_path), modes="topk")
+    with pytest.raises(ValueError, match="add generate to --op"):
+        run_ops(["decode"], "8k", "64", "1", str(tmp_path), paths="compiled")
+
+
+def test_generate_mode_table_filters_modes_and_paths():
+    from topkattn.bench.generate import mode_table
+
+    runs = mode_table(64, ("topk-kv_group", "dense-ranges"), ("compiled", "graph"))
+    assert [(m[0], m[2]) for m in runs] == [("dense-ranges", "graph"), ("dense-ranges", "compiled"),
+                                            ("topk-kv_group", "graph"), ("topk-kv_group", "compiled")]
+    assert all(m[1].k == (None if m[0] == "dense-ranges" else 64) for m in runs)
+
+
 def test_generate_plot_has_one_bar_per_mode_and_cell(tmp_path):
     import json
 

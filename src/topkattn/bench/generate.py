@@ -3,8 +3,9 @@
 For every context, one dense prefill at batch 1 (timed) fills the cache; each mode then starts
 from a copy of that cache (repeated over the batch) and decodes greedily:
 
-- ``dense-default``: no `sparsify`, DynamicCache, transformers' default SDPA (on Hopper with
-  torch 2.11 that is cuDNN, which rebuilds its plan for every new key length), eager;
+- ``dense-default``: no `sparsify`, transformers' default SDPA (on Hopper with torch 2.11 that
+  is cuDNN, which rebuilds its plan for every new key length): eager with a DynamicCache, and
+  compiled over a StaticCache (what ``generate(cache_implementation="static")`` runs);
 - ``dense-flash``: the same with the flash backend preferred, eager;
 - ``dense-ranges``: `sparsify(TopKConfig(k=None))`: full attention over key ranges, eager with a
   DynamicCache, and over a StaticCache with one decode step captured in a CUDA graph (the
@@ -14,6 +15,12 @@ from a copy of that cache (repeated over the batch) and decodes greedily:
 - ``topk-lightning``: a Lightning Indexer (untrained, 4 heads x 64: its speed does not depend
   on its weights) picks k keys per sequence from its own key cache (`LightningSelector`'s
   `range_indices` path), the same two paths.
+
+Paths: ``eager`` (DynamicCache, no graph), ``graph`` (StaticCache, one decode step captured by
+hand in a CUDA graph and replayed) and ``compiled`` (StaticCache, the forward compiled with
+``torch.compile(fullgraph=True, mode="reduce-overhead")`` as transformers' generate compiles
+it; CUDA graphs through Inductor) for dense-default, dense-ranges, topk-kv_group and
+topk-lightning. Compiling a 32-layer model takes tens of seconds per mode and cell.
 
 Per mode: median ms per decode step after a warm-up that covers compilation, tokens/s, peak GPU
 memory, and the attention share of a step (the attention op of one layer timed alone in a CUDA
@@ -129,6 +136,33 @@ def _graph_steps(model, cache, B: int, ctx: int) -> list[float]:
     return times
 
 
+def _compiled_steps(model, cache, B: int, ctx: int) -> list[float]:
+    """ms of each decode step of the forward compiled as transformers' generate compiles it
+    for a static cache (``fullgraph=True``, ``mode="reduce-overhead"``), warm-up included
+    (the first steps compile and record the CUDA graph). One eager step first, as a prefill
+    through `sparsify` would, lets selectors with their own caches (the Lightning Indexer's
+    key cache) size them outside the trace."""
+    tok = torch.zeros(B, 1, dtype=torch.long, device="cuda")
+    pos = torch.full((B, 1), ctx, device="cuda")
+    tok = model(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True
+                ).logits[:, -1:].argmax(-1)
+    ctx += 1
+    torch._dynamo.reset()
+    fwd = torch.compile(model.forward, fullgraph=True, dynamic=False, mode="reduce-overhead")
+    times = []
+    for i in range(3 + WARMUP_STEPS + STEPS):
+        pos = torch.full((B, 1), ctx + i, device="cuda")
+        torch.compiler.cudagraph_mark_step_begin()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fwd(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True)
+        tok = out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    torch._dynamo.reset()
+    return times
+
+
 def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
     """One layer's attention op alone in a CUDA graph (a cache of ctx + STEPS keys)."""
     from topkattn.bench.common import decode_inputs
@@ -157,60 +191,85 @@ def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
     return time_graph_ms(fn)
 
 
-def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | None = None) -> None:
-    """The generate benchmark (module docstring); ``modes``: only the modes of these names
-    (default all)."""
+PATHS = ("eager", "graph", "compiled")
+
+
+def mode_table(k: int, modes: tuple[str, ...] | None = None,
+               paths: tuple[str, ...] | None = None) -> list[tuple]:
+    """The (mode name, TopKConfig or None, path, flash SDPA preferred) runs of the benchmark,
+    only those of ``modes`` and ``paths`` when given (unknown names: InputError listing the
+    allowed ones)."""
+    from topkattn import TopKConfig
+    from topkattn.selectors.lightning import LightningSelector
+
+    exact = {g: TopKConfig(k=k, granularity=g) for g in ("kv_group", "query_head")}
+    light = TopKConfig(k=k, selector=LightningSelector())
+    dense = TopKConfig(k=None)
+    mode_list = [  # (name, cfg or None, path, sdpa priority)
+        ("dense-default", None, "eager", False),
+        ("dense-default", None, "compiled", False),
+        ("dense-flash", None, "eager", True),
+        ("dense-ranges", dense, "eager", False),
+        ("dense-ranges", dense, "graph", False),
+        ("dense-ranges", dense, "compiled", False),
+        ("topk-kv_group", exact["kv_group"], "eager", False),
+        ("topk-kv_group", exact["kv_group"], "graph", False),
+        ("topk-kv_group", exact["kv_group"], "compiled", False),
+        ("topk-query_head", exact["query_head"], "eager", False),
+        ("topk-query_head", exact["query_head"], "graph", False),
+        ("topk-lightning", light, "eager", False),
+        ("topk-lightning", light, "graph", False),
+        ("topk-lightning", light, "compiled", False),
+    ]
+    for label, chosen, allowed in (("modes", modes, {m[0] for m in mode_list}),
+                                   ("paths", paths, set(PATHS))):
+        if chosen is None:
+            continue
+        unknown = [m for m in chosen if m not in allowed]
+        if unknown:
+            raise InputError(f"unknown generate {label} {unknown}; allowed: {sorted(allowed)}")
+    return [m for m in mode_list
+            if (modes is None or m[0] in modes) and (paths is None or m[2] in paths)]
+
+
+def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | None = None,
+        paths: tuple[str, ...] | None = None) -> None:
+    """The generate benchmark (module docstring); ``modes`` / ``paths``: only the modes and
+    paths of these names (default all)."""
     import contextlib
 
     from transformers import DynamicCache, StaticCache
 
-    from topkattn import TopKConfig, sparsify
+    from topkattn import sparsify
     from topkattn.integrations.hf import _sdpa_priority
-    from topkattn.selectors.lightning import LightningSelector
 
     k = ks[0] if ks else 2048
+    mode_list = mode_table(k, modes, paths)  # bad names fail before the model is built
     model = llama3_8b_random(layers, max(ctxs) + 64)
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
-    mode_list = [  # (name, cfg or None, cache kind, sdpa priority)
-        ("dense-default", None, "dynamic", False),
-        ("dense-flash", None, "dynamic", True),
-        ("dense-ranges", TopKConfig(k=None), "dynamic", False),
-        ("dense-ranges", TopKConfig(k=None), "static", False),
-        ("topk-kv_group", TopKConfig(k=k, granularity="kv_group"), "dynamic", False),
-        ("topk-kv_group", TopKConfig(k=k, granularity="kv_group"), "static", False),
-        ("topk-query_head", TopKConfig(k=k, granularity="query_head"), "dynamic", False),
-        ("topk-query_head", TopKConfig(k=k, granularity="query_head"), "static", False),
-        ("topk-lightning", TopKConfig(k=k, selector=LightningSelector()), "dynamic", False),
-        ("topk-lightning", TopKConfig(k=k, selector=LightningSelector()), "static", False),
-    ]
-    if modes is not None:
-        known = {m[0] for m in mode_list}
-        unknown = [m for m in modes if m not in known]
-        if unknown:
-            raise InputError(f"unknown generate modes {unknown}; allowed: {sorted(known)}")
-        mode_list = [m for m in mode_list if m[0] in modes]
     rows = []
     for ctx in ctxs:
         kv, prefill_s = _prefill(model, ctx)
         for B in batches:
             cell = []
-            for name, cfg, cache_kind, flash in mode_list:
+            for name, cfg, path, flash in mode_list:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-                row = {"ctx": ctx, "B": B, "layers": layers, "mode": name, "cache": cache_kind,
-                       "path": "graph" if cache_kind == "static" else "eager", "k": None if cfg is None or cfg.dense else k,
-                       "prefill_s": prefill_s}
+                row = {"ctx": ctx, "B": B, "layers": layers, "mode": name,
+                       "cache": "dynamic" if path == "eager" else "static", "path": path,
+                       "k": None if cfg is None or cfg.dense else k, "prefill_s": prefill_s}
                 try:
-                    if cache_kind == "static":
-                        cache = StaticCache(config=model.config, max_cache_len=ctx + 64)
-                    else:
+                    if path == "eager":
                         cache = DynamicCache()
+                    else:
+                        cache = StaticCache(config=model.config, max_cache_len=ctx + 64)
                     with torch.no_grad():
                         _fill(cache, kv, B)
                         ctxm = sparsify(model, cfg) if cfg is not None else contextlib.nullcontext()
                         with ctxm, (_sdpa_priority() if flash else contextlib.nullcontext()):
-                            steps = (_graph_steps if cache_kind == "static" else _eager_steps)(model, cache, B, ctx)
-                    ms = statistics.median(steps[WARMUP_STEPS:])
+                            steps = {"eager": _eager_steps, "graph": _graph_steps,
+                                     "compiled": _compiled_steps}[path](model, cache, B, ctx)
+                    ms = statistics.median(steps[-STEPS:])
                     row.update(step_ms=ms, tokens_per_s=B * 1e3 / ms, first_step_ms=steps[0],
                                peak_gb=torch.cuda.max_memory_allocated() / 1e9)
                     att = _attention_ms(name, B, ctx, k)
@@ -236,7 +295,7 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
         del kv
     meta = env_info() | {"k": k, "layers": layers, "weights_gb": weights_gb,
                          "warmup_steps": WARMUP_STEPS, "steps": STEPS}
-    write_results("generate", rows, ["ctx", "B", "mode", "path", "prefill_s", "step_ms", "tokens_per_s",
+    write_results("generate", rows, ["ctx", "B", "mode", "path", "prefill_s", "first_step_ms", "step_ms", "tokens_per_s",
                                      "peak_gb", "attention_share", "vs_best_dense",
                                      "speedup_vs_default", "note"],
                   out_dir, meta)

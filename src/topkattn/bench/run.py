@@ -11,10 +11,18 @@ from topkattn.errors import InputError
 OPS = ("select", "decode", "sparse", "prefill", "indexer_decode", "generate")
 
 
-def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int = 32) -> None:
+def _names(spec: str | None) -> tuple[str, ...] | None:
+    """A comma list as a tuple of names (None or empty: None, i.e. all)."""
+    names = tuple(x.strip() for x in (spec or "").split(",") if x.strip())
+    return names or None
+
+
+def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int = 32,
+            modes: str | None = None, paths: str | None = None) -> None:
     """Run each benchmark in ``ops`` (names in `OPS`; "indexer_decode" is the Lightning
     Indexer decode step: index scores, top-k selection, sparse attention; "generate" is
-    end-to-end generation on a random model of ``layers`` Llama-3-8B layers)."""
+    end-to-end generation on a random model of ``layers`` Llama-3-8B layers, restricted to
+    the comma lists ``modes`` and ``paths`` when given)."""
     import importlib
 
     import torch
@@ -26,11 +34,19 @@ def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int 
         raise InputError(f"--op must be among {OPS}; got {bad}")
     if isinstance(layers, bool) or not isinstance(layers, int) or layers <= 0:
         raise InputError(f"--layers must be a positive integer, got {layers!r}")
+    if (modes or paths) and "generate" not in ops:
+        raise InputError("--modes and --paths choose what the generate benchmark runs; add "
+                         "generate to --op or leave them out")
+    if "generate" in ops:
+        from topkattn.bench.generate import mode_table
+
+        mode_table(2048, _names(modes), _names(paths))  # unknown names fail here
     if not torch.cuda.is_available():
         raise InputError("benchmarks need a CUDA device (none found)")
     ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)
     for op in ops:
-        extra = {"layers": layers} if op == "generate" else {}
+        extra = ({"layers": layers, "modes": _names(modes), "paths": _names(paths)}
+                 if op == "generate" else {})
         importlib.import_module(f"topkattn.bench.{op}").run(ctxs, ks, batches, out, **extra)
 
 
@@ -42,8 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", default="1,8")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--layers", type=int, default=32, help="layers of the generate benchmark's model")
+    p.add_argument("--modes", default=None, help="generate: comma list of modes (default all)")
+    p.add_argument("--paths", default=None, help="generate: comma list of eager, graph, compiled")
     a = p.parse_args(argv)
-    run_ops([o.strip() for o in a.op.split(",") if o.strip()], a.ctx, a.k, a.batch, a.out, a.layers)
+    run_ops([o.strip() for o in a.op.split(",") if o.strip()], a.ctx, a.k, a.batch, a.out, a.layers,
+            a.modes, a.paths)
 
 
 if __name__ == "__main__":
