@@ -59,12 +59,27 @@ def test_parse_and_env(monkeypatch):
         Shard.from_env()
 
 
+def _graded_scores(monkeypatch):
+    """A random model answers nothing right; score by the answer's length instead (0, 1/3,
+    2/3, 1), so that the compared sums are not all zeros and need exact summation."""
+    from topkattn.tasks.base import Task
+    from topkattn.tasks.longbench_v2 import LongBenchV2Task
+
+    def score(self, prediction, sample):
+        return (len(prediction) % 4) / 3
+
+    monkeypatch.setattr(Task, "score", score)
+    monkeypatch.setattr(LongBenchV2Task, "score", score)
+
+
 def test_two_shards_equal_one(tiny_lm, tokenizer, lb_file, tmp_path, monkeypatch):
     one, two = tmp_path / "one", tmp_path / "two"
+    _graded_scores(monkeypatch)
     calls = _count_decodes(monkeypatch)
     s1 = run_eval(tiny_lm, tokenizer, _cfg(one, lb_file))
     n_one = len(calls)
     assert s1.complete and s1.missing == 0 and s1.shard is None
+    assert len({r["score"] for r in read_folder(one)}) > 1
 
     calls.clear()
     a = run_eval(tiny_lm, tokenizer, _cfg(two, lb_file), shard="0/2")

@@ -149,3 +149,9 @@ def _saved_settings(ctx: typer.Context, cfg):
 def register(app: typer.Typer) -> None:
     """Add ``eval`` to the app."""
     app.command("eval")(eval_command)
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m topkattn.cli.eval_cmd eval ...
+    from topkattn.cli import main
+
+    main()
