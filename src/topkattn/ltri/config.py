@@ -96,9 +96,6 @@ class LtriConfig:
         gpu_kv_budget: bytes of device memory tier 1 (sink, recent window, chunk, retrieved
             spans) may take over all layers; None: no bound is checked. Too small a budget
             for the settings is an error before the model runs.
-        sparse_prefill: chunks of streaming prefill attend to sink + retrieved spans + recent
-            tokens + themselves (Ltri-LLM); False: to the whole context (tier 2 brought over
-            block by block; accurate, slower).
     """
 
     budget_tokens: int = 2048
@@ -121,7 +118,6 @@ class LtriConfig:
     chunk_size: int = 512
     offload: str = "auto"
     gpu_kv_budget: int | None = None
-    sparse_prefill: bool = True
 
     def __post_init__(self) -> None:
         for name, lo in (("budget_tokens", 1), ("sink", 0), ("recent", 1), ("max_span", 1),
@@ -143,8 +139,8 @@ class LtriConfig:
         for name in ("detect_layers", "retrieval_layers", "retrieval_heads"):
             object.__setattr__(self, name, _ints(name, getattr(self, name)))
         object.__setattr__(self, "gpu_kv_budget", parse_bytes(self.gpu_kv_budget))
-        if not isinstance(self.dynamic, bool) or not isinstance(self.sparse_prefill, bool):
-            raise LtriConfigError("dynamic and sparse_prefill must be true or false")
+        if not isinstance(self.dynamic, bool):
+            raise LtriConfigError(f"dynamic must be true or false, got {self.dynamic!r}")
 
     def with_(self, **changes) -> "LtriConfig":
         return replace(self, **changes)

@@ -237,10 +237,10 @@ class SpanIndex:
         G = Hq // H
         if represent == "mean":
             rep = self.dynamic_means(layer) if self.dynamic else self.means(layer)
-            s = torch.matmul(qf.view(H, G * Lq, D), rep.transpose(-1, -2)).sum(1)  # [H, S]
+            s = torch.matmul(qf.reshape(H, G * Lq, D), rep.transpose(-1, -2)).sum(1)  # [H, S]
         elif represent == "bound":
             lo, hi = self.bounds(layer)
-            qv = qf.view(H, G * Lq, D)
+            qv = qf.reshape(H, G * Lq, D)
             s = (torch.matmul(qv.clamp(min=0), hi.transpose(-1, -2))
                  + torch.matmul(qv.clamp(max=0), lo.transpose(-1, -2))).sum(1)
         else:
@@ -248,11 +248,12 @@ class SpanIndex:
         return s[list(heads)] if heads else s
 
     def search(self, layer: int, q: torch.Tensor, budget: int, represent: str = "mean",
-               heads: tuple[int, ...] = (), exclude: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top spans of ``layer`` for q (KV heads' scores summed), filled up to ``budget``
-        tokens: (ids [n], tokens [n]); ``exclude`` bool [S] spans never returned."""
-        s = self.scores(layer, q, represent, heads).sum(0)
+               heads: tuple[int, ...] = (), exclude: torch.Tensor | None = None,
+               n_spans: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top spans of ``layer`` for q (KV heads' scores summed) among its first
+        ``n_spans`` (default all), filled up to ``budget`` tokens: (ids [n], tokens [n]);
+        ``exclude`` bool [S] spans never returned."""
+        s = self.scores(layer, q, represent, heads).sum(0)[:n_spans]
         if exclude is not None:
             s = s.masked_fill(exclude[:s.shape[0]], float("-inf"))
         order = s.argsort(descending=True, stable=True)
@@ -262,6 +263,12 @@ class SpanIndex:
 
     def positions(self, ids: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
         return span_positions(self.starts, ids, take)
+
+    def count_upto(self, position: int) -> int:
+        """Spans ending at or before ``position``."""
+        import bisect
+
+        return bisect.bisect_right(self._host_ends, position)
 
     def span_of(self, position: int) -> int:
         """The span holding ``position``."""

@@ -63,12 +63,14 @@ def decide(votes: torch.Tensor, strength: torch.Tensor, lengths: torch.Tensor, b
 
 @dataclass
 class Selection:
-    """A retrieval result: span ids and the tokens taken of each, the step it was made at."""
+    """A retrieval result: span ids and the tokens taken of each; ``horizon``: only spans
+    ending at or before it were candidates (positions from it on are attended locally);
+    ``step``: the pass it was decided in."""
 
     ids: torch.Tensor
     take: torch.Tensor
     step: int
-    n_spans: int  # spans of the index when it was decided
+    horizon: int
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Retriever:
     previous: Selection | None = None  # the last one decided before this pass
     _ballot: list = field(default_factory=list)
     _own: dict = field(default_factory=dict)
+    _prev_own: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.layers = self.cfg.layers_for_retrieval(self.n_layers)
@@ -98,6 +101,8 @@ class Retriever:
         """A new forward pass starts."""
         if self.current is not None:
             self.previous = self.current
+        if self._own:
+            self._prev_own = self._own
         self.current = None
         self._ballot = []
         self._own = {}
@@ -108,51 +113,49 @@ class Retriever:
         is none yet)."""
         return self.previous is None or (self.step - 1) % self.cfg.refresh_every == 0
 
-    def _vote(self, index: SpanIndex, layer: int, q: torch.Tensor, budget: int,
+    def _vote(self, index: SpanIndex, layer: int, q: torch.Tensor, budget: int, S: int,
               exclude: torch.Tensor | None, heads: tuple[int, ...]):
-        s = index.scores(layer, q, self.cfg.represent, heads)
-        return head_votes(s, index.lengths[:s.shape[1]], budget, exclude)
+        s = index.scores(layer, q, self.cfg.represent, heads)[:, :S]
+        return head_votes(s, index.lengths[:S], budget, exclude)
+
+    def _own_vote(self, index, layer, q, budget, S, ex, horizon) -> Selection:
+        v, st = self._vote(index, layer, q, budget, S, ex, ())
+        return Selection(*decide(v, st, index.lengths[:S], budget, ex), self.step, horizon)
 
     def spans_for(self, index: SpanIndex, layer: int, q: torch.Tensor, budget: int,
-                  exclude: torch.Tensor | None = None) -> Selection:
+                  horizon: int, exclude: torch.Tensor | None = None) -> Selection:
         """The spans ``layer`` attends to in this pass; q [Hq, Lq, D] (or [Hq, D]) is its
-        query (the chunk's queries in prefill)."""
-        S = index.represented(layer)
+        query (the chunk's queries in prefill). Candidates: the spans ending at or before
+        ``horizon`` (the same in every layer of a pass), but those ``exclude`` [S] marks."""
+        S = min(index.count_upto(horizon), index.represented(layer))
         ex = None if exclude is None else exclude[:S]
-        lengths = index.lengths[:S]
         if self.cfg.retrieval == "per_layer":
-            if not self.refreshing() and layer in self._own_prev():
-                return self._own_prev()[layer]
-            v, st = self._vote(index, layer, q, budget, ex, ())
-            sel = Selection(*decide(v, st, lengths, budget, ex), self.step, S)
+            if not self.refreshing() and layer in self._prev_own:
+                self._own[layer] = self._prev_own[layer]
+                return self._own[layer]
+            sel = self._own_vote(index, layer, q, budget, S, ex, horizon)
             self._own[layer] = sel
-            if layer == self.n_layers - 1:
-                self.current = Selection(sel.ids, sel.take, self.step, S)
-                self._prev_own = dict(self._own)
-            index.record_votes(sel.ids) if index.dynamic else None
+            if index.dynamic:
+                index.record_votes(sel.ids)
             return sel
         if not self.refreshing():
             return self.previous
         if layer in self.layers:
-            self._ballot.append(self._vote(index, layer, q, budget, ex, self.cfg.retrieval_heads))
+            self._ballot.append(self._vote(index, layer, q, budget, S, ex,
+                                           self.cfg.retrieval_heads))
             if layer == self.last_layer:
                 v = torch.stack([b[0] for b in self._ballot]).sum(0)
                 st = torch.stack([b[1] for b in self._ballot]).sum(0)
-                self.current = Selection(*decide(v, st, lengths, budget, ex), self.step, S)
+                self.current = Selection(*decide(v, st, index.lengths[:S], budget, ex),
+                                         self.step, horizon)
                 if index.dynamic:
                     index.record_votes(self.current.ids)
-        if layer > self.last_layer and self.current is not None:
-            return self.current
-        if layer == self.last_layer and self.current is not None:
+        if layer >= self.last_layer and self.current is not None:
             return self.current
         if self.previous is not None:
             return self.previous
         # the first pass: no earlier set; this layer's own heads vote for it
-        v, st = self._vote(index, layer, q, budget, ex, ())
-        return Selection(*decide(v, st, lengths, budget, ex), self.step, S)
-
-    def _own_prev(self) -> dict:
-        return getattr(self, "_prev_own", {})
+        return self._own_vote(index, layer, q, budget, S, ex, horizon)
 
 
 __all__ = ["Retriever", "Selection", "decide", "head_votes"]

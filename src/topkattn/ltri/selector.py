@@ -116,7 +116,7 @@ class LtriSelector(LtriConfig, Selector):
         tail = torch.arange(idx.covered, Lk, device=k.device)
         budget = max(0, ctx.topk - tail.numel())
         if budget > 0 and idx.represented(layer):
-            sel = st.retriever.spans_for(idx, layer, q[0], budget)
+            sel = st.retriever.spans_for(idx, layer, q[0], budget, idx.covered)
             pos = torch.cat([idx.positions(sel.ids, sel.take), tail])
         else:
             pos = tail

@@ -47,6 +47,7 @@ class LtriState:
         self.band_start = 0
         self.band_seen: dict[int, int] = {}  # detection layer -> band rows seen up to
         self.pass_key: object = None
+        self.horizon = 0  # retrieval candidates of this pass end at or before it
         self.joined: set[int] = set()
 
     # -- passes -------------------------------------------------------------------------
@@ -141,13 +142,9 @@ class LtriState:
         if self.index.represented(layer) < self.index.n_spans:
             self.index.add_keys(layer, keys, pos0)
 
-    def exclude(self, layer: int, tail_start: int) -> torch.Tensor:
-        """bool [S]: spans never retrieved: the sink span and spans from ``tail_start`` on
-        (already attended)."""
-        idx = self.index
-        S = idx.represented(layer)
-        st, en = idx.starts[:S], idx.ends[:S]
-        return (en <= self.cfg.sink) | (st >= tail_start)
+    def exclude(self, layer: int) -> torch.Tensor:
+        """bool [S]: spans never retrieved (the sink span: always attended)."""
+        return self.index.ends[:self.index.represented(layer)] <= self.cfg.sink
 
 
 __all__ = ["LtriState"]
