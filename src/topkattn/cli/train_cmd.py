@@ -1,7 +1,10 @@
 """``topkattn train``: native Top-k SFT (or dense SFT with ``--k full``) of a causal LM.
 
 Several GPUs: ``torchrun --nproc_per_node N -m topkattn.cli.train_cmd train ...`` (or
-``torchrun --nproc_per_node N $(which topkattn) train ...``) runs the same command under DDP.
+``torchrun --nproc_per_node N $(which topkattn) train ...``) runs the same command under DDP;
+add ``--fsdp`` to shard parameters, gradients and optimizer state (FSDP2) instead.
+Rerunning a command resumes from its newest checkpoint (also with another number of processes
+when ``--grad-accum`` keeps the global batch); rerunning a finished run does nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def train_command(
     precision: str = typer.Option("auto", "--precision", help="auto, bf16 or fp32"),
     gradient_checkpointing: str = typer.Option("auto", "--grad-ckpt", help="auto, on or off"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: auto)"),
+    fsdp: bool = typer.Option(False, "--fsdp/--no-fsdp", help="under torchrun: shard "
+                              "parameters, gradients and optimizer state (FSDP2) instead of DDP"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     k: KOpt = "full",
     sink: SinkOpt = 0,
@@ -55,7 +60,7 @@ def train_command(
 
     from topkattn.devices import check_device
     from topkattn.paths import prepare_out_dir
-    from topkattn.train.sft import TrainConfig, train
+    from topkattn.train.sft import TrainConfig, TrainInterrupted, train
 
     prepare_out_dir(out)  # before the model is loaded
     if device is not None:
@@ -72,11 +77,22 @@ def train_command(
         lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, max_steps=max_steps,
         save_every=save_every, seed=seed, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
         precision=precision, gradient_checkpointing=gradient_checkpointing, device=device,
+        fsdp=fsdp,
     )
-    res = train(cfg, progress=not quiet)
     import os
+    import sys
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        res = train(cfg, progress=not quiet)
+    except TrainInterrupted as e:
+        if main_rank:
+            print(str(e), file=sys.stderr)
+        raise typer.Exit(130) from None
+    if main_rank and res.already_done:
+        print(f"{res.out} holds this finished run ({res.steps} steps, final loss "
+              f"{res.final_loss:.4f}): nothing to do; use another --out to train again")
+    elif main_rank:
         con = Console()
         what = "dense SFT" if cfg.topk.dense else f"Top-k SFT (k={cfg.topk.k_label})"
         first = f"{res.losses[0]:.4f}" if res.losses else "-"

@@ -140,7 +140,7 @@ def _config_dict(cfg) -> dict:
 @contextlib.contextmanager
 def _quiet_dcp():
     with warnings.catch_warnings():  # DCP without a process group says it runs without one
-        warnings.filterwarnings("ignore", message=".*(process group|no_dist|overwrit).*")
+        warnings.filterwarnings("ignore", message=".*(single process|process group|no_dist|overwrit)")
         yield
 
 
@@ -199,7 +199,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, cfg, *,
     gb_now, need = global_batch(now, world_size), int(meta["global_batch"])
     if need != gb_now:
         per = int(now["batch_size"]) * world_size
-        hint = (f"; with {world_size} processes use --grad-accum {need // per}"
+        procs = f"{world_size} process" + ("es" if world_size > 1 else "")
+        hint = (f"; with {procs} use --grad-accum {need // per}"
                 if need % per == 0 else "")
         raise InputError(
             f"checkpoint {path} was trained with {need} sequences per optimizer step "

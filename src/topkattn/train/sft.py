@@ -595,6 +595,9 @@ def save_final(model, tokenizer, out: Path, cfg: TrainConfig,
     model.config.use_cache = True
     _strip_gguf(model)
     if state_dict is not None:
+        # one entry per tensor: a tied LM head is saved once, under its first name
+        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        state_dict = {k: v for k, v in state_dict.items() if k in names}
         model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     else:
         model.save_pretrained(out, safe_serialization=True)
