@@ -113,8 +113,8 @@ def test_refresh_every_keeps_the_set():
     picks = []
     for step in range(4):
         r.begin()
-        picks.append(r.spans_for(idx, 0, torch.randn(1, 4), 4).ids.tolist())
-        r.spans_for(idx, 1, torch.randn(1, 4), 4)
+        picks.append(r.spans_for(idx, 0, torch.randn(1, 4), 4, 12).ids.tolist())
+        r.spans_for(idx, 1, torch.randn(1, 4), 4, 12)
     assert picks[1] == picks[0] and picks[2] == picks[0]  # steps 2, 3 keep step 1's set
 
 
