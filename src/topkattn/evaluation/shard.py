@@ -85,8 +85,9 @@ class Shard:
 
 
 def local_device(device: str | None) -> str | None:
-    """The device of this process under torchrun/accelerate: ``cuda:<LOCAL_RANK>`` when the
-    device is unset or plain ``cuda`` and CUDA is there, else ``device`` unchanged."""
+    """The device of this process under torchrun/accelerate: ``cuda:<LOCAL_RANK>`` (modulo the
+    GPU count, so more processes than GPUs share them) when the device is unset or plain
+    ``cuda`` and CUDA is there, else ``device`` unchanged."""
     local = os.environ.get("LOCAL_RANK")
     if local is None or device not in (None, "cuda"):
         return device
@@ -94,7 +95,7 @@ def local_device(device: str | None) -> str | None:
 
     if not torch.cuda.is_available():
         return device
-    return f"cuda:{int(local)}"
+    return f"cuda:{int(local) % max(1, torch.cuda.device_count())}"
 
 
 __all__ = ["Shard", "local_device"]
