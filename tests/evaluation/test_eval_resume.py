@@ -145,3 +145,15 @@ def test_cli_interrupt_says_where_it_stopped(tiny_dir, tmp_path, monkeypatch, ca
     code, out, err = run_main(monkeypatch, capsys, "eval", "--report-only", "--out",
                               str(tmp_path / "empty"))
     assert code == 2 and err.startswith("error: no results to report")
+
+
+def test_saved_config_reads_back(tmp_path):
+    """``--report-only`` rebuilds the run's settings from eval_config.json."""
+    from topkattn.config import TopKConfig
+    from topkattn.selectors import QuestSelector
+
+    cfg = _cfg(tmp_path, ks=("5%", "4"), followup_max_new_tokens=7,
+               topk=TopKConfig(k=None, sink=2, dense_layers=(1,), selector=QuestSelector(8)))
+    back = EvalConfig.from_json(json.loads(json.dumps(cfg.to_json())))
+    assert back == cfg and back.settings() == cfg.settings()
+    assert EvalConfig.from_json(cfg.to_json(), tasks=("kv",)).tasks == ("kv",)
