@@ -8,7 +8,7 @@ import argparse
 
 from topkattn.errors import InputError
 
-OPS = ("select", "decode", "sparse", "prefill", "indexer_decode", "generate")
+OPS = ("select", "decode", "sparse", "prefill", "indexer_decode", "generate", "ltri")
 
 
 def _names(spec: str | None) -> tuple[str, ...] | None:
@@ -22,7 +22,8 @@ def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int 
     """Run each benchmark in ``ops`` (names in `OPS`; "indexer_decode" is the Lightning
     Indexer decode step: index scores, top-k selection, sparse attention; "generate" is
     end-to-end generation on a random model of ``layers`` Llama-3-8B layers, restricted to
-    the comma lists ``modes`` and ``paths`` when given)."""
+    the comma lists ``modes`` and ``paths`` when given; "ltri" is Ltri-LLM's two-tier cache
+    against dense decoding, the first k being its retrieved-token budget)."""
     import importlib
 
     import torch
@@ -45,6 +46,11 @@ def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int 
         raise InputError("benchmarks need a CUDA device (none found)")
     ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)
     for op in ops:
+        if op == "ltri":  # Ltri's two-tier cache vs dense decode; the first k is its budget
+            from topkattn.bench.ltri import run as run_ltri
+
+            run_ltri(ctxs, batches, out, layers=layers, budget_tokens=ks[0])
+            continue
         extra = ({"layers": layers, "modes": _names(modes), "paths": _names(paths)}
                  if op == "generate" else {})
         importlib.import_module(f"topkattn.bench.{op}").run(ctxs, ks, batches, out, **extra)

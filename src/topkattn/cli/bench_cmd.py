@@ -10,7 +10,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("bench")
     def bench(
-        op: str = typer.Option("decode", help="select, decode, sparse, prefill, indexer_decode, generate (comma list)"),
+        op: str = typer.Option("decode", help="select, decode, sparse, prefill, indexer_decode, generate, ltri (comma list)"),
         ctx: str = typer.Option("8k,32k,128k", help="context lengths, e.g. 8k,32k,128k"),
         k: str = typer.Option("256,2048,8192", help="top-k values"),
         batch: str = typer.Option("1,8", help="batch sizes"),
