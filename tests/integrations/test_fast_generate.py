@@ -21,7 +21,7 @@ def _decode_loop(model, x, fwd, steps, max_cache_len=64):
     tok = out.logits[:, -1:].argmax(-1)
     toks = [tok]
     for i in range(steps):
-        pos = torch.full((x.shape[0], 1), x.shape[1] + i)
+        pos = torch.full((x.shape[0], 1), x.shape[1] + i, device=x.device)
         out = fwd(input_ids=tok, past_key_values=cache, position_ids=pos)
         tok = out.logits[:, -1:].argmax(-1)
         toks.append(tok)
@@ -161,6 +161,26 @@ def test_opcheck_index_topk_op_cpu():
     assert sorted(want[1].tolist()) == [-1, 5, 6, 7, 8, 9, 10, 11]
 
 
+def test_opcheck_sparse_decode_op_cpu():
+    from topkattn.ops.topk.custom_ops import OPS
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    k, v = torch.randn(2, 2, 40, 16, generator=g), torch.randn(2, 2, 40, 16, generator=g)
+    # distinct positions per row (a selector's output), some of them padding (-1)
+    idx = torch.stack([torch.randperm(30, generator=g)[:6] for _ in range(4)]).view(2, 2, 1, 6)
+    idx = torch.where(idx % 7 == 0, -1, idx).to(torch.int32)
+    lo = torch.tensor([0, 5], dtype=torch.int32)
+    hi = torch.tensor([40, 33], dtype=torch.int32)
+    for sink, local in ((0, 0), (1, 2)):
+        outs = []
+        for kernel in (True, False):  # the interpreter's kernel and the reference
+            args = (q, k, v, idx, lo, hi, 0.25, sink, local, kernel)
+            torch.library.opcheck(OPS["sparse_decode"], args)
+            outs.append(OPS["sparse_decode"](*args))
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
 def test_opcheck_prefill_op_cpu():
     from topkattn.ops.topk.custom_ops import OPS
 
@@ -244,14 +264,32 @@ def test_decode_steps_make_no_host_sync_and_no_recompile(cfg):
 
 
 @pytest.mark.gpu
-def test_generate_static_and_compiled_match_dynamic_on_gpu():
-    model = _gpu_model()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["exact", "dense", "lightning"])
+def test_generate_static_and_compiled_match_dynamic_on_gpu(mode, dtype):
+    """transformers compiles the decode step of a static-cache generate with Inductor (CUDA
+    graphs): exact Top-k, full attention over key ranges and the Lightning Indexer's range
+    path all lower (bf16 too) and give the DynamicCache's tokens."""
+    from topkattn.selectors.lightning import LightningSelector
+
+    model = _gpu_model().to(dtype)
     x = torch.randint(0, 1000, (1, 1500), device="cuda")
-    cfg = TopKConfig(k=128, granularity="kv_group", phases=("decode",))
-    with torch.no_grad(), sparsify(model, cfg):
+    cfg = {"exact": TopKConfig(k=128, granularity="kv_group", phases=("decode",)),
+           "dense": TopKConfig(k=None),
+           "lightning": TopKConfig(k=128, selector=LightningSelector(), phases=("decode",))}[mode]
+    torch._dynamo.reset()
+    with torch.no_grad(), sparsify(model, cfg), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         dyn = model.generate(x, max_new_tokens=16, min_new_tokens=16, **KW)
         stat = model.generate(x, max_new_tokens=16, min_new_tokens=16, cache_implementation="static", **KW)
+        # by hand, as `topkattn bench --op generate` compiles it: no attention mask at all
+        loop = _decode_loop(model, x, model, 8, max_cache_len=1600)
+        torch._dynamo.reset()
+        fwd = torch.compile(model.forward, fullgraph=True, mode="reduce-overhead")
+        comp = _decode_loop(model, x, fwd, 8, max_cache_len=1600)
+    torch._dynamo.reset()
     assert torch.equal(dyn, stat)
+    assert torch.equal(loop, comp)
 
 
 @pytest.mark.gpu

@@ -34,8 +34,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from topkattn.config import TopKConfig
 from topkattn.integrations import key_ranges as kr
 from topkattn.ops.topk import topk_attention, use_kernels
-from topkattn.ops.topk.custom_ops import decode_ops, range_mask
-from topkattn.ops.topk.naive import topk_attention_reference
+from topkattn.ops.topk.custom_ops import decode_ops, sparse_decode
 from topkattn.selectors import ExactSelector, SelectionContext, Selector
 from topkattn.compat import UnsupportedModelError, attention_modules, check_supported  # noqa: F401
 from topkattn.errors import InputError
@@ -126,7 +125,8 @@ def _ranges_decode(state, query, key, value, ranges, scale):
         sel = _selection_context(state, topk, scale, "decode")
         indices = state.selector.range_indices(query, key, lo, hi, sel)
         if indices is not None:  # the selector's own graph-safe path
-            out = _attend_ranges(query, key, value, indices, lo, hi, scale, cfg, kernel)
+            out = sparse_decode()(query, key, value, indices, lo, hi, scale, cfg.sink,
+                                  cfg.local, kernel)
         else:
             mask = kr.ranges_to_bool_mask(ranges, 1, n)
             indices = state.selector.select(query, key, sel)
@@ -136,21 +136,6 @@ def _ranges_decode(state, query, key, value, ranges, scale):
     # a padding mask with holes has no key range: make those rows loud, never silently wrong
     # (+ NaN there, + 0.0 elsewhere: one kernel)
     return (out + kr.poison_as(ranges, out.dtype).view(B, 1, 1, 1)).transpose(1, 2)
-
-
-def _attend_ranges(query, key, value, indices, lo, hi, scale, cfg, kernel):
-    """Attention of one query per sequence to a selector's ``indices`` [B, Hkv, 1, n] plus
-    sink/local, over key ranges [lo, hi): the sparse kernel (no synchronisation), or the
-    reference with the ranges' mask."""
-    if kernel:
-        from topkattn.ops.topk.triton_sparse import sparse_attention
-
-        return sparse_attention(query, key, value, indices, causal=False, scale=scale,
-                                sink=cfg.sink, local=cfg.local, seq_lens=hi, seq_starts=lo,
-                                assume_unique=not (cfg.sink or cfg.local))
-    mask = range_mask(lo, hi, key.shape[2])
-    return topk_attention_reference(query, key, value, None, False, scale, cfg.sink, cfg.local,
-                                    cfg.granularity, indices=indices.long(), attn_mask=mask)
 
 
 def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kwargs):

@@ -48,7 +48,12 @@ def field(ranges: torch.Tensor, i: int) -> torch.Tensor:
 
 def poison_as(ranges: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The ``poison`` field as [B] of a float ``dtype`` (fp32, bf16, fp16): 0.0 or NaN, a view
-    of its bits (no kernel)."""
+    of its bits (no kernel). While `torch.compile` traces, computed from ``ok`` instead
+    (Inductor cannot view the int32 field, which it may give a zero stride, as a narrower
+    float; the compiled graph fuses the computation anyway)."""
+    if torch.compiler.is_compiling():
+        ok = ranges[OK, 0, 0]
+        return torch.where(ok != 0, 0.0, float("nan")).to(dtype)
     bits = ranges[POISON, 0, 0]
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return bits.view(torch.float32).to(dtype)

@@ -7,6 +7,9 @@ them with no graph break, and CUDA graphs capture them (no host synchronisation 
   [starts[b], ends[b]) of a contiguous cache (`triton_decode.topk_decode`).
 - ``topkattn::range_decode``: full attention for one query per sequence over the same ranges
   (`triton_dense.range_decode`): the dense path of a sparsified model.
+- ``topkattn::sparse_decode``: attention of one query per sequence to given key indices
+  (plus sink / local) over the same ranges (`triton_sparse.sparse_attention`): the attention
+  of a selector's decode step.
 - ``topkattn::index_topk``: the k positions of each sequence's range [starts[b], ends[b])
   with the highest Lightning-Indexer scores (`triton_index.index_scores`, then
   `triton_select.select_rows`): the selection of the Lightning Indexer's decode step.
@@ -77,6 +80,35 @@ range_decode_op = torch.library.custom_op("topkattn::range_decode", range_decode
 
 @range_decode_op.register_fake
 def _(q, k, v, starts, ends, scale, use_kernel=True):
+    return torch.empty_like(q)
+
+
+def sparse_decode_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
+                         starts: torch.Tensor, ends: torch.Tensor, scale: float, sink: int,
+                         local: int, use_kernel: bool = True) -> torch.Tensor:
+    """Attention of one query per sequence to a selector's ``indices`` [B, Hkv or Hq, 1, m]
+    (int32, -1 = none) plus ``sink`` / ``local`` positions, over keys [starts[b], ends[b]):
+    q [B, Hq, 1, D]; k, v [B, Hkv, n, D] -> out [B, Hq, 1, D]. The sparse kernel where it runs
+    (no synchronisation), else the reference with the ranges' mask. The body of
+    ``topkattn::sparse_decode``."""
+    if use_kernel and kernels_run_on(q):
+        from topkattn.ops.topk.triton_sparse import sparse_attention
+
+        return sparse_attention(q, k, v, indices, causal=False, scale=scale, sink=sink,
+                                local=local, seq_lens=ends, seq_starts=starts,
+                                assume_unique=not (sink or local))
+    mask = range_mask(starts, ends, k.shape[2])
+    granularity = "kv_group" if indices.shape[1] != q.shape[1] else "query_head"
+    return topk_attention_reference(q, k, v, None, False, scale, sink, local, granularity,
+                                    indices=indices.long(), attn_mask=mask)
+
+
+sparse_decode_op = torch.library.custom_op("topkattn::sparse_decode", sparse_decode_ranges,
+                                           mutates_args=())
+
+
+@sparse_decode_op.register_fake
+def _(q, k, v, indices, starts, ends, scale, sink, local, use_kernel=True):
     return torch.empty_like(q)
 
 
@@ -179,6 +211,7 @@ def prefill_op(q, k, v, starts, ends, topk, causal, scale, sink, local, kv_group
 OPS = {
     "topk_decode": topk_decode_op,
     "range_decode": range_decode_op,
+    "sparse_decode": sparse_decode_op,
     "index_topk": index_topk_op,
     "prefill_fwd": prefill_fwd_op,
     "prefill_bwd": prefill_bwd_op,
@@ -189,6 +222,12 @@ def index_topk():
     """The Lightning-Indexer selection over key ranges: the custom op while `torch.compile`
     traces (its Triton kernels are opaque to the tracer), else its body (see `decode_ops`)."""
     return index_topk_op if torch.compiler.is_compiling() else index_topk_ranges
+
+
+def sparse_decode():
+    """Attention to a selector's indices over key ranges: the custom op while `torch.compile`
+    traces, else its body (see `decode_ops`)."""
+    return sparse_decode_op if torch.compiler.is_compiling() else sparse_decode_ranges
 
 
 def decode_ops():
