@@ -119,3 +119,23 @@ def test_batch_of_two_is_an_error(model):
     with ltri_context(model, _cfg()) as run:
         with pytest.raises(InputError, match="one sequence"):
             run.prefill(torch.ones(2, 8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("options", [
+    dict(retrieval="per_layer"), dict(boundary="similarity"),
+    dict(boundary="fixed", dynamic=True), dict(refresh_every=4, represent="bound"),
+])
+def test_every_option_equals_dense_when_the_budget_covers_everything(model, ids, dense,
+                                                                     options):
+    with ltri_context(model, _cfg(**options)) as run:
+        out = run.generate(ids, 10)
+    assert out == dense[2]
+
+
+def test_refresh_every_moves_less(model, ids):
+    moved = {}
+    for m in (1, 4):
+        with ltri_context(model, _cfg(budget_tokens=48, refresh_every=m)) as run:
+            run.generate(ids, 12)
+        moved[m] = run.cache.moved_tokens()
+    assert moved[4] <= moved[1]

@@ -95,7 +95,7 @@ def _chunk(run, st, cache, layer, li, q, k, v, p0, scale, bulk) -> torch.Tensor:
     c = q.shape[2]
     end = p0 + c
     if li == run.first_layer and not bulk:
-        st.begin_pass((id(cache), end))
+        st.begin_pass((id(cache), end), prefill=c > 1)
         if c == 1:  # a generated token: commit whole spans older than the recent window
             st.commit_fixed(end, cfg.recent)
         st.horizon = min(idx.covered, p0)

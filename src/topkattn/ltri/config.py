@@ -127,6 +127,10 @@ class LtriConfig:
         if self.min_span > self.max_span:
             raise LtriConfigError(f"min_span must be <= max_span, got min_span={self.min_span}, "
                                   f"max_span={self.max_span}")
+        if self.refresh_every > self.chunk_size:
+            raise LtriConfigError(f"refresh_every must be <= chunk_size (the local window holds "
+                                  f"the tokens between refreshes), got refresh_every="
+                                  f"{self.refresh_every}, chunk_size={self.chunk_size}")
         for name, allowed in (("boundary", BOUNDARIES), ("represent", REPRESENTS),
                               ("retrieval", RETRIEVALS), ("offload", OFFLOADS)):
             if getattr(self, name) not in allowed:

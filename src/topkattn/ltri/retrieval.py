@@ -12,7 +12,8 @@ Order within one forward pass (a decode step or a prefill chunk), `Retriever`:
 - the retrieval layers cast this step's votes as they run; after the last of them the set
   is decided, and every later layer uses it (the two-tier cache starts copying its spans to
   the device then, overlapped with the layers in between);
-- with ``refresh_every = m`` the set is decided every m steps and kept in between.
+- with ``refresh_every = m`` the set is decided every m decode steps and kept in between
+  (every prefill chunk decides its own).
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ class Retriever:
     def last_layer(self) -> int:
         return self.layers[-1]
 
-    def begin(self) -> None:
-        """A new forward pass starts."""
+    def begin(self, force_refresh: bool = False) -> None:
+        """A new forward pass starts (``force_refresh``: decide a new set in this pass
+        whatever ``refresh_every`` says: prefill chunks do)."""
+        self._force = force_refresh
         if self.current is not None:
             self.previous = self.current
         if self._own:
@@ -111,7 +114,8 @@ class Retriever:
     def refreshing(self) -> bool:
         """Whether this pass decides a new set (every ``refresh_every`` passes, or when there
         is none yet)."""
-        return self.previous is None or (self.step - 1) % self.cfg.refresh_every == 0
+        return (getattr(self, "_force", False) or self.previous is None
+                or (self.step - 1) % self.cfg.refresh_every == 0)
 
     def _vote(self, index: SpanIndex, layer: int, q: torch.Tensor, budget: int, S: int,
               exclude: torch.Tensor | None, heads: tuple[int, ...]):

@@ -16,9 +16,9 @@ positions as for every selector.
   (collaborative: retrieval heads vote, see `topkattn.ltri.retrieval`); the open span at
   the end of the cache (fewer than ``max_span`` newest tokens) is always attended and counts
   against the budget; generated tokens are committed as spans of ``max_span``.
-- The two-tier cache and streaming prefill are `topkattn.ltri.context.ltri_context`:
-  `topkattn.integrations.hf.sparsify` hands over to it when given `LtriCache` state... see
-  that module. With a plain cache, this selector is the in-memory Ltri.
+- The two-tier cache and streaming prefill are `topkattn.ltri.context`: ``sparsify`` with
+  this selector hands over to `ltri_context`, which runs this selector for caches that hold
+  the whole context (the in-memory Ltri) and the two-tier path for an `LtriCache`.
 
 One sequence at a time (batch 1): a batch of several raises `InputError`.
 """
@@ -107,7 +107,7 @@ class LtriSelector(LtriConfig, Selector):
         layer = ctx.layer_idx or 0
         Lk = k.shape[2]
         keys = k[0]
-        st.begin_pass(Lk)
+        st.begin_pass(Lk, prefill=q.shape[2] > 1)
         idx = st.index
         if idx.covered == 0 and Lk > 0:  # no prefill observed: key-similarity boundaries
             st.segment(Lk, 0, keys)

@@ -51,13 +51,13 @@ class LtriState:
         self.joined: set[int] = set()
 
     # -- passes -------------------------------------------------------------------------
-    def begin_pass(self, key: object) -> bool:
+    def begin_pass(self, key: object, prefill: bool = False) -> bool:
         """Start a forward pass identified by ``key`` (e.g. the cache length) unless it is
-        the current one; True when a new pass started."""
+        the current one; True when a new pass started. A prefill pass always retrieves anew."""
         if key == self.pass_key:
             return False
         self.pass_key = key
-        self.retriever.begin()
+        self.retriever.begin(force_refresh=prefill)
         return True
 
     # -- detection ----------------------------------------------------------------------
