@@ -417,7 +417,14 @@ def _train(cfg, info, on_step, progress, make_sched) -> TrainResult:
                          saved_step=step if ck is not None else -1)
             loop.run(on_step, progress)
         # the sparsify block has exited: the saved config keeps the model's own attention
-        step, losses, tps = loop.step, loop.losses, loop.tokens_per_s()
+        step, losses = loop.step, loop.losses
+        # every rank's tokens (ranks' batches differ in length) and its peak GPU memory
+        tokens = float(D.all_reduce_sum(torch.tensor([loop.tokens_seen], dtype=torch.float64),
+                                        info)[0])
+        tps = tokens / max(time.time() - loop.t0, 1e-9)
+        peak = (round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+                if device.type == "cuda" else None)
+        peaks = [json.loads(x) for x in D.gather_strings(json.dumps(peak), info)]
         full = F.full_state_dict(model) if sharded else None
         if sharded:
             digests = [_digest(sorted(full.items()))] if info.is_main else []
@@ -429,7 +436,7 @@ def _train(cfg, info, on_step, progress, make_sched) -> TrainResult:
                        "first_loss": losses[0] if losses else None, "losses": losses,
                        "tokens_per_s": round(tps, 1), "resumed_from": resumed,
                        "world_size": info.world_size, "fsdp": sharded,
-                       "rank_weight_digests": digests, "data": stats,
+                       "peak_memory_gib_per_rank": peaks, "rank_weight_digests": digests, "data": stats,
                        "config": cfg.to_dict(), "seconds": round(time.time() - t_start, 2)}
             tmp = out / (SUMMARY_FILE + ".tmp")  # written last: it marks a finished run
             tmp.write_text(json.dumps(summary, indent=2))
