@@ -139,3 +139,19 @@ def test_refresh_every_moves_less(model, ids):
             run.generate(ids, 12)
         moved[m] = run.cache.moved_tokens()
     assert moved[4] <= moved[1]
+
+
+def test_a_saved_document_is_reused(model, ids, tmp_path):
+    from topkattn.ltri.document import load_document, save_document
+
+    doc, question = ids[:, :200], ids[:, 200:]
+    with torch.no_grad(), ltri_context(model, _cfg()) as run:
+        _, cache = run.prefill(doc)
+        path = save_document(cache, tmp_path / "doc.pt")
+        spans = cache.state.index.n_spans
+        ref = run.generate(question, 6, cache=cache)
+        for _ in range(2):  # reused: two fresh caches from one file
+            again = load_document(run, path)
+            assert again.get_seq_length() == 200
+            assert again.state.index.n_spans == spans
+            assert run.generate(question, 6, cache=again) == ref
