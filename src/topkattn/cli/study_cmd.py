@@ -42,6 +42,8 @@ def study_command(
                                               "2's training seeds, e.g. 0,1,2"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    report_only: bool = typer.Option(False, "--report-only", help="only rewrite the report "
+                                     "from the finished stages in --out (no model is loaded)"),
 ) -> None:
     """Test the study's four claims; writes study.md, study.json and plots to --out."""
     from rich.console import Console
@@ -49,6 +51,7 @@ def study_command(
     from topkattn.cli import CLIError
     from topkattn.paths import prepare_out_dir
     from topkattn.study import StudyConfig, run_study
+    from topkattn.study.runner import report_only as make_report
 
     if threads is not None and threads < 1:
         raise CLIError(f"--threads must be >= 1, got {threads}")
@@ -56,6 +59,11 @@ def study_command(
                             device=device, lengths=lengths, samples=samples, tasks=tasks,
                             file_tasks=file_tasks, max_new_tokens=max_new_tokens,
                             steps=steps, seeds=train_seeds, progress=not quiet)
+    command = "topkattn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    con = Console(quiet=quiet)
+    if report_only:
+        _show(con, make_report(cfg, command=command))
+        return
     from topkattn.models import resolve_model_source
 
     resolve_model_source(None if model == "default" else model)  # a missing path: one line
@@ -64,11 +72,13 @@ def study_command(
         import torch
 
         torch.set_num_threads(threads)
-    con = Console(quiet=quiet)
     con.print(f"[bold]study[/] model {cfg.model}, budget {cfg.budget.name}, claims "
               f"{','.join(map(str, cfg.claims))}, out {cfg.out}")
-    res = run_study(cfg, log=lambda text: con.print(f"[bold]study[/] {text}"),
-                    command="topkattn " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    res = run_study(cfg, log=lambda text: con.print(f"[bold]study[/] {text}"), command=command)
+    _show(con, res)
+
+
+def _show(con, res) -> None:
     for v in res.verdicts:
         con.print(f"claim {v.claim} ({v.text}): [bold]{v.outcome}[/] - {v.reason}")
     con.print(f"report: {res.files['md']} (+ {res.files['json'].name}, "

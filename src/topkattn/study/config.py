@@ -174,16 +174,16 @@ FULL = Budget("full", Claim1Budget(), Claim2Budget(), Claim3Budget(), Claim4Budg
 
 QUICK = Budget(
     "quick",
-    Claim1Budget(tasks=("passkey", "niah_multikey"), lengths=(512, 1024), abs_ks=(16,),
-                 samples=2, max_new_tokens=8),
-    Claim2Budget(train_tasks=("niah_multikey", "vartrack"), train_length=512, train_samples=4,
-                 steps=2, batch_size=1, grad_accum=2, lr=5e-5, warmup_steps=0, seeds=(0, 1),
-                 eval_tasks=("niah_multikey",), eval_lengths=(512, 768),
-                 eval_ratios=(0.01, 0.02), samples=2, max_new_tokens=8),
-    Claim3Budget(lengths=(512, 1024), p_values=(0.2, 0.6, 1.0),
+    Claim1Budget(tasks=("passkey", "niah_multikey"), lengths=(256, 512), abs_ks=(16,),
+                 samples=1, max_new_tokens=6),
+    Claim2Budget(train_tasks=("niah_multikey", "vartrack"), train_length=256, train_samples=2,
+                 steps=2, batch_size=1, grad_accum=1, lr=5e-5, warmup_steps=0, seeds=(0, 1),
+                 eval_tasks=("niah_multikey",), eval_lengths=(256, 384),
+                 eval_ratios=(0.01, 0.02), samples=1, max_new_tokens=6),
+    Claim3Budget(lengths=(256, 512), p_values=(0.2, 1.0),
                  selectors=("exact", "lightning", "quest", "spans", "window", "random"),
-                 samples=2, fidelity_steps=2, max_new_tokens=8),
-    Claim4Budget(length=512, prompts=2, decode_steps=3, ks=("1%", "16")),
+                 samples=1, fidelity_steps=2, max_new_tokens=6),
+    Claim4Budget(length=256, prompts=2, decode_steps=2, ks=("1%", "16")),
     Rules(n_boot=500),
 )
 

@@ -57,6 +57,35 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
     return StudyResult(cfg, verdicts, analyses, files, runner.ran, runner.reused)
 
 
+def load_stages(cfg: StudyConfig) -> dict[str, dict]:
+    """The finished stage records in ``cfg.out`` that belong to ``cfg``'s plan (same keys)."""
+    models = Models(cfg)
+    runner = StageRunner(cfg.out)
+    out = {}
+    for s in plan(cfg, models):
+        rec = runner.load(s)
+        if rec is not None and rec.get("key") == s.key:
+            out[s.name] = rec
+    return out
+
+
+def report_only(cfg: StudyConfig, command: str = "") -> StudyResult:
+    """Analyse, decide and write the report from the finished stages in ``cfg.out`` (no model
+    is loaded; a claim whose stages are missing comes out inconclusive)."""
+    records = load_stages(cfg)
+    if not records:
+        from topkattn.errors import MissingFileError
+
+        raise MissingFileError(f"no finished stage of this study in {str(cfg.out)!r}")
+    analyses = analyze(cfg, records)
+    verdicts = [decide(c, analyses[c] if c in cfg.claims else None, cfg.budget.rules)
+                for c in (1, 2, 3, 4)]
+    from topkattn.study.report import write_report
+
+    files = write_report(cfg, verdicts, analyses, records, command=command)
+    return StudyResult(cfg, verdicts, analyses, files, [], list(records))
+
+
 def read_study(out: str | Path) -> dict:
     """The ``study.json`` of a finished study folder."""
     from topkattn.study.report import JSON_FILE
@@ -64,4 +93,5 @@ def read_study(out: str | Path) -> dict:
     return json.loads((Path(out) / JSON_FILE).read_text())
 
 
-__all__ = ["CONFIG_FILE", "StudyResult", "read_study", "run_study"]
+__all__ = ["CONFIG_FILE", "StudyResult", "load_stages", "read_study", "report_only",
+           "run_study"]
