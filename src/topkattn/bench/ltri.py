@@ -7,7 +7,7 @@ Per context (default 32k and 128k):
 - ``ltri``: `LtriRun.prefill` streams the context in chunks of ``chunk_size`` through the
   model (tier 2 in pinned CPU memory, tier 1 on the GPU: sink + ``budget_tokens`` retrieved
   + recent tokens), then eager decode steps (collaborative retrieval every step, newly
-  retrieved spans copied on a side stream).
+  retrieved spans copied on a side stream); ``ltri-m8``: retrieval every 8 decode steps.
 Then ``scale`` contexts (default 256k), Ltri only: contexts whose dense KV cache would not fit
 ``gpu_kv_budget`` (checked for tier 1 before the model runs); the largest that completes is
 reported with its per-token latency.
@@ -121,7 +121,7 @@ def ltri_row(model, ctx: int, cfg, device, steps: int = WARMUP_STEPS + STEPS) ->
         _peak_reset(device)
         times = _decode_steps(model, cache, logits[:, None].argmax(-1), device, steps)
         moved = (cache.moved_tokens() - moved0) / max(1, steps)
-        row = {"mode": "ltri", "step_ms": statistics.median(times[WARMUP_STEPS:] or times),
+        row = {"step_ms": statistics.median(times[WARMUP_STEPS:] or times),
                "prefill_s": prefill_s, "kv_device_gb": cache.tier1_bytes() / 1e9,
                "peak_above_weights_gb": _peak(device, base),
                "tier2_gb": cache.tier2_bytes() / 1e9,
@@ -138,10 +138,13 @@ def _emit(rows: list[dict], row: dict) -> None:
 
 def run(ctxs, batches, out_dir, layers: int = 32, budget_tokens: int = 2048,
         gpu_kv_budget: str | int = DEFAULT_GPU_KV_BUDGET, scale=(262144,), sink: int = 4,
-        recent: int = 256, chunk_size: int = 512, model=None, device: str = "cuda") -> dict:
+        recent: int = 256, chunk_size: int = 512, refresh: tuple[int, ...] = (1, 8),
+        model=None, device: str = "cuda") -> dict:
     """The Ltri benchmark (module docstring). ``batches``: batch sizes asked for (Ltri runs
-    batch 1; others are recorded as skipped). ``model``: a model to use instead of the random
-    Llama-3-8B-shaped one (tests); ``device``: where it runs. Returns the JSON written."""
+    batch 1; others are recorded as skipped). ``refresh``: one Ltri mode per value of
+    ``refresh_every`` (mode ``ltri`` for 1, ``ltri-m<m>`` otherwise; the scale contexts run
+    the first). ``model``: a model to use instead of the random Llama-3-8B-shaped one
+    (tests); ``device``: where it runs. Returns the JSON written."""
     from topkattn.ltri.config import LtriConfig, parse_bytes
 
     budget = parse_bytes(gpu_kv_budget)
@@ -158,15 +161,17 @@ def run(ctxs, batches, out_dir, layers: int = 32, budget_tokens: int = 2048,
             _emit(rows, {"ctx": None, "B": B, "mode": "ltri", "note": "Ltri runs batch 1"})
     dense_ms: dict[int, float] = {}
     largest = None
+    ltri_modes = {("ltri" if m == 1 else f"ltri-m{m}"): m for m in refresh}
+    first = next(iter(ltri_modes))
     for ctx, kind in [(c, "cell") for c in ctxs] + [(c, "scale") for c in scale]:
-        modes = ("dense", "ltri") if kind == "cell" else ("ltri",)
+        modes = ("dense", *ltri_modes) if kind == "cell" else (first,)
         for mode in modes:
             row = {"ctx": ctx, "B": 1, "layers": layers, "budget_tokens": budget_tokens,
                    "dense_kv_gb": dense_kv_bytes(model, ctx) / 1e9,
                    "dense_fits_budget": budget is None or dense_kv_bytes(model, ctx) <= budget}
             try:
-                row.update(dense_row(model, ctx, device) if mode == "dense"
-                           else ltri_row(model, ctx, cfg, device))
+                row.update(dense_row(model, ctx, device) if mode == "dense" else ltri_row(
+                    model, ctx, cfg.with_(refresh_every=ltri_modes[mode]), device))
                 if mode == "dense":
                     dense_ms[ctx] = row["step_ms"]
                 else:

@@ -248,6 +248,8 @@ class LtriLayer(CacheLayerMixin):
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         ctx = torch.cuda.stream(self.copy_stream) if use_side else _null()
         with ctx:
+            if use_side:
+                dst.record_stream(self.copy_stream)  # made on the compute stream
             gk = sk.to(self.device, non_blocking=True).transpose(0, 1)[None]
             gv = sv.to(self.device, non_blocking=True).transpose(0, 1)[None]
             self.t1k.index_copy_(2, dst, gk)
