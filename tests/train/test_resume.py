@@ -149,3 +149,44 @@ def test_ctrl_c_on_the_command_line_is_one_line(tiny_model_dir, tmp_path, monkey
     assert lines[-1] == (f"interrupted at step 1 of 3; saved checkpoint "
                            f"{out / 'checkpoints' / 'step-1'}; rerun the same command to resume")
     assert latest_checkpoint(out).name == "step-1"
+
+
+def test_a_checkpoint_of_the_older_single_file_format_resumes(
+        tiny_model_dir, tmp_path, monkeypatch, uninterrupted):
+    """``state.pt`` (rank 0's weights and positional optimizer state, older versions) is still
+    read: the run continues on the uninterrupted curve."""
+    from topkattn.train.checkpoint import rng_state
+
+    data, full, _, full_w = uninterrupted
+    cfg = _run(tiny_model_dir, data, tmp_path / "run", save_every=2)
+
+    def legacy_save(out, step, model, optimizer, scheduler, data_pos, losses, cfg, keep, *,
+                    world_size=1, rng=None):
+        d = out / "checkpoints" / f"step-{step}"
+        d.mkdir(parents=True)
+        torch.save({"step": step, "model": {n: p.detach().clone() for n, p in
+                                            model.named_parameters() if p.requires_grad},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng or rng_state(), "data_pos": data_pos, "losses": list(losses),
+                    "config": cfg.to_dict()}, d / "state.pt")
+        (d / "COMPLETE").write_text(str(step))
+        return d
+
+    class Crash(Exception):
+        pass
+
+    def crash(step, loss):
+        if step == 3:
+            raise Crash
+
+    monkeypatch.setattr(sft, "save_checkpoint", legacy_save)
+    with pytest.raises(Crash):
+        train(cfg, on_step=crash, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "checkpoints" / "step-2" / "state.pt").is_file()
+    res = train(cfg, progress=False)
+    assert res.resumed_from == 2
+    assert res.losses == pytest.approx(full.losses, rel=1e-6, abs=1e-7)
+    w = _weights(tmp_path / "run")
+    for n in full_w:
+        torch.testing.assert_close(w[n], full_w[n], rtol=1e-6, atol=1e-7)
