@@ -136,3 +136,20 @@ def test_decoder_layers_are_the_blocks(tiny_model_dir):
     layers = decoder_layers(m)
     assert [type(x).__name__ for x in layers] == ["LlamaDecoderLayer"] * 2
     assert layers[0] is m.model.layers[0]
+
+
+def test_fsdp_flag_with_one_process_says_nothing_is_sharded(tiny_model_dir, tmp_path,
+                                                            monkeypatch, capsys):
+    from tests.helpers import run_main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = tmp_path / "run"
+    code, stdout, err = run_main(
+        monkeypatch, capsys, "train", "--data", _overfit_data(tmp_path, 4), "--out", str(out),
+        "--model", tiny_model_dir, "--max-length", "64", "--steps", "1", "--warmup-steps", "0",
+        "--save-every", "0", "--device", "cpu", "--quiet", "--k", "4", "--backend",
+        "reference", "--fsdp")
+    assert code == 0, err
+    assert "note: --fsdp with one process has nothing to shard" in err
+    s = _summary(out)
+    assert s["fsdp"] is False and s["world_size"] == 1 and s["config"]["fsdp"] is True

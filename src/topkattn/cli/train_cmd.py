@@ -83,6 +83,9 @@ def train_command(
     import sys
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    if fsdp and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        print("note: --fsdp with one process has nothing to shard; training the whole model "
+              "(launch with torchrun --nproc_per_node N to shard)", file=sys.stderr)
     try:
         res = train(cfg, progress=not quiet)
     except TrainInterrupted as e:
