@@ -65,3 +65,28 @@ def test_torn_file_is_rerun_and_other_settings_refused(tmp_path):
 def test_clean_makes_strict_json():
     assert clean({"x": (1.0, float("inf")), 2: [float("nan")]}) == {"x": [1.0, None],
                                                                     "2": [None]}
+
+
+def test_stage_keys_follow_what_each_stage_depends_on(tmp_path):
+    from topkattn.study.claims import Models, plan
+    from topkattn.study.config import StudyConfig
+
+    def keys(**kw):
+        cfg = StudyConfig.build(model="default", out=tmp_path, budget="full", **kw)
+        return {s.name: s.key for s in plan(cfg, Models(cfg))}
+
+    base = keys()
+    more_seeds = keys(seeds="0,1,2")  # the fine-tunes of seeds 0 and 1 are reused
+    assert more_seeds["claim2-train-topk-s1"] == base["claim2-train-topk-s1"]
+    assert "claim2-train-dense-s2" in more_seeds and "claim2-train-dense-s2" not in base
+    fewer = keys(samples=50)  # evaluations change, training does not
+    assert fewer["claim2-train-dense-s0"] == base["claim2-train-dense-s0"]
+    assert fewer["claim2-eval-dense-s0"] != base["claim2-eval-dense-s0"]
+    assert fewer["claim1-eval"] != base["claim1-eval"]
+    steps = keys(steps=10)  # another recipe: new fine-tunes and everything measured on them
+    assert steps["claim2-train-dense-s0"] != base["claim2-train-dense-s0"]
+    assert steps["claim4-topk-s0"] != base["claim4-topk-s0"]
+    assert steps["claim4-base"] == base["claim4-base"] and steps["claim1-eval"] == base[
+        "claim1-eval"]
+    other_model = keys(seed=3)
+    assert all(other_model[n] != base[n] for n in base)

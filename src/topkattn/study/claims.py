@@ -347,7 +347,7 @@ def plan(cfg: StudyConfig, models: Models) -> list[Stage]:
             st.append(Stage(f"claim3-L{L}", cfg.key("claim3"),
                             lambda L=L: run_claim3(cfg, models, L), ("base",)))
     if 2 in cfg.claims:
-        st.append(Stage("claim2-eval-base", cfg.key("claim2"),
+        st.append(Stage("claim2-eval-base", cfg.key("eval"),
                         lambda: run_claim2_eval(cfg, models, "base"), ("base",)))
     if 4 in cfg.claims:
         st.append(Stage("claim4-base", cfg.key("claim4"),
@@ -356,13 +356,13 @@ def plan(cfg: StudyConfig, models: Models) -> list[Stage]:
         for seed in cfg.budget.claim2.seeds:
             for arm in ARMS:
                 name = f"{arm}-s{seed}"
-                st.append(Stage(f"claim2-train-{name}", cfg.key("claim2"),
+                st.append(Stage(f"claim2-train-{name}", cfg.key("train"),
                                 lambda a=arm, s=seed: run_claim2_train(cfg, models, a, s)))
                 if 2 in cfg.claims:
-                    st.append(Stage(f"claim2-eval-{name}", cfg.key("claim2"),
+                    st.append(Stage(f"claim2-eval-{name}", cfg.key("train", "eval"),
                                     lambda n=name: run_claim2_eval(cfg, models, n), (name,)))
                 if 4 in cfg.claims:
-                    st.append(Stage(f"claim4-{name}", cfg.key("claim2", "claim4"),
+                    st.append(Stage(f"claim4-{name}", cfg.key("train", "claim4"),
                                     lambda n=name: run_claim4(cfg, models, n), (name,)))
     return st
 
@@ -711,15 +711,20 @@ def analyze(cfg: StudyConfig, stages: dict[str, dict]) -> dict[int, dict | None]
     """{claim: analysis} of the claims in ``cfg`` from finished stage records."""
     rules = cfg.budget.rules
     out: dict[int, dict | None] = {c: None for c in (1, 2, 3, 4)}
-    if 1 in cfg.claims and "claim1-eval" in stages:
-        out[1] = analyze_claim1(stages["claim1-eval"]["result"], rules, cfg.seed)
+    missing = {"missing": True}  # a claim of the plan whose stages have not finished
+    if 1 in cfg.claims:
+        out[1] = (analyze_claim1(stages["claim1-eval"]["result"], rules, cfg.seed)
+                  if "claim1-eval" in stages else missing)
     if 2 in cfg.claims:
-        out[2] = analyze_claim2(stages, rules, cfg.budget.claim2.train_length, cfg.seed)
+        out[2] = (analyze_claim2(stages, rules, cfg.budget.claim2.train_length, cfg.seed)
+                  if any(n.startswith("claim2-eval-") for n in stages) else missing)
     if 3 in cfg.claims:
         res = [rec["result"] for n, rec in stages.items() if n.startswith("claim3-L")]
-        out[3] = analyze_claim3(sorted(res, key=lambda r: r["length"]), rules, cfg.seed)
+        out[3] = (analyze_claim3(sorted(res, key=lambda r: r["length"]), rules, cfg.seed)
+                  if res else missing)
     if 4 in cfg.claims:
-        out[4] = analyze_claim4(stages, rules, cfg.seed)
+        out[4] = (analyze_claim4(stages, rules, cfg.seed)
+                  if any(n.startswith("claim4-") for n in stages) else missing)
     return out
 
 

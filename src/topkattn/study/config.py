@@ -36,7 +36,7 @@ class Claim1Budget:
     """
 
     tasks: tuple[str, ...] = ("passkey", "niah_multikey", "vartrack")
-    lengths: tuple[int, ...] = (2048, 4096, 8192)
+    lengths: tuple[int, ...] = (2048, 4096, 8000)
     ratios: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
     abs_ks: tuple[int, ...] = (64,)
     samples: int = 100
@@ -346,13 +346,29 @@ class StudyConfig:
         return json.loads(json.dumps(d))
 
     def key(self, *parts: str) -> str:
-        """A short hash of the settings that decide a stage's result (the stage's ``parts``
-        of the budget plus model and seed); a finished stage is reused only when it matches."""
+        """A short hash of the settings that decide a stage's result; a finished stage is
+        reused only when it matches. ``parts`` name budget sections (``"claim1"``) or parts
+        of claim 2: ``"train"`` (the recipe, without the seed list: a stage is one seed) and
+        ``"eval"`` (claim 2's evaluation). The model and seed are always in; the file tasks
+        with claim 1."""
         d = self.to_json()
-        view = {"model": d["model"], "seed": d["seed"], "file_tasks": d["file_tasks"]}
+        view: dict[str, Any] = {"model": d["model"], "seed": d["seed"]}
+        c2 = d["budget"]["claim2"]
         for p in parts:
-            view[p] = d["budget"][p]
+            if p == "train":
+                view[p] = {f: c2[f] for f in TRAIN_FIELDS}
+            elif p == "eval":
+                view[p] = {f: c2[f] for f in c2 if f not in TRAIN_FIELDS + ("seeds",)}
+            else:
+                view[p] = d["budget"][p]
+        if "claim1" in parts:
+            view["file_tasks"] = d["file_tasks"]
         return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: the fields of `Claim2Budget` that make a fine-tune (its seed is the stage's own)
+TRAIN_FIELDS = ("train_tasks", "train_length", "train_samples", "train_rho", "steps",
+                "batch_size", "grad_accum", "lr", "warmup_steps")
 
 
 def ratio_label(rho: float) -> str:

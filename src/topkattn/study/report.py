@@ -182,7 +182,7 @@ def markdown(cfg: StudyConfig, verdicts: list[Verdict], analyses: dict, plots: d
         lines.append(f"| {v.claim}. {v.text} | **{v.outcome}** | {v.reason} |")
     for v in verdicts:
         a = analyses.get(v.claim)
-        if a is None:
+        if a is None or a.get("missing"):
             continue
         lines += ["", f"## {_TITLE[v.claim]}", "", f"**{v.outcome}**: {v.reason}", ""]
         lines += _MD[v.claim](a)
@@ -330,7 +330,7 @@ def write_report(cfg: StudyConfig, verdicts: list[Verdict], analyses: dict,
     plots: dict[int, Path] = {}
     for v in verdicts:
         a = analyses.get(v.claim)
-        if a is not None:
+        if a is not None and not a.get("missing"):
             try:
                 plots[v.claim] = _PLOTS[v.claim](a, out / f"claim{v.claim}.png")
             except (KeyError, ValueError, IndexError, TypeError) as e:  # a plot never stops

@@ -201,6 +201,9 @@ def decide(claim: int, analysis: dict | None, rules: Rules) -> Verdict:
     """The verdict of ``claim`` (``not run`` without an analysis)."""
     if analysis is None:
         return Verdict(claim, NOT_RUN, "left out of this run (--claims)", {})
+    if analysis.get("missing"):
+        return Verdict(claim, INCONCLUSIVE, "its stages have not finished (rerun the study "
+                       "command to resume)", {})
     return RULES[claim](analysis, rules)
 
 
