@@ -140,7 +140,8 @@ def _config_dict(cfg) -> dict:
 @contextlib.contextmanager
 def _quiet_dcp():
     with warnings.catch_warnings():  # DCP without a process group says it runs without one
-        warnings.filterwarnings("ignore", message=".*(single process|process group|no_dist|overwrit)")
+        warnings.filterwarnings("ignore",
+                                message=".*(single process|process group|no_dist|overwrit)")
         yield
 
 
@@ -232,7 +233,8 @@ def _load_legacy(path: Path, model, optimizer, scheduler, cfg) -> dict:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing = set(params) ^ set(state["model"])
     if missing:
-        raise InputError(f"checkpoint {path} does not match the model (params {sorted(missing)[:3]})")
+        raise InputError(f"checkpoint {path} does not match the model "
+                         f"(params {sorted(missing)[:3]})")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(state["model"][n].to(p.device, p.dtype))

@@ -46,9 +46,9 @@ import torch
 from topkattn.config import TopKConfig
 from topkattn.train import distributed as D
 from topkattn.train import fsdp as F
-from topkattn.train.checkpoint import (CKPT_DIR, DONE_MARK, LOG_FILE, STATE_FILE, SUMMARY_FILE,  # noqa: F401
-                                       finished_summary, latest_checkpoint, load_checkpoint,
-                                       resume_view, rng_state, save_checkpoint, trim_log)
+from topkattn.train.checkpoint import (  # noqa: F401 (CKPT_DIR ... : names of older versions)
+    CKPT_DIR, DONE_MARK, LOG_FILE, STATE_FILE, SUMMARY_FILE, finished_summary, latest_checkpoint,
+    load_checkpoint, resume_view, rng_state, save_checkpoint, trim_log)
 from topkattn.train.data import IGNORE_INDEX, Example, batch_plan, collate, describe, load_examples
 from topkattn.errors import InputError, MissingFileError
 
@@ -436,8 +436,9 @@ def _train(cfg, info, on_step, progress, make_sched) -> TrainResult:
                        "first_loss": losses[0] if losses else None, "losses": losses,
                        "tokens_per_s": round(tps, 1), "resumed_from": resumed,
                        "world_size": info.world_size, "fsdp": sharded,
-                       "peak_memory_gib_per_rank": peaks, "rank_weight_digests": digests, "data": stats,
-                       "config": cfg.to_dict(), "seconds": round(time.time() - t_start, 2)}
+                       "peak_memory_gib_per_rank": peaks, "rank_weight_digests": digests,
+                       "data": stats, "config": cfg.to_dict(),
+                       "seconds": round(time.time() - t_start, 2)}
             tmp = out / (SUMMARY_FILE + ".tmp")  # written last: it marks a finished run
             tmp.write_text(json.dumps(summary, indent=2))
             tmp.replace(out / SUMMARY_FILE)
