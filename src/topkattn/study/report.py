@@ -85,11 +85,16 @@ def _md_claim1(a: dict) -> list[str]:
 
 
 def _md_claim2(a: dict) -> list[str]:
-    lines = ["Accuracy (95% Wilson interval, n; fine-tunes pooled over seeds "
-             f"{a.get('seeds')}; training length {a.get('train_length')}):", "",
-             "| model | k | length | accuracy |", "|---|---|---|---|"]
-    for r in a.get("accuracy", []):
-        lines.append(f"| {r['group']} | {r['k']} | {r['length']} | {_acc(r)} |")
+    ks = a.get("ks", [])
+    lines = ["Accuracy, 95% Wilson interval and n (for the fine-tunes n counts samples x seeds "
+             f"{a.get('seeds')}); training length {a.get('train_length')}:", "",
+             "| model | length | " + " | ".join("full" if k == "full" else f"k={k}" for k in ks)
+             + " |", "|---|---|" + "---|" * len(ks)]
+    by = {(r["group"], str(r["length"]), r["k"]): r for r in a.get("accuracy", [])}
+    rows = list(dict.fromkeys((r["group"], str(r["length"])) for r in a.get("accuracy", [])))
+    for g, L in rows:
+        lines.append(f"| {g} | {L} | " + " | ".join(_acc(by.get((g, L, k), {})) for k in ks)
+                     + " |")
     if a.get("base_cost"):
         lines += ["", "What Top-k decoding costs the base model (full - Top-k, paired):", "",
                   "| k | n | full - Top-k | 95% CI |", "|---|---:|---:|---|"]
@@ -293,6 +298,7 @@ def plot_claim3(a: dict, path: Path) -> Path:
                      fontsize=9)
         ax.set_xlabel(m.replace("_", " "))
         ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     fig.suptitle("blue: precision:p, red: with protect, green: selectors; marker = length "
                  + ", ".join(f"{markers[i % 5]}={L['length']}"
