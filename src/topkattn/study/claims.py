@@ -97,9 +97,28 @@ def study_lengths(cfg: StudyConfig) -> dict[str, int]:
     return out
 
 
+def precheck_lengths(cfg: StudyConfig) -> None:
+    """`check_lengths` before any model is loaded, where the model is a saved folder (its
+    ``config.json`` gives the context); other models are checked when they are loaded."""
+    path = Path(cfg.model).expanduser() / "config.json"
+    if not path.is_file():
+        return
+    try:
+        conf = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    ctx = conf.get("max_position_embeddings") or (conf.get("text_config") or {}).get(
+        "max_position_embeddings")
+    if isinstance(ctx, int):
+        _check(cfg, ctx)
+
+
 def check_lengths(cfg: StudyConfig, model) -> None:
     """`InputError` naming the first length beyond the model's ``max_position_embeddings``."""
-    ctx = getattr(model.config, "max_position_embeddings", None)
+    _check(cfg, getattr(model.config, "max_position_embeddings", None))
+
+
+def _check(cfg: StudyConfig, ctx: int | None) -> None:
     if not ctx:
         return
     for what, n in study_lengths(cfg).items():

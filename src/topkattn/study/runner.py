@@ -35,7 +35,10 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
     stage that runs (a test hook). Finished stages of an earlier run with the same settings
     are reused; a folder holding another study's stages raises `InputError` before any work.
     """
+    from topkattn.study.claims import precheck_lengths
+
     log = log or (lambda text: None)
+    precheck_lengths(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     models = Models(cfg, log)
