@@ -154,6 +154,24 @@ def _md_claim4(a: dict) -> list[str]:
         lines.append(f"| {g} | {e['prompts']} | {e['mean']:.4f} | {_ci(e['mean_ci'], '.4f')} |"
                      + "".join(f" {e['topk'][k]['mean']:.4f} | {e['topk'][k]['mass']:.3f} |"
                                for k in a.get("ks", [])))
+    groups = a.get("groups", {})
+    if groups:
+        names = list(groups)
+        k0 = (a.get("ks") or [None])[0]
+        lines += ["", "Per layer: dense entropy (95% t interval over prompts)"
+                  + (f" and top-{k0} entropy" if k0 else "") + ":", "",
+                  "| layer | " + " | ".join(f"H {g}" for g in names)
+                  + ("".join(f" | H top-{k0} {g}" for g in names) if k0 else "") + " |",
+                  "|---:|" + "---|" * len(names) * (2 if k0 else 1)]
+        for i in range(len(groups[names[0]]["per_layer"])):
+            cells = []
+            for g in names:
+                e = groups[g]
+                lo, hi = e["per_layer_ci"][0][i], e["per_layer_ci"][1][i]
+                cells.append(f"{e['per_layer'][i]:.3f} {_ci([lo, hi])}")
+            if k0:
+                cells += [f"{groups[g]['topk'][k0]['per_layer'][i]:.3f}" for g in names]
+            lines.append(f"| {i} | " + " | ".join(cells) + " |")
     if a.get("primary"):
         lines += ["", "| difference (paired over prompts x steps) | n | diff (nats) | 95% CI | "
                   "Wilcoxon p (prompt means) |", "|---|---:|---:|---|---:|"]
