@@ -319,7 +319,11 @@ def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
         ax.bar([i + (j - (len(modes) - 1) / 2) * width for i in range(len(cells))], ys, width, label=m)
     ax.set_xticks(range(len(cells)))
     ax.set_xticklabels([f"B{b} {c // 1024}k" for b, c in cells])
-    ax.set_ylabel("ms per decode step (lower is better)")
+    timed = [r["step_ms"] for r in rows if r.get("step_ms")]
+    log = bool(timed) and max(timed) > 20 * min(timed)  # e.g. transformers' static default
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel("ms per decode step (lower is better" + (", log scale)" if log else ")"))
     ax.set_title(f"generate, random Llama-3-8B shape, {meta.get('layers')} layers, k={meta.get('k')}\n"
                  f"{meta.get('device')}, torch {meta.get('torch')}, {meta.get('date')}", fontsize=10)
     # below the axes: the bars of a 128k cell reach the top, where a legend would cover them
