@@ -22,7 +22,7 @@ def test_bench_runs_and_writes_results(tmp_path):
         ltri["moved_per_step"]
     assert res["meta"]["largest_ltri_context"]["ctx"] == 240
     data = json.loads((tmp_path / "ltri.json").read_text())
-    assert len(data["rows"]) == 5
+    assert len(data["rows"]) == 5 == len((tmp_path / "ltri.jsonl").read_text().splitlines())
     assert "| 160 | ltri |" in (tmp_path / "ltri.md").read_text()
     assert (tmp_path / "ltri.png").stat().st_size > 0
 

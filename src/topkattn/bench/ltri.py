@@ -3,7 +3,7 @@ Llama-3-8B-shaped model, bf16, batch 1).
 
 Per context (default 32k and 128k):
 - ``dense``: a dense prefill (chunks of 8192) into a DynamicCache, then eager decode steps with
-  flash SDPA preferred; KV bytes = the dense cache;
+  flash / memory-efficient SDPA (no cuDNN); KV bytes = the dense cache;
 - ``ltri``: `LtriRun.prefill` streams the context in chunks of ``chunk_size`` through the
   model (tier 2 in pinned CPU memory, tier 1 on the GPU: sink + ``budget_tokens`` retrieved
   + recent tokens), then eager decode steps (collaborative retrieval every step, newly
@@ -18,7 +18,13 @@ peak of device memory above the weights while decoding (activations and the span
 included), tier-2 (host) bytes, index bytes, tokens copied to tier 1 per step, and the ratios
 to dense at the same context (``kv_ratio`` target <= 0.10 at 128k, ``latency_ratio`` target
 <= 2.0). A mode that fails records a note and the run goes on; each row is printed as it
-finishes. Writes ``ltri.json``, ``ltri.md`` and ``ltri.png``.
+finishes and appended to ``ltri.jsonl``; at the end ``ltri.json``, ``ltri.md`` and
+``ltri.png`` are written. On a machine with a per-command time limit, run the contexts in
+separate calls (``--ctx 32k``, then ``--ctx 128k``; ``scale=()`` skips the scale contexts):
+at 32 layers a 128k streaming prefill takes minutes.
+
+Command: ``topkattn bench --op ltri --ctx 32k,128k --k 2048 --batch 1`` (the budget is 2048
+when the k list holds it, else its first value).
 """
 
 from __future__ import annotations
@@ -79,16 +85,19 @@ def _peak(device, base: int) -> float | None:
 
 def dense_row(model, ctx: int, device, steps: int = WARMUP_STEPS + STEPS) -> dict:
     """Dense prefill + eager decode (flash SDPA preferred)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import DynamicCache
-
-    from topkattn.integrations.hf import _sdpa_priority
 
     base = torch.cuda.memory_allocated() if torch.device(device).type == "cuda" else 0
     ids = torch.randint(0, model.config.vocab_size, (1, ctx), device=device)
     cache = DynamicCache()
     _sync(device)
     t = time.perf_counter()
-    with torch.no_grad(), _sdpa_priority():
+    # flash / memory-efficient SDPA (cuDNN, which rebuilds its plan per key length, left out;
+    # measured on the H200: 3.8 ms a step for 4 layers at 32k, against 55 under
+    # hf._sdpa_priority)
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with torch.no_grad(), sdpa_kernel(backends):
         for s in range(0, ctx, 8192):
             out = model(ids[:, s:s + 8192], past_key_values=cache, use_cache=True,
                         logits_to_keep=1)
@@ -131,9 +140,15 @@ def ltri_row(model, ctx: int, cfg, device, steps: int = WARMUP_STEPS + STEPS) ->
     return row
 
 
-def _emit(rows: list[dict], row: dict) -> None:
+def _emit(rows: list[dict], row: dict, out_dir) -> None:
+    """Keep, print and append a finished row to ``ltri.jsonl`` (a run cut short keeps it)."""
+    from pathlib import Path
+
     rows.append(row)
     print(json.dumps(row), flush=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / "ltri.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def run(ctxs, batches, out_dir, layers: int = 32, budget_tokens: int = 2048,
@@ -158,7 +173,8 @@ def run(ctxs, batches, out_dir, layers: int = 32, budget_tokens: int = 2048,
     rows: list[dict] = []
     for B in batches:
         if B != 1:
-            _emit(rows, {"ctx": None, "B": B, "mode": "ltri", "note": "Ltri runs batch 1"})
+            _emit(rows, {"ctx": None, "B": B, "mode": "ltri", "note": "Ltri runs batch 1"},
+                  out_dir)
     dense_ms: dict[int, float] = {}
     largest = None
     ltri_modes = {("ltri" if m == 1 else f"ltri-m{m}"): m for m in refresh}
@@ -187,7 +203,7 @@ def run(ctxs, batches, out_dir, layers: int = 32, budget_tokens: int = 2048,
                 row["note"] = f"{type(e).__name__}: {str(e)[:160]}"
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()
-            _emit(rows, row | {"mode": mode})
+            _emit(rows, row | {"mode": mode}, out_dir)
     try:
         info = env_info()
     except Exception:  # noqa: BLE001 - triton missing on a CPU machine

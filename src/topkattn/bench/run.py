@@ -46,10 +46,11 @@ def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int 
         raise InputError("benchmarks need a CUDA device (none found)")
     ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)
     for op in ops:
-        if op == "ltri":  # Ltri's two-tier cache vs dense decode; the first k is its budget
+        if op == "ltri":  # Ltri's two-tier cache vs dense decode; k (2048 if listed): budget
             from topkattn.bench.ltri import run as run_ltri
 
-            run_ltri(ctxs, batches, out, layers=layers, budget_tokens=ks[0])
+            run_ltri(ctxs, batches, out, layers=layers,
+                     budget_tokens=2048 if 2048 in ks else ks[0])
             continue
         extra = ({"layers": layers, "modes": _names(modes), "paths": _names(paths)}
                  if op == "generate" else {})
