@@ -313,8 +313,8 @@ class StudyConfig:
                                  "helmet:<category>[@<setting>]:PATH")
             task = get_task(spec)  # names an unknown benchmark or category
             path = getattr(task, "path", None)
-            if path is not None and not Path(path).is_file():
-                raise InputError(f"--file-tasks: file {str(path)!r} of {spec!r} does not exist")
+            if path is not None and not Path(path).exists():
+                raise InputError(f"--file-tasks: {str(path)!r} of {spec!r} does not exist")
         cfg = cls(model=model.strip(), out=Path(out), claims=parse_claims(claims),
                   budget=replace(b, claim1=c1, claim2=c2, claim3=c3, claim4=c4), seed=seed,
                   device=device, file_tasks=ft, progress=progress)
