@@ -13,8 +13,8 @@ per layer, [1, Hkv, cap, D] for keys and values, laid out as
 - the pool holds the tokens of the retrieved spans, one slot per token in any order
   (attention does not care about order: keys carry their rotary phase). `fetch` keeps the
   slots of spans that stay retrieved and copies only the newly retrieved ones from tier 2
-  (gathered into a pinned staging buffer, copied on a side stream, an event per layer that
-  the layer's attention waits on).
+  (a worker thread gathers their rows into a pinned staging buffer and copies them on a side
+  stream; an event per layer that the layer's attention waits on).
 Device memory for KV is therefore ``2 * layers * Hkv * cap * D * itemsize`` bytes whatever
 the context length (`tier1_bytes`); `LtriCache` refuses a configuration over
 ``gpu_kv_budget``. On a CPU-only machine both tiers are CPU tensors and the same code runs.
@@ -69,6 +69,25 @@ def tier1_bytes(spec: TierSpec, n_layers: int, n_kv_heads: int, head_dim: int,
     return 2 * n_layers * n_kv_heads * head_dim * item * spec.cap
 
 
+_GATHER_POOL = None
+
+
+def _gather_pool():
+    """Threads that gather tier-2 rows into pinned staging buffers (numpy's take releases the
+    GIL), so the copies of a prefetch overlap the host's launches of the layers in between."""
+    global _GATHER_POOL
+    if _GATHER_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _GATHER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ltri-gather")
+    return _GATHER_POOL
+
+
+def _bytes_view(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor [n, ...] as a uint8 numpy array [n, ..., last * itemsize] (no copy)."""
+    return t.view(torch.uint8).numpy()
+
+
 class LtriLayer(CacheLayerMixin):
     """One layer's two tiers (see the module docstring). Batch 1."""
 
@@ -84,6 +103,8 @@ class LtriLayer(CacheLayerMixin):
         self.local_n = 0  # positions [local_start, local_start + local_n) are in the window
         self.slot_pos = np.full(spec.pool, -1, dtype=np.int64)  # position held by each slot
         self.event = None
+        self.write_event = None
+        self.pending = None  # the gather job of a prefetch still being enqueued
         self.copy_stream = None
         self.moved_tokens = 0  # tokens copied tier 2 -> tier 1 (retrieval traffic)
 
@@ -131,6 +152,9 @@ class LtriLayer(CacheLayerMixin):
         nb = self.spec.pin
         self.t2k[self.n:self.n + m].copy_(key_states[0].transpose(0, 1), non_blocking=nb)
         self.t2v[self.n:self.n + m].copy_(value_states[0].transpose(0, 1), non_blocking=nb)
+        if nb:  # gathers read tier 2 on the host: they wait for this copy first
+            self.write_event = torch.cuda.Event()
+            self.write_event.record()
         self.n += m
         key_states._ltri_layer = self  # tells the Ltri attention function which tiers to use
         return key_states, value_states
@@ -213,10 +237,12 @@ class LtriLayer(CacheLayerMixin):
     def fetch(self, positions: np.ndarray, stream: bool = False) -> int:
         """Make the pool hold exactly ``positions`` (sorted int64, all < local_start and
         >= sink): keep resident ones, copy the others from tier 2. With ``stream`` on CUDA
-        the copy runs on the side stream (`wait` before attending). Returns tokens copied."""
+        the rows are gathered by a worker thread and copied on the side stream (`wait`
+        before attending). Returns tokens copied."""
         if positions.size > self.spec.pool:
             raise InputError(f"{positions.size} retrieved tokens exceed the pool of "
                              f"{self.spec.pool}")
+        self._finish_pending()
         keep = np.isin(self.slot_pos, positions)
         new = positions[~np.isin(positions, self.slot_pos)]
         free = np.flatnonzero(~keep)
@@ -225,36 +251,45 @@ class LtriLayer(CacheLayerMixin):
         if m:
             slots = free[:m]
             self.slot_pos[slots] = new
-            self._copy_in(new, slots, stream)
+            side = stream and self.copy_stream is not None
+            if side:  # the side stream starts after what the compute stream has queued
+                self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+                self.pending = _gather_pool().submit(self._copy_in, new, slots, True)
+            else:
+                self._copy_in(new, slots, False)
         self._sync_pool_pos(keep)
         self.moved_tokens += m
         return m
 
-    def _copy_in(self, new: np.ndarray, slots: np.ndarray, stream: bool) -> None:
+    def _finish_pending(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # re-raises a failed gather
+            self.pending = None
+
+    def _copy_in(self, new: np.ndarray, slots: np.ndarray, side: bool) -> None:
+        """Tier-2 rows ``new`` -> tier-1 ``slots`` of the pool (on the side stream when
+        ``side``; may run in a worker thread)."""
         m = new.size
         if self.event is not None:
             self.event.synchronize()  # the staging buffer of the last copy is free again
-        idx = torch.from_numpy(new)
-        dst = torch.from_numpy(slots + self.pool0).to(self.device, non_blocking=True)
-        if self.spec.tier2_device == "cpu":
-            torch.index_select(self.t2k, 0, idx, out=self.stage_k[:m])
-            torch.index_select(self.t2v, 0, idx, out=self.stage_v[:m])
-            sk, sv = self.stage_k[:m], self.stage_v[:m]
-        else:
-            idx = idx.to(self.t2k.device)
-            sk, sv = self.t2k.index_select(0, idx), self.t2v.index_select(0, idx)
-        use_side = stream and self.copy_stream is not None
-        if use_side:
-            self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
-        ctx = torch.cuda.stream(self.copy_stream) if use_side else _null()
-        with ctx:
-            if use_side:
-                dst.record_stream(self.copy_stream)  # made on the compute stream
+        if self.write_event is not None:
+            self.write_event.synchronize()  # tier-2 rows written from the device are there
+        cuda = self.device.type == "cuda"
+        with (torch.cuda.device(self.device) if cuda else _null()), \
+                (torch.cuda.stream(self.copy_stream) if side else _null()):
+            if self.spec.tier2_device == "cpu":
+                np.take(_bytes_view(self.t2k), new, axis=0, out=_bytes_view(self.stage_k)[:m])
+                np.take(_bytes_view(self.t2v), new, axis=0, out=_bytes_view(self.stage_v)[:m])
+                sk, sv = self.stage_k[:m], self.stage_v[:m]
+            else:
+                idx = torch.from_numpy(new).to(self.t2k.device)
+                sk, sv = self.t2k.index_select(0, idx), self.t2v.index_select(0, idx)
+            dst = torch.from_numpy(slots + self.pool0).to(self.device, non_blocking=True)
             gk = sk.to(self.device, non_blocking=True).transpose(0, 1)[None]
             gv = sv.to(self.device, non_blocking=True).transpose(0, 1)[None]
             self.t1k.index_copy_(2, dst, gk)
             self.t1v.index_copy_(2, dst, gv)
-            if self.device.type == "cuda":
+            if cuda:
                 self.event = torch.cuda.Event()
                 self.event.record()
 
@@ -265,6 +300,7 @@ class LtriLayer(CacheLayerMixin):
 
     def wait(self) -> None:
         """Make the current stream wait for this layer's pending pool copy."""
+        self._finish_pending()
         if self.event is not None and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).wait_event(self.event)
 
@@ -272,6 +308,8 @@ class LtriLayer(CacheLayerMixin):
         """bool [Lq, cap]: which tier-1 slots each query (positions q_pos0..) attends to:
         the sink, the pool's filled slots, and local positions up to its own (causal)."""
         pos = self.t1_pos
+        if Lq == 1 and self.local_start >= self.spec.sink and q_pos0 == self.n - 1:
+            return (pos >= 0)[None]  # one query, the newest: every filled slot, sink once
         qpos = torch.arange(q_pos0, q_pos0 + Lq, device=self.device)
         vis = (pos[None, :] >= 0) & (pos[None, :] <= qpos[:, None])
         a = self.local0
