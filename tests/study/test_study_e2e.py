@@ -135,6 +135,7 @@ def test_claim3_resumes_per_sample(monkeypatch, tmp_path, tokenizer):
     (["--tasks", "nope"], "unknown task 'nope'"),
     (["--file-tasks", "longbench_v2:/no/such.jsonl"], "/no/such.jsonl"),
     (["--train-seeds", "a"], "--train-seeds"),
+    (["--train-seeds", "3"], "two or more"),
     (["--model", "/no/such/model"], "/no/such/model"),
     (["--threads", "0"], "--threads"),
 ])

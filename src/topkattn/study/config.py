@@ -294,8 +294,9 @@ class StudyConfig:
             except ValueError:
                 raise InputError(f"--train-seeds must be comma-separated integers >= 0, got "
                                  f"{seeds!r}") from None
-            if len(sd) < 1 or any(s < 0 for s in sd):
-                raise InputError(f"--train-seeds must name integers >= 0, got {seeds!r}")
+            if len(sd) < 2 or any(s < 0 for s in sd):
+                raise InputError(f"--train-seeds must name two or more integers >= 0 (each "
+                                 f"arm of claim 2 trains once per seed), got {seeds!r}")
             c2 = replace(c2, seeds=sd)
         if tasks is not None:
             ts = tuple(t.strip() for t in tasks.split(",") if t.strip())

@@ -155,7 +155,13 @@ def claim2(analysis: dict, rules: Rules) -> Verdict:
     why = {CONFIRMED: "the interval lies above 0",
            NOT_CONFIRMED: f"a gain of {rules.min_gain:g} or more is ruled out",
            INCONCLUSIVE: f"the interval holds 0 and gains up to {rules.min_gain:g} or more"}[out]
-    return Verdict(2, out, f"{desc}: {why}", stat)
+    costs = [c["diff"] for c in (analysis.get("base_cost") or {}).values() if _ok(c.get("diff"))]
+    note = ""
+    if costs and max(costs) < rules.min_gain:
+        note = (f" (note: Top-k decoding costs the base model at most {max(costs):+.3f} here, "
+                "so there was little for either fine-tune to recover)")
+    stat["base_cost_max"] = max(costs) if costs else None
+    return Verdict(2, out, f"{desc}: {why}{note}", stat)
 
 
 def claim3(analysis: dict, rules: Rules) -> Verdict:
