@@ -46,6 +46,7 @@ class TierSpec:
     local: int
     tier2_device: str
     pin: bool
+    gather_threads: int = 4
 
     @property
     def cap(self) -> int:
@@ -59,7 +60,7 @@ def tier_spec(cfg: LtriConfig, device: torch.device, budget: int | None = None) 
     offload = cfg.offload == "cpu" or (cfg.offload == "auto" and cuda)
     return TierSpec(cfg.sink, budget or cfg.budget_tokens,
                     cfg.recent + 2 * cfg.max_span + 2 * cfg.chunk_size,
-                    "cpu" if offload else str(device), offload and cuda)
+                    "cpu" if offload else str(device), offload and cuda, cfg.gather_threads)
 
 
 def tier1_bytes(spec: TierSpec, n_layers: int, n_kv_heads: int, head_dim: int,
@@ -72,14 +73,14 @@ def tier1_bytes(spec: TierSpec, n_layers: int, n_kv_heads: int, head_dim: int,
 _GATHER_POOL = None
 
 
-def _gather_pool():
+def _gather_pool(threads: int):
     """Threads that gather tier-2 rows into pinned staging buffers (numpy's take releases the
     GIL), so the copies of a prefetch overlap the host's launches of the layers in between."""
     global _GATHER_POOL
-    if _GATHER_POOL is None:
+    if _GATHER_POOL is None or _GATHER_POOL._max_workers != threads:
         from concurrent.futures import ThreadPoolExecutor
 
-        _GATHER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ltri-gather")
+        _GATHER_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ltri-gather")
     return _GATHER_POOL
 
 
@@ -254,7 +255,11 @@ class LtriLayer(CacheLayerMixin):
             side = stream and self.copy_stream is not None
             if side:  # the side stream starts after what the compute stream has queued
                 self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
-                self.pending = _gather_pool().submit(self._copy_in, new, slots, True)
+            if side and self.spec.gather_threads:
+                self.pending = _gather_pool(self.spec.gather_threads).submit(
+                    self._copy_in, new, slots, True)
+            elif side:
+                self._copy_in(new, slots, True)
             else:
                 self._copy_in(new, slots, False)
         self._sync_pool_pos(keep)

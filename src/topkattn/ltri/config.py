@@ -93,6 +93,8 @@ class LtriConfig:
         chunk_size: tokens per chunk of streaming prefill.
         offload: "auto" (tier 2 in pinned CPU memory when the model is on CUDA, on the model's
             device otherwise), "cpu" (always CPU) or "none" (both tiers on the model's device).
+        gather_threads: worker threads that gather tier-2 rows for prefetched copies (0: the
+            calling thread gathers, synchronously).
         gpu_kv_budget: bytes of device memory tier 1 (sink, recent window, chunk, retrieved
             spans) may take over all layers; None: no bound is checked. Too small a budget
             for the settings is an error before the model runs.
@@ -117,12 +119,13 @@ class LtriConfig:
     refresh_every: int = 1
     chunk_size: int = 512
     offload: str = "auto"
+    gather_threads: int = 4
     gpu_kv_budget: int | None = None
 
     def __post_init__(self) -> None:
         for name, lo in (("budget_tokens", 1), ("sink", 0), ("recent", 1), ("max_span", 1),
                          ("min_span", 1), ("detect_chunk", 1), ("dynamic_window", 1),
-                         ("refresh_every", 1), ("chunk_size", 1)):
+                         ("refresh_every", 1), ("chunk_size", 1), ("gather_threads", 0)):
             _int(name, getattr(self, name), lo)
         if self.min_span > self.max_span:
             raise LtriConfigError(f"min_span must be <= max_span, got min_span={self.min_span}, "
