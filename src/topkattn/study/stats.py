@@ -89,11 +89,15 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n_units: int,
     def stat(*parts):
         return statistic(np.concatenate(parts).astype(int))
 
+    kw = dict(n_resamples=n_boot, confidence_level=level, method="percentile",
+              vectorized=False, paired=False)
+    data = tuple(g.astype(float) for g in groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = bootstrap(tuple(g.astype(float) for g in groups), stat, n_resamples=n_boot,
-                        confidence_level=level, method="percentile", vectorized=False,
-                        paired=False, random_state=np.random.default_rng(seed))
+        try:  # scipy >= 1.15 names the generator rng
+            res = bootstrap(data, stat, rng=np.random.default_rng(seed), **kw)
+        except TypeError:
+            res = bootstrap(data, stat, random_state=np.random.default_rng(seed), **kw)
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return (lo, hi)
 
