@@ -35,7 +35,6 @@ def test_offloaded_tiers_on_cuda(threads):
     assert len(out) == 12 and run.cache.tier1_bytes() < 64 * 2**20
     assert run.cache.moved_tokens() > 64
     assert torch.cuda.memory_allocated() - before < 64 * 2**20
-    return out
 
 
 def test_gathers_in_worker_threads_equal_gathers_in_the_calling_thread():
