@@ -32,8 +32,8 @@ def study_command(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="override claim 1's synthetic "
                                         "tasks, e.g. passkey,niah_multikey"),
     file_tasks: str = typer.Option("", "--file-tasks", help="LongBench v2 / HELMET tasks "
-                                   "added to claim 1: longbench_v2:PATH, "
-                                   "helmet:<category>[@<setting>]:PATH (comma-separated)"),
+                                   "added to claim 1 (comma-separated): longbench_v2:PATH, "
+                                   "helmet:<category>:PATH or helmet:<category>@<setting>:PATH"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
                                                  help="override every answer budget"),
     steps: Optional[int] = typer.Option(None, "--steps", help="override claim 2's "
