@@ -152,3 +152,10 @@ def test_lengths_beyond_the_model_context(monkeypatch, capsys, tmp_path, model_d
                             "cpu", "--quiet")
     assert code == 2 and "4096 exceeds" in err and "max_position_embeddings=2048" in err
     assert not (tmp_path / "stages").exists() or not list((tmp_path / "stages").iterdir())
+
+
+def test_out_that_is_a_file_is_one_line(monkeypatch, capsys, tmp_path):
+    f = tmp_path / "results.txt"
+    f.write_text("not a folder")
+    code, _, err = run_main(monkeypatch, capsys, "study", "--out", str(f), "--quiet")
+    assert code == 2 and str(f) in err and len(err.strip().splitlines()) == 1
