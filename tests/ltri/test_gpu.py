@@ -1,5 +1,5 @@
 """Ltri on CUDA: tier 2 in pinned CPU memory, tier 1 on the GPU, side-stream copies; with a
-budget covering the context the tokens equal dense decoding (bf16 tiny model)."""
+budget covering the context the tokens equal dense decoding (fp32 tiny model)."""
 
 import pytest
 import torch

@@ -106,3 +106,15 @@ def test_save_load_round_trip(tmp_path):
     assert back.search(1, q, 20)[0].tolist() == idx.search(1, q, 20)[0].tolist()
     with pytest.raises(MissingFileError):
         SpanIndex.load(tmp_path / "missing.index")
+
+
+def test_bf16_representatives_round_trip(tmp_path):
+    torch.manual_seed(5)
+    keys = torch.randn(1, 2, 40, 8)
+    idx = _index(keys, fixed_spans(0, 40, 8), dtype=torch.bfloat16)
+    assert idx._mean[0].buf.dtype == torch.bfloat16 and idx.means(0).dtype == torch.float32
+    torch.testing.assert_close(idx.means(0), keys[0].view(2, 5, 8, 8).mean(2), atol=2e-2,
+                               rtol=2e-2)
+    back = SpanIndex.load(idx.save(tmp_path / "i"))
+    assert back.dtype == torch.bfloat16
+    torch.testing.assert_close(back.means(0), idx.means(0), atol=0, rtol=0)

@@ -12,7 +12,8 @@ its own mean plus ``dynamic_weight`` times the vote-weighted mean of the spans w
 - `add_keys` computes one layer's representatives of the spans whose keys it is given;
 - `scores` / `search` rank spans for a query and fill the token budget;
 - `save` / `load` keep a prefilled document's index for reuse.
-Representatives are fp32 on the index's device; tensors grow by doubling.
+Representatives live on the index's device (fp32, or bf16 to halve them on an accelerator:
+`LtriState` stores bf16 on CUDA), computed and scored in fp32; tensors grow by doubling.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class SpanIndex:
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, device="cpu",
-                 dynamic: bool = False, dynamic_weight: float = 0.5, dynamic_window: int = 1):
+                 dynamic: bool = False, dynamic_weight: float = 0.5, dynamic_window: int = 1,
+                 dtype: torch.dtype = torch.float32):
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.device = torch.device(device)
         self.dynamic, self.dynamic_weight = dynamic, float(dynamic_weight)
@@ -97,9 +99,10 @@ class SpanIndex:
         self._ends = _Grow((0,), 0, self.device, torch.long)
         self._votes = _Grow((0,), 0, self.device)
         shape = (n_kv_heads, 0, head_dim)
-        self._mean = [_Grow(shape, 1, self.device) for _ in range(n_layers)]
-        self._lo = [_Grow(shape, 1, self.device) for _ in range(n_layers)]
-        self._hi = [_Grow(shape, 1, self.device) for _ in range(n_layers)]
+        self.dtype = dtype  # of the stored representatives (computed and scored in fp32)
+        self._mean = [_Grow(shape, 1, self.device, dtype) for _ in range(n_layers)]
+        self._lo = [_Grow(shape, 1, self.device, dtype) for _ in range(n_layers)]
+        self._hi = [_Grow(shape, 1, self.device, dtype) for _ in range(n_layers)]
         self._host_starts: list[int] = []
         self._host_ends: list[int] = []
 
@@ -194,10 +197,12 @@ class SpanIndex:
         return last - r
 
     def means(self, layer: int) -> torch.Tensor:
-        return self._mean[layer].view
+        """fp32 [Hkv, S, D] mean keys of ``layer``'s represented spans."""
+        return self._mean[layer].view.float()
 
     def bounds(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._lo[layer].view, self._hi[layer].view
+        """fp32 [Hkv, S, D] channel-wise key minima and maxima."""
+        return self._lo[layer].view.float(), self._hi[layer].view.float()
 
     def dynamic_means(self, layer: int) -> torch.Tensor:
         """[Hkv, S, D]: mean_s + w * sum_{0 < |t - s| <= window} v_t mean_t / sum v_t (the
@@ -284,6 +289,7 @@ class SpanIndex:
             "format": FORMAT,
             "shape": [self.n_layers, self.n_kv_heads, self.head_dim],
             "dynamic": [self.dynamic, self.dynamic_weight, self.dynamic_window],
+            "dtype": str(self.dtype).removeprefix("torch."),
             "starts": self.starts.cpu(), "ends": self.ends.cpu(), "votes": self.votes.cpu(),
             "mean": [m.view.cpu() for m in self._mean],
             "lo": [m.view.cpu() for m in self._lo],
@@ -304,7 +310,7 @@ class SpanIndex:
                              f"{FORMAT!r})")
         L, H, D = d["shape"]
         dyn, w, win = d["dynamic"]
-        idx = cls(L, H, D, device, dyn, w, win)
+        idx = cls(L, H, D, device, dyn, w, win, getattr(torch, d.get("dtype", "float32")))
         st, en = d["starts"].tolist(), d["ends"].tolist()
         idx.add_spans(list(zip(st, en)))
         idx._votes.view.copy_(d["votes"].to(idx.device))
@@ -327,7 +333,8 @@ class SpanIndex:
 
     def nbytes(self) -> int:
         """Bytes of the representatives (all layers)."""
-        return sum(3 * m.buf.numel() * 4 for m in self._mean) + 3 * 8 * self._starts.buf.numel()
+        return (sum(3 * m.buf.numel() * m.buf.element_size() for m in self._mean)
+                + 3 * 8 * self._starts.buf.numel())
 
 
 __all__ = ["FORMAT", "SpanIndex", "fill_budget", "span_positions"]

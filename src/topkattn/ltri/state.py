@@ -39,8 +39,10 @@ class LtriState:
                  head_dim: int, device="cpu"):
         self.cfg = cfg
         self.n_layers, self.n_q_heads = n_layers, n_q_heads
+        on_gpu = torch.device(device).type == "cuda"
         self.index = SpanIndex(n_layers, n_kv_heads, head_dim, device, cfg.dynamic,
-                               cfg.dynamic_weight, cfg.dynamic_window)
+                               cfg.dynamic_weight, cfg.dynamic_window,
+                               torch.bfloat16 if on_gpu else torch.float32)
         self.retriever = Retriever(cfg, n_layers)
         self.detect_layers = cfg.layers_for_detection(n_layers)
         self.band: torch.Tensor | None = None  # [rows, max_span] for positions band_start..
