@@ -66,6 +66,16 @@ def test_quick_study_killed_at_every_stage_resumes(monkeypatch, capsys, tmp_path
     # the fine-tunes are real trained models, different per arm
     tr = json.loads((out / "stages" / "claim2-train-topk-s0.json").read_text())["result"]
     assert tr["steps"] == 2 and tr["topk"]["k_ratio"] == 0.01
+    # killed after training finished but before its stage file was written: no retraining
+    import topkattn.train.sft as sft
+
+    (out / "stages" / "claim2-train-topk-s0.json").unlink()
+    monkeypatch.setattr(sft, "train", lambda *a, **k: pytest.fail("trained again"))
+    res = run_study(cfg)
+    assert res.ran == ["claim2-train-topk-s0"]
+    again = json.loads((out / "stages" / "claim2-train-topk-s0.json").read_text())["result"]
+    assert again["final_loss"] == tr["final_loss"] and again["steps"] == 2
+    monkeypatch.undo()
     # the CLI on the same folder reuses every stage and prints the verdicts
     code, stdout, err = run_main(monkeypatch, capsys, "study", "--model", str(model_dir),
                                  "--out", str(out), "--quiet", *SMALL)

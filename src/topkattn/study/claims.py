@@ -201,14 +201,34 @@ def run_claim2_train(cfg: StudyConfig, models: Models, arm: str, seed: int) -> d
         batch_size=c.batch_size, grad_accum=c.grad_accum, lr=c.lr,
         warmup_steps=min(c.warmup_steps, c.steps), max_steps=c.steps, save_every=save_every,
         keep_checkpoints=1, seed=seed, device=cfg.device)
-    res = train(tcfg, progress=cfg.progress)
+    done = _finished_training(out, tcfg)
+    if done is None:  # train resumes from its own checkpoints after a kill
+        res = train(tcfg, progress=cfg.progress)
+        done = {"steps": res.steps, "first_loss": res.losses[0] if res.losses else None,
+                "final_loss": res.final_loss, "seconds": round(res.seconds, 1)}
     import shutil
 
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is saved
-    return {"model_dir": str(out), "arm": arm, "seed": seed, "steps": res.steps,
-            "first_loss": res.losses[0] if res.losses else None,
-            "final_loss": res.final_loss, "seconds": round(res.seconds, 1),
-            "topk": topk.to_json()}
+    return {"model_dir": str(out), "arm": arm, "seed": seed, **done, "topk": topk.to_json()}
+
+
+def _finished_training(out: Path, tcfg) -> dict | None:
+    """The summary of a training run that already finished in ``out`` with the same settings
+    (killed after training, before its stage file was written), else None."""
+    path = out / "train_summary.json"
+    if not path.is_file() or not any(out.glob("*.safetensors")):
+        return None
+    try:
+        summ = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    skip = ("out", "device")
+    want = {k: v for k, v in json.loads(json.dumps(tcfg.to_dict())).items() if k not in skip}
+    have = {k: v for k, v in (summ.get("config") or {}).items() if k not in skip}
+    if have != want or summ.get("steps") != tcfg.max_steps:
+        return None
+    return {"steps": summ["steps"], "first_loss": summ.get("first_loss"),
+            "final_loss": summ.get("final_loss"), "seconds": summ.get("seconds")}
 
 
 def run_claim2_eval(cfg: StudyConfig, models: Models, name: str) -> dict:
