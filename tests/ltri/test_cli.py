@@ -30,7 +30,7 @@ def test_eval_with_ltri(model_dir, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     cfg = next(c for c in seen if c is not None and c.k == 16)
     sel = cfg.selector
-    assert type(sel).__name__ == "LtriSelector" and sel.retrieval_layers == (1,)
+    assert type(sel).__name__ == "LtriSelector" and sel.config().retrieval_layers == (1,)
     st = sel._live["state"]
     # the prefill was observed inside the ltri branch: every layer holds the prompt's spans
     assert st.index.covered == st.band_seen[1] > 200

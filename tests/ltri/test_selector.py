@@ -21,7 +21,13 @@ class _Module:
 def test_spec_parsing_and_errors():
     sel = parse_selector("ltri:max_span=32,retrieval_layers=0;2,gpu_kv_budget=2GiB")
     assert isinstance(sel, LtriSelector)
-    assert sel.retrieval_layers == (0, 2) and sel.gpu_kv_budget == 2 * 2**30
+    assert sel.config().retrieval_layers == (0, 2) and sel.gpu_kv_budget == 2 * 2**30
+    # the spec written into results names the lists, and reads back to an equal selector
+    from topkattn.config import selector_spec
+
+    assert selector_spec(sel) == ("ltri:max_span=32,retrieval_layers=0;2,"
+                                  "gpu_kv_budget=2147483648")
+    assert parse_selector(selector_spec(sel)) == sel
     assert make_selector("ltri", boundary="fixed").boundary == "fixed"
     with pytest.raises(InputError, match="boundary must be one of"):
         parse_selector("ltri:boundary=blocks")

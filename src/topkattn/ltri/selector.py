@@ -36,6 +36,7 @@ from topkattn.ltri.state import LtriState
 from topkattn.selectors.base import SelectionContext, Selector
 
 STORE_KEY = "ltri"
+_LIST_FIELDS = ("detect_layers", "retrieval_layers", "retrieval_heads")
 
 
 def model_shape(module, q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
@@ -51,10 +52,19 @@ def model_shape(module, q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int
 @dataclass(frozen=True)
 class LtriSelector(LtriConfig, Selector):
     """Ltri-LLM retrieval as a selector; its fields are `LtriConfig`'s (the token budget is
-    the Top-k config's k here, ``budget_tokens`` is used by the streaming context only)."""
+    the Top-k config's k here, ``budget_tokens`` is used by the streaming context only; the
+    layer and head lists are kept as spec text, "2;5", and `config` gives the tuples)."""
 
     observes_dense_prefill = True  # callers that prefill densely pass the prefill here
     _live: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # layer / head lists as spec text ("2;5"), so the selector's spec names them
+        # (`topkattn.config.selector_spec` writes scalars only); () stays the default
+        for name in _LIST_FIELDS:
+            v = getattr(self, name)
+            object.__setattr__(self, name, ";".join(map(str, v)) if v else ())
 
     def config(self) -> LtriConfig:
         return LtriConfig(**{f.name: getattr(self, f.name) for f in fields(LtriConfig)})
