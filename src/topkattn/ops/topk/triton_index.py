@@ -20,14 +20,16 @@ from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.topk.triton_env import kernels_run_on
 
-INDEX_BLOCK = 128  # key rows per program
+INDEX_BLOCK = 64  # key rows per program (H200 sweep, 2026-12-03: 64 x 2 warps fastest at B1 and B4 128k)
+INDEX_WARPS = 2
+INDEX_DOT = False  # heads scored by one tl.dot (fp32, IEEE) instead of a loop over heads
 
 
 @cached_launch
 @triton.jit(do_not_specialize=["cap", "skb"])
 def _index_scores_kernel(KEYS, Q, W, OUT, STARTS, ENDS, cap, skb,
                          H: tl.constexpr, HP: tl.constexpr, DI: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, DOT: tl.constexpr = False):
     """OUT[b, s] for one block of s of sequence b = program_id(1); keys rows of DI fp32
     (row stride DI, batch stride skb); Q [B, H, DI], W [B, H], OUT [B, cap] contiguous."""
     b = tl.program_id(1)
@@ -45,11 +47,15 @@ def _index_scores_kernel(KEYS, Q, W, OUT, STARTS, ENDS, cap, skb,
         q = tl.load(Q + b64 * (H * DI) + h[:, None] * DI + d[None, :], mask=h[:, None] < H,
                     other=0.0).to(tl.float32)  # [HP, DI]
         w = tl.load(W + b64 * H + h, mask=h < H, other=0.0).to(tl.float32)  # [HP]
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in tl.static_range(H):
-            qj = tl.sum(tl.where(h[:, None] == j, q, 0.0), 0)  # [DI]
-            wj = tl.sum(tl.where(h == j, w, 0.0), 0)
-            acc += wj * tl.maximum(tl.sum(kt * qj[None, :], 1), 0.0)
+        if DOT:  # HP >= 16: [BLOCK, DI] x [DI, HP]
+            sh = tl.dot(kt, tl.trans(q), input_precision="ieee")
+            acc = tl.sum(tl.maximum(sh, 0.0) * w[None, :], 1)
+        else:
+            acc = tl.zeros([BLOCK], dtype=tl.float32)
+            for j in tl.static_range(H):
+                qj = tl.sum(tl.where(h[:, None] == j, q, 0.0), 0)  # [DI]
+                wj = tl.sum(tl.where(h == j, w, 0.0), 0)
+                acc += wj * tl.maximum(tl.sum(kt * qj[None, :], 1), 0.0)
         tl.store(OUT + b64 * cap + s, acc, mask=m)
 
 
@@ -60,10 +66,13 @@ def index_scores_reference(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor)
 
 
 def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, starts: torch.Tensor,
-                 ends: torch.Tensor) -> torch.Tensor:
+                 ends: torch.Tensor, block: int | None = None, warps: int | None = None,
+                 dot: bool | None = None) -> torch.Tensor:
     """Index scores fp32 [B, cap] of q [B, H, d], w [B, H] over keys [B, cap, d] (last dim
     contiguous), written at positions [starts[b], ends[b]) only (int32 [B] on the device).
-    The Triton kernel where it runs, else the reference (every position written)."""
+    The Triton kernel where it runs, else the reference (every position written).
+    ``block``, ``warps``, ``dot``: the kernel's tiling (default INDEX_BLOCK, INDEX_WARPS,
+    INDEX_DOT; `scripts/device_index_tiles.py` sweeps them)."""
     B, cap, d = keys.shape
     if q.dim() != 3 or q.shape[0] != B or q.shape[2] != d or w.shape != q.shape[:2]:
         raise InputError(f"index scores need q [B={B}, H, d={d}] and w [B, H]; got "
@@ -75,8 +84,11 @@ def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, starts: t
     q, w = q.float().contiguous(), w.float().contiguous()
     out = torch.empty(B, cap, dtype=torch.float32, device=keys.device)
     H = q.shape[1]
-    _index_scores_kernel[(triton.cdiv(cap, INDEX_BLOCK), B)](
+    block = block or INDEX_BLOCK
+    dot = INDEX_DOT if dot is None else dot
+    hp = max(16 if dot else 2, triton.next_power_of_2(H))
+    _index_scores_kernel[(triton.cdiv(cap, block), B)](
         keys, q, w, out, starts, ends, cap, keys.stride(0),
-        H=H, HP=max(2, triton.next_power_of_2(H)), DI=d, BLOCK=INDEX_BLOCK, num_warps=4,
+        H=H, HP=hp, DI=d, BLOCK=block, DOT=dot, num_warps=warps or INDEX_WARPS,
     )
     return out
