@@ -345,10 +345,13 @@ class LtriCache(Cache):
         budget: retrieved-token pool size (default cfg.budget_tokens).
         capacity: expected context length (tier 2 is allocated for it; it grows otherwise).
         state: the sequence's `LtriState` (set by `topkattn.ltri.context`).
+        kv_shape: (KV heads, head dim, dtype): with ``cfg.gpu_kv_budget``, tier 1's bytes are
+            checked against it here, before any model work.
     """
 
     def __init__(self, cfg: LtriConfig, n_layers: int, device, budget: int | None = None,
-                 capacity: int = 0, state=None, kv_shape: tuple[int, int, torch.dtype] | None = None):
+                 capacity: int = 0, state=None,
+                 kv_shape: tuple[int, int, torch.dtype] | None = None):
         self.cfg = cfg
         self.spec = tier_spec(cfg, torch.device(device), budget)
         if kv_shape is not None and cfg.gpu_kv_budget is not None:
