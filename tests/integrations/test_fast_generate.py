@@ -298,7 +298,7 @@ def test_generate_static_and_compiled_match_dynamic_on_gpu(mode, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("op", ["topk_decode", "range_decode"])
+@pytest.mark.parametrize("op", ["topk_decode", "range_decode", "sparse_decode", "index_topk"])
 def test_opcheck_decode_ops_gpu(op):
     from topkattn.ops.topk.custom_ops import OPS
 
@@ -308,7 +308,12 @@ def test_opcheck_decode_ops_gpu(op):
     v = torch.randn_like(k)
     lo = torch.tensor([0, 100], dtype=torch.int32, device="cuda")
     hi = torch.tensor([3000, 2500], dtype=torch.int32, device="cuda")
-    args = (q, k, v, lo, hi, 256, 0.125, 1, 2, True) if op == "topk_decode" else (q, k, v, lo, hi, 0.125)
+    idx = torch.stack([torch.randperm(2400, device="cuda")[:300] for _ in range(4)]).view(2, 2, 1, 300)
+    args = {"topk_decode": (q, k, v, lo, hi, 256, 0.125, 1, 2, True),
+            "range_decode": (q, k, v, lo, hi, 0.125),
+            "sparse_decode": (q, k, v, (idx + 100).to(torch.int32), lo, hi, 0.125, 1, 2, True),
+            "index_topk": (q[:, :4, 0] * 0.125, torch.rand(2, 4, device="cuda"), k[:, 0], lo, hi,
+                           256, True)}[op]
     torch.library.opcheck(OPS[op], args)
 
 
