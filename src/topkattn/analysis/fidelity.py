@@ -100,6 +100,29 @@ class _Acc:
             self.sums[key] = self.sums.get(key, 0) + row
         self.count[layer] = self.count.get(layer, 0) + next(iter(m.values())).shape[0]
 
+    def merge(self, other: "_Acc") -> None:
+        """Add the sums and counts of ``other`` (another prompt's) to these."""
+        for key, row in other.sums.items():
+            self.sums[key] = self.sums.get(key, 0) + row
+        for layer, n in other.count.items():
+            self.count[layer] = self.count.get(layer, 0) + n
+
+    def to_json(self) -> dict:
+        """{"sums": {metric: {layer: [heads]}}, "count": {layer: n}} (exact in JSON)."""
+        sums: dict[str, dict[str, list[float]]] = {}
+        for (name, layer), row in self.sums.items():
+            sums.setdefault(name, {})[str(layer)] = row.tolist()
+        return {"sums": sums, "count": {str(k): v for k, v in self.count.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "_Acc":
+        acc = cls()
+        for name, per_layer in d["sums"].items():
+            for layer, row in per_layer.items():
+                acc.sums[(name, int(layer))] = torch.tensor(row, dtype=torch.float64)
+        acc.count = {int(k): int(v) for k, v in d["count"].items()}
+        return acc
+
 
 def _fidelity_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                       **kwargs):
@@ -162,12 +185,20 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int | TopKConfi
                  "per_layer": {metric: [n_layers]}, "per_head": {metric: [[heads]...]},
                  "steps": decode steps measured per layer}}
     """
+    cfg = _topk_of(topk)
+    sels = selectors if isinstance(selectors, dict) else {s: parse_selector(s) for s in selectors}
+    return summarize(_measure_accs(model, tokenizer, prompts, cfg, sels, max_new_tokens,
+                                   progress))
+
+
+def _measure_accs(model, tokenizer, prompts: list[str], cfg: TopKConfig,
+                  sels: dict[str, Selector], max_new_tokens: int, progress: bool = True
+                  ) -> dict[str, _Acc]:
+    """The running sums of `measure_fidelity` (label -> `_Acc`) over ``prompts``."""
     from rich.progress import Progress
 
     from topkattn.integrations.hf import attention_override
 
-    cfg = _topk_of(topk)
-    sels = selectors if isinstance(selectors, dict) else {s: parse_selector(s) for s in selectors}
     accs = {label: _Acc() for label in sels}
 
     def make_record(layer, module):
@@ -187,7 +218,7 @@ def measure_fidelity(model, tokenizer, prompts: list[str], topk: int | TopKConfi
                 model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                pad_token_id=tokenizer.pad_token_id)
             bar.advance(job)
-    return summarize(accs)
+    return accs
 
 
 def summarize(accs: dict[str, _Acc]) -> dict[str, dict]:
@@ -454,17 +485,65 @@ class FidelityResult:
     rows: list[DownstreamRow] = field(default_factory=list)
 
 
+#: files of a run folder that keep finished work (one JSON line per sample) and its settings
+SAMPLES_FILE = "fidelity_samples.jsonl"
+DOWNSTREAM_FILE = "downstream_samples.jsonl"
+SETTINGS_FILE = "fidelity_settings.json"
+
+
+def _settings(cfg: FidelityConfig) -> dict[str, Any]:
+    d = cfg.to_json()
+    for name in ("out", "progress"):
+        d.pop(name)
+    return d
+
+
 def run_fidelity(model, tokenizer, cfg: FidelityConfig) -> FidelityResult:
     """Fidelity of ``cfg.selectors`` against exact Top-k on ``cfg.task`` (and with
-    ``cfg.downstream`` the accuracy with each); writes JSON, markdown and plots to ``cfg.out``."""
+    ``cfg.downstream`` the accuracy with each); writes JSON, markdown and plots to ``cfg.out``.
+
+    Resumable: each sample's sums (`SAMPLES_FILE`) and downstream scores (`DOWNSTREAM_FILE`)
+    are appended to ``cfg.out`` as soon as they are measured, a rerun with the same settings
+    (`SETTINGS_FILE`; other settings are refused) measures only the samples not there yet,
+    and Ctrl-C raises `topkattn.analysis.resume.RunInterrupted` after the last finished one.
+    """
+    from topkattn.analysis.resume import (RunInterrupted, append_record, check_settings,
+                                          read_records)
     from topkattn.tasks import get_task
 
     task = get_task(cfg.task)
-    smp = task.samples(tokenizer, cfg.length, cfg.samples, cfg.seed)
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out / SETTINGS_FILE, _settings(cfg), "fidelity")
+    smp = task.samples(tokenizer, cfg.length, cfg.samples, cfg.seed)
     specs = list(cfg.selectors)
-    fid = measure_fidelity(model, tokenizer, [s.prompt for s in smp], cfg.topk, specs,
-                           max_new_tokens=cfg.steps, progress=cfg.progress)
+    sels = {spec: parse_selector(spec) for spec in specs}
+    n = len(smp)
+    rec_path = out / SAMPLES_FILE
+    done = {r["sample"]: r for r in read_records(rec_path)
+            if isinstance(r.get("sample"), int) and r["sample"] < n
+            and set(r.get("selectors", {})) == set(specs)}
+    from rich.progress import Progress
+
+    try:
+        with Progress(disable=not cfg.progress, transient=True) as bar:
+            job = bar.add_task(f"fidelity k={cfg.topk.k_label}", total=n, completed=len(done))
+            for i, s in enumerate(smp):
+                if i in done:
+                    continue
+                accs = _measure_accs(model, tokenizer, [s.prompt], cfg.topk, sels, cfg.steps,
+                                     progress=False)
+                row = {"sample": i, "selectors": {lab: a.to_json() for lab, a in accs.items()}}
+                append_record(rec_path, row)
+                done[i] = row
+                bar.advance(job)
+    except KeyboardInterrupt:
+        raise RunInterrupted("fidelity", len(done), n, rec_path) from None
+    accs = {lab: _Acc() for lab in specs}
+    for i in sorted(done):
+        for lab in specs:
+            accs[lab].merge(_Acc.from_json(done[i]["selectors"][lab]))
+    fid = summarize(accs)
     k = cfg.topk.k if cfg.topk.k is not None else cfg.topk.k_label
     files = {"json": write_json({"task": cfg.task, "length": cfg.length, "k": k,
                                  "samples": cfg.samples, "seed": cfg.seed,
@@ -474,8 +553,7 @@ def run_fidelity(model, tokenizer, cfg: FidelityConfig) -> FidelityResult:
     table = markdown_table(fid)
     res = FidelityResult(cfg, fid, table, files)
     if cfg.downstream:
-        rows = run_downstream(model, tokenizer, task, smp, cfg.topk, specs,
-                              max_new_tokens=cfg.max_new_tokens, progress=cfg.progress)
+        rows = _downstream_resumable(model, tokenizer, task, smp, cfg, specs, out)
         acc = {r.selector: r.accuracy for r in rows}
         sel_acc = {lab: a for lab, a in acc.items() if lab != "full"}
         corr = correlate(fid, sel_acc)
@@ -490,6 +568,39 @@ def run_fidelity(model, tokenizer, cfg: FidelityConfig) -> FidelityResult:
     files["md"] = out / "fidelity.md"
     files["md"].write_text(f"{cfg.title}\n\n{table}\n")
     return res
+
+
+def _downstream_resumable(model, tokenizer, task, smp, cfg: FidelityConfig, specs: list[str],
+                          out: Path) -> list[DownstreamRow]:
+    """`run_downstream` sample by sample, each sample's scores appended to `DOWNSTREAM_FILE`
+    and the samples already there skipped."""
+    from topkattn.analysis.resume import RunInterrupted, append_record, read_records
+
+    path = out / DOWNSTREAM_FILE
+    labels = ["full"] + specs
+    done = {r["sample"]: r for r in read_records(path)
+            if isinstance(r.get("sample"), int) and r["sample"] < len(smp)
+            and set(r.get("scores", {})) == set(labels)}
+    index = {id(s): i for i, s in enumerate(smp)}
+
+    def on_row(sample, row):
+        i = index[id(sample)]
+        rec = {"sample": i, "scores": {lab: sc for lab, (sc, _) in row.items()},
+               "texts": {lab: t for lab, (_, t) in row.items()}}
+        append_record(path, rec)
+        done[i] = rec
+
+    todo = [s for i, s in enumerate(smp) if i not in done]
+    try:
+        if todo:
+            run_downstream(model, tokenizer, task, todo, cfg.topk, specs,
+                           max_new_tokens=cfg.max_new_tokens, progress=cfg.progress,
+                           on_row=on_row)
+    except KeyboardInterrupt:
+        raise RunInterrupted("fidelity --downstream", len(done), len(smp), path) from None
+    order = sorted(done)
+    return [DownstreamRow(lab, sum(done[i]["scores"][lab] for i in order) / max(1, len(order)),
+                          len(order), [done[i]["texts"][lab] for i in order]) for lab in labels]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +681,7 @@ def deepseek_v32_indexer_fidelity(model, input_ids: torch.Tensor, topk: int,
     return res
 
 
-__all__ = ["DEFAULT_SELECTORS", "DownstreamRow", "FidelityConfig", "FidelityResult", "METRICS",
+__all__ = ["DEFAULT_SELECTORS", "DOWNSTREAM_FILE", "SAMPLES_FILE", "SETTINGS_FILE", "DownstreamRow", "FidelityConfig", "FidelityResult", "METRICS",
            "PRECISION_SWEEP", "correlate", "deepseek_v32_indexer_fidelity", "default_sweep",
            "markdown_table", "measure_fidelity", "pearson", "plot_downstream", "plot_per_layer",
            "run_downstream", "run_fidelity", "step_metrics", "summarize", "write_json"]

@@ -59,13 +59,27 @@ def fidelity_command(
     from topkattn.paths import prepare_out_dir
 
     prepare_out_dir(out)  # before the model is loaded
+    from pathlib import Path
+
+    from topkattn.analysis.fidelity import SETTINGS_FILE, _settings
+    from topkattn.analysis.resume import check_settings
+
+    check_settings(Path(out) / SETTINGS_FILE, _settings(cfg), "fidelity")  # a resumed run's
     if device is not None:
         check_device(device)
     from topkattn.evaluation.context import check_model_lengths
 
     check_model_lengths(model, [cfg.length], "--length")  # from the config, before the weights
+    from topkattn.analysis.resume import RunInterrupted
+
     m, tok = load_model(model, device=device)
-    res = run_fidelity(m, tok, cfg)
+    try:
+        res = run_fidelity(m, tok, cfg)
+    except RunInterrupted as e:
+        import sys
+
+        print(str(e), file=sys.stderr)
+        raise typer.Exit(130) from None
     con = Console()
     con.print(res.table)
     con.print(f"results in {cfg.out}/ (" + ", ".join(p.name for p in res.files.values()) + ")")
