@@ -1,8 +1,8 @@
 """Accuracy with a 95% Wilson score interval, overall and by group.
 
-Implemented here (five lines) rather than imported: scipy and statsmodels are not dependencies.
-``wilson_interval(k, n)`` equals ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``
-for whole ``k``; fractional ``k`` (scores of 0.25) is allowed.
+Implemented here (five lines) because scipy's ``binomtest(k, n).proportion_ci(method="wilson")``
+takes whole ``k`` only, while task scores may be fractional (0.25); for whole ``k`` the two are
+equal. The study's other statistics (`topkattn.study.stats`) use scipy.
 """
 
 from __future__ import annotations
