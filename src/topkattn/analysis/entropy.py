@@ -127,6 +127,40 @@ class EntropyAccumulator:
         if layer == min(self.sums):
             self.contexts.append(n_vis)
 
+    def merge(self, other: "EntropyAccumulator") -> None:
+        """Add the sums of ``other`` (another prompt's, same ks) to these."""
+        for layer, o in sorted(other.sums.items()):
+            slot = self.sums.setdefault(layer, {"entropy": torch.zeros_like(o["entropy"]),
+                                                "count": 0, "topk": {}})
+            slot["entropy"] += o["entropy"]
+            slot["count"] += o["count"]
+            for k, t in o["topk"].items():
+                mine = slot["topk"].setdefault(k, {m: torch.zeros_like(v) for m, v in t.items()})
+                for m, v in t.items():
+                    mine[m] += v
+        self.contexts.extend(other.contexts)
+
+    def to_json(self) -> dict:
+        """The sums as JSON (exact: float64 values written in full)."""
+        return {"contexts": list(self.contexts),
+                "sums": {str(layer): {"entropy": v["entropy"].tolist(), "count": v["count"],
+                                      "topk": {k: {m: x.tolist() for m, x in t.items()}
+                                               for k, t in v["topk"].items()}}
+                         for layer, v in self.sums.items()}}
+
+    @classmethod
+    def from_json(cls, ks: list[str], d: dict) -> "EntropyAccumulator":
+        def t(x):
+            return torch.tensor(x, dtype=torch.float64)
+
+        acc = cls(ks=list(ks))
+        acc.contexts = [int(c) for c in d["contexts"]]
+        for layer, v in d["sums"].items():
+            acc.sums[int(layer)] = {
+                "entropy": t(v["entropy"]), "count": int(v["count"]),
+                "topk": {k: {m: t(x) for m, x in tk.items()} for k, tk in v["topk"].items()}}
+        return acc
+
     def result(self) -> dict:
         """Means: entropy [L][H], topk[k] {entropy, mass} [L][H], per-layer means, contexts."""
         layers = sorted(self.sums)
@@ -232,14 +266,50 @@ class EntropyConfig:
             self.label = self.model or "default"
 
 
-def measure(model, tokenizer, cfg: EntropyConfig, progress: bool = True) -> dict:
+#: files of an output folder that keep finished work (one JSON line per sample) and settings
+SAMPLES_FILE = "entropy_samples.jsonl"
+SETTINGS_FILE = "entropy_settings.json"
+
+
+def _settings(cfgs: list[EntropyConfig]) -> dict:
+    """What must match for records to be resumed (not the device)."""
+    return {"runs": [{k: v for k, v in asdict(c).items() if k != "device"} for c in cfgs]}
+
+
+def _measure_sample(model, tokenizer, task, sample, cfg: EntropyConfig, device
+                    ) -> tuple[EntropyAccumulator, float]:
+    """One prompt: dense prefill, ``cfg.decode_steps`` measured greedy steps; its sums and
+    score."""
+    with capture_entropy(model, list(cfg.ks)) as acc, torch.no_grad():
+        ids = tokenizer(sample.prompt, return_tensors="pt", add_special_tokens=False)
+        ids = {k: v.to(device) for k, v in ids.items()}
+        out = model(**ids, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        gen = [nxt]
+        mask = ids["attention_mask"]
+        for _ in range(cfg.decode_steps):
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = model(input_ids=nxt, attention_mask=mask, past_key_values=past,
+                        use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            gen.append(nxt)
+    text = tokenizer.decode(torch.cat(gen, 1)[0], skip_special_tokens=True)
+    return acc, float(task.score(text, sample))
+
+
+def measure(model, tokenizer, cfg: EntropyConfig, progress: bool = True,
+            records: str | Path | None = None, run: int = 0) -> dict:
     """Entropy statistics of ``model`` over ``cfg.samples`` prompts of ``cfg.task``.
 
     Returns the `EntropyAccumulator.result` dict plus config, greedy answers' accuracy and the
     label. Each prompt: one dense prefill (not measured), then ``decode_steps`` measured steps.
+    With ``records`` (a JSONL file), each finished prompt's sums are appended to it under
+    ``run`` (the model's place in a comparison) and the prompts already there are skipped;
+    Ctrl-C then raises `topkattn.analysis.resume.RunInterrupted`.
     """
     from rich.progress import Progress
 
+    from topkattn.analysis.resume import RunInterrupted, append_record, read_records
     from topkattn.tasks import get_task
 
     task = get_task(cfg.task)
@@ -247,45 +317,86 @@ def measure(model, tokenizer, cfg: EntropyConfig, progress: bool = True) -> dict
     samples = task.samples(tokenizer, cfg.length, cfg.samples, seed=cfg.seed,
                            **({"max_length": max_len} if max_len else {}))
     device = next(model.parameters()).device
+    done = _finished(records, run, len(samples)) if records is not None else {}
     was_training = model.training
     model.eval()
-    scores = []
-    with capture_entropy(model, list(cfg.ks)) as acc, torch.no_grad(), \
-            Progress(disable=not progress, transient=True) as bar:
-        t = bar.add_task(f"entropy {cfg.label}", total=len(samples))
-        for s in samples:
-            ids = tokenizer(s.prompt, return_tensors="pt", add_special_tokens=False)
-            ids = {k: v.to(device) for k, v in ids.items()}
-            out = model(**ids, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-            gen = [nxt]
-            mask = ids["attention_mask"]
-            for _ in range(cfg.decode_steps):
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-                out = model(input_ids=nxt, attention_mask=mask, past_key_values=past,
-                            use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-                gen.append(nxt)
-            text = tokenizer.decode(torch.cat(gen, 1)[0], skip_special_tokens=True)
-            scores.append(task.score(text, s))
-            bar.advance(t)
-    if was_training:
-        model.train()
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            t = bar.add_task(f"entropy {cfg.label}", total=len(samples), completed=len(done))
+            for i, s in enumerate(samples):
+                if i in done:
+                    continue
+                acc, score = _measure_sample(model, tokenizer, task, s, cfg, device)
+                row = {"run": run, "sample": i, "of": len(samples), "score": score,
+                       "sums": acc.to_json()}
+                if records is not None:
+                    append_record(records, row)
+                done[i] = row
+                bar.advance(t)
+    except KeyboardInterrupt:
+        if records is None:
+            raise
+        raise RunInterrupted(f"entropy of {cfg.label}", len(done), len(samples),
+                             records) from None
+    finally:
+        if was_training:
+            model.train()
+    return _result(cfg, done)
+
+
+def _finished(records: str | Path, run: int, n: int | None = None) -> dict[int, dict]:
+    """sample -> record of ``run`` in ``records`` (the first of each sample)."""
+    from topkattn.analysis.resume import read_records
+
+    done: dict[int, dict] = {}
+    for r in read_records(records):
+        i = r.get("sample")
+        if r.get("run") == run and isinstance(i, int) and (n is None or i < n) \
+                and i not in done:
+            done[i] = r
+    return done
+
+
+def _result(cfg: EntropyConfig, done: dict[int, dict]) -> dict:
+    acc = EntropyAccumulator(ks=list(cfg.ks))
+    for i in sorted(done):
+        acc.merge(EntropyAccumulator.from_json(list(cfg.ks), done[i]["sums"]))
     res = acc.result()
-    res.update({"label": cfg.label, "config": asdict(cfg), "n_samples": len(samples),
+    scores = [done[i]["score"] for i in sorted(done)]
+    res.update({"label": cfg.label, "config": asdict(cfg), "n_samples": len(scores),
                 "accuracy": sum(scores) / len(scores)})
     return res
 
 
 def run_entropy(cfg: EntropyConfig, compare: EntropyConfig | None = None,
                 out: str | Path | None = None, progress: bool = True) -> list[dict]:
-    """Measure one model (and a second with ``compare``); write JSON, markdown and PNGs."""
+    """Measure one model (and a second with ``compare``); write JSON, markdown and PNGs.
+
+    With ``out``, the run is resumable: every finished prompt is appended to
+    ``out/entropy_samples.jsonl`` (`SAMPLES_FILE`), a rerun with the same settings
+    (`SETTINGS_FILE`; other settings are refused) measures only the prompts not there yet and
+    does not even load a model whose prompts are all there.
+    """
     from topkattn.models import load_model
 
+    cfgs = [cfg] + ([compare] if compare is not None else [])
+    records = None
+    if out is not None:
+        from topkattn.analysis.resume import check_settings
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        check_settings(Path(out) / SETTINGS_FILE, _settings(cfgs), "entropy")
+        records = Path(out) / SAMPLES_FILE
     results = []
-    for c in [cfg] + ([compare] if compare is not None else []):
+    for run, c in enumerate(cfgs):
+        if records is not None:
+            done = _finished(records, run)
+            of = {r.get("of") for r in done.values()}
+            if len(of) == 1 and set(done) == set(range(of.pop())):  # every prompt measured
+                results.append(_result(c, done))
+                continue
         model, tok = load_model(c.model, device=c.device)
-        results.append(measure(model, tok, c, progress=progress))
+        results.append(measure(model, tok, c, progress=progress, records=records, run=run))
         del model
     if out is not None:
         write_outputs(results, out)
@@ -330,14 +441,20 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """The files `write_outputs` writes under ``out``."""
+    d = Path(out)
+    return {"json": d / "entropy.json", "md": d / "entropy.md",
+            "heatmap": d / "entropy_heatmap.png", "layers": d / "entropy_layers.png"}
+
+
 def write_outputs(results: list[dict], out: str | Path) -> dict[str, Path]:
     """entropy.json, entropy.md, entropy_heatmap.png, entropy_layers.png under ``out``."""
     from topkattn.analysis.plots import plot_entropy_heatmap, plot_entropy_layers
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    paths = {"json": d / "entropy.json", "md": d / "entropy.md",
-             "heatmap": d / "entropy_heatmap.png", "layers": d / "entropy_layers.png"}
+    paths = output_paths(d)
     paths["json"].write_text(json.dumps(results, indent=1))
     paths["md"].write_text("# Attention entropy at decode steps\n\n" + markdown_table(results))
     plot_entropy_heatmap(results, paths["heatmap"])
@@ -345,5 +462,6 @@ def write_outputs(results: list[dict], out: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["CAPTURE_NAME", "EntropyAccumulator", "EntropyConfig", "capture_entropy", "entropy",
-           "markdown_table", "measure", "run_entropy", "topk_stats", "write_outputs"]
+__all__ = ["CAPTURE_NAME", "EntropyAccumulator", "EntropyConfig", "SAMPLES_FILE",
+           "SETTINGS_FILE", "capture_entropy", "entropy", "markdown_table", "measure",
+           "output_paths", "run_entropy", "topk_stats", "write_outputs"]

@@ -100,7 +100,8 @@ def check_settings(path: str | os.PathLike, settings: dict[str, Any], what: str)
             if diff:
                 shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
                                   for k in diff[:3])
-                raise InputError(f"{path.parent} holds a {what} run with other settings "
+                art = "an" if what[:1] in "aeiou" else "a"
+                raise InputError(f"{path.parent} holds {art} {what} run with other settings "
                                  f"({shown}); give another output or delete it to start anew")
             return True
     tmp = path.with_name(path.name + ".tmp")

@@ -30,7 +30,9 @@ def entropy_command(
     table, heatmap and per-layer plot."""
     from rich.console import Console
 
-    from topkattn.analysis.entropy import EntropyConfig, run_entropy, write_outputs
+    from topkattn.analysis.entropy import (SETTINGS_FILE, EntropyConfig, _settings,
+                                           output_paths, run_entropy)
+    from topkattn.analysis.resume import RunInterrupted, check_settings
 
     common = dict(task=task, length=parse_length(length), samples=samples, decode_steps=steps,
                   ks=k, seed=seed, device=device)
@@ -42,8 +44,18 @@ def entropy_command(
         check_device(device)
     cfg = EntropyConfig(model=model, label=label, **common)
     cmp = EntropyConfig(model=compare, label=compare_label, **common) if compare else None
-    results = run_entropy(cfg, cmp, out=None)
-    paths = write_outputs(results, out)
+    from pathlib import Path
+
+    check_settings(Path(out) / SETTINGS_FILE, _settings([cfg] + ([cmp] if cmp else [])),
+                   "entropy")  # a resumed run's settings must match, before any model loads
+    try:
+        results = run_entropy(cfg, cmp, out=out)
+    except RunInterrupted as e:
+        import sys
+
+        print(str(e), file=sys.stderr)
+        raise typer.Exit(130) from None
+    paths = output_paths(out)
     con = Console()
     for r in results:
         pl = r["per_layer"]
