@@ -43,10 +43,27 @@ def train_indexer_command(
     from topkattn.evaluation.context import check_model_lengths
 
     check_model_lengths(model, [cfg.length], "--length")  # from the config, before the weights
+    from topkattn.analysis.resume import RunInterrupted
+    from topkattn.train.indexer import check_run, parts_dir
+
+    finished = check_run(cfg)  # other settings in a resumed run: refused before the load
+    if finished is not None:
+        Console().print(f"{out} is finished ({finished.sequences} sequences, "
+                        f"{len(finished.losses)} steps, final KL {finished.losses[-1]:.3f}; "
+                        f"its record in {parts_dir(out)}); nothing to do")
+        return
     m, tok = load_model(model, device=device)
-    res = train_indexer(cfg, m, tok, progress=not quiet)
+    try:
+        res = train_indexer(cfg, m, tok, progress=not quiet)
+    except RunInterrupted as e:
+        import sys
+
+        print(str(e), file=sys.stderr)
+        raise typer.Exit(130) from None
+    resumed = (f" (resumed: {res.recorded} sequences recorded, {res.fitted} steps fitted now)"
+               if res.recorded < res.sequences or res.fitted < len(res.losses) else "")
     Console().print(f"indexer: {res.sequences} sequences, {len(res.losses)} steps, KL "
-                    f"{res.losses[0]:.3f} -> {res.losses[-1]:.3f} in {res.seconds:.0f}s; "
+                    f"{res.losses[0]:.3f} -> {res.losses[-1]:.3f} in {res.seconds:.0f}s{resumed}; "
                     f"saved to {res.out} (use --selector lightning:{res.out})")
 
 

@@ -12,6 +12,14 @@ target distributions of ``rows`` sampled query positions (half of them the last 
 prompt, which look like decode steps, half uniform over the second half). Then all layers'
 indexers are fitted on those records for ``steps`` Adam steps. Weights are saved apart from the
 model (`LightningIndexer.save`).
+
+Resumable: next to ``out`` (``runs/indexer.safetensors`` -> ``runs/indexer.parts/``) each
+recorded sequence is kept in its own file as soon as it is recorded, and the fit (indexer,
+Adam and schedule state, losses) every ``checkpoint_every`` steps and on Ctrl-C, each written
+to a temporary file and renamed (a kill leaves the old file or the new one, never half of
+one). A rerun with the same settings records only the missing sequences and fits from the
+last saved step, to the same weights as an uninterrupted run; a rerun of a finished run does
+nothing and says so; other settings are refused (`topkattn.analysis.resume.check_settings`).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class IndexerTrainConfig:
         restrict_topk: 0 = dense KL over all visible tokens; > 0 = KL restricted to the
             indexer's top-``restrict_topk`` set (DeepSeek's sparse stage).
         out: where to save the indexer (.safetensors, or .pt for torch.save).
+        checkpoint_every: save the fit's state every this many steps (0: only on Ctrl-C).
     """
 
     out: str = "runs/indexer.safetensors"
@@ -63,10 +72,12 @@ class IndexerTrainConfig:
     lr: float = 3e-3
     restrict_topk: int = 0
     log_every: int = 20
+    checkpoint_every: int = 50
 
     def __post_init__(self) -> None:
         for name in ("length", "samples", "rows", "n_heads", "head_dim", "steps"):
             setattr(self, name, check_int(name, getattr(self, name), 1))
+        self.checkpoint_every = check_int("checkpoint_every", self.checkpoint_every, 0)
         self.restrict_topk = check_int("restrict_topk", self.restrict_topk, 0)
         self.lr = check_float("lr", self.lr, 1e-8, 10.0)
         if self.query_source not in QUERY_SOURCES:
@@ -94,6 +105,11 @@ class IndexerTrainResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     sequences: int = 0
+    #: sequences recorded and steps fitted by this call (less than all on a resumed run)
+    recorded: int = 0
+    fitted: int = 0
+    #: the run had finished before this call, which did nothing
+    finished_before: bool = False
 
 
 def _capture_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -169,26 +185,102 @@ def indexer_loss(layer, rec: LayerRecord, restrict_topk: int = 0) -> torch.Tenso
 
 
 def fit_indexer(indexer: LightningIndexer, data: list[list[LayerRecord]], steps: int,
-                lr: float = 3e-3, restrict_topk: int = 0, bar=None) -> list[float]:
+                lr: float = 3e-3, restrict_topk: int = 0, bar=None, state: dict | None = None,
+                save=None, save_every: int = 0) -> list[float]:
     """Adam on the mean over layers of `indexer_loss`, one recorded sequence per step
-    (cycling), warm-up then cosine decay. Returns the loss of every step."""
+    (cycling), warm-up then cosine decay. Returns the loss of every step.
+
+    ``state`` (a dict ``save`` was given) continues a fit from its step; ``save(state)`` is
+    called every ``save_every`` steps and on KeyboardInterrupt (then re-raised). A step's
+    update is never left half done by Ctrl-C (`topkattn.analysis.resume.deferred_sigint`).
+    """
+    from topkattn.analysis.resume import deferred_sigint
+
     opt = torch.optim.Adam(indexer.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    losses = []
-    job = bar.add_task("fitting indexer", total=steps) if bar is not None else None
-    for step in range(steps):
-        seq = data[step % len(data)]
-        loss = sum(indexer_loss(indexer.layers[i], r, restrict_topk)
-                   for i, r in enumerate(seq)) / len(seq)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if bar is not None:
-            bar.update(job, advance=1, description=f"fitting indexer (KL {loss.item():.3f})")
+    losses: list[float] = []
+    if state is not None:
+        indexer.load_state_dict(state["indexer"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        losses = [float(x) for x in state["losses"]]
+
+    def snapshot() -> dict:
+        return {"indexer": indexer.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "losses": list(losses)}
+
+    job = (bar.add_task("fitting indexer", total=steps, completed=len(losses))
+           if bar is not None else None)
+    try:
+        for step in range(len(losses), steps):
+            seq = data[step % len(data)]
+            loss = sum(indexer_loss(indexer.layers[i], r, restrict_topk)
+                       for i, r in enumerate(seq)) / len(seq)
+            opt.zero_grad()
+            loss.backward()
+            with deferred_sigint():
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+            if save is not None and save_every and len(losses) % save_every == 0 \
+                    and len(losses) < steps:
+                save(snapshot())
+            if bar is not None:
+                bar.update(job, advance=1, description=f"fitting indexer (KL {loss.item():.3f})")
+    except KeyboardInterrupt:
+        if save is not None:
+            save(snapshot())
+        raise
     return losses
+
+
+def parts_dir(out: str | Path) -> Path:
+    """The folder of a run's finished parts: ``runs/indexer.safetensors`` ->
+    ``runs/indexer.parts``."""
+    return Path(out).with_suffix(".parts")
+
+
+def _settings(cfg: IndexerTrainConfig) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    for name in ("log_every", "checkpoint_every"):
+        d.pop(name)
+    return d
+
+
+def check_run(cfg: IndexerTrainConfig) -> IndexerTrainResult | None:
+    """Check ``cfg`` against the parts of an earlier run at ``cfg.out`` (InputError for other
+    settings); returns that run's result when it had finished (nothing left to do)."""
+    import json
+
+    from topkattn.analysis.resume import check_settings
+
+    parts = parts_dir(cfg.out)
+    parts.mkdir(parents=True, exist_ok=True)
+    check_settings(parts / "settings.json", _settings(cfg), "train-indexer")
+    done = parts / "done.json"
+    if done.exists() and Path(cfg.out).exists():
+        d = json.loads(done.read_text())
+        return IndexerTrainResult(out=Path(cfg.out), losses=d["losses"],
+                                  sequences=d["sequences"], finished_before=True)
+    return None
+
+
+def _save_records(seq: list[LayerRecord], path: Path) -> None:
+    from topkattn.analysis.resume import atomic_save
+
+    obj = {name: [getattr(r, name) for r in seq] for name in ("keys", "x", "p", "pos")}
+    atomic_save(lambda p: torch.save(obj, p), path)
+
+
+def _load_records(path: Path) -> list[LayerRecord] | None:
+    try:
+        d = torch.load(path, weights_only=True)
+        return [LayerRecord(*t) for t in zip(d["keys"], d["x"], d["p"], d["pos"])]
+    except Exception:  # noqa: BLE001  (an unreadable part is recorded again)
+        return None
 
 
 def train_indexer(cfg: IndexerTrainConfig, model=None, tokenizer=None,
@@ -196,12 +288,21 @@ def train_indexer(cfg: IndexerTrainConfig, model=None, tokenizer=None,
     """Record the model's attention on task prompts and fit a Lightning Indexer to it.
 
     ``model``/``tokenizer`` default to the embedded model. Returns the saved path and losses.
+    Resumes the run at ``cfg.out`` (see the module docstring); Ctrl-C raises
+    `topkattn.analysis.resume.RunInterrupted` once the finished parts are saved.
     """
+    import json
+
     from rich.progress import Progress
 
+    from topkattn.analysis.resume import RunInterrupted, atomic_save
     from topkattn.tasks import get_task
 
     t0 = time.time()
+    finished = check_run(cfg)
+    if finished is not None:
+        return finished
+    parts = parts_dir(cfg.out)
     if model is None:
         from topkattn.models import load_model
 
@@ -216,18 +317,49 @@ def train_indexer(cfg: IndexerTrainConfig, model=None, tokenizer=None,
         for s in get_task(t).samples(tokenizer, cfg.length, cfg.samples, cfg.seed):
             prompts.append(s.prompt)
     dev = next(model.parameters()).device
+    recorded = 0
+    fit_path = parts / "fit.pt"
     with Progress(disable=not progress, transient=True) as bar:
         job = bar.add_task("recording attention", total=len(prompts))
-        for text in prompts:
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(dev)
-            rows = sample_rows(ids.shape[1], cfg.rows, rng)
-            data.append(record_sequence(model, ids, rows, cfg.query_source))
-            bar.advance(job)
-        losses = fit_indexer(indexer, data, cfg.steps, cfg.lr, cfg.restrict_topk, bar)
+        try:
+            for i, text in enumerate(prompts):
+                ids = tokenizer(text, return_tensors="pt",
+                                add_special_tokens=False).input_ids.to(dev)
+                rows = sample_rows(ids.shape[1], cfg.rows, rng)  # every prompt: same rng
+                part = parts / f"record-{i}.pt"
+                seq = _load_records(part) if part.exists() else None
+                if seq is None:
+                    seq = record_sequence(model, ids, rows, cfg.query_source)
+                    _save_records(seq, part)
+                    recorded += 1
+                data.append(seq)
+                bar.advance(job)
+        except KeyboardInterrupt:
+            raise RunInterrupted("train-indexer (recording attention)", len(data),
+                                 len(prompts), parts, unit="sequences") from None
+        state = torch.load(fit_path, weights_only=True) if fit_path.exists() else None
+        first = len(state["losses"]) if state is not None else 0
+        saved: list[int] = []
+
+        def save(st: dict) -> None:
+            atomic_save(lambda p: torch.save(st, p), fit_path)
+            saved.append(len(st["losses"]))
+
+        try:
+            losses = fit_indexer(indexer, data, cfg.steps, cfg.lr, cfg.restrict_topk, bar,
+                                 state=state, save=save, save_every=cfg.checkpoint_every)
+        except KeyboardInterrupt:
+            raise RunInterrupted("train-indexer (fitting)", saved[-1] if saved else first,
+                                 cfg.steps, fit_path, unit="steps") from None
     path = indexer.save(cfg.out)
+    atomic_save(lambda p: p.write_text(json.dumps({"losses": losses, "sequences": len(data)})),
+                parts / "done.json")
+    for f in [fit_path, *parts.glob("record-*.pt")]:  # the weights are saved: free the space
+        f.unlink(missing_ok=True)
     return IndexerTrainResult(out=path, losses=losses, seconds=time.time() - t0,
-                              sequences=len(data))
+                              sequences=len(data), recorded=recorded,
+                              fitted=len(losses) - first)
 
 
-__all__ = ["IndexerTrainConfig", "IndexerTrainResult", "LayerRecord", "fit_indexer", "indexer_loss",
-           "record_sequence", "sample_rows", "train_indexer"]
+__all__ = ["IndexerTrainConfig", "IndexerTrainResult", "LayerRecord", "check_run", "fit_indexer",
+           "indexer_loss", "parts_dir", "record_sequence", "sample_rows", "train_indexer"]
