@@ -42,9 +42,9 @@ def run_ops(ops: list[str], ctx: str, k: str, batch: str, out: str, layers: int 
         from topkattn.bench.generate import mode_table
 
         mode_table(2048, _names(modes), _names(paths))  # unknown names fail here
+    ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)  # bad sizes first
     if not torch.cuda.is_available():
         raise InputError("benchmarks need a CUDA device (none found)")
-    ctxs, ks, batches = parse_sizes(ctx), parse_sizes(k), parse_sizes(batch)
     for op in ops:
         if op == "ltri":  # Ltri's two-tier cache vs dense decode; k (2048 if listed): budget
             from topkattn.bench.ltri import run as run_ltri
