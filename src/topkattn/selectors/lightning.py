@@ -143,14 +143,22 @@ class LightningIndexer(nn.Module):
         if not path.is_file():
             raise MissingFileError(f"indexer weights {str(path)!r} not found")
         if path.suffix in (".pt", ".pth", ".bin"):
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            cfg, state = IndexerConfig(**blob["config"]), blob["state_dict"]
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                cfg, state = IndexerConfig(**blob["config"]), blob["state_dict"]
+            except Exception as e:  # noqa: BLE001  (any unreadable file: one line)
+                raise InputError(f"{str(path)!r} is not an indexer file written by train-indexer "
+                                 f"({type(e).__name__})") from None
         else:
             from safetensors import safe_open
             from safetensors.torch import load_file
 
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
+            try:
+                with safe_open(str(path), "pt") as f:
+                    meta = f.metadata() or {}
+            except Exception as e:  # noqa: BLE001  (SafetensorError, OSError: one line)
+                raise InputError(f"{str(path)!r} is not a safetensors file ({str(e)[:80]}); give "
+                                 "indexer weights written by train-indexer") from None
             if "indexer_config" not in meta:
                 raise InputError(f"{str(path)!r} has no indexer_config metadata; not an indexer file")
             cfg, state = IndexerConfig(**json.loads(meta["indexer_config"])), load_file(str(path))
