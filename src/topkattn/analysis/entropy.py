@@ -259,6 +259,9 @@ class EntropyConfig:
                 raise InputError(f"{name} must be an integer >= 1, got {name}={v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed must be an integer >= 0, got seed={self.seed!r}")
+        from topkattn.tasks import get_task
+
+        get_task(self.task)  # names an unknown task and the allowed ones, before any load
         self.ks = tuple(parse_ks(self.ks))
         if not self.ks:
             raise InputError("ks must name at least one k (e.g. 16,64 or 5%)")

@@ -81,16 +81,20 @@ def append_record(path: str | os.PathLike, row: dict) -> None:
         f.flush()
 
 
-def check_settings(path: str | os.PathLike, settings: dict[str, Any], what: str) -> bool:
-    """Write ``settings`` to ``path``, or, when ``path`` holds those of an earlier run, check
-    they are the same. Returns True when an earlier run's settings were found.
+def check_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
+                   work: tuple[str, ...] = ("*.jsonl", "*.pt", "done.json")) -> bool:
+    """Write ``settings`` to ``path``, or, when ``path`` holds those of an earlier run that left
+    finished work (files matching a pattern of ``work`` next to ``path``, not empty), check they
+    are the same. Returns True when such an earlier run was found.
 
     Raises:
         InputError: the earlier run had other settings (names them and both values).
     """
     path = Path(path)
     new = json.loads(json.dumps(settings))  # tuples -> lists, as read back
-    if path.exists():
+    finished = any(f.is_file() and f.stat().st_size > 0 and ".tmp" not in f.name
+                   for pattern in work for f in path.parent.glob(pattern))
+    if path.exists() and finished:
         try:
             old = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -40,6 +40,10 @@ def train_indexer_command(
     from topkattn.paths import prepare_out_file
 
     prepare_out_file(out, suffixes=(".safetensors", ".pt"))  # before training, not after
+    if device is not None:
+        from topkattn.devices import check_device
+
+        check_device(device)
     from topkattn.evaluation.context import check_model_lengths
 
     check_model_lengths(model, [cfg.length], "--length")  # from the config, before the weights

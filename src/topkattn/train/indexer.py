@@ -86,6 +86,10 @@ class IndexerTrainConfig:
             self.tasks = tuple(t for t in self.tasks.split(",") if t)
         if not self.tasks:
             raise InputError("tasks must name at least one task")
+        from topkattn.tasks import get_task
+
+        for t in self.tasks:
+            get_task(t)  # names an unknown task and the allowed ones, before any load
 
 
 @dataclass
