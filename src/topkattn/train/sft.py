@@ -143,6 +143,10 @@ class TrainConfig:
             need("synthetic_length", isinstance(self.synthetic_length, int)
                  and 1 <= self.synthetic_length <= self.max_length,
                  f"an integer in [1, max_length={self.max_length}]")
+        if self.data.startswith("synthetic:"):  # unknown task names: before any model load
+            from topkattn.train.data import parse_synthetic
+
+            parse_synthetic(self.data, self.max_length, self.synthetic_samples)
         need("lr", isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, "a float in (0, 1]")
         need("weight_decay", isinstance(self.weight_decay, (int, float))
              and 0 <= self.weight_decay <= 1, "a float in [0, 1]")
