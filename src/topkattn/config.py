@@ -96,7 +96,7 @@ class TopKConfig:
         bad = [p for p in phases if p not in PHASES]
         if bad or not phases:
             raise TopKConfigError(
-                f"phases must be a non-empty subset of {PHASES}, got {tuple(self.phases)!r}"
+                f"phases must be a non-empty subset of {PHASES}, got {self.phases!r}"
             )
         object.__setattr__(self, "phases", phases)
         for name in ("sink", "local", "min_context"):
