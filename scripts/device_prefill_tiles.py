@@ -16,6 +16,9 @@ import triton
 from triton.testing import do_bench
 
 import topkattn.ops.topk.triton_prefill as tp
+from dataclasses import replace
+
+from topkattn.ops.tuning import DEFAULT, tuned
 
 B, HQ, HKV, D, KK = 1, 32, 8, 128, 2048
 SCALE = 1 / math.sqrt(D)
@@ -50,9 +53,9 @@ def main():
     for gran in ("query_head", "kv_group"):
         group = gran == "kv_group"
         G = HQ // HKV
-        st, en = tp._bounds(None, None, B, L, q.device)
+        st, en = tp.seq_bounds(None, None, B, L, q.device)
         TB, PB = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, group)
-        strides = tp._strides(q, k, v)
+        strides = tp.qkv_strides(q, k, v)
         o0 = torch.empty_like(q)
         lse = torch.empty(B, HQ, L, dtype=torch.float32, device=q.device)
 
@@ -128,36 +131,34 @@ def search_and_whole(L=8192):
     k = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
     do = torch.randn_like(q)
-    base = dict(tp.PREFILL_TILES["query_head"])
+    base = DEFAULT.prefill.tiles_query_head
     T0, P0 = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False)
     print(f"== threshold search, {L // 1024}k query_head (ms)")
     for t, waves in [((64, 64, 4, None), 2), ((64, 64, 4, None), 1), ((64, 64, 4, None), 3),
                      ((64, 64, 4, None), 4), ((128, 64, 8, None), 2), ((128, 64, 8, None), 1),
                      ((64, 128, 8, None), 2), ((64, 32, 4, None), 2), ((64, 64, 4, 2), 2),
                      ((128, 64, 8, 2), 2)]:
-        tp.PREFILL_TILES["query_head"]["search"] = tp.PrefillTile(*t)
-        tp.PREFILL_COLLECT_WAVES = waves
+        knobs = replace(DEFAULT.prefill, collect_waves=waves,
+                        tiles_query_head=replace(base, search=tp.PrefillTile(*t)))
         try:
-            T, P, st = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False,
-                                             return_status=True)
-            same = torch.equal(T, T0) and torch.equal(P, P0)
-            ms = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False))
+            with tuned(prefill=knobs):
+                T, P, st = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False,
+                                                 return_status=True)
+                same = torch.equal(T, T0) and torch.equal(P, P0)
+                ms = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False))
             print(f"  search {t} waves {waves}: {ms:.3f} ms, T/P same: {same}, fallback rows "
                   f"{int((st == 2).sum())}", flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"  search {t} waves {waves}: failed {type(e).__name__}: {str(e)[:100]}")
-    tp.PREFILL_TILES["query_head"].update(base)
-    tp.PREFILL_COLLECT_WAVES = 2
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
     def fb():
         tp.topk_prefill(qg, kg, vg, KK).backward(do)
 
     for name, tiles in [("per-kernel tiles", base), ("uniform 64x64", tp.uniform_tiles(64, bwd_stages=2))]:
-        tp.PREFILL_TILES["query_head"] = dict(tiles)
-        ms = do_bench(fb, warmup=10, rep=50, grad_to_none=[qg, kg, vg])
+        with tuned(prefill=replace(DEFAULT.prefill, tiles_query_head=tiles)):
+            ms = do_bench(fb, warmup=10, rep=50, grad_to_none=[qg, kg, vg])
         print(f"  fwd+bwd {L // 1024}k, {name}: {ms:.3f} ms", flush=True)
-    tp.PREFILL_TILES["query_head"] = base
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
 import topkattn.ops.topk.triton_prefill as tp
+from dataclasses import replace
+
+from topkattn.ops.tuning import DEFAULT, tuned
 from topkattn.ops.topk.naive import topk_attention_reference
 
 T0 = time.time()
@@ -126,14 +129,14 @@ def attn_kernel_times(q, k, v, do, gran, bm, bn, nw, stages):
     group = gran == "kv_group"
     Hq, Lq, Hkv, Lk = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
     G = Hq // Hkv
-    st, en = tp._bounds(None, None, B, Lk, q.device)
+    st, en = tp.seq_bounds(None, None, B, Lk, q.device)
     TB, PB = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, group)
     o = torch.empty_like(q)
     lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
     ck = dict(CAUSAL=True, GROUP=group, BM=bm, BN=bn, D=D, IEEE=False, UPCAST=False, num_warps=nw)
     if stages:
         ck["num_stages"] = stages
-    strides = tp._strides(q, k, v)
+    strides = tp.qkv_strides(q, k, v)
 
     def fwd():
         tp._fwd_kernel[(B * Hq, triton.cdiv(Lq, bm))](
@@ -157,9 +160,9 @@ def attn_kernel_times(q, k, v, do, gran, bm, bn, nw, stages):
 
 def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    print(f"config: tiles {tp._tiles(torch.empty(1, 1, 1, D, device='cuda'), False)}, CAP "
-          f"{tp.PREFILL_CAP}, bin words {tp.PREFILL_BIN_WORDS}, sample blocks "
-          f"{tp.PREFILL_SAMPLE_BLOCKS}")
+    pf = DEFAULT.prefill
+    print(f"config: tiles {tp.prefill_tiles(torch.empty(1, 1, 1, D, device='cuda'), False)}, CAP "
+          f"{pf.cap}, bin words {pf.bin_words}, sample blocks {pf.sample_blocks}")
     res = {}
     for L in (8192, 16384):
         for gran in GRANS:
@@ -189,16 +192,15 @@ def main():
                 print(f"  {gran} {cfg}: failed: {type(e).__name__}: {str(e)[:120]}")
     print(f"== threshold search variants, 8k query_head (ms) [{time.time() - T0:.0f}s]")
     q, k, v, do = res[(8192, "query_head")]
-    base = (tp.PREFILL_CAP, tp.PREFILL_BIN_WORDS, tp.PREFILL_BAND_FRAC)
     for cap, words, frac in [(512, 3, 0.4), (1024, 2, 0.25), (256, 4, 0.4), (512, 4, 0.3)]:
         if time.time() - T0 > 170:
             break
-        tp.PREFILL_CAP, tp.PREFILL_BIN_WORDS, tp.PREFILL_BAND_FRAC = cap, words, frac
-        _, _, st = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False, return_status=True)
-        t = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False))
+        with tuned(prefill=replace(DEFAULT.prefill, cap=cap, bin_words=words, band_frac=frac)):
+            _, _, st = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False,
+                                             return_status=True)
+            t = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False))
         print(f"  CAP {cap} words {words} band frac {frac}: {t:.2f} ms, fallback rows "
               f"{int((st == 2).sum())}", flush=True)
-    tp.PREFILL_CAP, tp.PREFILL_BIN_WORDS, tp.PREFILL_BAND_FRAC = base
     print(f"done in {time.time() - T0:.0f}s")
 
 

@@ -1,5 +1,7 @@
 """Top-k prefill/training attention (forward and gradients) vs the reference (interpreter)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import triton
@@ -9,8 +11,11 @@ from tests.ops.compare import TOL, dev
 from tests.ops.compare import rel_rms as _rel_rms
 from topkattn.ops.topk import topk_attention
 from topkattn.ops.topk.naive import topk_attention_reference
+import topkattn.ops.select.prefill_threshold as pt
 import topkattn.ops.topk.triton_prefill as tp
+from topkattn.ops.testing import inject
 from topkattn.ops.topk.triton_prefill import topk_prefill
+from topkattn.ops.tuning import DEFAULT, PrefillTile, PrefillTiles, tuned, uniform_tiles
 
 GRAD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
@@ -53,25 +58,35 @@ def test_prefill_forward_and_grads(case):
     assert_grads_match(out, ref, (q, k, v), dt)
 
 
-MIXED_TILES = {"search": tp.PrefillTile(16, 16), "fwd": tp.PrefillTile(32, 16),
-               "dq": tp.PrefillTile(16, 32), "dkdv": tp.PrefillTile(32, 16)}
+MIXED_TILES = PrefillTiles(search=PrefillTile(16, 16), fwd=PrefillTile(32, 16),
+                           dq=PrefillTile(16, 32), dkdv=PrefillTile(32, 16))
+
+
+def prefill_tuned(tiles: PrefillTiles | None = None, **changes):
+    """`tuned` with the prefill knobs ``changes`` and, given ``tiles``, those tiles for every
+    call (CPU, GPU, wide heads)."""
+    if tiles is not None:
+        changes.update(tiles_query_head=tiles, tiles_kv_group=tiles, tiles_wide=tiles,
+                       tiles_cpu=tiles)
+    return tuned(prefill=replace(DEFAULT.prefill, **changes))
 
 
 @pytest.mark.parametrize("gran,sink,local", [("query_head", 0, 0), ("kv_group", 1, 2)])
-def test_prefill_kernels_on_their_own_tiles(monkeypatch, gran, sink, local):
+def test_prefill_kernels_on_their_own_tiles(gran, sink, local):
     """Forward / dq / dk-dv on tiles other than the threshold search's (and unlike each other).
     Dyadic inputs make every score exact, hence tile-independent under the interpreter too (its
     numpy matmul, unlike the GPU's mma chains, rounds differently per tile shape)."""
-    monkeypatch.setattr(tp, "_tiles", lambda q, group: MIXED_TILES)
     torch.manual_seed(7)
     mk = lambda *s: (torch.randint(-8, 9, s) / 8).to(dev()).requires_grad_()  # noqa: E731
     q, k, v = mk(1, 4, 45, 16), mk(1, 2, 45, 16), mk(1, 2, 45, 16)
     kw = dict(granularity=gran, sink=sink, local=local)
-    out, lse = topk_prefill(q, k, v, 9, return_lse=True, **kw)
-    ref, rlse = topk_attention_reference(q, k, v, 9, return_lse=True, **kw)
-    assert rel_rms(out, ref) < TOL[torch.float32]
-    assert (lse - rlse).abs().max() < 1e-4
-    assert_grads_match(out, ref, (q, k, v), torch.float32)
+    with prefill_tuned(MIXED_TILES):
+        assert tp.prefill_tiles(q, gran == "kv_group") == MIXED_TILES
+        out, lse = topk_prefill(q, k, v, 9, return_lse=True, **kw)
+        ref, rlse = topk_attention_reference(q, k, v, 9, return_lse=True, **kw)
+        assert rel_rms(out, ref) < TOL[torch.float32]
+        assert (lse - rlse).abs().max() < 1e-4
+        assert_grads_match(out, ref, (q, k, v), torch.float32)
 
 
 @pytest.mark.gpu
@@ -83,9 +98,10 @@ def test_scores_bitwise_tile_independent(dt, group):
     torch.manual_seed(3)
     q = torch.randn(1, 8, 1000, 128, device="cuda").to(dt)
     k = torch.randn(1, 2, 1000, 128, device="cuda").to(dt)
-    ref = tp.selection_scores(q, k, 0.088, group, tp.PrefillTile(64, 64, 4))
-    tiles = {t for d in tp.PREFILL_TILES.values() for t in d.values()}
-    tiles |= {tp.PrefillTile(*t) for t in [(128, 64, 8), (64, 128, 8), (32, 64, 4), (64, 32, 4),
+    ref = tp.selection_scores(q, k, 0.088, group, PrefillTile(64, 64, 4))
+    tiles = {getattr(DEFAULT.prefill.tiles(g), f) for g in ("query_head", "kv_group")
+             for f in ("search", "fwd", "dq", "dkdv")}
+    tiles |= {PrefillTile(*t) for t in [(128, 64, 8), (64, 128, 8), (32, 64, 4), (64, 32, 4),
                                            (128, 32, 8), (32, 32, 4)]}
     for t in tiles:
         s = tp.selection_scores(q, k, 0.088, group, t)
@@ -245,7 +261,7 @@ THRESH_CASES = [
 
 @pytest.mark.parametrize("case", THRESH_CASES)
 def test_thresholds_bcc_and_radix_exact(case):
-    from topkattn.ops.topk.triton_prefill import prefill_thresholds
+    from topkattn.ops.select.prefill_threshold import prefill_thresholds
 
     B, Hq, Hkv, L, kk, causal, sink, local, group, ints, starts, ends = case
     torch.manual_seed(L + Hq)
@@ -268,20 +284,22 @@ def test_thresholds_bcc_and_radix_exact(case):
 
 
 @pytest.mark.parametrize("mode", ["cap", "one_bin", "far_estimate"])
-def test_prefill_fallback_paths_exact(monkeypatch, mode):
+def test_prefill_fallback_paths_exact(mode):
     """Rows whose band overflows CAP (tiny CAP, or a useless estimate) take the radix fallback;
     a far-off estimate puts every candidate in the bottom bin. Results stay exact."""
-    import topkattn.ops.topk.triton_prefill as tp
+    with (prefill_tuned(cap=2 if mode == "cap" else 16),
+          inject(estimate_mode={"cap": 0, "one_bin": 1, "far_estimate": 2}[mode])):
+        _fallback_paths_exact(mode)
 
-    monkeypatch.setattr(tp, "PREFILL_CAP", 2 if mode == "cap" else 16)
-    monkeypatch.setattr(tp, "_ESTIMATE_MODE", {"cap": 0, "one_bin": 1, "far_estimate": 2}[mode])
+
+def _fallback_paths_exact(mode):
     gran = "kv_group" if mode == "one_bin" else "query_head"
     torch.manual_seed(3)
     Hq = 4 if gran == "kv_group" else 2
     q = torch.randn(1, Hq, 26, 16, device=dev(), requires_grad=True)
     k = torch.randn(1, 2, 26, 16, device=dev(), requires_grad=True)
     v = torch.randn(1, 2, 26, 16, device=dev(), requires_grad=True)
-    _, _, stat = tp.prefill_thresholds(q, k, 5, True, 0.25, 1, 0, gran == "kv_group",
+    _, _, stat = pt.prefill_thresholds(q, k, 5, True, 0.25, 1, 0, gran == "kv_group",
                                        return_status=True)
     assert (stat == 2).sum() > 0 and (stat == 1).sum() > 0
     out = topk_prefill(q, k, v, 5, sink=1, granularity=gran)
@@ -304,13 +322,13 @@ HAZARD_MODES = {"poison": 0, "shifted_map": 3, "lost_stores": 4, "one_bin": 1, "
 @pytest.mark.parametrize("tile", [16, 64])
 @pytest.mark.parametrize("mode", list(HAZARD_MODES))
 @pytest.mark.parametrize("group", [False, True])
-def test_thresholds_exact_under_gpu_hazards(monkeypatch, tile, mode, group):
-    import topkattn.ops.topk.triton_prefill as tp
+def test_thresholds_exact_under_gpu_hazards(tile, mode, group):
+    with (prefill_tuned(uniform_tiles(tile)),
+          inject(poison=True, collect_programs=1, estimate_mode=HAZARD_MODES[mode])):
+        _thresholds_exact_under_hazards(tile, mode, group)
 
-    monkeypatch.setattr(tp, "_POISON", True)
-    monkeypatch.setattr(tp, "_COLLECT_PROGRAMS", 1)
-    monkeypatch.setattr(tp, "_ESTIMATE_MODE", HAZARD_MODES[mode])
-    monkeypatch.setattr(tp, "_tiles", lambda q, group: tp.uniform_tiles(tile))
+
+def _thresholds_exact_under_hazards(tile, mode, group):
     B, Hq, Hkv, L, kk = 1, 4, 2, 2 * tile + 11, 6
     torch.manual_seed(L + tile + group)
     mk = lambda *s: torch.randint(-64, 65, s) / 64  # noqa: E731  (dyadic: exact reference)
@@ -318,7 +336,7 @@ def test_thresholds_exact_under_gpu_hazards(monkeypatch, tile, mode, group):
         mk = lambda *s: torch.randint(-2, 3, s).float()  # noqa: E731
     q, k = mk(B, Hq, L, 16).to(dev()), mk(B, Hkv, L, 16).to(dev())
     rT, rP = _ref_thresholds(q, k, kk, True, 1, 1, group)
-    T, P, stat = tp.prefill_thresholds(q, k, kk, True, 0.25, 1, 1, group, return_status=True)
+    T, P, stat = pt.prefill_thresholds(q, k, kk, True, 0.25, 1, 1, group, return_status=True)
     assert torch.equal(T.cpu().long() & 0xFFFFFFFF, rT) and torch.equal(P.cpu().long(), rP)
     if mode in ("poison", "far", "one_bin"):
         assert (stat == 1).sum() > 0  # the band path ran
@@ -329,15 +347,14 @@ def test_thresholds_exact_under_gpu_hazards(monkeypatch, tile, mode, group):
 
 
 @pytest.mark.parametrize("mode", ["poison", "shifted_map", "lost_stores"])
-def test_prefill_gpu_tile_exact_under_hazards(monkeypatch, mode):
+def test_prefill_gpu_tile_exact_under_hazards(mode):
     """case0 of ``test_prefill_forward_and_grads`` on the GPU tile (BM = BN = 64) with hazards."""
-    import topkattn.ops.topk.triton_prefill as tp
+    with (prefill_tuned(uniform_tiles(64), method="bcc"),
+          inject(poison=True, collect_programs=1, estimate_mode=HAZARD_MODES[mode])):
+        _gpu_tile_exact_under_hazards(mode)
 
-    monkeypatch.setattr(tp, "PREFILL_METHOD", "bcc")
-    monkeypatch.setattr(tp, "_POISON", True)
-    monkeypatch.setattr(tp, "_COLLECT_PROGRAMS", 1)
-    monkeypatch.setattr(tp, "_ESTIMATE_MODE", HAZARD_MODES[mode])
-    monkeypatch.setattr(tp, "_tiles", lambda q, group: tp.uniform_tiles(64))
+
+def _gpu_tile_exact_under_hazards(mode):
     torch.manual_seed(37 * 37)
     q = torch.randn(1, 2, 37, 16, device=dev(), requires_grad=True)
     k = torch.randn(1, 1, 37, 16, device=dev(), requires_grad=True)
@@ -356,7 +373,7 @@ def test_prefill_gpu_tile_exact_under_hazards(monkeypatch, mode):
 def _row_slots_kernel(F, SLOT, TOT, BM: tl.constexpr, BN: tl.constexpr):
     r = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
     flag = tl.load(F + r) != 0
-    slot, tot = tp._row_slots(flag, BN)
+    slot, tot = pt._row_slots(flag, BN)
     tl.store(SLOT + r, slot)
     tl.store(TOT + tl.arange(0, BM), tot)
 
