@@ -1,17 +1,67 @@
 """The benchmark entry point: every op names a module with run(); bad input fails clearly."""
 
 import importlib
+import inspect
+import json
 
+import numpy as np
 import pytest
 import torch
 
 from topkattn.bench.run import OPS, run_ops
 
+# ops whose run() needs no device when given no sizes (the others build CUDA tensors or a model
+# before their loops): they then write an empty table
+EMPTY_RUNS_ON_CPU = ("select", "decode", "prefill", "indexer_decode")
+
 
 @pytest.mark.parametrize("op", OPS)
-def test_every_op_has_a_runner(op):
+def test_every_op_has_a_runner(op, tmp_path):
+    """run() takes what `run_ops` passes it; where it can run here (no sizes), it writes the
+    op's JSON, markdown table and plot, with no rows."""
     mod = importlib.import_module(f"topkattn.bench.{op}")
-    assert callable(mod.run)
+    sig = inspect.signature(mod.run)
+    if op == "ltri":  # as run_ops calls it
+        sig.bind([8192], [1], str(tmp_path), layers=2, budget_tokens=64)
+    else:
+        extra = {"layers": 2, "modes": None, "paths": None} if op == "generate" else {}
+        sig.bind([8192], [64], [1], str(tmp_path), **extra)
+    if op not in EMPTY_RUNS_ON_CPU:
+        return
+    assert mod.run([], [], [], str(tmp_path)) == []
+    data = json.loads((tmp_path / f"{op}.json").read_text())
+    assert data["rows"] == [] and data["meta"]["device"] and data["meta"]["torch"] == torch.__version__
+    md = (tmp_path / f"{op}.md").read_text().splitlines()
+    assert md[0] == f"### {op}" and md[-2].startswith("| ") and set(md[-1]) <= set("|-")
+
+
+def _pixels_near(img, rgb, tol=0.08):
+    """How many pixels of an RGB(A) float image lie within ``tol`` of colour ``rgb``."""
+    return int((np.abs(img[..., :3] - np.asarray(rgb)).max(-1) < tol).sum())
+
+
+def test_results_plot_shows_every_series(tmp_path):
+    """`write_results`' plot: one line per y column, in matplotlib's first two colours; the
+    title is drawn inside the canvas (dark pixels below the top edge, none cut at it)."""
+    import matplotlib.image as mpimg
+    from matplotlib.colors import to_rgb
+
+    from topkattn.bench.common import write_results
+
+    rows = [{"case": f"c{i}", "ours_us": 10.0 + i, "torch_us": 40.0 + 3 * i} for i in range(4)]
+    meta = {"device": "test", "torch": "x", "triton": "y", "date": "d"}
+    md = write_results("t", rows, ["case", "ours_us", "torch_us"], tmp_path, meta,
+                       plot=("case", "a title", ["ours_us", "torch_us"]))
+    assert "| c3 | 13.000 | 49.000 |" in md.read_text()
+    img = mpimg.imread(tmp_path / "t.png")
+    assert _pixels_near(img, to_rgb("C0")) > 200 and _pixels_near(img, to_rgb("C1")) > 200
+    assert _pixels_near(img, to_rgb("C2")) == 0  # no third series
+    dark = (img[..., :3].max(-1) < 0.3).any(1)  # rows holding text or axes
+    assert not dark[0] and dark[: img.shape[0] // 10].any()  # the title: near the top, not cut
+    # the series are drawn where their values say: the torch line above the ours line
+    ys0 = np.nonzero(np.abs(img[..., :3] - to_rgb("C0")).max(-1) < 0.08)[0]
+    ys1 = np.nonzero(np.abs(img[..., :3] - to_rgb("C1")).max(-1) < 0.08)[0]
+    assert np.median(ys1) < np.median(ys0)  # image rows count down: smaller row = higher value
 
 
 def test_unknown_op_names_the_allowed_ones():
