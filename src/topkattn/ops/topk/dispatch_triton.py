@@ -122,5 +122,33 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
         from topkattn.ops.topk.triton_prefill import topk_prefill
     except ImportError:
         return None
-    return topk_prefill(q, k, v, topk, causal, scale, sink, local, return_lse, granularity,
-                        starts, ends)
+    res = topk_prefill(q, k, v, topk, causal, scale, sink, local, return_lse, granularity,
+                       starts, ends)
+    bad = _nan_rows(q, k, causal, starts, ends)[..., None]  # the NaN policy, see _nan_rows
+    if return_lse:
+        return res[0].masked_fill(bad, float("nan")), res[1].masked_fill(bad[..., 0], float("nan"))
+    return res.masked_fill(bad, float("nan"))
+
+
+def _nan_rows(q, k, causal, starts=None, ends=None) -> torch.Tensor:
+    """bool [B, Hq, Lq]: rows whose query, or a key they see, holds a NaN.
+
+    The reference (and SDPA) give NaN there: a NaN score ranks first. The prefill kernel's
+    selection compares scores with a threshold, which a NaN never passes, so it would skip the
+    NaN key and return a finite row; the wrapper writes the NaN instead (device-side, no sync).
+    q [B, Hq, Lq, D] at the last Lq positions; k [B, Hkv, Lk, D]; starts, ends int [B] or None.
+    """
+    B, Hq, Lq, _ = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    pos = torch.arange(Lk, device=k.device)
+    kn = k.isnan().any(-1)  # [B, Hkv, Lk]
+    if starts is not None:
+        kn = kn & (pos >= starts.view(B, 1, 1))
+    if ends is not None:
+        kn = kn & (pos < ends.view(B, 1, 1))
+    first = torch.where(kn, pos, Lk).amin(-1).repeat_interleave(Hq // Hkv, 1)  # [B, Hq]
+    if causal:
+        bad = torch.arange(Lk - Lq, Lk, device=q.device) >= first[..., None]
+    else:
+        bad = (first < Lk)[..., None].expand(B, Hq, Lq)
+    return bad | q.isnan().any(-1)
