@@ -2,10 +2,15 @@
 
 import json
 
+import matplotlib.image as mpimg
+import numpy as np
 import pytest
 import torch
 
+from matplotlib.colors import to_rgb
+
 from tests.selectors.tiny import ToyTokenizer, random_prompt, tiny_llama
+
 from topkattn.analysis import fidelity as F
 from topkattn.selectors import make_selector
 
@@ -31,6 +36,11 @@ def test_step_metrics_exact_and_full():
     assert torch.allclose(m["mass_recall"], torch.ones(1, 4))
 
 
+def _pixels_near(img, color, tol=0.08):
+    """Pixels of an RGB(A) float image within ``tol`` of a matplotlib colour."""
+    return int((np.abs(img[..., :3] - np.asarray(to_rgb(color))).max(-1) < tol).sum())
+
+
 def test_measure_fidelity(model, tmp_path):
     prompts = [random_prompt(120, seed=i) for i in range(2)]
     res = F.measure_fidelity(model, ToyTokenizer(), prompts, 16,
@@ -45,11 +55,22 @@ def test_measure_fidelity(model, tmp_path):
         assert r["mass_recall"] <= res["exact"]["mass_recall"] + 1e-6  # exact set: most mass
     md = F.markdown_table(res, {"exact": 1.0, "random": 0.5, "full": 1.0})
     assert "| exact | 1.000 |" in md and "full (dense)" in md
-    assert F.plot_per_layer(res, tmp_path / "layers.png").stat().st_size > 0
+    img = mpimg.imread(F.plot_per_layer(res, tmp_path / "layers.png", title="per layer"))
+    third = img.shape[1] // 3
+    for i in range(len(res)):  # one line colour per selector, drawn in each of the 3 panels
+        for p in range(3):
+            assert _pixels_near(img[:, p * third:(p + 1) * third], f"C{i}") > 15, (i, p)
     acc = {"exact": 1.0, "random": 0.2, "precision:0.5": 0.6, "window": 0.3}
     corr = F.correlate(res, acc)
     assert corr["n"] == 4 and corr["r_precision"] > 0.9
-    assert F.plot_downstream(res, acc, tmp_path / "down.png", full=1.0).stat().st_size > 0
+    img = mpimg.imread(F.plot_downstream(res, acc, tmp_path / "down.png", full=1.0))
+    # blue: precision:p (one point per panel), green: the other selectors, no red (no protect
+    # in acc), the gray full-attention line across both panels
+    assert _pixels_near(img, "tab:blue") > 20 and _pixels_near(img, "tab:green") > 60
+    assert _pixels_near(img, "tab:red") == 0
+    rgb = img[..., :3]
+    grey = ((rgb.max(-1) - rgb.min(-1)) < 0.03) & (rgb.mean(-1) > 0.4) & (rgb.mean(-1) < 0.75)
+    assert grey.sum(1).max() > img.shape[1] * 0.25  # a dashed line over most of both panels
     json.loads(F.write_json(res, tmp_path / "f.json").read_text())
 
 
