@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from topkattn import TopKConfig, sparsify
+from topkattn.bench.common import host_us
 from topkattn.bench.generate import _fill, _prefill, llama3_8b_random
 from topkattn.integrations.hf import _sdpa_priority, topk_attention_forward
 
@@ -54,18 +55,6 @@ for name, cfg in [("dense flash (no sparsify)", None),
 
 # one layer's attention call alone (host us per call, GPU queue never full)
 from topkattn.integrations import key_ranges as kr  # noqa: E402
-
-
-def host_us(fn, n=200):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    us = (time.perf_counter() - t) * 1e6 / n
-    torch.cuda.synchronize()
-    return us
 
 
 attn = model.model.layers[0].self_attn

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -51,6 +52,22 @@ def time_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def host_us(fn: Callable[[], object], n: int = 100, repeats: int = 5) -> float:
+    """Host microseconds per call of ``fn``: the best of ``repeats`` means over ``n`` calls,
+    synchronised between repeats so that the GPU queue never fills."""
+    best = float("inf")
+    for _ in range(repeats):
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t) * 1e6 / n)
+        torch.cuda.synchronize()
+    return best
 
 
 def time_graph_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float | None:

@@ -87,19 +87,29 @@ def _fill(cache, kv, B: int):
     return cache
 
 
-def _eager_steps(model, cache, B: int, ctx: int) -> list[float]:
-    """ms of each decode step (DynamicCache, eager), warm-up steps included."""
+def _timed_decode(fwd, cache, B: int, ctx: int, steps: int, mark_step: bool = False
+                  ) -> list[float]:
+    """ms of each of ``steps`` greedy decode steps through ``fwd`` (the model's forward, eager
+    or compiled) over ``cache`` from position ``ctx``; ``mark_step``: tell CUDA-graph trees
+    that a new step begins (compiled ``reduce-overhead``)."""
     tok = torch.zeros(B, 1, dtype=torch.long, device="cuda")
     times = []
-    for i in range(WARMUP_STEPS + STEPS):
+    for i in range(steps):
         pos = torch.full((B, 1), ctx + i, device="cuda")
+        if mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         torch.cuda.synchronize()
         t = time.perf_counter()
-        out = model(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True)
+        out = fwd(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True)
         tok = out.logits[:, -1:].argmax(-1)
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t) * 1e3)
     return times
+
+
+def _eager_steps(model, cache, B: int, ctx: int) -> list[float]:
+    """ms of each decode step (DynamicCache, eager), warm-up steps included."""
+    return _timed_decode(model, cache, B, ctx, WARMUP_STEPS + STEPS)
 
 
 def _graph_steps(model, cache, B: int, ctx: int) -> list[float]:
@@ -142,23 +152,10 @@ def _compiled_steps(model, cache, B: int, ctx: int) -> list[float]:
     (the first steps compile and record the CUDA graph). One eager step first, as a prefill
     through `sparsify` would, lets selectors with their own caches (the Lightning Indexer's
     key cache) size them outside the trace."""
-    tok = torch.zeros(B, 1, dtype=torch.long, device="cuda")
-    pos = torch.full((B, 1), ctx, device="cuda")
-    tok = model(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True
-                ).logits[:, -1:].argmax(-1)
-    ctx += 1
+    _timed_decode(model, cache, B, ctx, 1)
     torch._dynamo.reset()
     fwd = torch.compile(model.forward, fullgraph=True, dynamic=False, mode="reduce-overhead")
-    times = []
-    for i in range(3 + WARMUP_STEPS + STEPS):
-        pos = torch.full((B, 1), ctx + i, device="cuda")
-        torch.compiler.cudagraph_mark_step_begin()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fwd(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True)
-        tok = out.logits[:, -1:].argmax(-1)
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
+    times = _timed_decode(fwd, cache, B, ctx + 1, 3 + WARMUP_STEPS + STEPS, mark_step=True)
     torch._dynamo.reset()
     return times
 
