@@ -11,6 +11,7 @@ import torch
 import topkattn.ops.topk.triton_decode as td
 import topkattn.ops.topk.triton_dense as tdn
 from topkattn.bench.common import copy_bandwidth_gbs, decode_inputs, time_graph_ms
+from topkattn.ops.tuning import DecodeTuning, DenseTuning, tuned
 
 bw = copy_bandwidth_gbs()
 print(f"copy bandwidth {bw:.0f} GB/s")
@@ -33,18 +34,20 @@ kbytes = lambda c: inputs[c][1].numel() * 2
 for bn, tiles, warps, stages in itertools.product((64, 128, 256), (1, 2, 4), (4, 8), (3,)):
     if bn * tiles > 2048:
         continue
-    td.DECODE_BLOCK_N, td.DECODE_TILES, td.DECODE_SCORES_WARPS, td.DECODE_SCORES_STAGES = bn, tiles, warps, stages
+    knobs = DecodeTuning(block_n=bn, tiles=tiles, scores_warps=warps, scores_stages=stages)
     try:
-        run(f"scores bn{bn} t{tiles} w{warps} s{stages}",
-            lambda c: td.decode_scores(inputs[c][0], inputs[c][1], 0.088, ends[c], True, block_n=bn,
-                                       write_s=False), kbytes)
+        with tuned(decode=knobs):
+            run(f"scores bn{bn} t{tiles} w{warps} s{stages}",
+                lambda c: td.decode_scores(inputs[c][0], inputs[c][1], 0.088, ends[c], True,
+                                           block_n=bn, write_s=False), kbytes)
     except Exception as e:  # noqa: BLE001
         print(f"scores bn{bn} t{tiles} w{warps} s{stages}: {type(e).__name__} {str(e)[:80]}")
 for bn, warps, stages, waves in itertools.product((64, 128), (4, 8), (2, 3), (2, 4)):
-    tdn.DENSE_BLOCK_N, tdn.DENSE_WARPS, tdn.DENSE_STAGES, tdn.DENSE_WAVES = bn, warps, stages, waves
     try:
-        run(f"range bn{bn} w{warps} s{stages} waves{waves}",
-            lambda c: tdn.range_decode(inputs[c][0], inputs[c][1], inputs[c][2], starts[c], ends[c]),
-            lambda c: 2 * kbytes(c))
+        with tuned(dense=DenseTuning(block_n=bn, warps=warps, stages=stages, waves=waves)):
+            run(f"range bn{bn} w{warps} s{stages} waves{waves}",
+                lambda c: tdn.range_decode(inputs[c][0], inputs[c][1], inputs[c][2], starts[c],
+                                           ends[c]),
+                lambda c: 2 * kbytes(c))
     except Exception as e:  # noqa: BLE001
         print(f"range bn{bn} w{warps} s{stages} waves{waves}: {type(e).__name__} {str(e)[:80]}")

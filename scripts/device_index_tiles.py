@@ -17,15 +17,14 @@ for B in (1, 4):
     lo = torch.zeros(B, dtype=torch.int32, device="cuda")
     hi = torch.full((B,), cap, dtype=torch.int32, device="cuda")
     want = index_scores_reference(q, w, keys)
-    for dot in (False, True):
-        for block in (64, 128, 256, 512):
-            for warps in (2, 4, 8):
-                try:
-                    got = index_scores(q, w, keys, lo, hi, block=block, warps=warps, dot=dot)
-                    err = (got - want).abs().max().item()
-                    ms = time_graph_ms(lambda: index_scores(q, w, keys, lo, hi, block=block, warps=warps, dot=dot))
-                    gbs = keys.numel() * 4 / (ms * 1e-3) / 1e9
-                    print(f"B{B} dot={dot:d} block={block:3d} warps={warps}: {ms * 1e3:6.1f} us "
-                          f"{gbs:5.0f} GB/s ({gbs / bw:4.0%} of copy) max err {err:.1e}", flush=True)
-                except Exception as e:  # noqa: BLE001
-                    print(f"B{B} dot={dot:d} block={block} warps={warps}: {type(e).__name__} {str(e)[:100]}")
+    for block in (64, 128, 256, 512):
+        for warps in (2, 4, 8):
+            try:
+                got = index_scores(q, w, keys, lo, hi, block=block, warps=warps)
+                err = (got - want).abs().max().item()
+                ms = time_graph_ms(lambda: index_scores(q, w, keys, lo, hi, block=block, warps=warps))
+                gbs = keys.numel() * 4 / (ms * 1e-3) / 1e9
+                print(f"B{B} block={block:3d} warps={warps}: {ms * 1e3:6.1f} us "
+                      f"{gbs:5.0f} GB/s ({gbs / bw:4.0%} of copy) max err {err:.1e}", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"B{B} block={block} warps={warps}: {type(e).__name__} {str(e)[:100]}")

@@ -1,8 +1,12 @@
 """Host cost of one eager decode attention call, part by part, and of a Triton launch through
 Triton's Python launcher against a direct call of the compiled kernel's launcher.
 
-Run on the device machine: PYTHONPATH=src python3 scripts/device_launch_overhead.py"""
+Run on the device machine: PYTHONPATH=src python3 scripts/device_launch_overhead.py
+(``--triton-launcher``: every launch of ours through Triton's own launcher, for an A/B of
+`ops/launch.py`'s direct launch)."""
+import contextlib
 import inspect
+import sys
 import time
 
 import torch
@@ -14,6 +18,11 @@ from topkattn.ops.select.triton_select import select_rows, workspace
 from topkattn.ops.topk.triton_decode import decode_scores, topk_decode
 from topkattn.ops.topk.triton_dense import range_decode
 import topkattn.ops.topk.custom_ops  # noqa: F401  (registers torch.ops.topkattn)
+from topkattn.ops import testing
+
+_ab = contextlib.ExitStack()  # held open for the whole script
+if "--triton-launcher" in sys.argv:
+    _ab.enter_context(testing.inject(force_triton_launcher=True))
 
 
 def host_us(fn, n=100, repeats=5):

@@ -101,6 +101,7 @@ def test_direct_launches_match_triton_on_gpu():
     """The selection, decode and dense kernels launched directly give Triton's results, over
     pointers of both alignments and lengths that cross specialisation classes."""
     from topkattn.ops.launch import CachedLaunch as CL
+    from topkattn.ops.testing import inject
     from topkattn.ops.topk import triton_decode, triton_dense, triton_sparse
     from topkattn.ops.select import triton_select
     from topkattn.ops.topk.triton_decode import topk_decode
@@ -122,13 +123,9 @@ def test_direct_launches_match_triton_on_gpu():
             hi = torch.full((B,), length, dtype=torch.int32, device="cuda")
             got = topk_decode(q, k, v, 64, None, 1, 2, "kv_group", seq_lens=hi, seq_starts=lo)
             dense = range_decode(q, k, v, lo, hi, D ** -0.5)
-            import topkattn.ops.launch as L
-            L._FORCE_TRITON = True
-            try:
+            with inject(force_triton_launcher=True):
                 want = topk_decode(q, k, v, 64, None, 1, 2, "kv_group", seq_lens=hi, seq_starts=lo)
                 want_dense = range_decode(q, k, v, lo, hi, D ** -0.5)
-            finally:
-                L._FORCE_TRITON = False
             torch.testing.assert_close(got, want, rtol=0, atol=0)
             torch.testing.assert_close(dense, want_dense, rtol=0, atol=0)
     assert sum(k.fast_launches for k in kernels) > before

@@ -7,6 +7,8 @@ import triton.language as tl
 
 from topkattn.ops.select import topk_select, topk_select_reference
 from topkattn.ops.select.triton_select import _bit_length, select_rows
+from topkattn.ops.testing import inject
+from topkattn.ops.tuning import DEFAULT
 
 
 @triton.jit
@@ -65,12 +67,8 @@ SCALES = {
                                                         (4096, None, 8, None, True), (4096, None, 3, 6, True),
                                                         (256, None, 4, None, True), (256, None, 4, None, False),
                                                         (256, 8, 4, None, True)])
-def test_select_finish_paths(monkeypatch, dist, block, cap, bits, first, tiers):
-    import topkattn.ops.select.triton_select as ts
-
-    monkeypatch.setattr(ts, "FINISH_TIERS", tiers)
-    monkeypatch.setattr(ts, "FINISH_DIGIT_BITS", bits)
-    monkeypatch.setattr(ts, "FINISH_FIRST_DIGIT_BITS", first)
+def test_select_finish_paths(knobs, dist, block, cap, bits, first, tiers):
+    knobs.tune("select", finish_tiers=tiers, finish_digit_bits=bits, finish_first_digit_bits=first)
     # block 4096: the window's entries stay in registers (tiers of 512, 4096, 8192); block
     # 256: registers up to 512 with the tiers, else the blocked passes over the buffer; cap 8:
     # the window overflows the buffer and the passes re-read the row
@@ -82,13 +80,11 @@ def test_select_finish_paths(monkeypatch, dist, block, cap, bits, first, tiers):
 
 
 @pytest.mark.parametrize("sample,shift", [(1, 0), (4, 0), (16, 0), (4, 3), (4, -3), (1, 40)])
-def test_select_sampled_window_and_fallback(monkeypatch, sample, shift):
+def test_select_sampled_window_and_fallback(knobs, sample, shift):
     # the histogram counts every sample-th position; a window shifted off the k-th key (or one
     # the estimate missed) must be caught by the scan's exact counts and the row re-read
-    import topkattn.ops.select.triton_select as ts
-
-    monkeypatch.setattr(ts, "SELECT_SAMPLE", sample)
-    monkeypatch.setattr(ts, "_WINDOW_SHIFT", shift)
+    knobs.tune("select", sample=sample)
+    knobs.fault(window_shift=shift)
     g = torch.Generator().manual_seed(17)
     s = (torch.randn(4, 4000, generator=g) * 2).to(device())
     s[1, 1000:1100] += 6.0  # a hot region: block-correlated scores
@@ -123,8 +119,7 @@ def test_select_workspace_is_left_zeroed_and_reused():
         assert not v.hist.any() and not v.cnt.any() and not v.done.any()
 
     for shift in (0, 5):
-        ts._WINDOW_SHIFT = shift
-        try:
+        with inject(window_shift=shift):
             for k, R in ((50, 4), (600, 2), (600, 4)):
                 out = select_rows(s[:R], k, lens[: R // 2], rows_per_len=2, sink=1, local=2, work=w)
                 check_zero()
@@ -132,8 +127,6 @@ def test_select_workspace_is_left_zeroed_and_reused():
                     vis = torch.arange(3000, device=device()) < lens[r // 2]
                     ref = select_topk_mask(s[r], k, vis, forced_mask(vis[None], 1, 2)[0]).nonzero().flatten()
                     assert torch.equal(out[r][out[r] >= 0].long().sort().values, ref), (shift, k, r)
-        finally:
-            ts._WINDOW_SHIFT = 0
     with pytest.raises(ValueError, match="holds 7 rows"):
         select_rows(torch.randn(8, 100, device=device()), 5, work=w)
 
@@ -171,7 +164,7 @@ def test_select_rows_left_padding():
         assert torch.equal(got, ref), r
 
 
-def test_select_several_blocks_per_program(monkeypatch):
+def test_select_several_blocks_per_program(knobs):
     # programs covering 4 blocks (the GPU setting at large sizes) select the same set
     import topkattn.ops.select.triton_select as ts
 
@@ -179,9 +172,9 @@ def test_select_several_blocks_per_program(monkeypatch):
     s = torch.randn(2, 20000, device=device())
     lens = torch.tensor([19000], dtype=torch.int32, device=device())
     starts = torch.tensor([777], dtype=torch.int32, device=device())
-    assert ts._iters(40, torch.device(device())) > 1 or device() == "cuda"
+    assert ts._iters(40, torch.device(device()), DEFAULT.select.iters) > 1 or device() == "cuda"
     a = select_rows(s, 300, lens, rows_per_len=2, sink=1, local=2, starts=starts)
-    monkeypatch.setattr(ts, "SELECT_ITERS", 1)
+    knobs.tune("select", iters=1)
     b = select_rows(s, 300, lens, rows_per_len=2, sink=1, local=2, starts=starts)
     assert torch.equal(a.sort(-1).values, b.sort(-1).values)
     assert torch.equal(topk_select(s, 300, sort=True), topk_select_reference(s, 300))
@@ -196,11 +189,8 @@ def test_select_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits,first", [(4, None), (3, None), (4, 8)])
-def test_select_gpu_large(monkeypatch, bits, first):
-    import topkattn.ops.select.triton_select as ts
-
-    monkeypatch.setattr(ts, "FINISH_DIGIT_BITS", bits)
-    monkeypatch.setattr(ts, "FINISH_FIRST_DIGIT_BITS", first)
+def test_select_gpu_large(knobs, bits, first):
+    knobs.tune("select", finish_digit_bits=bits, finish_first_digit_bits=first)
     for seed in range(3):
         torch.manual_seed(seed)
         s = torch.randn(32, 131072, device="cuda") * (1 + 3 * seed)

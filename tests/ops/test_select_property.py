@@ -2,12 +2,15 @@
 reference on random rows, lengths, padding, sink / local and score distributions, one
 workspace reused across all calls (its regions must come back zeroed after every call)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import topkattn.ops.select.triton_select as ts
+from topkattn.ops.tuning import DEFAULT, tuned
 from topkattn.ops.topk.naive import forced_mask, select_topk_mask
 
 DISTS = ("gauss", "ties", "tiny", "huge", "mixed_sign_zero", "hot_block")
@@ -48,9 +51,7 @@ WORK = ts.select_workspace(8, torch.device(_device()))
 def test_select_rows_matches_reference(R2, n, kfrac, dist, sink, local, use_lens, use_starts, seed,
                                        sample, dtype, block):
     # block 256: the finish's small register tiers and its blocked passes over the buffer
-    old_sample = ts.SELECT_SAMPLE
-    ts.SELECT_SAMPLE = sample
-    try:
+    with tuned(select=replace(DEFAULT.select, sample=sample)):
         g = torch.Generator().manual_seed(seed)
         R = 2 * R2  # two rows per length (query heads of one sequence)
         s = _scores(g, R, n, dist)
@@ -74,6 +75,4 @@ def test_select_rows_matches_reference(R2, n, kfrac, dist, sink, local, use_lens
             got = out[r][out[r] >= 0].long()
             assert got.numel() == got.unique().numel(), "duplicate positions"
             assert torch.equal(got.sort().values, ref.nonzero().flatten()), (r, k, L, st_)
-    finally:
-        ts.SELECT_SAMPLE = old_sample
 

@@ -39,12 +39,9 @@ def test_decode_matches_reference(case):
 
 
 @pytest.mark.parametrize("tiles", [1, 3])
-def test_decode_scores_tiles(monkeypatch, tiles):
+def test_decode_scores_tiles(knobs, tiles):
     # 1 or 3 key tiles per scores program, with lengths that end inside a tile
-    import topkattn.ops.topk.triton_decode as td
-
-    monkeypatch.setattr(td, "DECODE_TILES", tiles)
-    monkeypatch.setattr(td, "DECODE_BLOCK_N", 16)
+    knobs.tune("decode", tiles=tiles, block_n=16)
     torch.manual_seed(3)
     q = torch.randn(2, 4, 1, 32, device=dev())
     k = torch.randn(2, 2, 300, 32, device=dev())

@@ -16,24 +16,24 @@ address is 16-byte aligned; an integer's width class and, unless the parameter i
 arguments (constexprs and launch options) by value.
 
 Triton's own path is kept (and used for every call) under the interpreter, when a launch
-hook is set (profilers), when a runtime argument is passed by keyword, and when the
-environment variable TOPKATTN_TRITON_LAUNCHER=1 asks for it.
+hook is set (profilers), when a runtime argument is passed by keyword, and when
+``topkattn.ops.testing.FaultInjection.force_triton_launcher`` asks for it (an A/B switch:
+``with testing.inject(force_triton_launcher=True): ...``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import torch
 
+from topkattn.ops import testing
 from topkattn.ops.topk.triton_env import HAS_TRITON, INTERPRET
 
 if HAS_TRITON:
     import triton
 
 _I32 = (-(2**31), 2**31)
-_FORCE_TRITON = os.environ.get("TOPKATTN_TRITON_LAUNCHER", "0") == "1"
 
 
 def _int_class(a: int) -> int:
@@ -88,8 +88,8 @@ class CachedLaunch:
 
     def launch(self, grid, args: tuple, kwargs: dict) -> None:
         """Launch on the current CUDA stream of the current device."""
-        if (_FORCE_TRITON or callable(grid) or not args or not isinstance(args[0], torch.Tensor)
-                or not args[0].is_cuda):
+        if (testing.active().force_triton_launcher or callable(grid) or not args
+                or not isinstance(args[0], torch.Tensor) or not args[0].is_cuda):
             self.fn[grid](*args, **kwargs)
             return
         rt = triton.knobs.runtime

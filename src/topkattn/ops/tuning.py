@@ -149,8 +149,7 @@ class IndexTuning:
     sweeps them)."""
 
     block: int = 64  # key rows per program (H200 sweep, 2026-12-03: 64 x 2 warps fastest at B1 and B4 128k)
-    warps: int = 2
-    dot: bool = False  # heads scored by one tl.dot (fp32, IEEE) instead of a loop over heads
+    warps: int = 2  # (heads scored by one fp32 tl.dot instead of the loop: slower, deleted)
 
 
 @dataclass(frozen=True)

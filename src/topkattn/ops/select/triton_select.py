@@ -2,7 +2,7 @@
 
 Design (one row = one selection problem; n up to 1M, k up to 8192):
 1. ``_hist_kernel`` (grid rows x blocks): histogram of a monotone 8-bit "log bin" of one in
-   SELECT_SAMPLE candidate scores, sampled in runs of SELECT_SAMPLE_RUN consecutive positions
+   ``sample`` candidate scores, sampled in runs of ``sample_run`` consecutive positions
    (`row_bin`: the sign of x - c and 1/8-octave steps of |x - c| over 16 octaves, the rest
    clamped into the end bins). The frame (centre c, octave offset) is placed per row from 64
    evenly spaced candidates (`_row_frame`), so rows of any scale or common offset spread over
@@ -18,7 +18,7 @@ Design (one row = one selection problem; n up to 1M, k up to 8192):
    places the entries. The cursors end as the exact counts above and in the window.
 3. ``_finish_kernel`` (one program per row): checks the window against those exact counts
    (fewer than k above it, at least k from its bottom up, and within the buffer); radix
-   passes over the window's entries (in registers, in tiers of 512, FINISH_BLOCK or twice
+   passes over the window's entries (in registers, in tiers of 512, ``finish_block`` or twice
    that; only the bits below the entries' common prefix, 6 then 4 at a time, stopping once a
    digit settles the threshold) give the exact k-th key T and the number of ties at T still
    needed; the rare partial tie is cut at a position found by bisection / a position radix
@@ -56,7 +56,9 @@ from topkattn.errors import InputError
 from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.reference import _check
+from topkattn.ops import testing
 from topkattn.ops.topk.triton_env import INTERPRET, compute_major, num_sms
+from topkattn.ops.tuning import current
 
 # `_log_bin`: |x - c| over 16 octaves of 2^_MANT steps per sign, the octaves placed per row by
 # `_row_frame` (c and the scale come from a sample of the row), smaller and larger |x - c|
@@ -593,61 +595,30 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
     tl.store(CNT + r64, (r * 0).to(tl.int64))
 
 
-# entries per block of the scan (None: 512) and of the finish (the window's entries stay in
-# registers up to it), and the finish's warps
-SCAN_BLOCK: int | None = None
-# one-warp scan programs: their reductions and prefix sums stay in the warp (shuffles, no shared
-# memory or barriers); H200, 32 x 128k: scan 19.0 -> 16.3 us (1024 entries, 8 warps before)
-SCAN_WARPS: int | None = 2
-FINISH_BLOCK = 4096  # a sampled window holds ~3k entries at k = 2048 of 128k Gaussian scores
-FINISH_WARPS = 16
-FINISH_DIGIT_BITS = 4  # bits per radix pass of the register finish (16-bin histograms)
-# register finish tier besides 512 and FINISH_BLOCK entries: 2 * FINISH_BLOCK, compiled in when
-# 2k > FINISH_BLOCK (H100, 32x128k k=8192: 68.0 -> 46.3 us, such windows took the blocked passes;
-# compiled in at k=2048 it costs 0.5-1 us)
-FINISH_TIERS = True
-FINISH_FIRST_DIGIT_BITS: int | None = 6  # bits of its first pass (None: FINISH_DIGIT_BITS)
-# scan blocks per program, at most (1 measured fastest on the H200: more programs in flight)
-SCAN_ITERS = 1
-# the histogram pass counts every SELECT_SAMPLE-th position (1: exact counts); the window it
-# picks is then checked against the scan's exact counts (see `publish_pick`)
-SELECT_SAMPLE = 8
-# ... in runs of this many consecutive positions (128 bytes of fp32 scores: a position-strided
-# sample touches every 32-byte sector, so it reads the whole row)
-SELECT_SAMPLE_RUN = 32
-_WINDOW_SHIFT = 0  # tests: shift the window by this many bins (forces the finish's fallback)
-# blocks per histogram program, at most (programs that cover several blocks issue fewer
-# histogram atomics; kept so that ~2 programs per SM remain); also caps SCAN_ITERS
-SELECT_ITERS = 4
-
-
-# launch the selection kernels (and the decode / sparse kernels) with programmatic dependent
-# launch on Hopper and newer: each kernel's launch overlaps the end of the previous one
-# (`wait_prior`)
-USE_PDL = True
-PDL_EARLY = True  # ... and let the next kernel launch as soon as the selection kernels start
+# knobs: `topkattn.ops.tuning.SelectTuning` (read from `current().select` at each launch)
 
 
 def pdl_launch(device: torch.device) -> dict:
     """Launch options for kernels that begin with `wait_prior`: PDL on CUDA devices of compute
     capability 9.0 or newer (and not under the interpreter), else none."""
-    if not USE_PDL or not _HAS_PDL or INTERPRET or compute_major(device) < 9:
+    if not current().select.use_pdl or not _HAS_PDL or INTERPRET or compute_major(device) < 9:
         return {}
     return {"PDL": True, "launch_pdl": True}
 
 
 def pdl_early(device: torch.device) -> dict:
-    """`pdl_launch` plus EARLY (`release_next`) for kernels that take it, when PDL_EARLY."""
+    """`pdl_launch` plus EARLY (`release_next`) for kernels that take it, when
+    ``SelectTuning.pdl_early``."""
     kw = pdl_launch(device)
-    if kw and PDL_EARLY:
+    if kw and current().select.pdl_early:
         kw["EARLY"] = True
     return kw
 
 
-def _iters(programs: int, device: torch.device) -> int:
+def _iters(programs: int, device: torch.device, max_iters: int) -> int:
     sms = num_sms(device, default=4)
     it = 1
-    while it * 2 <= SELECT_ITERS and programs // (it * 2) >= 2 * sms:
+    while it * 2 <= max_iters and programs // (it * 2) >= 2 * sms:
         it *= 2
     return it
 
@@ -674,8 +645,8 @@ def select_rows(
         rows_per_len: consecutive rows sharing one length (e.g. the query heads of a sequence).
         sink, local: forced first / last visible positions of each row (appended after the
             top-k; they are not candidates).
-        block, num_warps: entries per block and warps of the finish (default FINISH_BLOCK,
-            FINISH_WARPS; bin b's entries stay in registers up to ``block``).
+        block, num_warps: entries per block and warps of the finish (default ``finish_block``,
+            ``finish_warps`` of `SelectTuning`; bin b's entries stay in registers up to ``block``).
         cap: scratch entries per row for the candidates of the threshold window (default
             max(16384, 2k, n/16)); a larger window falls back to re-reading the row.
         work: zeroed scratch from `select_workspace` (default: the device's `workspace`).
@@ -712,37 +683,38 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
     only the histogram and the scan (the cursors are then left in the workspace)."""
     R, n = scores.shape
     dev = scores.device
+    tune = current().select
     out = torch.empty(R, kout, dtype=torch.int32, device=dev)
     pdl = pdl_early(dev)
     ws = workspace_views(work, R)
     cap = min(n, max(16384, 2 * k, n // 16)) if cap is None else max(1, cap)
     buf = torch.empty(R, cap, dtype=torch.int64, device=dev)
     # enough programs to fill the GPU when there are few rows (B=1 decode)
-    smp = max(1, SELECT_SAMPLE)
+    smp = max(1, tune.sample)
     ns = triton.cdiv(n, smp)  # sampled positions per row
     hblock = 4096 if R * triton.cdiv(ns, 4096) >= 1024 else (2048 if R * triton.cdiv(ns, 2048) >= 512 else 1024)
-    hiters = _iters(R * triton.cdiv(ns, hblock), dev)
+    hiters = _iters(R * triton.cdiv(ns, hblock), dev, tune.iters)
     _hist_kernel[(R, triton.cdiv(ns, hblock * hiters))](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.hist,
-        ws.done, ws.info, _WINDOW_SHIFT, HAS_LENS=has_lens, HAS_STARTS=has_starts,
-        BLOCK=hblock, ITERS=hiters, SAMPLE=smp, RUN=SELECT_SAMPLE_RUN, num_warps=8, **pdl,
+        ws.done, ws.info, testing.active().window_shift, HAS_LENS=has_lens, HAS_STARTS=has_starts,
+        BLOCK=hblock, ITERS=hiters, SAMPLE=smp, RUN=tune.sample_run, num_warps=8, **pdl,
     )
-    sblock = SCAN_BLOCK or 512
-    siters = min(SCAN_ITERS, _iters(R * triton.cdiv(n, sblock), dev))
+    sblock = tune.scan_block or 512
+    siters = min(tune.scan_iters, _iters(R * triton.cdiv(n, sblock), dev, tune.iters))
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt,
         out, out.stride(0), buf, cap, 0, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
         ITERS=siters, FULL=not (has_lens or has_starts or sink or local),
-        num_warps=SCAN_WARPS or max(1, sblock // 128), **pdl_launch(dev),  # None: 4 per thread
+        num_warps=tune.scan_warps or max(1, sblock // 128), **pdl_launch(dev),  # None: 4 per thread
     )
     if not finish:
         return out
     _finish_kernel[(R,)](
         scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
-        kout, buf, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or FINISH_BLOCK,
-        DB=FINISH_DIGIT_BITS, DB0=FINISH_FIRST_DIGIT_BITS or FINISH_DIGIT_BITS,
-        TIERS=FINISH_TIERS and 2 * k > (block or FINISH_BLOCK),  # big windows only (see FINISH_TIERS)
-        num_warps=num_warps or FINISH_WARPS, **pdl,
+        kout, buf, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or tune.finish_block,
+        DB=tune.finish_digit_bits, DB0=tune.finish_first_digit_bits or tune.finish_digit_bits,
+        TIERS=tune.finish_tiers and 2 * k > (block or tune.finish_block),  # big windows only
+        num_warps=num_warps or tune.finish_warps, **pdl,
     )
     return out
 
@@ -750,8 +722,8 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
 def window_counts(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Diagnostics of the sampled window for rows of ``scores`` [R, n] (every position a
     candidate): int64 [R] counts of candidates above the window and in it. The fast finish
-    needs above < k <= above + in_window and in_window small (it holds up to FINISH_BLOCK
-    entries in registers, twice that with FINISH_TIERS); otherwise the row is re-read."""
+    needs above < k <= above + in_window and in_window small (it holds up to ``finish_block``
+    entries in registers, twice that with ``finish_tiers``); otherwise the row is re-read."""
     R, n = scores.shape
     scores = scores.contiguous()
     work = select_workspace(R, scores.device)

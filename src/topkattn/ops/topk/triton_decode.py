@@ -31,16 +31,10 @@ from topkattn.ops.topk.triton_sparse import (
     sparse_attention, unit_stride,
 )
 from topkattn.errors import InputError
+from topkattn.ops.tuning import current
 
 GRANULARITIES = ("query_head", "kv_group")
-DECODE_BLOCK_N = 128  # measured best at B8 128k on the H100 (0.649x vs 0.676x at 64)
-# key tiles per scores program (their histogram counts are added once), its warps and its
-# software-pipelining depth (used when TILES > 1)
-DECODE_TILES = 4  # H200 B8 128k: 0.769x SDPA vs 0.934x with 1 tile
-DECODE_SCORES_WARPS = 4
-DECODE_SCORES_STAGES = 3
-# programs of the sparse pass, per SM (index lists split finer when there are few rows)
-DECODE_SPARSE_WAVES = 2
+# knobs: `topkattn.ops.tuning.DecodeTuning` (read from `current().decode` at each launch)
 
 
 @cached_launch
@@ -109,16 +103,17 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     s_arg = S if S is not None else dummy
     sg_arg = SG if SG is not None else dummy
     lens = seq_lens if seq_lens is not None else dummy
-    _scores_kernel[(B * Hkv, triton.cdiv(n, block_n * DECODE_TILES))](
+    tune = current().decode
+    _scores_kernel[(B * Hkv, triton.cdiv(n, block_n * tune.tiles))](
         q, k, s_arg, sg_arg, lens, bt if bt is not None else dummy,
         q.stride(0), q.stride(1), *kst,
         S.stride(0) if S is not None else 0, S.stride(1) if S is not None else 0,
         SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0, sbt, ps,
         Hkv, n, G, scale,
-        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n, TILES=DECODE_TILES,
+        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n, TILES=tune.tiles,
         HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, SU=su,
-        num_warps=DECODE_SCORES_WARPS, num_stages=DECODE_SCORES_STAGES, **pdl_launch(q.device),
+        num_warps=tune.scores_warps, num_stages=tune.scores_stages, **pdl_launch(q.device),
     )
     return S, SG
 
@@ -193,13 +188,14 @@ def topk_decode(
     # kv_group: the per-head scores are not stored; the sparse pass re-gathers the selected K
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.
-    S, SG = decode_scores(q, k, scale, lens, group, block_n=DECODE_BLOCK_N, write_s=not group,
+    tune = current().decode
+    S, SG = decode_scores(q, k, scale, lens, group, block_n=tune.block_n, write_s=not group,
                           block_table=block_table)
     sel_scores = SG if group else S
     idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work, starts=starts)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
-    splits = max(1, min(DECODE_SPARSE_WAVES * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
+    splits = max(1, min(tune.sparse_waves * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
     return sparse_attention(q, k, v, idx, causal=True, scale=scale, seq_lens=lens,
                             return_lse=return_lse, assume_unique=True,
                             scores=None if group else S, splits=splits,

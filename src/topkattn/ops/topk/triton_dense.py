@@ -26,12 +26,9 @@ from topkattn.ops.topk.triton_sparse import (
     scale_strides, unit_stride,
 )
 from topkattn.errors import InputError
+from topkattn.ops.tuning import current
 
-DENSE_BLOCK_N = 64
-DENSE_WARPS = 4
-DENSE_STAGES = 3  # software-pipelining depth of the key loop
-# programs per SM the key range is split over (fewer when the range is short)
-DENSE_WAVES = 2
+# knobs: `topkattn.ops.tuning.DenseTuning` (read from `current().dense` at each launch)
 
 
 @cached_launch
@@ -92,9 +89,9 @@ def _range_decode_kernel(
 
 def range_splits(rows: int, device: torch.device) -> int:
     """Chunks the key range of each of ``rows`` (sequence, KV head) programs is split over:
-    enough programs for DENSE_WAVES per SM, at most 64. Independent of the cache length, so
+    enough programs for ``DenseTuning.waves`` per SM, at most 64. Independent of the cache length, so
     a growing cache never recompiles (chunks past a sequence's range exit at once)."""
-    return max(1, min(DENSE_WAVES * _num_sms(device) // max(rows, 1), 64))
+    return max(1, min(current().dense.waves * _num_sms(device) // max(rows, 1), 64))
 
 
 def range_decode(
@@ -132,8 +129,9 @@ def range_decode(
     q, k, v = unit_stride(q, k, v)
     starts, ends = starts.contiguous(), ends.contiguous()
     su, kvst = row_unit_strides(D, *k.stride()[:3], *v.stride()[:3])
+    tune = current().dense
     splits = range_splits(B * Hkv, q.device)
-    chunk = triton.cdiv(triton.cdiv(max(n, 1), splits), DENSE_BLOCK_N) * DENSE_BLOCK_N
+    chunk = triton.cdiv(triton.cdiv(max(n, 1), splits), tune.block_n) * tune.block_n
     out = torch.empty(B, Hq, 1, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, 1, dtype=torch.float32, device=q.device)
     if splits > 1:
@@ -145,9 +143,9 @@ def range_decode(
     _range_decode_kernel[(B * Hkv, splits)](
         q, k, v, starts, ends, out, lse, pm, pl, pacc,
         q.stride(0), q.stride(1), *kvst, Hkv, n, G, chunk, scale,
-        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK=DENSE_BLOCK_N, SPLITS=splits,
-        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, SU=su, num_warps=DENSE_WARPS,
-        num_stages=DENSE_STAGES, **pdl_launch(q.device),
+        GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK=tune.block_n, SPLITS=splits,
+        IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, SU=su, num_warps=tune.warps,
+        num_stages=tune.stages, **pdl_launch(q.device),
     )
     if splits > 1:
         _combine_kernel[(B * Hq,)](

@@ -19,17 +19,16 @@ from topkattn.errors import InputError
 from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.topk.triton_env import kernels_run_on
+from topkattn.ops.tuning import current
 
-INDEX_BLOCK = 64  # key rows per program (H200 sweep, 2026-12-03: 64 x 2 warps fastest at B1 and B4 128k)
-INDEX_WARPS = 2
-INDEX_DOT = False  # heads scored by one tl.dot (fp32, IEEE) instead of a loop over heads
+# knobs: `topkattn.ops.tuning.IndexTuning` (read from `current().index` at each launch)
 
 
 @cached_launch
 @triton.jit(do_not_specialize=["cap", "skb"])
 def _index_scores_kernel(KEYS, Q, W, OUT, STARTS, ENDS, cap, skb,
                          H: tl.constexpr, HP: tl.constexpr, DI: tl.constexpr,
-                         BLOCK: tl.constexpr, DOT: tl.constexpr = False):
+                         BLOCK: tl.constexpr):
     """OUT[b, s] for one block of s of sequence b = program_id(1); keys rows of DI fp32
     (row stride DI, batch stride skb); Q [B, H, DI], W [B, H], OUT [B, cap] contiguous."""
     b = tl.program_id(1)
@@ -47,15 +46,11 @@ def _index_scores_kernel(KEYS, Q, W, OUT, STARTS, ENDS, cap, skb,
         q = tl.load(Q + b64 * (H * DI) + h[:, None] * DI + d[None, :], mask=h[:, None] < H,
                     other=0.0).to(tl.float32)  # [HP, DI]
         w = tl.load(W + b64 * H + h, mask=h < H, other=0.0).to(tl.float32)  # [HP]
-        if DOT:  # HP >= 16: [BLOCK, DI] x [DI, HP]
-            sh = tl.dot(kt, tl.trans(q), input_precision="ieee")
-            acc = tl.sum(tl.maximum(sh, 0.0) * w[None, :], 1)
-        else:
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for j in tl.static_range(H):
-                qj = tl.sum(tl.where(h[:, None] == j, q, 0.0), 0)  # [DI]
-                wj = tl.sum(tl.where(h == j, w, 0.0), 0)
-                acc += wj * tl.maximum(tl.sum(kt * qj[None, :], 1), 0.0)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for j in tl.static_range(H):
+            qj = tl.sum(tl.where(h[:, None] == j, q, 0.0), 0)  # [DI]
+            wj = tl.sum(tl.where(h == j, w, 0.0), 0)
+            acc += wj * tl.maximum(tl.sum(kt * qj[None, :], 1), 0.0)
         tl.store(OUT + b64 * cap + s, acc, mask=m)
 
 
@@ -66,13 +61,13 @@ def index_scores_reference(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor)
 
 
 def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, starts: torch.Tensor,
-                 ends: torch.Tensor, block: int | None = None, warps: int | None = None,
-                 dot: bool | None = None) -> torch.Tensor:
+                 ends: torch.Tensor, block: int | None = None,
+                 warps: int | None = None) -> torch.Tensor:
     """Index scores fp32 [B, cap] of q [B, H, d], w [B, H] over keys [B, cap, d] (last dim
     contiguous), written at positions [starts[b], ends[b]) only (int32 [B] on the device).
     The Triton kernel where it runs, else the reference (every position written).
-    ``block``, ``warps``, ``dot``: the kernel's tiling (default INDEX_BLOCK, INDEX_WARPS,
-    INDEX_DOT; `scripts/device_index_tiles.py` sweeps them)."""
+    ``block``, ``warps``: the kernel's tiling (default: `IndexTuning` in force;
+    `scripts/device_index_tiles.py` sweeps them)."""
     B, cap, d = keys.shape
     if q.dim() != 3 or q.shape[0] != B or q.shape[2] != d or w.shape != q.shape[:2]:
         raise InputError(f"index scores need q [B={B}, H, d={d}] and w [B, H]; got "
@@ -84,11 +79,11 @@ def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, starts: t
     q, w = q.float().contiguous(), w.float().contiguous()
     out = torch.empty(B, cap, dtype=torch.float32, device=keys.device)
     H = q.shape[1]
-    block = block or INDEX_BLOCK
-    dot = INDEX_DOT if dot is None else dot
-    hp = max(16 if dot else 2, triton.next_power_of_2(H))
+    tune = current().index
+    block = block or tune.block
+    hp = max(2, triton.next_power_of_2(H))
     _index_scores_kernel[(triton.cdiv(cap, block), B)](
         keys, q, w, out, starts, ends, cap, keys.stride(0),
-        H=H, HP=hp, DI=d, BLOCK=block, DOT=dot, num_warps=warps or INDEX_WARPS,
+        H=H, HP=hp, DI=d, BLOCK=block, num_warps=warps or tune.warps,
     )
     return out
