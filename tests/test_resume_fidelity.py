@@ -158,3 +158,38 @@ def test_cli_ctrl_c_prints_one_line_and_exits_130(tiny, tmp_path, monkeypatch, c
     calls = _counting(monkeypatch)
     code, out, err = run_main(monkeypatch, capsys, *args)
     assert code == 0 and len(calls) == N - 1, err
+
+
+def test_sigkill_mid_run_then_resume(tiny, tmp_path, monkeypatch):
+    """A real kill (the one subprocess test of this file): ``topkattn fidelity`` in a child
+    process is SIGKILLed once its first sample is on disk; the rerun (in process) measures only
+    the samples not written, and the file holds each sample once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d, m, tok = tiny
+    n = 4
+    rec = tmp_path / F.SAMPLES_FILE
+    args = ["fidelity", "--model", d, "--task", "passkey", "--length", "300", "--samples",
+            str(n), "--steps", "2", "--selector", "exact,window", "--k", "8", "--device", "cpu",
+            "--quiet", "--out", str(tmp_path)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.Popen([sys.executable, "-c", "import topkattn.cli as c; c.main()", *args],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (rec.exists() and rec.read_text().count("\n") >= 1) and child.poll() is None:
+        assert time.time() - t0 < 60, "the child wrote no sample in 60 s"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    before = [r["sample"] for r in _lines(rec)] if rec.read_text().endswith("\n") else None
+    calls = _counting(monkeypatch)
+    res = F.run_fidelity(m, tok, _cfg(tmp_path, samples=n))
+    after = [r["sample"] for r in _lines(rec)]
+    assert after == list(range(n))  # each sample once, in order
+    if before is not None:
+        assert len(calls) == n - len(before)
+    assert res.fidelity["exact"]["precision"] == pytest.approx(1.0)
