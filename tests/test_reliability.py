@@ -472,14 +472,16 @@ def test_prefill_kernel_nan_policy_matches_the_reference(case, granularity, topk
     """The Triton prefill path (interpreter on CPU) gives NaN exactly in the rows the reference
     does: a NaN query's row, and every row that sees a NaN key (the kernel's threshold skips
     NaN scores; the wrapper writes those rows). Not covered, and different from the reference:
-    with kv_group, a NaN query changes the other heads' selection of its group; an inf key
-    whose scores have mixed signs (a NaN group sum); NaN/inf values of keys outside the
-    selection (0 * NaN in the kernel)."""
+    with kv_group, a NaN query makes the kernel return zeros in the other heads of its group at
+    that position (the group's summed scores are all NaN, no key passes the threshold; the
+    reference's set is then arbitrary, SDPA's row is finite); an inf key whose scores have
+    mixed signs (a NaN group sum); NaN/inf values of keys outside the selection (0 * NaN in
+    the kernel) and inf values (NaN in the kernel, inf in the reference)."""
     from topkattn.ops.topk import topk_attention
     from topkattn.ops.topk.naive import topk_attention_reference
 
     if case == "nan-query" and granularity == "kv_group":
-        pytest.skip("kv_group: a NaN query changes its group's selection (documented above)")
+        pytest.skip("kv_group: a NaN query zeroes its group's other heads there (see above)")
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, h, 16, 16, generator=g) for h in (2, 1, 1))
     q, k, v = KERNEL_NAN_CASES[case](q, k, v)
