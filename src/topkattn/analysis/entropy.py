@@ -312,7 +312,7 @@ def measure(model, tokenizer, cfg: EntropyConfig, progress: bool = True,
     """
     from rich.progress import Progress
 
-    from topkattn.analysis.resume import RunInterrupted, append_record, read_records
+    from topkattn.analysis.resume import RunInterrupted, append_record
     from topkattn.tasks import get_task
 
     task = get_task(cfg.task)
