@@ -109,3 +109,32 @@ def test_module_main_runs_lm_eval_cli_with_the_model(setup, monkeypatch, capsys)
               "--limit", "2"])
     out = capsys.readouterr().out
     assert "topkattn" in out and "topk_tiny_mc" in out and "acc" in out
+
+
+def test_pretrained_default_loads_through_load_model(setup, monkeypatch):
+    """``pretrained=default`` goes through `topkattn.models.load_model` (here returning the tiny
+    model, so no GGUF is read) and HFLM takes that model and its tokenizer as they are."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import topkattn.models
+
+    model_dir, _ = setup
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    calls = []
+
+    def fake_load(name, dtype=None, device=None):
+        calls.append((name, dtype, device))
+        return model, tok
+
+    monkeypatch.setattr(topkattn.models, "load_model", fake_load)
+    lm = get_model("topkattn").create_from_arg_obj(
+        {"pretrained": "default", "k": 4, "dtype": "float32"}, {"device": "cpu"})
+    assert calls == [("default", torch.float32, "cpu")]
+    assert lm.model is model and lm.tokenizer is tok
+    (ll, _), = lm._loglikelihood_tokens(
+        [(("", "ab"), tok.encode("hello"), tok.encode(" world"))], disable_tqdm=True)
+    assert ll < 0 and lm.topk_calls["sparse"] > 0
+    info = lm.get_model_info()
+    assert info["topk_pretrained"] == "default" and info["topk_config"]["k"] == 4

@@ -162,14 +162,14 @@ class TopKLM(HFLM):
     def _load_embedded(name: str, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """(model, HFLM keyword arguments with its tokenizer) of `load_model` (GGUF)."""
         import torch
-        from lm_eval.models.utils import get_dtype
+        from lm_eval.models.huggingface import get_dtype
 
         from topkattn.models import load_model
 
         dtype = kwargs.pop("dtype", None)
         device = kwargs.pop("device", None)
-        if device in (None, "cuda") and not torch.cuda.is_available():
-            device = None  # HFLM's default "cuda": on a CPU machine use the CPU
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = None  # lm-eval's default "cuda"/"cuda:0" on a CPU machine: the CPU, as HFLM
         model, tokenizer = load_model(
             name, dtype=None if dtype in (None, "auto") else get_dtype(dtype), device=device)
         if kwargs.get("tokenizer") is None:
