@@ -49,10 +49,10 @@ def setup(tmp_path_factory):
     return str(model_dir), str(tasks)
 
 
-def _run(model, model_args, tasks_dir):
+def _run(model, model_args, tasks_dir, batch_size=3):
     out = lm_eval.simple_evaluate(
         model=model, model_args=model_args, tasks=["topk_tiny_mc", "topk_tiny_gen"],
-        batch_size=3, device="cpu", log_samples=True, task_manager=TaskManager(
+        batch_size=batch_size, device="cpu", log_samples=True, task_manager=TaskManager(
             include_path=tasks_dir, include_defaults=False))
     return {t: [(s["doc_id"], s["resps"]) for s in sorted(samples, key=lambda s: s["doc_id"])]
             for t, samples in out["samples"].items()}, out
@@ -87,6 +87,17 @@ def test_full_k_equals_dense_hf_and_small_k_is_sparse(setup, monkeypatch):
     assert [d for d, _ in sparse["topk_tiny_gen"]] == list(range(len(GEN)))
 
 
+def test_batched_equals_unbatched_with_exact_topk(setup):
+    """Padded batches (right-padded loglikelihood, left-padded generation) under exact Top-k
+    give each sample what it gets alone."""
+    model_dir, tasks_dir = setup
+    args = f"pretrained={model_dir},k=4,selector=exact"
+    one, _ = _run("topkattn", args, tasks_dir, batch_size=1)
+    batched, _ = _run("topkattn", args, tasks_dir, batch_size=3)
+    assert batched == one
+    assert len(one["topk_tiny_mc"]) == len(MC) and len(one["topk_tiny_gen"]) == len(GEN)
+
+
 @pytest.mark.parametrize("args, named", [
     ("k=0", "k=0"), ("k=lots", "'lots'"), ("selector=nope", "'nope'"),
     ("granularity=row", "'row'"), ("dense_layers=a", "'a'"), ("topk_beckend=auto", "topk_beckend"),
@@ -103,12 +114,18 @@ def test_bad_model_args_fail_in_one_line_before_loading(args, named, monkeypatch
 
 def test_module_main_runs_lm_eval_cli_with_the_model(setup, monkeypatch, capsys):
     model_dir, tasks_dir = setup
+    seen = []
+    real = lem.sparsify
+    monkeypatch.setattr(lem, "sparsify", lambda model, cfg: seen.append(cfg) or real(model, cfg))
     monkeypatch.setattr(sys, "argv", ["lm_eval"])
-    lem.main(["--model", "topkattn", "--model_args", f"pretrained={model_dir},k=8",
+    # a comma inside a value, quoted as lm-eval's command line wants it
+    lem.main(["--model", "topkattn", "--model_args",
+              f'pretrained={model_dir},k=8,selector="quest:page_size=4",phases="prefill,decode"',
               "--tasks", "topk_tiny_mc", "--include_path", tasks_dir, "--device", "cpu",
               "--limit", "2"])
     out = capsys.readouterr().out
     assert "topkattn" in out and "topk_tiny_mc" in out and "acc" in out
+    assert seen and seen[0].phases == ("prefill", "decode") and seen[0].selector.page_size == 4
 
 
 def test_pretrained_default_loads_through_load_model(setup, monkeypatch):
