@@ -112,17 +112,17 @@ def build_topk_config(k: Any = TOPK_ARGS["k"], selector: Any = TOPK_ARGS["select
     parsers); raises `ModelArgsError` naming the bad value."""
     try:
         return topk_config(
-            "full" if k is None else _text(k), sink=_int(sink, "sink"),
-            local=_int(local, "local"), granularity=granularity,
+            "full" if k is None else _text(k), sink=_int(sink),
+            local=_int(local), granularity=granularity,
             selector=None if selector is None else _text(selector),
             dense_layers=_text(dense_layers).replace(";", ","),
-            min_context=_int(min_context, "min_context"), backend=topk_backend,
+            min_context=_int(min_context), backend=topk_backend,
             phases=_text(phases).replace(";", ","))
     except InputError as e:
         raise ModelArgsError(f"topkattn model_args: {e}") from None
 
 
-def _int(value: Any, name: str) -> Any:
+def _int(value: Any) -> Any:
     """``"2"`` -> 2 (a JSON or quoted value); anything else is left for `TopKConfig` to check."""
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
