@@ -9,6 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.ops.compare import dev
+
 import topkattn.ops.select.triton_select as ts
 from topkattn.ops.tuning import DEFAULT, tuned
 from topkattn.ops.topk.naive import forced_mask, select_topk_mask
@@ -41,7 +43,8 @@ def _device() -> str:
 WORK = ts.select_workspace(8, torch.device(_device()))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# fewer examples under the CPU interpreter (each is a few seconds there; the GPU run keeps 60)
+@settings(max_examples=25 if dev() == "cpu" else 60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     R2=st.integers(1, 4), n=st.integers(1, 2500), kfrac=st.floats(0.0, 1.2), dist=st.sampled_from(DISTS),
     sink=st.integers(0, 5), local=st.integers(0, 5), use_lens=st.booleans(), use_starts=st.booleans(),
