@@ -19,26 +19,11 @@ from topkattn.ops.topk.triton_decode import decode_scores, topk_decode
 from topkattn.ops.topk.triton_dense import range_decode
 import topkattn.ops.topk.custom_ops  # noqa: F401  (registers torch.ops.topkattn)
 from topkattn.ops import testing
+from topkattn.bench.common import host_us
 
 _ab = contextlib.ExitStack()  # held open for the whole script
 if "--triton-launcher" in sys.argv:
     _ab.enter_context(testing.inject(force_triton_launcher=True))
-
-
-def host_us(fn, n=100, repeats=5):
-    """Best of ``repeats`` means over ``n`` calls of the host time per call (synchronised
-    between repeats, so the GPU queue never fills)."""
-    best = float("inf")
-    for _ in range(repeats):
-        for _ in range(5):
-            fn()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t) * 1e6 / n)
-        torch.cuda.synchronize()
-    return best
 
 
 @triton.jit(do_not_specialize=["n"])

@@ -10,7 +10,7 @@ import pytest
 from topkattn.errors import InputError, MissingFileError
 from topkattn.evaluation import EvalConfig, EvalInterrupted, read_results, report_only, run_eval
 from topkattn.evaluation.records import ResultsWarning, repair_tail
-from topkattn.generation import greedy_decode as _REAL_DECODE
+from tests.evaluation.decode_counter import count_decodes
 
 VOLATILE = ("seconds", "prefill_seconds")  # wall times differ between runs
 
@@ -23,20 +23,7 @@ def _cfg(out, **kw):
 
 
 def _decodes(monkeypatch, fail_after=None):
-    """Count greedy decodes (one per result line); raise KeyboardInterrupt after
-    ``fail_after`` of them, as Ctrl-C would."""
-    import topkattn.generation as G
-
-    calls = []
-
-    def counted(*a, **k):
-        if fail_after is not None and len(calls) >= fail_after:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return _REAL_DECODE(*a, **k)
-
-    monkeypatch.setattr(G, "greedy_decode", counted)
-    return calls
+    return count_decodes(monkeypatch, fail_after)
 
 
 def _stable(rows):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from topkattn.errors import InputError
-from topkattn.generation import greedy_decode as _REAL_DECODE
+from tests.evaluation.decode_counter import count_decodes
 from topkattn.evaluation import (EvalConfig, EvalInterrupted, Shard, read_folder, read_results,
                                  report_only, run_eval)
 
@@ -26,19 +26,7 @@ def _report(folder):
 
 
 def _count_decodes(monkeypatch, fail_after=None):
-    import topkattn.generation as G
-
-    calls = []
-    real = _REAL_DECODE
-
-    def counted(*a, **k):
-        if fail_after is not None and len(calls) >= fail_after:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(G, "greedy_decode", counted)
-    return calls
+    return count_decodes(monkeypatch, fail_after)
 
 
 def test_parse_and_env(monkeypatch):
