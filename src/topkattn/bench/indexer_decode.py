@@ -63,9 +63,9 @@ def index_scores_torch(qi: torch.Tensor, w: torch.Tensor, ki: torch.Tensor) -> t
 def index_scores(qi: torch.Tensor, w: torch.Tensor, ki: torch.Tensor,
                  block: int = 128) -> torch.Tensor:
     """Fused index scores (Triton on CUDA or under TRITON_INTERPRET; torch otherwise)."""
-    import os
+    from topkattn.ops.topk.triton_env import kernels_run_on
 
-    if not HAVE_TRITON or not (ki.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not HAVE_TRITON or not kernels_run_on(ki):
         return index_scores_torch(qi, w, ki)
     B, L, d = ki.shape
     H = qi.shape[1]

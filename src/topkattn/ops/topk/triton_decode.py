@@ -26,8 +26,9 @@ import triton.language as tl
 from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import _row_range, pdl_launch, select_rows, wait_prior, workspace
+from topkattn.ops.topk.triton_env import num_sms
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, _num_sms, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
+    INTERPRET, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
     sparse_attention, unit_stride,
 )
 from topkattn.errors import InputError
@@ -195,7 +196,7 @@ def topk_decode(
     idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work, starts=starts)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
-    splits = max(1, min(tune.sparse_waves * _num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
+    splits = max(1, min(tune.sparse_waves * num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
     return sparse_attention(q, k, v, idx, causal=True, scale=scale, seq_lens=lens,
                             return_lse=return_lse, assume_unique=True,
                             scores=None if group else S, splits=splits,

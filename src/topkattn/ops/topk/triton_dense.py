@@ -21,8 +21,9 @@ import triton.language as tl
 from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import pdl_launch, wait_prior
+from topkattn.ops.topk.triton_env import num_sms
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, _combine_kernel, _num_sms, check_qkv, mm, online_softmax_step, row_unit_strides,
+    INTERPRET, _combine_kernel, check_qkv, mm, online_softmax_step, row_unit_strides,
     scale_strides, unit_stride,
 )
 from topkattn.errors import InputError
@@ -91,7 +92,7 @@ def range_splits(rows: int, device: torch.device) -> int:
     """Chunks the key range of each of ``rows`` (sequence, KV head) programs is split over:
     enough programs for ``DenseTuning.waves`` per SM, at most 64. Independent of the cache length, so
     a growing cache never recompiles (chunks past a sequence's range exit at once)."""
-    return max(1, min(current().dense.waves * _num_sms(device) // max(rows, 1), 64))
+    return max(1, min(current().dense.waves * num_sms(device) // max(rows, 1), 64))
 
 
 def range_decode(

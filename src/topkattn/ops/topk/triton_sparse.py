@@ -22,7 +22,7 @@ from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.errors import InputError
 from topkattn.ops.select.triton_select import pdl_launch, wait_prior
 # INTERPRET: the CPU interpreter mis-computes tl.dot on bf16 operands, so `mm` upcasts under it
-from topkattn.ops.topk.triton_env import INTERPRET, num_sms as _num_sms  # noqa: F401 (re-exported)
+from topkattn.ops.topk.triton_env import INTERPRET, num_sms
 
 
 @triton.jit
@@ -339,7 +339,7 @@ def sparse_attention(
     nidx = indices.shape[-1]
     rows = B * Hi * Lq
     if splits is None:
-        want = max(1, (2 * _num_sms(q.device)) // max(rows, 1))
+        want = max(1, (2 * num_sms(q.device)) // max(rows, 1))
         splits = max(1, min(want, triton.cdiv(nidx, block), 64))
     chunk = triton.cdiv(triton.cdiv(nidx, splits), block) * block
     splits = max(1, triton.cdiv(nidx, chunk))
