@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from topkattn.tasks.stats import wilson_interval
+
 if TYPE_CHECKING:
     from topkattn.evaluation.runner import EvalConfig
 
@@ -163,21 +165,28 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
         ax = axes[i // ncol][i % ncol]
         for j, length in enumerate(lengths):
             col = colors[j % len(colors)]
-            ys = [by[(task, length, k)].accuracy if (task, length, k) in by else float("nan")
-                  for k in sparse]
+            pts = [by.get((task, length, k)) for k in sparse]
+            ys = [c.accuracy if c is not None else float("nan") for c in pts]
             if sparse:
-                # small horizontal offsets keep equal values of different lengths visible
+                # 95% Wilson intervals as error bars; small horizontal offsets keep equal
+                # values of different lengths visible
+                ci = [wilson_interval(c.score_sum, c.n) if c is not None else (math.nan, math.nan)
+                      for c in pts]
+                err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, ci)],  # rounding: never < 0
+                       [max(0.0, hi - y) for y, (_, hi) in zip(ys, ci)]]
                 off = (j - (len(lengths) - 1) / 2) * 0.06
-                ax.plot([xi + off for xi in x], ys, marker="osD^v"[j % 5], color=col,
-                        label=f"{length} tok")
+                ax.errorbar([xi + off for xi in x], ys, yerr=err, marker="osD^v"[j % 5], color=col,
+                            capsize=3, label=f"{length} tok")
             full = by.get((task, length, "full"))
             if full is not None:
                 ax.axhline(full.accuracy, color=col, linestyle="--", linewidth=1,
                            label=f"{length} full" if not sparse else None)
+                lo, hi = wilson_interval(full.score_sum, full.n)
+                ax.axhspan(lo, hi, color=col, alpha=0.08, linewidth=0)
         ax.set_title(task)
         ax.set_xticks(x, [f"k={k}" for k in sparse])
         ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("Top-k decoding (dashed: full attention)")
+        ax.set_xlabel("Top-k decoding (dashed, band: full attention)")
         if i % ncol == 0:
             ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
