@@ -15,6 +15,15 @@ def pyplot():
     return plt
 
 
+def interval_yerr(values, intervals) -> list[list[float]]:
+    """matplotlib's ``yerr`` [[below...], [above...]] of ``values`` and their intervals
+    ``(lo, hi)`` (None: no bar); never negative (an interval computed apart from its value
+    may miss it by a rounding error, which matplotlib rejects)."""
+    pairs = [(0.0, 0.0) if ci is None else (max(0.0, y - ci[0]), max(0.0, ci[1] - y))
+             for y, ci in zip(values, intervals)]
+    return [[b for b, _ in pairs], [a for _, a in pairs]]
+
+
 def save_figure(fig, path, dpi: int = 110) -> Path:
     """Lay out, write (parent folders created) and close ``fig``; returns the path."""
     path = Path(path)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from topkattn.analysis.plots import interval_yerr
 from topkattn.tasks.stats import wilson_interval
 
 if TYPE_CHECKING:
@@ -170,10 +171,8 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
             if sparse:
                 # 95% Wilson intervals as error bars; small horizontal offsets keep equal
                 # values of different lengths visible
-                ci = [wilson_interval(c.score_sum, c.n) if c is not None else (math.nan, math.nan)
-                      for c in pts]
-                err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, ci)],  # rounding: never < 0
-                       [max(0.0, hi - y) for y, (_, hi) in zip(ys, ci)]]
+                err = interval_yerr(ys, [wilson_interval(c.score_sum, c.n) if c is not None
+                                         else None for c in pts])
                 off = (j - (len(lengths) - 1) / 2) * 0.06
                 ax.errorbar([xi + off for xi in x], ys, yerr=err, marker="osD^v"[j % 5], color=col,
                             capsize=3, label=f"{length} tok")

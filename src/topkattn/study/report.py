@@ -227,7 +227,7 @@ def _plt():
 
 
 def plot_claim1(a: dict, path: Path) -> Path:
-    from topkattn.analysis.plots import save_figure
+    from topkattn.analysis.plots import interval_yerr, save_figure
 
     plt = _plt()
     tasks = list(dict.fromkeys(c["task"] for c in a["cells"]))
@@ -242,10 +242,9 @@ def plot_claim1(a: dict, path: Path) -> Path:
             cs = {c["k"]: c for c in a["cells"] if c["task"] == task and c["length"] == L}
             xs = [x + (j - (len(lengths) - 1) / 2) * 0.08 for x in range(len(ks))]
             ys = [cs[k]["topk"]["accuracy"] if k in cs else float("nan") for k in ks]
-            lo = [y - cs[k]["topk"]["ci95"][0] if k in cs else 0 for k, y in zip(ks, ys)]
-            hi = [cs[k]["topk"]["ci95"][1] - y if k in cs else 0 for k, y in zip(ks, ys)]
+            err = interval_yerr(ys, [cs[k]["topk"]["ci95"] if k in cs else None for k in ks])
             col = colors[j % len(colors)]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", color=col, capsize=3,
+            ax.errorbar(xs, ys, yerr=err, marker="o", color=col, capsize=3,
                         label=f"{L} tok")
             full = next(iter(cs.values()))["full"]["accuracy"] if cs else None
             if full is not None:
@@ -262,7 +261,7 @@ def plot_claim1(a: dict, path: Path) -> Path:
 
 
 def plot_claim2(a: dict, path: Path) -> Path:
-    from topkattn.analysis.plots import save_figure
+    from topkattn.analysis.plots import interval_yerr, save_figure
 
     plt = _plt()
     rows = [r for r in a.get("accuracy", []) if r["length"] != "all"]
@@ -278,8 +277,7 @@ def plot_claim2(a: dict, path: Path) -> Path:
             by = {r["k"]: r for r in rows if r["group"] == g and r["length"] == L}
             xs = [x + (j - 1) * w for x in range(len(ks))]
             ys = [by[k]["accuracy"] if k in by else 0 for k in ks]
-            err = [[y - by[k]["ci95"][0] if k in by else 0 for k, y in zip(ks, ys)],
-                   [by[k]["ci95"][1] - y if k in by else 0 for k, y in zip(ks, ys)]]
+            err = interval_yerr(ys, [by[k]["ci95"] if k in by else None for k in ks])
             ax.bar(xs, ys, width=w, yerr=err, capsize=2, label=g.replace("_", " "))
         ax.set_xticks(range(len(ks)), [f"k={k}" for k in ks])
         inside = "inside" if L <= a.get("train_length", 0) else "beyond"
