@@ -462,30 +462,93 @@ KERNEL_NAN_CASES = {
     "nan-key-first": lambda q, k, v: (q, _set(k, (0, 0, 0, 3), NAN), v),
     "nan-key-middle": lambda q, k, v: (q, _set(k, (0, 0, 7, 3), NAN), v),
     "inf-key-first": lambda q, k, v: (q.abs(), _set(k, (0, 0, 0), INF), v),
+    # scores +inf or -inf by the sign of q[..., 0]: a NaN group sum where the two heads differ
+    "mixed-inf-key": lambda q, k, v: (q, _set(k, (0, 0, 3, 0), INF), v),
+    # head 0's scores against key 3 are 0 * inf = NaN
+    "inf-times-zero": lambda q, k, v: (_set(q, (0, 0, slice(None), 0), 0.0),
+                                       _set(k, (0, 0, 3, 0), INF), v),
+    # values: rows that select key 9 (12) get NaN (+/-inf) in that column, the others nothing
+    "nan-value": lambda q, k, v: (q, k, _set(v, (0, 0, 9, 1), NAN)),
+    "inf-values": lambda q, k, v: (q, k, _set(_set(v, (0, 0, 9, 2), INF), (0, 0, 12, 2), -INF)),
 }
+VALUE_CASES = ("nan-value", "inf-values")
+
+
+def _kernel_qkv():
+    g = torch.Generator().manual_seed(3)
+    return tuple(torch.randn(1, h, 16, 16, generator=g) for h in (2, 1, 1))
+
+
+def _kernel_case(case, grad=False):
+    return tuple(t.requires_grad_(grad) for t in KERNEL_NAN_CASES[case](*_kernel_qkv()))
 
 
 @pytest.mark.parametrize("topk", [4, 100])
 @pytest.mark.parametrize("granularity", ["query_head", "kv_group"])
 @pytest.mark.parametrize("case", sorted(KERNEL_NAN_CASES))
 def test_prefill_kernel_nan_policy_matches_the_reference(case, granularity, topk):
-    """The Triton prefill path (interpreter on CPU) gives NaN exactly in the rows the reference
-    does: a NaN query's row, and every row that sees a NaN key (the kernel's threshold skips
-    NaN scores; the wrapper writes those rows). Not covered, and different from the reference:
-    with kv_group, a NaN query makes the kernel return zeros in the other heads of its group at
-    that position (the group's summed scores are all NaN, no key passes the threshold; the
-    reference's set is then arbitrary, SDPA's row is finite); an inf key whose scores have
-    mixed signs (a NaN group sum); NaN/inf values of keys outside the selection (0 * NaN in
-    the kernel) and inf values (NaN in the kernel, inf in the reference)."""
+    """The Triton prefill path (interpreter on CPU) gives the reference's output and lse on
+    poisoned inputs, NaN and inf exactly where it does: a NaN or +inf score is selected (with
+    kv_group a NaN group sum ranks first, so a NaN query leaves the other heads of its group
+    the reference's set, the lowest positions); a value outside the selection takes no part
+    (no 0 * NaN), a selected one poisons its output column only."""
     from topkattn.ops.topk import topk_attention
     from topkattn.ops.topk.naive import topk_attention_reference
 
-    if case == "nan-query" and granularity == "kv_group":
-        pytest.skip("kv_group: a NaN query zeroes its group's other heads there (see above)")
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, h, 16, 16, generator=g) for h in (2, 1, 1))
-    q, k, v = KERNEL_NAN_CASES[case](q, k, v)
-    want = topk_attention_reference(q, k, v, topk, granularity=granularity)
-    got = topk_attention(q, k, v, topk, granularity=granularity, backend="triton")
-    assert want.isnan().any()  # the case poisons something
+    q, k, v = _kernel_case(case)
+    want, wlse = topk_attention_reference(q, k, v, topk, granularity=granularity,
+                                          return_lse=True)
+    got, lse = topk_attention(q, k, v, topk, granularity=granularity, backend="triton",
+                              return_lse=True)
+    assert not torch.isfinite(want).all()  # the case poisons something
     torch.testing.assert_close(got, want, equal_nan=True)
+    torch.testing.assert_close(lse, wlse, equal_nan=True)
+
+
+def test_prefill_kernel_unselected_values_take_no_part():
+    """Rows that see the poisoned values but did not select them are finite and equal to the
+    output with clean values (the kernel's p @ V used to give 0 * NaN = NaN there)."""
+    from topkattn.ops.topk import topk_attention
+    from topkattn.ops.topk.naive import topk_selection_mask
+
+    for case in VALUE_CASES:
+        q, k, v = _kernel_case(case)
+        clean = _kernel_qkv()[2]
+        sel = topk_selection_mask(q, k, 4)[0, :, :, [9, 12]].any(-1)  # [Hq, Lq]
+        sees = torch.arange(16) >= 9
+        skipped = ~sel & sees
+        assert skipped.any()
+        got = topk_attention(q, k, v, 4, backend="triton")[0]
+        want = topk_attention(q, k, clean, 4, backend="triton")[0]
+        torch.testing.assert_close(got[skipped], want[skipped])
+        assert not torch.isfinite(got[sel]).all()
+
+
+@pytest.mark.parametrize("granularity", ["query_head", "kv_group"])
+@pytest.mark.parametrize("case", sorted(set(KERNEL_NAN_CASES) - {"nan-key-first", "inf-key-first"}))
+def test_prefill_kernel_gradients_on_poisoned_inputs(case, granularity):  # (some row finite)
+    """Training path: the forward agrees with the reference under autograd, and the gradients
+    of a loss over the reference's finite outputs agree wherever both are finite; with poisoned
+    values (the output finite apart from the columns that took them) every gradient is finite
+    and equal. (Where a NaN / +inf score makes a row NaN, autograd's 0 * NaN spreads NaN
+    through the reference's gradients in its own pattern; that pattern is not reproduced.)"""
+    from topkattn.ops.topk import topk_attention
+
+    w = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(5))
+    outs, grads = [], []
+    for backend in ("reference", "triton"):
+        q, k, v = _kernel_case(case, grad=True)
+        out = topk_attention(q, k, v, 4, granularity=granularity, backend=backend)
+        fin = torch.isfinite(out.detach()) if backend == "reference" else fin
+        torch.where(fin, out * w, 0.0).sum().backward()
+        outs.append(out.detach())
+        grads.append((q.grad, k.grad, v.grad))
+    torch.testing.assert_close(outs[1], outs[0], equal_nan=True)
+    compared = 0
+    for name, got, want in zip("qkv", *grads[::-1]):
+        both = torch.isfinite(got) & torch.isfinite(want)
+        torch.testing.assert_close(got[both], want[both], msg=name)
+        compared += int(both.sum())
+        if case in VALUE_CASES:
+            assert both.all(), name
+    assert compared > 0

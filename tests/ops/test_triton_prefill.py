@@ -395,3 +395,58 @@ def test_row_slots_match_prefix_counts(BN, density):
     _row_slots_kernel[(1,)](flag, slot, tot, BM=BM, BN=BN)
     assert torch.equal(slot, (torch.cumsum(flag, 1) - flag).to(torch.int32))
     assert torch.equal(tot, flag.sum(1).to(torch.int32))
+
+
+# --- non-finite inputs: the reference's NaN / inf policy (tests/test_reliability.py has the
+# single-group cases) with padding, sink / local, low precision and the band / radix paths
+
+def _poison(q, k, v, case):
+    q, k, v = q.clone(), k.clone(), v.clone()
+    if case == "nan-query":  # kv_group: the other heads of the group keep the lowest positions
+        q[1, 1, 5, 0] = float("nan")
+    elif case == "mixed-inf-key":  # +inf / -inf scores by the sign of q[..., 0]
+        k[0, 0, 11, 0] = float("inf")
+    else:  # values: only the rows that select key 13 / 15 (or padding key 1) take them
+        v[0, 0, 13, 1] = float("nan")
+        v[0, 1, 15, 2], v[0, 1, 16, 2] = float("inf"), float("-inf")
+        v[1, 0, 1, 1] = float("nan")  # hidden by the left padding of sequence 1
+    return q, k, v
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["nan-query", "mixed-inf-key", "values"])
+def test_prefill_nonfinite_inputs_match_reference(case, dt):
+    torch.manual_seed(11)
+    q, k, v = (torch.randn(2, h, L, 16, device=dev()).to(dt) for h, L in ((4, 12), (2, 20), (2, 20)))
+    q, k, v = _poison(q, k, v, case)
+    mask = _pad_mask(2, 12, 20, [0, 3])
+    for gran in ("query_head", "kv_group"):
+        kw = dict(causal=False, sink=1, local=2, granularity=gran, attn_mask=mask,
+                  return_lse=True)
+        ref, rlse = topk_attention_reference(q, k, v, 4, **kw)
+        out, lse = topk_attention(q, k, v, 4, backend="triton", **kw)
+        assert not torch.isfinite(ref).all() and torch.isfinite(ref).any()
+        assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+        fin = torch.isfinite(ref)
+        assert rel_rms(out[fin], ref[fin]) < TOL[dt], gran
+        torch.testing.assert_close(lse, rlse, equal_nan=True, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cap", [None, 2])
+def test_thresholds_on_poisoned_group_scores(cap):
+    """kv_group scores summed with a NaN query, or +inf and -inf, are NaN: the search ranks them
+    +inf (the band path and the radix fallback alike); a row of them keeps its lowest topk."""
+    torch.manual_seed(5)
+    q, k = torch.randn(1, 4, 40, 16, device=dev()), torch.randn(1, 2, 40, 16, device=dev())
+    q[0, 1, 30, 2] = float("nan")  # KV head 0, row 30: every group score NaN
+    k[0, 1, 6, 0] = float("inf")  # KV head 1: +inf, -inf or NaN group scores at key 6
+    args = (q, k, 5, True, 0.25, 0, 0, True)
+    with prefill_tuned(**({} if cap is None else {"cap": cap})):
+        T, P, stat = pt.prefill_thresholds(*args, return_status=True)
+    T2, P2 = pt.prefill_thresholds(*args, method="radix")
+    assert (stat == 1).any() if cap is None else (stat == 2).any()
+    assert torch.equal(T, T2) and torch.equal(P, P2)
+    inf_key = torch.tensor(0xFF800000 - 2**32, dtype=torch.int32)  # key(+inf) as int32
+    assert T[0, 30] == inf_key and P[0, 30] == 4  # positions 0..4
+    s6 = q[0, 2:, 6:, 0] * float("inf")  # KV head 1's two heads' scores against key 6
+    assert (s6[0] != s6[1]).any()  # some rows sum +inf and -inf there (a NaN group score)

@@ -133,9 +133,10 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
 def _nan_rows(q, k, causal, starts=None, ends=None) -> torch.Tensor:
     """bool [B, Hq, Lq]: rows whose query, or a key they see, holds a NaN.
 
-    The reference (and SDPA) give NaN there: a NaN score ranks first. The prefill kernel's
-    selection compares scores with a threshold, which a NaN never passes, so it would skip the
-    NaN key and return a finite row; the wrapper writes the NaN instead (device-side, no sync).
+    The reference (and SDPA) give NaN there: a NaN score ranks first. The prefill kernels
+    select NaN scores themselves (see `triton_prefill`'s NaN / inf policy); the wrapper writes
+    these rows as well (device-side, no sync) so that the guarantee does not rest on how the
+    compiler treats NaN in the kernels' compares.
     q [B, Hq, Lq, D] at the last Lq positions; k [B, Hkv, Lk, D]; starts, ends int [B] or None.
     """
     B, Hq, Lq, _ = q.shape

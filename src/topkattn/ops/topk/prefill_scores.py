@@ -49,14 +49,16 @@ def _load_rows(base, start, stride, lim, d, BN: tl.constexpr):
 def _group_scores(qg, sqh, sqm, m, d, Lq, G, kt, scale, BM: tl.constexpr, BN: tl.constexpr,
                   IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """kv_group selection scores [BM, BN]: sum over the G query heads (from ``qg``, the group's
-    first head) of the scaled scores, in head order. Every kernel uses this same helper."""
+    first head) of the scaled scores, in head order. Every kernel uses this same helper. A NaN
+    sum (a NaN query or key, or +inf and -inf scores in one group) reads as +inf: it ranks first,
+    as in the reference (ties among such keys go to the lowest positions)."""
     ssum = tl.zeros([BM, BN], tl.float32)
     qp = qg + m[:, None].to(tl.int64) * sqm + d[None, :]
     for g in range(0, G):
         qh = tl.load(qp, mask=m[:, None] < Lq, other=0.0)
         ssum += mm(qh, tl.trans(kt), IEEE, UPCAST) * scale
         qp += sqh
-    return ssum
+    return tl.where(ssum != ssum, float("inf"), ssum)
 
 
 @triton.jit

@@ -21,6 +21,15 @@ kernel for the mask); each query head then attends with its own scores and softm
 sequence b sees only keys in [starts[b], ends[b]) (left / right padding; rows that see none
 give zero output).
 
+NaN / inf policy, the reference's (`topkattn.ops.topk.naive`): a NaN selection score is
+selected (``_above``; with kv_group the helper reads a NaN group sum as +inf, so the threshold
+search ranks it first and ties among such keys keep the lowest positions), so its row comes
+out NaN; lse is +inf where a selected score is +inf. Values: ``prefill_forward`` flags each
+(b, KV head) whose values hold a NaN / inf (one device-side reduction, no sync); those programs
+take the key loop of ``_pv_nonfinite`` (a value outside the selection takes no part, a selected
+one poisons its output column), the others the plain product. The backward reads such values
+as 0 and passes no gradient through non-finite outputs, as the reference's backward does.
+
 All kernels of one call compute scores with the same helper (the same operands, one mma chain
 over the head dim) so that the keys compared against T are bit-identical to those used to find
 it. On the GPU that holds under any tile shape and warp count, so each kernel has its own tile
@@ -68,8 +77,9 @@ def _thr_f32(T):
 def _above(s, pos, Tf, P):
     """bool [BM, BN]: key(s) > T or (key(s) == T and pos <= P), as fp32 compares against
     Tf = ``_thr_f32(T)`` (the key order is the fp32 order with -0 == +0; the compares are not
-    flush-to-zero)."""
-    return (s > Tf[:, None]) | ((s == Tf[:, None]) & (pos[None, :] <= P[:, None]))
+    flush-to-zero). A NaN score is selected (``not s <= Tf``), so that its row comes out NaN as
+    in the reference, which ranks NaN first."""
+    return ~(s <= Tf[:, None]) | ((s == Tf[:, None]) & (pos[None, :] <= P[:, None]))
 
 
 @triton.jit
@@ -80,7 +90,7 @@ def _above_fast(s, pos, Tf, P, ties):
     if ties:
         sel = _above(s, pos, Tf, P)
     else:
-        sel = s >= Tf[:, None]
+        sel = ~(s < Tf[:, None])  # s >= Tf, or NaN (one unordered compare)
     return sel
 
 
@@ -118,11 +128,33 @@ def _scores_sel(q, qg, kt, pos, sqh, sqm, m, d, Lq, G, scale, vs, vis_end, c_lo,
 
 
 @triton.jit
+def _pv_nonfinite(acc, alpha, p, vt, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """acc * alpha + p @ vt for values vt [BN, D] that may hold NaN / inf, as the reference
+    weighs them: an entry j with p_j = 0 (not selected) takes no part (no 0 * NaN); a selected one
+    (p_j > 0) makes its output column NaN (a NaN, or +inf and -inf) or +/-inf. The product runs
+    on the finite part; two 0/1 products count the NaN-or-+inf and NaN-or--inf entries taken."""
+    vf = vt.to(tl.float32)  # (the interpreter compares bf16 NaN as equal to itself)
+    nan = vf != vf
+    pinf = vf == float("inf")
+    ninf = vf == float("-inf")
+    clean = tl.where(nan | pinf | ninf, tl.zeros_like(vt), vt)
+    acc = tl.where(alpha[:, None] == 0, 0.0, acc * alpha[:, None])  # no inf * 0 (weight gone)
+    acc += mm(p.to(vt.dtype), clean, IEEE, UPCAST)
+    taken = tl.where(p > 0, 1.0, 0.0).to(vt.dtype)
+    up = mm(taken, tl.where(nan | pinf, 1.0, 0.0).to(vt.dtype), IEEE, UPCAST)
+    down = mm(taken, tl.where(nan | ninf, 1.0, 0.0).to(vt.dtype), IEEE, UPCAST)
+    return acc + tl.where(up > 0, tl.where(down > 0, float("nan"), float("inf")),
+                          tl.where(down > 0, float("-inf"), 0.0))
+
+
+@triton.jit
 def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, d, Lq, Lk, G,
              scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, MASKED: tl.constexpr, GROUP: tl.constexpr,
-             BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+             BM: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+             SAFE: tl.constexpr):
     """Online-softmax update (acc [BM, D], m_i, l_i [BM]) over key tiles lo, lo+BN, ... < hi;
-    MASKED: full visibility / sink / local mask, else every entry is a candidate (interior)."""
+    MASKED: full visibility / sink / local mask, else every entry is a candidate (interior).
+    SAFE: the values may hold NaN / inf (``_pv_nonfinite``)."""
     for start in range(lo, hi, BN):
         pos = start + tl.arange(0, BN)
         kt = _load_rows(kbase, start, skn, Lk, d, BN)
@@ -134,9 +166,33 @@ def _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, lo, hi, skn, svn, sqh, sqm, m, 
         alpha = tl.math.exp2(m_i * LOG2E - m2)
         p = tl.math.exp2(tl.fma(s, LOG2E, -m2[:, None]))
         vt = _load_rows(vbase, start, svn, Lk, d, BN)
-        acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
+        if SAFE:
+            acc = _pv_nonfinite(acc, alpha, p, vt, IEEE, UPCAST)
+        else:
+            acc = acc * alpha[:, None] + mm(p.to(vt.dtype), vt, IEEE, UPCAST)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _fwd_segs(q, qg, kbase, vbase, n_lo, e0, e1, n_end, skn, svn, sqh, sqm, m, d, Lq, Lk, G,
+              scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, GROUP: tl.constexpr, BM: tl.constexpr,
+              BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+              SAFE: tl.constexpr):
+    """(acc [BM, D], m_i, l_i [BM]) over the masked / interior / masked key tiles of a row block."""
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, D], tl.float32)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, n_lo, e0, skn, svn, sqh, sqm, m,
+                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True, GROUP,
+                             BM, BN, IEEE, UPCAST, SAFE)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m,
+                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, False, GROUP,
+                             BM, BN, IEEE, UPCAST, SAFE)
+    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e1, n_end, skn, svn, sqh, sqm,
+                             m, d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True,
+                             GROUP, BM, BN, IEEE, UPCAST, SAFE)
     return acc, m_i, l_i
 
 
@@ -159,12 +215,14 @@ def _head_thresholds(Q, TB, PB, bh, b, h, m, sqb, sqh, Hq, G, Lq, GROUP: tl.cons
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-                Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr, GROUP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-                UPCAST: tl.constexpr):
+def _fwd_kernel(Q, K, V, TB, PB, ST, EN, VBAD, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh,
+                svn, Hq, G, Lq, Lk, sink, local, scale, CAUSAL: tl.constexpr,
+                GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """Flash attention over the selected keys (grid: B*Hq, query blocks, longest first): key
-    tiles inside every row's candidate range skip the visibility / sink / local masks."""
+    tiles inside every row's candidate range skip the visibility / sink / local masks. VBAD
+    int32 [B, Hkv]: nonzero where that KV head's values hold a NaN / inf (then the key loop
+    weighs them as the reference does, ``_pv_nonfinite``; else the plain product)."""
     bh, pid_m, b, h, m, d, vs, vis_end, c_lo, c_hi = _sel_block(ST, EN, Hq, Lq, Lk, sink, local,
                                                                  CAUSAL, BM, D)
     row, rm, qg, Tf, P = _head_thresholds(Q, TB, PB, bh, b, h, m, sqb, sqh, Hq, G, Lq, GROUP)
@@ -173,25 +231,26 @@ def _fwd_kernel(Q, K, V, TB, PB, ST, EN, O, LSE, sqb, sqh, sqm, skb, skh, skn, s
     kbase = K + b.to(tl.int64) * skb + (h // G).to(tl.int64) * skh
     vbase = V + b.to(tl.int64) * svb + (h // G).to(tl.int64) * svh
     ties = _cuts_ties(P, rm)
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, D], tl.float32)
     n_lo = vs // BN * BN
     n_end = tl.max(vis_end, 0)
     e0, e1 = _tile_ranges(rm, c_lo, c_hi, n_lo, n_end, BN)
-    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, n_lo, e0, skn, svn, sqh, sqm, m,
-                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True, GROUP,
-                             BM, BN, IEEE, UPCAST)
-    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e0, e1, skn, svn, sqh, sqm, m,
-                             d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, False, GROUP,
-                             BM, BN, IEEE, UPCAST)
-    acc, m_i, l_i = _fwd_seg(acc, m_i, l_i, q, qg, kbase, vbase, e1, n_end, skn, svn, sqh, sqm,
-                             m, d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, True,
-                             GROUP, BM, BN, IEEE, UPCAST)
+    if tl.load(VBAD + b * (Hq // G) + h // G) != 0:
+        acc, m_i, l_i = _fwd_segs(q, qg, kbase, vbase, n_lo, e0, e1, n_end, skn, svn, sqh, sqm, m,
+                                  d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, GROUP,
+                                  BM, BN, D, IEEE, UPCAST, True)
+    else:
+        acc, m_i, l_i = _fwd_segs(q, qg, kbase, vbase, n_lo, e0, e1, n_end, skn, svn, sqh, sqm, m,
+                                  d, Lq, Lk, G, scale, vs, vis_end, c_lo, c_hi, Tf, P, ties, GROUP,
+                                  BM, BN, D, IEEE, UPCAST, False)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     tl.store(O + row[:, None] * D + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
              mask=rm[:, None])
-    tl.store(LSE + row, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=rm)
+    # l_i is 0 where nothing (or only -inf scores) was selected: lse -inf; NaN where a selected
+    # score is NaN or +inf (inf - inf): lse NaN, or +inf (the reference's logsumexp) for +inf
+    lse = tl.where(l_i > 0, m_i + tl.log(l_safe),
+                   tl.where(l_i == 0, float("-inf"),
+                            tl.where(m_i == float("inf"), float("inf"), float("nan"))))
+    tl.store(LSE + row, lse, mask=rm)
 
 
 @triton.jit
@@ -347,8 +406,11 @@ def prefill_forward(q, k, v, topk, causal, scale, sink, local, group, st, en):
                                 method=current().prefill.method)
     o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
+    # [B, Hkv]: values with a NaN / inf (device-side; an fp32 sum propagates them, and a finite
+    # sum that overflows only sends that head down the exact slow path)
+    vbad = (~torch.isfinite(v.sum((2, 3), dtype=torch.float32))).to(torch.int32)
     _fwd_kernel[(B * Hq, triton.cdiv(Lq, t.bm))](
-        q, k, v, TB, PB, st, en, o, lse, *qkv_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
+        q, k, v, TB, PB, st, en, vbad, o, lse, *qkv_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
         local, scale, CAUSAL=causal, GROUP=group, BM=t.bm, BN=t.bn, D=D,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, **launch_options(t),
     )
@@ -356,14 +418,22 @@ def prefill_forward(q, k, v, topk, causal, scale, sink, local, group, st, en):
 
 
 def prefill_backward(do, q, k, v, o, lse, TB, PB, st, en, causal, scale, sink, local, group):
-    """Gradients (dq, dk, dv) of `prefill_forward` for the output gradient ``do``."""
+    """Gradients (dq, dk, dv) of `prefill_forward` for the output gradient ``do``.
+
+    Non-finite values and outputs are handled as the reference's backward does (device-side
+    selects, no synchronisation): the products use the values with NaN / inf entries read as
+    0, those entries get dv = 0, and the output entries that are NaN / inf (from such a value,
+    or a NaN / +inf score) pass no gradient into delta or the products (dp = do.v)."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     tiles = prefill_tiles(q, group)
     tq, tkv = tiles.dq, tiles.dkdv
-    do = do.contiguous()
-    delta = (o.float() * do.float()).sum(-1)  # [B, Hq, Lq]
+    o_fin = torch.isfinite(o)
+    do = torch.where(o_fin, do, 0).contiguous()
+    delta = (torch.where(o_fin, o, 0).float() * do.float()).sum(-1)  # [B, Hq, Lq]
+    v_fin = torch.isfinite(v)
+    v = torch.where(v_fin, v, 0)
     dq = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
     dk = torch.empty(B, Hkv, Lk, D, dtype=k.dtype, device=k.device)
     dv = torch.empty(B, Hkv, Lk, D, dtype=v.dtype, device=v.device)
@@ -378,7 +448,7 @@ def prefill_backward(do, q, k, v, o, lse, TB, PB, st, en, causal, scale, sink, l
         Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=tkv.bm, BN=tkv.bn, D=D,
         IEEE=ieee, UPCAST=INTERPRET, **launch_options(tkv),
     )
-    return dq, dk, dv
+    return dq, dk, dv.masked_fill_(~v_fin, 0)
 
 
 def topk_prefill(
