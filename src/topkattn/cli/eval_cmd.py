@@ -9,6 +9,7 @@ import typer
 
 from topkattn.cli.topk_options import (BackendOpt, DenseLayersOpt, GranularityOpt, KListOpt,
                                        LocalOpt, MinContextOpt, SelectorOpt, SinkOpt, topk_sweep)
+from topkattn.integrations.kvpress_baseline import PRESSES
 
 
 def eval_command(
@@ -52,6 +53,12 @@ def eval_command(
         None, "--followup-max-new-tokens",
         help="answer tokens of a two-turn task's second turn (longbench_v2_cot; default: the "
         "task's own, 128)"),
+    press: list[str] = typer.Option(
+        [], "--press",
+        help="KV-cache compression baselines of NVIDIA kvpress, one more method each: "
+        "kvpress:<press>@<compression ratio>, e.g. kvpress:snapkv@0.875 (repeat the option or "
+        "give a comma list; presses: " + ", ".join(PRESSES) + "). Needs `pip install --no-deps "
+        "kvpress`"),
     k: KListOpt = "8,32,128,full",
     sink: SinkOpt = 0,
     local: LocalOpt = 0,
@@ -75,6 +82,10 @@ def eval_command(
     topk, ks = topk_sweep(k, sink=sink, local=local, dense_layers=dense_layers,
                           min_context=min_context, granularity=granularity, selector=selector,
                           backend=backend)
+    from topkattn.integrations.kvpress_baseline import parse_press_list, require_kvpress
+
+    presses = parse_press_list(press)  # names a bad --press, before anything else
+    ks = ks + tuple(p.label for p in presses)
     cfg = EvalConfig(
         tasks=tuple(t for t in task.split(",") if t.strip()),
         lengths=tuple(x for x in lengths.split(",") if x.strip()),
@@ -102,6 +113,8 @@ def eval_command(
 
         torch.set_num_threads(threads)
     check_model_lengths(model, cfg.lengths)  # from the config, before the weights
+    if presses:
+        require_kvpress()  # one line with the install command, before the weights
     from topkattn.models import load_model
 
     m, tok = load_model(model, device=device)

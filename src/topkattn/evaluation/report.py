@@ -125,12 +125,17 @@ def _rows_of(cells: list[Cell]) -> list[tuple[str, int]]:
     return sorted(seen, key=lambda tl: ([c.task for c in cells].index(tl[0]), tl[1]))
 
 
+def method_label(k: str) -> str:
+    """Column name of a method: ``full``, ``k=64`` for a k setting, a kvpress baseline's own
+    label (``kvpress:snapkv@0.5``)."""
+    return k if k == "full" or k.startswith("kvpress:") else f"k={k}"
+
+
 def markdown_table(cells: list[Cell], ks: Iterable[str]) -> str:
     """Markdown table: rows task x length, columns ``full`` then each k; ``n`` per row."""
     ks = list(ks)
     by = {(c.task, c.length, c.k): c for c in cells}
-    head = "| task | length | n | " + " | ".join(
-        "full" if k == "full" else f"k={k}" for k in ks) + " |"
+    head = "| task | length | n | " + " | ".join(method_label(k) for k in ks) + " |"
     sep = "|---|---:|---:|" + "---:|" * len(ks)
     lines = [head, sep]
     for task, length in _rows_of(cells):
@@ -183,7 +188,8 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
                 lo, hi = wilson_interval(full.score_sum, full.n)
                 ax.axhspan(lo, hi, color=col, alpha=0.08, linewidth=0)
         ax.set_title(task)
-        ax.set_xticks(x, [f"k={k}" for k in sparse])
+        ax.set_xticks(x, [method_label(k) for k in sparse],
+                      rotation=30 if any(k.startswith("kvpress:") for k in sparse) else 0)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("Top-k decoding (dashed, band: full attention)")
         if i % ncol == 0:

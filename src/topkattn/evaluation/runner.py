@@ -14,6 +14,12 @@ decoded in the same way and under the same setting (prefilled densely, decoded w
 attention or with the branch's Top-k config); the second output is the ``prediction`` that is
 scored and the first is kept as ``reasoning``.
 
+KV-cache compression baselines (NVIDIA kvpress presses, ``ks`` labels such as
+``kvpress:snapkv@0.5``) are methods like the k settings: each prefills the prompt but its last
+token under the press, then decodes greedily over the compressed cache
+(`topkattn.integrations.kvpress_baseline.decode_press`); their lines carry ``press``,
+``compression_ratio`` and ``kv_kept`` (mean cache length per layer after compression).
+
 Results: ``results.jsonl`` gets one line per (sample, k), flushed at once; a rerun with the same
 output folder skips finished (task, length, sample, k) keys, so an interrupted run resumes
 (`topkattn.evaluation.records`: a torn last line is cut off first, with a warning). With a
@@ -42,6 +48,9 @@ from topkattn.evaluation.records import (RESULTS_FILE, key_of, read_folder, read
 from topkattn.evaluation.report import Cell, Summary, write_reports  # noqa: F401  (Cell: re-exported)
 from topkattn.evaluation.shard import Shard
 from topkattn.generation import decode_branches, decode_one, eos_token_ids  # noqa: F401
+from topkattn.integrations.kvpress_baseline import (PressSpec, check_press_model, decode_press,
+                                                    is_press_label, parse_press,
+                                                    parse_press_list, require_kvpress)
 
 CONFIG_FILE = "eval_config.json"
 
@@ -91,7 +100,9 @@ class EvalConfig:
         lengths: prompt lengths in tokens (ints, or strings such as ``"2k"``).
         ks: the k settings of the sweep, as for the CLI: ``"64"`` (absolute), ``"5%"`` /
             ``"0.05"`` (ratio) or ``"full"`` (also a comma-separated string); full attention
-            is always measured and comes first.
+            is always measured and comes first. Also kvpress baselines,
+            ``"kvpress:<press>@<ratio>"`` (`topkattn.integrations.kvpress_baseline`): they come
+            after the k settings, one more method each.
         topk: the base `TopKConfig` shared by every k (sink, local, dense_layers,
             min_context, granularity, selector, backend, phases); its own k and k_ratio are
             replaced by each setting of ``ks`` (`settings`). Default: exact Top-k, nothing
@@ -132,9 +143,13 @@ class EvalConfig:
         self.lengths = tuple(parse_length(x) for x in self.lengths)
         if not self.lengths:
             raise InputError("lengths must hold at least one length")
-        labels = [label for label, _ in parse_k_list(self.ks)]  # names a bad k
-        # full first, then the sparse settings in the given order, without duplicates
-        self.ks = ("full",) + tuple(k for k in labels if k != "full")
+        items = self.ks.split(",") if isinstance(self.ks, str) else list(self.ks)
+        press = [x for x in items if is_press_label(x)]
+        rest = [x for x in items if not is_press_label(x)] or (["full"] if press else [])
+        labels = [label for label, _ in parse_k_list(rest)]  # names a bad k
+        # full first, then the sparse settings in the given order, then the presses
+        self.ks = (("full",) + tuple(k for k in labels if k != "full")
+                   + tuple(p.label for p in parse_press_list(press)))  # names a bad press
         if not isinstance(self.topk, TopKConfig):
             raise InputError(f"topk must be a TopKConfig, got {self.topk!r}")
         for name in ("samples",):
@@ -147,11 +162,15 @@ class EvalConfig:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
         self.out = Path(self.out)
 
-    def settings(self) -> list[tuple[str, TopKConfig | None]]:
+    def settings(self) -> list[tuple[str, Any]]:
         """``(label, TopKConfig)`` of every k setting, in order (None: full attention): the
-        base `topk` with the setting's k and k_ratio, built here, once per setting."""
-        out: list[tuple[str, TopKConfig | None]] = []
+        base `topk` with the setting's k and k_ratio, built here, once per setting; a press
+        label gives its `PressSpec`."""
+        out: list[tuple[str, Any]] = []
         for label in self.ks:
+            if is_press_label(label):
+                out.append((label, parse_press(label)))
+                continue
             k, k_ratio = parse_k(label)
             out.append((label, None if k is None and k_ratio is None
                         else replace(self.topk, k=k, k_ratio=k_ratio)))
@@ -294,6 +313,9 @@ def run_eval(model, tokenizer, cfg: EvalConfig, *, shard: "Shard | str | None" =
     done = {key_of(r) for r in read_folder(out)}
     n_before = len(done)
     settings = cfg.settings()
+    if any(isinstance(c, PressSpec) for _, c in settings):
+        check_press_model(model)  # before any work; kvpress is imported on the first press
+        require_kvpress()
     eos = eos_token_ids(model, tokenizer)
     tasks = [(name, get_task(name)) for name in cfg.tasks]
 
@@ -408,21 +430,27 @@ def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f, done,
     configs = dict(todo)
     follow = getattr(task, "followup", None)
     n = 0
-    for br in decode_branches(model, tokenizer, s.prompt, todo, max_new, eos):
+    for br in _branches(model, tokenizer, s.prompt, todo, max_new, eos):
         topk = configs[br.label]
+        press = topk if isinstance(topk, PressSpec) else None
         second = follow(tokenizer, s, br.text) if follow is not None else None
         rec = {
             "task": label, "length": s.length, "n_tokens": br.n_tokens,
             "depth": s.depth, "sample_id": s.id, "k": br.label,
-            "k_value": topk.k if topk else None,
-            "k_ratio": topk.k_ratio if topk else None,
+            "k_value": topk.k if topk and not press else None,
+            "k_ratio": topk.k_ratio if topk and not press else None,
             "prediction": br.text, "answer": s.answer, "answers": list(s.answers),
             "score": 0.0, "new_tokens": len(br.token_ids),
             "seconds": round(br.seconds, 4), "prefill_seconds": round(br.prefill_seconds, 4),
         }
+        if press is not None:
+            rec.update(press=press.name, compression_ratio=press.compression_ratio,
+                       kv_kept=round(br.kv_kept, 2))
         if second is not None:  # two turns: score the answer to the follow-up prompt
-            br2 = decode_one(model, tokenizer, second, topk, followup_max_new, eos,
-                             label=br.label)
+            br2 = (decode_press(model, tokenizer, second, press, followup_max_new, eos)
+                   if press is not None else
+                   decode_one(model, tokenizer, second, topk, followup_max_new, eos,
+                              label=br.label))
             rec.update(prediction=br2.text, reasoning=br.text, followup_n_tokens=br2.n_tokens,
                        followup_new_tokens=len(br2.token_ids),
                        followup_seconds=round(br2.seconds + br2.prefill_seconds, 4))
@@ -432,3 +460,14 @@ def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f, done,
         done.add(record_key(label, s.length, s.id, br.label))
         n += 1
     return n
+
+
+def _branches(model, tokenizer, prompt, todo, max_new, eos):
+    """`decode_branches` for the k settings of ``todo`` (one dense prefill), then one
+    `decode_press` per kvpress baseline (a compressed prefill each)."""
+    dense = [(k, c) for k, c in todo if not isinstance(c, PressSpec)]
+    if dense:
+        yield from decode_branches(model, tokenizer, prompt, dense, max_new, eos)
+    for k, c in todo:
+        if isinstance(c, PressSpec):
+            yield decode_press(model, tokenizer, prompt, c, max_new, eos, label=k)
