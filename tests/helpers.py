@@ -36,6 +36,20 @@ def tiny_causal_lm(family: str = "llama", layers: int = 2, seed: int = 0, vocab:
     return model_cls(config).eval()
 
 
+def tiny_llama_for(tokenizer, max_position_embeddings: int = 512, seed: int = 0):
+    """A 2-layer random Llama (hidden 32, 4 query / 2 KV heads) with ``tokenizer``'s vocabulary,
+    for tests that tokenize real prompts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=max_position_embeddings, eos_token_id=2,
+                      bos_token_id=1, pad_token_id=2)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
 def run_main(monkeypatch, capsys, *args):
     """(exit code, stdout, stderr) of ``topkattn ARGS`` run in process through
     `topkattn.cli.main` (so bad input gives its one-line error and exit code 2)."""

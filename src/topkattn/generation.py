@@ -28,8 +28,13 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def greedy_decode(model, first_token, cache, max_new_tokens: int, eos: set[int]) -> list[int]:
+def greedy_decode(model, first_token, cache, max_new_tokens: int, eos: set[int],
+                  position: int | None = None) -> list[int]:
     """Greedy decoding from ``cache``: feed ``first_token`` [1, 1], then each argmax.
+
+    ``position``: the position of ``first_token``, each next token one further (for a cache
+    shorter than the text it holds, e.g. a compressed one); None: transformers derives the
+    positions from the cache's length.
 
     Returns the generated token ids (an EOS token ends decoding and is not returned).
     """
@@ -37,8 +42,11 @@ def greedy_decode(model, first_token, cache, max_new_tokens: int, eos: set[int])
 
     out_ids: list[int] = []
     tok = first_token
-    for _ in range(max_new_tokens):
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+    for i in range(max_new_tokens):
+        kw = {}
+        if position is not None:
+            kw["position_ids"] = torch.tensor([[position + i]], device=first_token.device)
+        out = model(input_ids=tok, past_key_values=cache, use_cache=True, **kw)
         cache = out.past_key_values
         nxt = int(out.logits[0, -1].argmax())
         if nxt in eos:

@@ -5,27 +5,14 @@ schema."""
 import json
 
 import pytest
-import torch
 
-
-def _tiny_config(tokenizer, max_position_embeddings=512):
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=max_position_embeddings, eos_token_id=2,
-                      bos_token_id=1, pad_token_id=2)
-    cfg._attn_implementation = "sdpa"
-    return cfg
+from tests.helpers import tiny_llama_for
 
 
 @pytest.fixture(scope="session")
 def tiny_lm(tokenizer):
     """A 2-layer random Llama (context 512) sharing the embedded tokenizer's vocabulary."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(_tiny_config(tokenizer)).eval()
+    return tiny_llama_for(tokenizer)
 
 
 @pytest.fixture(scope="session")

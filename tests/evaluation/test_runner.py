@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from tests.helpers import tiny_llama_for
 from topkattn.config import TopKConfig, TopKConfigError
 from topkattn.evaluation import EvalConfig, parse_length, read_results, run_eval
 from topkattn.evaluation import runner as R
@@ -13,15 +14,7 @@ from topkattn.evaluation import runner as R
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
     """A 2-layer random Llama with the embedded tokenizer's vocabulary (context 1024)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, eos_token_id=2, bos_token_id=1,
-                      pad_token_id=2)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama_for(tokenizer, max_position_embeddings=1024)
 
 
 def _cfg(out, **kw):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.helpers import run_main, tiny_causal_lm
+from tests.helpers import run_main, tiny_causal_lm, tiny_llama_for
 from topkattn.errors import InputError
 from topkattn.evaluation import EvalConfig
 from topkattn.integrations import kvpress_baseline as K
@@ -153,15 +153,7 @@ def test_import_leaves_attention_functions_as_they_were(kvpress):
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
     """A 2-layer random Llama with the embedded tokenizer's vocabulary (context 512)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, eos_token_id=2, bos_token_id=1,
-                      pad_token_id=2)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama_for(tokenizer)
 
 
 def test_presses_are_methods_of_the_eval_runner(kvpress, tiny, tokenizer, tmp_path):

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from topkattn.errors import InputError
-from topkattn.generation import Branch
+from topkattn.generation import Branch, greedy_decode
 
 #: prefix of a press label in ``EvalConfig.ks`` and in results lines (``k``)
 PREFIX = "kvpress:"
@@ -223,27 +223,6 @@ class PressBranch(Branch):
     kv_kept: float = 0.0
 
 
-def _greedy_from(model, first_token, cache, position: int, max_new_tokens: int,
-                 eos: set[int]) -> list[int]:
-    """Greedy decoding like `topkattn.generation.greedy_decode`, with explicit positions:
-    ``first_token`` [1, 1] at ``position``, each next token one further (the compressed cache
-    is shorter than the prompt, so transformers' positions from its length would be wrong)."""
-    import torch
-
-    out_ids: list[int] = []
-    tok = first_token
-    for i in range(max_new_tokens):
-        pos = torch.tensor([[position + i]], device=first_token.device)
-        out = model(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True)
-        cache = out.past_key_values
-        nxt = int(out.logits[0, -1].argmax())
-        if nxt in eos:
-            break
-        out_ids.append(nxt)
-        tok = torch.tensor([[nxt]], device=first_token.device)
-    return out_ids
-
-
 def decode_press(model, tokenizer, prompt: str, spec: PressSpec, max_new_tokens: int,
                  eos: set[int], label: str | None = None) -> PressBranch:
     """One greedy answer to ``prompt`` after prefilling it under the press ``spec``.
@@ -271,7 +250,8 @@ def decode_press(model, tokenizer, prompt: str, spec: PressSpec, max_new_tokens:
     kept = sum(cache.get_seq_length(i) for i in range(len(cache))) / max(1, len(cache))
     t1 = time.perf_counter()
     with torch.no_grad():
-        gen = _greedy_from(model, ids[:, -1:], cache, n - 1, max_new_tokens, eos)
+        # explicit positions: the compressed cache is shorter than the prompt
+        gen = greedy_decode(model, ids[:, -1:], cache, max_new_tokens, eos, position=n - 1)
     secs = time.perf_counter() - t1
     del cache
     return PressBranch(label or spec.label, gen, tokenizer.decode(gen, skip_special_tokens=True),
