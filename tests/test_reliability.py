@@ -552,3 +552,47 @@ def test_prefill_kernel_gradients_on_poisoned_inputs(case, granularity):  # (som
         if case in VALUE_CASES:
             assert both.all(), name
     assert compared > 0
+
+
+DECODE_NAN_CASES = {**KERNEL_NAN_CASES,
+                    "nan-query": lambda q, k, v: (_set(q, (0, 1, 0, 0), NAN), k, v)}
+
+
+def _decode_case(case, n):
+    """One query row per head (q [1, 2, 1, 16]) against n keys (k, v [1, 1, n, 16]) poisoned as
+    ``DECODE_NAN_CASES[case]`` (its key positions lie below 16). The heads' scores against key
+    3 have opposite signs (``mixed-inf-key``: +inf and -inf, a NaN group sum); key 9 scores high
+    for both heads, so that topk=4 selects the poisoned value there and not the one at 12."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, h, L, 16, generator=g) for h, L in ((2, 1), (1, n), (1, n)))
+    q[0, :, 0, 0] = torch.tensor([1.0, -1.0])
+    k[0, 0, 9] = 2 * q[0, :, 0].sum(0)
+    return DECODE_NAN_CASES[case](q, k, v)
+
+
+@pytest.mark.parametrize("n", [16, 64, 200])  # 200: topk=100 splits the sparse pass in two
+@pytest.mark.parametrize("topk", [4, 100])
+@pytest.mark.parametrize("granularity", ["query_head", "kv_group"])
+@pytest.mark.parametrize("case", sorted(DECODE_NAN_CASES))
+def test_decode_kernel_nan_policy_matches_the_reference(case, granularity, topk, n):
+    """The Triton decode path (Lq == 1: scores, selection, sparse attention; interpreter on CPU)
+    gives the reference's output and lse on poisoned inputs, through `topk_attention` and the
+    ``topkattn::topk_decode`` body: a NaN or +inf score is selected (with kv_group a NaN group
+    sum ranks as +inf), lse is NaN / +inf where the reference's is, and a value outside the
+    selection takes no part."""
+    from topkattn.ops.topk import topk_attention
+    from topkattn.ops.topk.custom_ops import topk_decode_ranges
+    from topkattn.ops.topk.naive import topk_attention_reference
+
+    q, k, v = _decode_case(case, n)
+    want, wlse = topk_attention_reference(q, k, v, topk, granularity=granularity,
+                                          return_lse=True)
+    got, lse = topk_attention(q, k, v, topk, granularity=granularity, backend="triton",
+                              return_lse=True)
+    assert not torch.isfinite(want).all()  # the case poisons something
+    torch.testing.assert_close(got, want, equal_nan=True)
+    torch.testing.assert_close(lse, wlse, equal_nan=True)
+    ends, starts = torch.tensor([n], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    ranged = topk_decode_ranges(q, k, v, starts, ends, topk, 0.25, 0, 0,
+                                granularity == "kv_group")
+    torch.testing.assert_close(ranged, want, equal_nan=True)

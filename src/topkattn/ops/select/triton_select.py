@@ -34,7 +34,9 @@ in `wait_prior` for the previous kernel; `pdl_launch`).
 Rows may carry a visible range [start, L) (per-sequence left / right padding) and ``sink`` /
 ``local`` forced positions (visible positions below ``sink`` and the last ``local`` visible ones): forced positions are
 appended after the top-k of the remaining candidates, and the rest of each output row is -1.
-Scores are compared in fp32; -0.0 equals +0.0; NaN is not supported.
+Scores are compared in fp32; -0.0 equals +0.0; a NaN score (of either sign) ranks as +inf, as in
+`topkattn.ops.topk.naive.select_topk_mask`: it is selected first, ties with +inf to the lowest
+positions (`_f32_skey`; one compare per score in the passes that already make the key).
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ HIST_STRIDE = tl.constexpr(256)
 
 @triton.jit
 def _f32_skey(x):
-    """fp32 -> int32 whose signed order is the float order (-0.0 folded into +0.0)."""
-    b = (x + 0.0).to(tl.int32, bitcast=True)
+    """fp32 -> int32 whose signed order is the float order (-0.0 folded into +0.0, NaN of
+    either sign read as +inf: it ranks first, ties to the lowest position, as in the reference's
+    selection)."""
+    b = tl.where(x != x, float("inf"), x + 0.0).to(tl.int32, bitcast=True)
     return b ^ ((b >> 31) & 0x7FFFFFFF)
 
 
@@ -91,7 +95,8 @@ def _skey_to_key(s):
 
 @triton.jit
 def _f32_key(x):
-    """fp32 -> uint32 whose unsigned order is the float order (-0.0 folded into +0.0)."""
+    """fp32 -> uint32 whose unsigned order is the float order (-0.0 folded into +0.0, NaN as
+    +inf: `_f32_skey`)."""
     return _skey_to_key(_f32_skey(x))
 
 

@@ -13,6 +13,14 @@ A batch of single-token queries q [B, Hq, 1, D] against a contiguous KV cache k,
    stored scores for ``query_head`` or the K rows of the group for ``kv_group``), online
    softmax split over programs (flash-decoding), then a combine. K is read once in full; V
    only at selected rows.
+
+NaN / inf policy, the reference's (`topkattn.ops.topk.naive`), with no extra pass: the
+selection reads a NaN score or group sum (of either sign: 0 * inf is a negative NaN on x86) as
++inf (`triton_select._f32_skey`), so a NaN or +inf score is selected and its row comes out
+NaN, and with kv_group a NaN group sum (a NaN query, or +inf and -inf scores in one group)
+ranks first while each head attends with its own score; lse is NaN, or +inf where the max
+selected score is +inf (`triton_sparse.softmax_lse`); values are read at selected rows only,
+so a NaN / inf value outside the selection takes no part.
 """
 
 from __future__ import annotations

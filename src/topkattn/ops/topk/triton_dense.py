@@ -24,7 +24,7 @@ from topkattn.ops.select.triton_select import pdl_launch, wait_prior
 from topkattn.ops.topk.triton_env import num_sms
 from topkattn.ops.topk.triton_sparse import (
     INTERPRET, _combine_kernel, check_qkv, mm, online_softmax_step, row_unit_strides,
-    scale_strides, unit_stride,
+    scale_strides, softmax_lse, unit_stride,
 )
 from topkattn.errors import InputError
 from topkattn.ops.tuning import current
@@ -80,7 +80,7 @@ def _range_decode_kernel(
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         tl.store(O + orow[:, None] * D + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
                  mask=gm[:, None])
-        tl.store(LSE + orow, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=gm)
+        tl.store(LSE + orow, softmax_lse(m_i, l_i), mask=gm)
     else:
         prow = orow * SPLITS + split
         tl.store(PM + prow, m_i, mask=gm)

@@ -49,6 +49,18 @@ def online_softmax_step(m_i, l_i, acc, s, vt, IEEE: tl.constexpr, UPCAST: tl.con
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
 
+@triton.jit
+def softmax_lse(m, l):
+    """Log-sum-exp of the scores an online softmax took, from its running max m and sum l
+    (same shape), as the reference's logsumexp gives it: -inf where nothing, or only -inf
+    scores, was taken (l == 0); where a taken score is NaN or +inf, l is NaN (exp(inf - inf)):
+    +inf when the max is +inf, else NaN."""
+    l_safe = tl.where(l > 0, l, 1.0)
+    return tl.where(l > 0, m + tl.log(l_safe),
+                    tl.where(l == 0, float("-inf"),
+                             tl.where(m == float("inf"), float("inf"), float("nan"))))
+
+
 def row_unit_strides(D: int, *strides: int) -> tuple[int, tuple[int, ...]]:
     """(SU, strides // SU) for kernels that take cache strides in units of SU elements: SU = D
     when every stride is a multiple of D (transformers' caches, paged caches), else 1. The
@@ -141,7 +153,7 @@ def _sparse_fwd_kernel(
     if SPLITS == 1:
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
-        lse = tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf"))
+        lse = softmax_lse(m_i, l_i)
         tl.store(O + orow[:, None] * D + d[None, :], out.to(O.dtype.element_ty), mask=gm[:, None])
         tl.store(LSE + orow, lse, mask=gm)
     else:
@@ -170,7 +182,7 @@ def _combine_kernel(PM, PL, PACC, O, LSE, SPLITS, SP: tl.constexpr, D: tl.conste
     acc = tl.sum(w[:, None] * pacc, 0)
     l_safe = tl.where(l > 0, l, 1.0)
     tl.store(O + row * D + d, (acc / l_safe).to(O.dtype.element_ty))
-    tl.store(LSE + row, tl.where(l > 0, mx_safe + tl.log(l_safe), float("-inf")))
+    tl.store(LSE + row, softmax_lse(mx, l))
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
