@@ -167,6 +167,8 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
                              sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     x = list(range(len(sparse)))
+    press_x = [i for i, k in enumerate(sparse) if k.startswith("kvpress:")]
+    topk_x = [i for i in x if i not in press_x]
     for i, task in enumerate(tasks):
         ax = axes[i // ncol][i % ncol]
         for j, length in enumerate(lengths):
@@ -179,8 +181,14 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
                 err = interval_yerr(ys, [wilson_interval(c.score_sum, c.n) if c is not None
                                          else None for c in pts])
                 off = (j - (len(lengths) - 1) / 2) * 0.06
-                ax.errorbar([xi + off for xi in x], ys, yerr=err, marker="osD^v"[j % 5], color=col,
-                            capsize=3, label=f"{length} tok")
+                # a line through the k settings; kvpress presses as points of their own
+                for part, line in ((topk_x, "-"), (press_x, "none")):
+                    if part:
+                        ax.errorbar([x[i] + off for i in part], [ys[i] for i in part],
+                                    yerr=[[e[i] for i in part] for e in err], linestyle=line,
+                                    marker="osD^v"[j % 5], color=col, capsize=3,
+                                    label=f"{length} tok" if part is topk_x or not topk_x
+                                    else None)
             full = by.get((task, length, "full"))
             if full is not None:
                 ax.axhline(full.accuracy, color=col, linestyle="--", linewidth=1,
@@ -188,10 +196,12 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
                 lo, hi = wilson_interval(full.score_sum, full.n)
                 ax.axhspan(lo, hi, color=col, alpha=0.08, linewidth=0)
         ax.set_title(task)
-        ax.set_xticks(x, [method_label(k) for k in sparse],
-                      rotation=30 if any(k.startswith("kvpress:") for k in sparse) else 0)
+        ax.set_xticks(x, [method_label(k).removeprefix("kvpress:") for k in sparse],
+                      rotation=30 if press_x else 0, ha="right" if press_x else "center",
+                      rotation_mode="anchor")
         ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("Top-k decoding (dashed, band: full attention)")
+        ax.set_xlabel(("Top-k / kvpress press" if press_x else "Top-k decoding")
+                      + " (dashed, band: full attention)")
         if i % ncol == 0:
             ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
