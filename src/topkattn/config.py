@@ -77,6 +77,11 @@ class TopKConfig:
             `topkattn.selectors.parse_selector` turns them into objects.
         backend: ``"auto"`` (Triton kernels on CUDA when available, reference elsewhere),
             ``"reference"`` or ``"triton"``.
+        decode_graphs: on CUDA, eager decoding grows a ``DynamicCache`` into buffers with room
+            (`integrations.growing_cache`) and replays each layer's decode attention as one
+            CUDA graph (`integrations.decode_graphs`) instead of launching its kernels from
+            Python; the outputs are the same. ``False`` keeps transformers' cache and the
+            plain launches.
     """
 
     k: int | None = 64
@@ -89,6 +94,7 @@ class TopKConfig:
     granularity: str = "query_head"
     selector: Any = field(default=None, hash=False)
     backend: str = "auto"
+    decode_graphs: bool = True
 
     def __post_init__(self) -> None:
         check_k(self.k, self.k_ratio)
@@ -117,6 +123,8 @@ class TopKConfig:
             raise TopKConfigError(
                 f"backend must be one of ('auto', 'reference', 'triton'), got {self.backend!r}"
             )
+        if not isinstance(self.decode_graphs, bool):
+            raise TopKConfigError(f"decode_graphs must be True or False, got {self.decode_graphs!r}")
         if self.selector is not None and not callable(getattr(self.selector, "select", None)):
             hint = (f"; build it with topkattn.selectors.parse_selector({self.selector!r})"
                     if isinstance(self.selector, str) else "")

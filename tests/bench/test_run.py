@@ -82,7 +82,7 @@ def test_bad_layers_is_a_clear_error(tmp_path):
 
 def test_generate_modes_and_paths_are_checked_before_any_gpu_work(tmp_path):
     with pytest.raises(ValueError, match="unknown generate paths \\['graphs'\\]; allowed: "
-                                         "\\['compiled', 'eager', 'graph'\\]"):
+                                         "\\['compiled', 'eager', 'eager-plain', 'graph'\\]"):
         run_ops(["generate"], "8k", "64", "1", str(tmp_path), paths="eager,graphs")
     with pytest.raises(ValueError, match="unknown generate modes \\['topk'\\]"):
         run_ops(["generate"], "8k", "64", "1", str(tmp_path), modes="topk")

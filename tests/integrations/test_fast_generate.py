@@ -366,3 +366,45 @@ def test_embedded_model_static_and_compiled_match_dynamic_on_gpu():
                 config=model.config, max_cache_len=x.shape[1] + 32), **kw)
         assert torch.equal(dyn, stat), cfg
         assert torch.equal(dyn, by_hand), cfg
+
+
+def _forced_logits(model, x, cfg, forced, policy=None):
+    """Logits of each decode step of a DynamicCache loop inside ``sparsify(model, cfg)``, fed
+    the tokens ``forced`` [B, steps]; also the layers' states."""
+    import contextlib
+
+    from transformers import DynamicCache
+
+    from topkattn.integrations.growing_cache import amortized_growth
+
+    logits = []
+    with torch.no_grad(), sparsify(model, cfg) as states, (
+            amortized_growth(policy) if policy is not None else contextlib.nullcontext()):
+        cache = DynamicCache()
+        model(x, past_key_values=cache)
+        for i in range(forced.shape[1]):
+            out = model(input_ids=forced[:, i:i + 1], past_key_values=cache)
+            logits.append(out.logits[:, -1].float())
+    return torch.stack(logits, 1), states
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [TopKConfig(k=256, granularity="kv_group"), TopKConfig(k=256),
+                                 TopKConfig(k=None)], ids=["kv_group", "query_head", "dense"])
+def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg):
+    """Eager decoding with a layer's attention replayed as a CUDA graph over a growing
+    buffer gives the logits of the plain launches over transformers' concatenated cache, also
+    across regrowths of the buffer (a new graph each time); fp32, teacher-forced."""
+    from dataclasses import replace
+
+    from topkattn.integrations.growing_cache import GrowthPolicy
+
+    model = _gpu_model().float()
+    x = torch.randint(0, 1000, (2, 3000), device="cuda")
+    forced = torch.randint(0, 1000, (2, 40), device="cuda")
+    plain, _ = _forced_logits(model, x, replace(cfg, decode_graphs=False), forced)
+    graphs, states = _forced_logits(model, x, cfg, forced,
+                                    GrowthPolicy(room=0.0, min_room=16, align=16))
+    slot = states[0].graphs
+    assert slot.graph is not None and 2 <= slot.captures <= 3, slot.captures  # regrown twice
+    torch.testing.assert_close(graphs, plain, rtol=1e-4, atol=1e-4)

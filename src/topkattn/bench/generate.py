@@ -16,7 +16,10 @@ from a copy of that cache (repeated over the batch) and decodes greedily:
   on its weights) picks k keys per sequence from its own key cache (`LightningSelector`'s
   `range_indices` path), the same two paths.
 
-Paths: ``eager`` (DynamicCache, no graph), ``graph`` (StaticCache, one decode step captured by
+Paths: ``eager`` (DynamicCache; inside `sparsify` it grows into buffers with room and each
+layer's decode attention replays a CUDA graph, `TopKConfig.decode_graphs`), ``eager-plain``
+(the sparsified modes with ``decode_graphs=False``: transformers' concatenated cache and the
+kernels launched from Python at every layer and step), ``graph`` (StaticCache, one decode step captured by
 hand in a CUDA graph and replayed) and ``compiled`` (StaticCache, the forward compiled with
 ``torch.compile(fullgraph=True, mode="reduce-overhead")`` as transformers' generate compiles
 it; CUDA graphs through Inductor) for every mode; ``graph`` for the sparsified modes only.
@@ -188,7 +191,7 @@ def _attention_ms(kind: str, B: int, ctx: int, k: int) -> float | None:
     return time_graph_ms(fn)
 
 
-PATHS = ("eager", "graph", "compiled")
+PATHS = ("eager", "eager-plain", "graph", "compiled")
 
 
 def mode_table(k: int, modes: tuple[str, ...] | None = None,
@@ -227,6 +230,9 @@ def mode_table(k: int, modes: tuple[str, ...] | None = None,
         unknown = [m for m in chosen if m not in allowed]
         if unknown:
             raise InputError(f"unknown generate {label} {unknown}; allowed: {sorted(allowed)}")
+    plain = [(name, cfg.with_(decode_graphs=False), "eager-plain", flash)
+             for name, cfg, path, flash in mode_list if cfg is not None and path == "eager"]
+    mode_list = mode_list + plain
     return [m for m in mode_list
             if (modes is None or m[0] in modes) and (paths is None or m[2] in paths)]
 
@@ -255,10 +261,10 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 row = {"ctx": ctx, "B": B, "layers": layers, "mode": name,
-                       "cache": "dynamic" if path == "eager" else "static", "path": path,
+                       "cache": "dynamic" if path.startswith("eager") else "static", "path": path,
                        "k": None if cfg is None or cfg.dense else k, "prefill_s": prefill_s}
                 try:
-                    if path == "eager":
+                    if path.startswith("eager"):
                         cache = DynamicCache()
                     else:
                         cache = StaticCache(config=model.config, max_cache_len=ctx + 64)
@@ -266,7 +272,7 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
                         _fill(cache, kv, B)
                         ctxm = sparsify(model, cfg) if cfg is not None else contextlib.nullcontext()
                         with ctxm, (_sdpa_priority() if flash else contextlib.nullcontext()):
-                            steps = {"eager": _eager_steps, "graph": _graph_steps,
+                            steps = {"eager": _eager_steps, "eager-plain": _eager_steps, "graph": _graph_steps,
                                      "compiled": _compiled_steps}[path](model, cache, B, ctx)
                     ms = statistics.median(steps[-STEPS:])
                     row.update(step_ms=ms, tokens_per_s=B * 1e3 / ms, first_step_ms=steps[0],

@@ -32,7 +32,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from topkattn.config import TopKConfig
-from topkattn.integrations import key_ranges as kr
+from topkattn.integrations import decode_graphs, key_ranges as kr
+from topkattn.integrations.growing_cache import amortized_growth
 from topkattn.ops.topk import topk_attention, use_kernels
 from topkattn.ops.topk.custom_ops import decode_ops, sparse_decode
 from topkattn.selectors import ExactSelector, SelectionContext, Selector
@@ -54,6 +55,7 @@ class LayerState:
     hidden_states: torch.Tensor | None = None
     module: torch.nn.Module | None = None
     calls: dict = field(default_factory=lambda: {"sparse": 0, "dense": 0})
+    graphs: decode_graphs.GraphSlot = field(default_factory=decode_graphs.GraphSlot)
 
 
 def _to_bool_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -100,14 +102,15 @@ def _sdpa_priority():
 
 def _ranges_decode(state, query, key, value, ranges, scale):
     """One query per sequence over key ranges: exact Top-k or full attention as custom ops,
-    no host synchronisation (unless k_ratio / min_context need the context length).
+    no host synchronisation (unless k_ratio / min_context need the context length). Exact
+    Top-k and full attention replay the layer's CUDA graph where `decode_graphs` allows.
     query [B, Hq, 1, D]; key, value [B, Hkv, n, D] -> [B, 1, Hq, D]."""
-    B, n = query.shape[0], key.shape[2]
+    n = key.shape[2]
     lo, hi = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI)
     cfg = state.cfg if state is not None else None
     backend = cfg.backend if cfg is not None else "auto"
     kernel = use_kernels(query, backend)
-    sparse = False
+    sparse, topk = False, None
     if cfg is not None and not cfg.dense:
         context = n
         if cfg.k_ratio is not None or cfg.min_context:  # needs the visible length on the host
@@ -115,27 +118,53 @@ def _ranges_decode(state, query, key, value, ranges, scale):
         sparse = cfg.applies_to(state.layer_idx, "decode", context)
         topk = cfg.k_for(context)
     _count(state, sparse)
-    topk_decode, range_decode = decode_ops()
-    if not sparse:
-        out = range_decode(query, key, value, lo, hi, scale, kernel)
-    elif state.selector is None:
-        out = topk_decode(query, key, value, lo, hi, topk, scale, cfg.sink, cfg.local,
-                          cfg.granularity == "kv_group", kernel)
-    else:
-        sel = _selection_context(state, topk, scale, "decode")
-        indices = state.selector.range_indices(query, key, lo, hi, sel)
-        if indices is not None:  # the selector's own graph-safe path
-            out = sparse_decode()(query, key, value, indices, lo, hi, scale, cfg.sink,
-                                  cfg.local, kernel)
+    if sparse and state.selector is not None:
+        return _selector_decode(state, query, key, value, ranges, scale, topk, kernel)
+    group = cfg is not None and cfg.granularity == "kv_group"
+    sink, local = (cfg.sink, cfg.local) if cfg is not None else (0, 0)
+
+    def body(q, k, v, r):
+        topk_decode, range_decode = decode_ops()
+        lo, hi = kr.field(r, kr.LO), kr.field(r, kr.HI)
+        if sparse:
+            out = topk_decode(q, k, v, lo, hi, topk, scale, sink, local, group, kernel)
         else:
-            mask = kr.ranges_to_bool_mask(ranges, 1, n)
-            indices = state.selector.select(query, key, sel)
-            out = topk_attention(query, key, value, topk=topk, causal=False, scale=scale,
-                                 sink=cfg.sink, local=cfg.local, granularity=cfg.granularity,
-                                 indices=indices, attn_mask=mask, backend=cfg.backend)
-    # a padding mask with holes has no key range: make those rows loud, never silently wrong
-    # (+ NaN there, + 0.0 elsewhere: one kernel)
-    return (out + kr.poison_as(ranges, out.dtype).view(B, 1, 1, 1)).transpose(1, 2)
+            out = range_decode(q, k, v, lo, hi, scale, kernel)
+        return _poisoned(out, r)
+
+    if kernel and cfg is not None and cfg.decode_graphs and decode_graphs.eligible(query):
+        out = decode_graphs.run(state.graphs, body, query, key, value, ranges,
+                                (sparse, topk, scale, sink, local, group))
+        if out is not None:
+            return out
+    return body(query, key, value, ranges)
+
+
+def _poisoned(out, ranges):
+    """out [B, Hq, 1, D] -> [B, 1, Hq, D] contiguous, NaN rows where the padding mask has
+    holes (no key range expresses it: loud, never silently wrong; + NaN there, + 0.0
+    elsewhere, one kernel)."""
+    B = out.shape[0]
+    return (out + kr.poison_as(ranges, out.dtype).view(B, 1, 1, 1)).transpose(1, 2).contiguous()
+
+
+def _selector_decode(state, query, key, value, ranges, scale, topk, kernel):
+    """A selector's decode step over key ranges: its own graph-safe range path where it has
+    one, else its selection and `topk_attention` over the ranges' mask. -> [B, 1, Hq, D]."""
+    cfg, n = state.cfg, key.shape[2]
+    lo, hi = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI)
+    sel = _selection_context(state, topk, scale, "decode")
+    indices = state.selector.range_indices(query, key, lo, hi, sel)
+    if indices is not None:  # the selector's own graph-safe path
+        out = sparse_decode()(query, key, value, indices, lo, hi, scale, cfg.sink, cfg.local,
+                              kernel)
+    else:
+        mask = kr.ranges_to_bool_mask(ranges, 1, n)
+        indices = state.selector.select(query, key, sel)
+        out = topk_attention(query, key, value, topk=topk, causal=False, scale=scale,
+                             sink=cfg.sink, local=cfg.local, granularity=cfg.granularity,
+                             indices=indices, attn_mask=mask, backend=cfg.backend)
+    return _poisoned(out, ranges)
 
 
 def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kwargs):
@@ -317,7 +346,8 @@ def sparsify(model: torch.nn.Module, cfg: TopKConfig) -> Iterator[dict[int | Non
         from topkattn.ops.select.triton_select import reserve_workspace
 
         reserve_workspace(device)
-    with attention_override(
+    growth = amortized_growth() if device.type == "cuda" and cfg.decode_graphs else contextlib.nullcontext()
+    with growth, attention_override(
         model,
         ATTENTION_NAME,
         topk_attention_forward,

@@ -1,0 +1,144 @@
+"""One CUDA graph per layer for the eager decode step: the host cost of a launch, not of six.
+
+In eager decoding a sparsified layer's attention is about six Triton launches plus the Python
+around them (argument checks, scratch allocations, specialisation keys), several hundred
+microseconds of host time per layer and step, while the GPU work is tens of microseconds.
+Batch-1 decoding is bound by that host time. When a layer's keys and values stay at one
+address from step to step (a `growing_cache` buffer, or a `StaticCache`), its decode attention
+is captured once as a CUDA graph over the buffer's whole capacity (the per-sequence key ranges,
+read on the device, keep the unfilled tail out) and replayed at every later step: a copy of the
+query and of the key ranges in, one replay, a copy of the output out.
+
+A graph is captured the second time a layer sees the same buffers, shapes and settings in a
+row (a cache that moves every step, transformers' own ``DynamicCache``, never is), at most
+`MAX_CAPTURES` times per layer (settings that change every step, such as ``k_ratio``, stop
+being captured), and never while `torch.compile` traces or another capture is running (a
+graph of the whole step, `topkattn bench`'s ``graph`` path). All graphs of a device share one
+memory pool: they run one after another on one stream and keep nothing but their inputs and
+outputs between replays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from topkattn.integrations.growing_cache import buffer_of
+from topkattn.ops.tuning import current
+
+MAX_CAPTURES = 8  # graphs captured per layer before it stays on the plain eager path
+
+Body = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class DecodeGraph:
+    """A captured decode attention: replay after copying the query into ``q`` (and the key
+    ranges into the shared buffer); the result is in ``out``."""
+
+    signature: tuple
+    graph: torch.cuda.CUDAGraph
+    q: torch.Tensor
+    out: torch.Tensor
+
+
+@dataclass
+class GraphSlot:
+    """A layer's graph state: the current graph, the last signature seen, captures so far."""
+
+    graph: DecodeGraph | None = None
+    seen: tuple | None = None
+    captures: int = 0
+
+
+_POOLS: dict[int, tuple] = {}
+_RANGES: dict[tuple, torch.Tensor] = {}  # (device, shape) -> the key ranges every graph reads
+_LAST_RANGES: dict[tuple, torch.Tensor] = {}  # what was last copied there
+
+
+def stable_base(t: torch.Tensor) -> torch.Tensor | None:
+    """The tensor a decode graph may read for a layer's keys or values [B, H, n, D]: the growth
+    buffer ``t`` is a prefix view of, ``t`` itself when it is its own storage (a static
+    cache's layer), else None."""
+    buf = buffer_of(t)
+    if buf is not None:
+        return buf
+    return t if t._base is None and t.dim() == 4 else None
+
+
+def eligible(query: torch.Tensor) -> bool:
+    """Whether this call may use a decode graph: a CUDA query, eager (not traced by
+    `torch.compile`), no capture running on the current stream."""
+    return (query.is_cuda and not torch.compiler.is_compiling()
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def _device_key(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _shared_ranges(ranges: torch.Tensor) -> torch.Tensor:
+    """The device's key-range buffer of ``ranges``' shape, holding ``ranges`` (copied only
+    when another tensor was copied there last; a forward's layers share one)."""
+    key = (_device_key(ranges.device), tuple(ranges.shape))
+    buf = _RANGES.get(key)
+    if buf is None:
+        buf = _RANGES[key] = torch.empty_like(ranges)
+    if _LAST_RANGES.get(key) is not ranges:
+        buf.copy_(ranges)
+        _LAST_RANGES[key] = ranges
+    return buf
+
+
+def _capture(signature: tuple, body: Body, query: torch.Tensor, key: torch.Tensor,
+             value: torch.Tensor, ranges: torch.Tensor) -> DecodeGraph:
+    dev = _device_key(query.device)
+    pool = _POOLS.get(dev)
+    if pool is None:
+        pool = _POOLS[dev] = torch.cuda.graph_pool_handle()
+    q = query.clone()
+    r = _shared_ranges(ranges)
+    body(q, key, value, r)  # compiles every kernel variant before the capture
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream(device=query.device)
+    side.wait_stream(torch.cuda.current_stream(query.device))
+    with torch.cuda.stream(side):
+        graph.capture_begin(pool=pool)
+        try:
+            out = body(q, key, value, r)
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream(query.device).wait_stream(side)
+    return DecodeGraph(signature, graph, q, out)
+
+
+def run(slot: GraphSlot, body: Body, query: torch.Tensor, key: torch.Tensor,
+        value: torch.Tensor, ranges: torch.Tensor, settings: tuple) -> torch.Tensor | None:
+    """``body(query, key_base, value_base, ranges)`` through the layer's graph, or None when
+    this call should run the plain eager path (see the module docstring).
+
+    query [B, Hq, 1, D]; key, value [B, Hkv, n, D] (the layer's cache); ranges: the step's
+    key ranges (`key_ranges.topk_mask`); ``settings``: everything else ``body`` depends on
+    (hashable). ``body`` must read keys only inside the ranges, since it is given the whole
+    buffers (their capacity, not n)."""
+    kb, vb = stable_base(key), stable_base(value)
+    if kb is None or vb is None:
+        slot.graph = slot.seen = None
+        return None
+    signature = (kb.data_ptr(), vb.data_ptr(), tuple(kb.shape), kb.stride(), tuple(vb.shape),
+                 vb.stride(), kb.dtype, tuple(query.shape), query.stride(), query.dtype,
+                 tuple(ranges.shape), id(current()), settings)
+    g = slot.graph
+    if g is None or g.signature != signature:
+        slot.graph = None  # never replay a graph of another buffer (it may be freed)
+        if slot.seen != signature or slot.captures >= MAX_CAPTURES:
+            slot.seen = signature
+            return None
+        slot.captures += 1
+        g = slot.graph = _capture(signature, body, query, kb, vb, ranges)
+    g.q.copy_(query)
+    _shared_ranges(ranges)
+    g.graph.replay()
+    return g.out.clone()
