@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--layers", type=int, default=32, help="layers of the generate benchmark's model")
     p.add_argument("--modes", default=None, help="generate: comma list of modes (default all)")
-    p.add_argument("--paths", default=None, help="generate: comma list of eager, graph, compiled")
+    p.add_argument("--paths", default=None, help="generate: comma list of eager, eager-plain, graph, compiled")
     a = p.parse_args(argv)
     run_ops([o.strip() for o in a.op.split(",") if o.strip()], a.ctx, a.k, a.batch, a.out, a.layers,
             a.modes, a.paths)

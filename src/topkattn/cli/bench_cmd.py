@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         layers: int = typer.Option(32, help="generate: layers of the random Llama-3-8B-shaped model"),
         modes: str = typer.Option("", help="generate: comma list of modes (dense-default, dense-flash, "
                                   "dense-ranges, topk-kv_group, topk-query_head, topk-lightning; default all)"),
-        paths: str = typer.Option("", help="generate: comma list of eager, graph, compiled (default all)"),
+        paths: str = typer.Option("", help="generate: comma list of eager, eager-plain, graph, compiled (default all)"),
     ) -> None:
         """Time the Triton kernels against SDPA dense / FlexAttention on this GPU."""
         from topkattn.bench.run import run_ops

@@ -13,9 +13,10 @@ A graph is captured the second time a layer sees the same buffers, shapes and se
 row (a cache that moves every step, transformers' own ``DynamicCache``, never is), at most
 `MAX_CAPTURES` times per layer (settings that change every step, such as ``k_ratio``, stop
 being captured), and never while `torch.compile` traces or another capture is running (a
-graph of the whole step, `topkattn bench`'s ``graph`` path). All graphs of a device share one
-memory pool: they run one after another on one stream and keep nothing but their inputs and
-outputs between replays.
+graph of the whole step, `topkattn bench`'s ``graph`` path). Each graph has its own memory
+pool (its scratch: one layer's scores, a few MB to tens of MB at 128k), freed with the graph
+when the buffer moves. (A pool shared by all graphs tripped an internal assertion of PyTorch's
+caching allocator in capture_begin: torch 2.11, H200, 2026-12-03.)
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ class GraphSlot:
     captures: int = 0
 
 
-_POOLS: dict[int, tuple] = {}
 _RANGES: dict[tuple, torch.Tensor] = {}  # (device, shape) -> the key ranges every graph reads
 _LAST_RANGES: dict[tuple, torch.Tensor] = {}  # what was last copied there
 
@@ -94,10 +94,6 @@ def _shared_ranges(ranges: torch.Tensor) -> torch.Tensor:
 
 def _capture(signature: tuple, body: Body, query: torch.Tensor, key: torch.Tensor,
              value: torch.Tensor, ranges: torch.Tensor) -> DecodeGraph:
-    dev = _device_key(query.device)
-    pool = _POOLS.get(dev)
-    if pool is None:
-        pool = _POOLS[dev] = torch.cuda.graph_pool_handle()
     q = query.clone()
     r = _shared_ranges(ranges)
     body(q, key, value, r)  # compiles every kernel variant before the capture
@@ -105,7 +101,7 @@ def _capture(signature: tuple, body: Body, query: torch.Tensor, key: torch.Tenso
     side = torch.cuda.Stream(device=query.device)
     side.wait_stream(torch.cuda.current_stream(query.device))
     with torch.cuda.stream(side):
-        graph.capture_begin(pool=pool)
+        graph.capture_begin()
         try:
             out = body(q, key, value, r)
         finally:
