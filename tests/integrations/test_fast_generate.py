@@ -279,8 +279,8 @@ def test_generate_static_and_compiled_match_dynamic_on_gpu(mode, dtype):
     compared by its logits, teacher-forced on the eager loop's tokens: Inductor fuses the
     model's plain torch ops (norms, rotary, the indexer's projections) into kernels whose last
     bits differ, which can flip a near-tied greedy token of a random model (seen on the H200,
-    2026-12-03, for exact Top-k after 8 tokens); the attention ops themselves are custom ops
-    that Inductor does not touch. The Lightning Indexer is compared in fp32 only: those bits
+    2026-12-03, for exact Top-k after 8 tokens) and near-tied keys of a selection; the
+    attention ops themselves are custom ops that Inductor does not touch. The Lightning Indexer is compared in fp32 only: those bits
     flip near-tied selections of an untrained indexer."""
     from topkattn.selectors.lightning import LightningSelector
 
@@ -301,14 +301,26 @@ def test_generate_static_and_compiled_match_dynamic_on_gpu(mode, dtype):
         fwd = torch.compile(model.forward, fullgraph=True, mode="reduce-overhead")
         forced = loop if dtype == torch.bfloat16 else None
         comp = _decode_loop(model, x, fwd, 8, max_cache_len=1600, forced=forced, logits=comp_logits)
+        if dtype == torch.bfloat16:  # the truth: the fp32 model fed the same tokens
+            ref_model, ref_logits = _gpu_model().float(), []
+            with sparsify(ref_model, cfg):
+                _decode_loop(ref_model, x, ref_model, 8, max_cache_len=1600, forced=loop,
+                             logits=ref_logits)
     torch._dynamo.reset()
     assert torch.equal(dyn, stat)
     if dtype == torch.float32:
         assert torch.equal(loop, comp)
-    else:  # the same tokens in, logits equal up to bf16 rounding (a wrong key set is far off)
-        for step, (a, b) in enumerate(zip(eager_logits, comp_logits)):
-            rel = ((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt()).item()
-            assert rel < 2e-2, (step, rel)
+    else:
+        # the same tokens in: the compiled bf16 logits are no farther from the fp32 model's than
+        # the eager bf16 logits are (a wrong key set would be far off). Not compiled against
+        # eager: with k=128 of 1500 near-tied keys bf16 rounding alone moves a random model's
+        # logits by 0.135 relative RMS from fp32, eager and compiled alike (H200, 2026-12-03,
+        # scripts/device_bf16_compiled_check.py), so the two differ by 0.03-0.12 from each other
+        def rel(a, b):
+            return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+
+        for step, (a, b, r) in enumerate(zip(eager_logits, comp_logits, ref_logits)):
+            assert rel(b, r) <= 1.5 * rel(a, r) + 1e-2, (step, rel(b, r), rel(a, r))
 
 
 @pytest.mark.gpu
@@ -328,7 +340,16 @@ def test_opcheck_decode_ops_gpu(op):
             "sparse_decode": (q, k, v, (idx + 100).to(torch.int32), lo, hi, 0.125, 1, 2, True),
             "index_topk": (q[:, :4, 0] * 0.125, torch.rand(2, 4, device="cuda"), k[:, 0], lo, hi,
                            256, True)}[op]
-    torch.library.opcheck(OPS[op], args)
+    if op != "index_topk":
+        torch.library.opcheck(OPS[op], args)
+        return
+    # the selected positions come in an unspecified order (the scan appends them with atomics),
+    # so opcheck's exact eager-vs-AOT comparison is replaced by one of the sorted positions
+    torch.library.opcheck(OPS[op], args, test_utils=("test_schema", "test_autograd_registration",
+                                                     "test_faketensor"))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: OPS[op](*a), fullgraph=True)(*args)
+    assert torch.equal(compiled.sort(-1).values, OPS[op](*args).sort(-1).values)
 
 
 @pytest.mark.gpu
