@@ -92,8 +92,8 @@ def _buffered(layer: DynamicLayer, t: torch.Tensor, new: torch.Tensor, policy: G
         if n:
             grown[:, :, :n].copy_(t)
         buf = grown
-    buf[:, :, n:needed].copy_(new)
-    return buf[:, :, :needed]
+    buf.narrow(2, n, new.shape[2]).copy_(new)
+    return buf.narrow(2, 0, needed)
 
 
 def _update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -106,11 +106,27 @@ def _update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, *
     if not self.is_initialized:
         self.lazy_initialization(key_states, value_states)
     keys, values = self.keys, self.values
+    # the common step: the layer still holds the views this function returned last time
+    # (their ids, so that nothing here keeps a buffer alive after `reset`)
+    kb, vb = keys._base, values._base
+    if (getattr(self, "_topkattn_views", None) == (id(keys), id(values)) and kb is not None
+            and vb is not None and getattr(kb, "_topkattn_growth", False)
+            and getattr(vb, "_topkattn_growth", False)):
+        n = keys.shape[2]
+        needed = n + key_states.shape[2]
+        if (needed <= kb.shape[2] and key_states.dtype == kb.dtype
+                and key_states.shape[:2] == kb.shape[:2]):
+            kb.narrow(2, n, key_states.shape[2]).copy_(key_states)
+            vb.narrow(2, n, value_states.shape[2]).copy_(value_states)
+            self.keys, self.values = kb.narrow(2, 0, needed), vb.narrow(2, 0, needed)
+            self._topkattn_views = (id(self.keys), id(self.values))
+            return self.keys, self.values
     buffered = keys.numel() and buffer_of(keys) is not None and buffer_of(values) is not None
     if key_states.shape[2] != 1 and not buffered:  # a prompt: concatenated as transformers does
         return _ORIGINAL_UPDATE(self, key_states, value_states, *args, **kwargs)
     self.keys = _buffered(self, keys, key_states, policy)
     self.values = _buffered(self, values, value_states, policy)
+    self._topkattn_views = (id(self.keys), id(self.values))
     return self.keys, self.values
 
 
