@@ -479,6 +479,22 @@ def _kernel_qkv():
     return tuple(torch.randn(1, h, 16, 16, generator=g) for h in (2, 1, 1))
 
 
+def _triton_agrees_with_reference(q, k, v, topk, granularity):
+    """Assert that `topk_attention` on the Triton backend gives the reference's output and lse
+    (NaN where it has NaN) on poisoned q, k, v; returns the reference's output."""
+    from topkattn.ops.topk import topk_attention
+    from topkattn.ops.topk.naive import topk_attention_reference
+
+    want, wlse = topk_attention_reference(q, k, v, topk, granularity=granularity,
+                                          return_lse=True)
+    got, lse = topk_attention(q, k, v, topk, granularity=granularity, backend="triton",
+                              return_lse=True)
+    assert not torch.isfinite(want).all()  # the case poisons something
+    torch.testing.assert_close(got, want, equal_nan=True)
+    torch.testing.assert_close(lse, wlse, equal_nan=True)
+    return want
+
+
 def _kernel_case(case, grad=False):
     return tuple(t.requires_grad_(grad) for t in KERNEL_NAN_CASES[case](*_kernel_qkv()))
 
@@ -492,17 +508,7 @@ def test_prefill_kernel_nan_policy_matches_the_reference(case, granularity, topk
     kv_group a NaN group sum ranks first, so a NaN query leaves the other heads of its group
     the reference's set, the lowest positions); a value outside the selection takes no part
     (no 0 * NaN), a selected one poisons its output column only."""
-    from topkattn.ops.topk import topk_attention
-    from topkattn.ops.topk.naive import topk_attention_reference
-
-    q, k, v = _kernel_case(case)
-    want, wlse = topk_attention_reference(q, k, v, topk, granularity=granularity,
-                                          return_lse=True)
-    got, lse = topk_attention(q, k, v, topk, granularity=granularity, backend="triton",
-                              return_lse=True)
-    assert not torch.isfinite(want).all()  # the case poisons something
-    torch.testing.assert_close(got, want, equal_nan=True)
-    torch.testing.assert_close(lse, wlse, equal_nan=True)
+    _triton_agrees_with_reference(*_kernel_case(case), topk, granularity)
 
 
 def test_prefill_kernel_unselected_values_take_no_part():
@@ -580,18 +586,10 @@ def test_decode_kernel_nan_policy_matches_the_reference(case, granularity, topk,
     ``topkattn::topk_decode`` body: a NaN or +inf score is selected (with kv_group a NaN group
     sum ranks as +inf), lse is NaN / +inf where the reference's is, and a value outside the
     selection takes no part."""
-    from topkattn.ops.topk import topk_attention
     from topkattn.ops.topk.custom_ops import topk_decode_ranges
-    from topkattn.ops.topk.naive import topk_attention_reference
 
     q, k, v = _decode_case(case, n)
-    want, wlse = topk_attention_reference(q, k, v, topk, granularity=granularity,
-                                          return_lse=True)
-    got, lse = topk_attention(q, k, v, topk, granularity=granularity, backend="triton",
-                              return_lse=True)
-    assert not torch.isfinite(want).all()  # the case poisons something
-    torch.testing.assert_close(got, want, equal_nan=True)
-    torch.testing.assert_close(lse, wlse, equal_nan=True)
+    want = _triton_agrees_with_reference(q, k, v, topk, granularity)
     ends, starts = torch.tensor([n], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
     ranged = topk_decode_ranges(q, k, v, starts, ends, topk, 0.25, 0, 0,
                                 granularity == "kv_group")
