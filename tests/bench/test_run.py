@@ -41,7 +41,7 @@ def _pixels_near(img, rgb, tol=0.08):
 
 
 def test_results_plot_shows_every_series(tmp_path):
-    """`write_results`' plot: one line per y column, in matplotlib's first two colours; the
+    """`write_results`' plot: one bar series per y column, in matplotlib's first two colours; the
     title is drawn inside the canvas (dark pixels below the top edge, none cut at it)."""
     import matplotlib.image as mpimg
     from matplotlib.colors import to_rgb
@@ -58,7 +58,7 @@ def test_results_plot_shows_every_series(tmp_path):
     assert _pixels_near(img, to_rgb("C2")) == 0  # no third series
     dark = (img[..., :3].max(-1) < 0.3).any(1)  # rows holding text or axes
     assert not dark[0] and dark[: img.shape[0] // 10].any()  # the title: near the top, not cut
-    # the series are drawn where their values say: the torch line above the ours line
+    # the series are drawn where their values say: the torch bars reach above the ours bars
     ys0 = np.nonzero(np.abs(img[..., :3] - to_rgb("C0")).max(-1) < 0.08)[0]
     ys1 = np.nonzero(np.abs(img[..., :3] - to_rgb("C1")).max(-1) < 0.08)[0]
     assert np.median(ys1) < np.median(ys0)  # image rows count down: smaller row = higher value

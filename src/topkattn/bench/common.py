@@ -140,13 +140,19 @@ def write_results(op: str, rows: list[dict], columns: list[str], out_dir: str | 
             x, title, ys = plot
             fig, ax = plt.subplots(figsize=(7, 4))
             labels = [str(r[x]) for r in rows]
-            for y in ys:
-                ax.plot(range(len(rows)), [r.get(y) or float("nan") for r in rows], marker="o", label=y)
+            width = 0.8 / max(len(ys), 1)
+            for j, y in enumerate(ys):  # grouped bars: the cases are categories, not a series
+                ax.bar([i + (j - (len(ys) - 1) / 2) * width for i in range(len(rows))],
+                       [r.get(y) or float("nan") for r in rows], width, label=y)
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-            ax.set_ylabel("ms (lower is better)")
-            ax.set_yscale("log")
-            ax.set_title(title)
+            vals = [r[y] for r in rows for y in ys if isinstance(r.get(y), (int, float)) and r[y] > 0]
+            log = bool(vals) and max(vals) > 20 * min(vals)  # bars on a log axis only when needed
+            ax.set_ylabel("ms (lower is better" + (", log scale)" if log else ")"))
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(f"{title}\n{meta.get('device', '')}, torch {meta.get('torch')}, "
+                         f"{meta.get('date')}", fontsize=10)
             ax.legend(fontsize=7)
             fig.tight_layout()
             fig.savefig(out / f"{op}.png", dpi=110)
