@@ -75,8 +75,10 @@ def eligible(query: torch.Tensor) -> bool:
             and not torch.cuda.is_current_stream_capturing())
 
 
-def _device_key(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
+def _device_key(device: torch.device) -> str:
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 def _shared_ranges(ranges: torch.Tensor) -> torch.Tensor:

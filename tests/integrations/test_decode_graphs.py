@@ -1,0 +1,113 @@
+"""When `decode_graphs.run` captures, replays and lets go of a layer's graph (CPU: the CUDA
+capture replaced by a recording stand-in; the real graphs are tested on the GPU in
+test_fast_generate.py)."""
+
+import torch
+
+from topkattn.integrations import decode_graphs as dg
+from topkattn.integrations.growing_cache import _new_buffer
+
+
+class FakeGraph:
+    """Stands in for a captured graph: replay runs the body on the static inputs."""
+
+    def __init__(self, body, q, k, v, r):
+        self.replays = 0
+        self._run = lambda: body(q, k, v, r)
+        self.out = self._run()
+
+    def replay(self):
+        self.replays += 1
+        self.out.copy_(self._run())
+
+
+def _fake_capture(signature, body, query, key, value, ranges):
+    q = query.clone()
+    g = FakeGraph(body, q, key, value, dg._shared_ranges(ranges))
+    return dg.DecodeGraph(signature, g, q, g.out)
+
+
+def _body(q, k, v, r):
+    """Full attention of q [B, H, 1, D] over keys [0, r[1]) of k, v [B, H, cap, D]."""
+    n = int(r[1, 0, 0, 0])
+    w = torch.softmax(q @ k[:, :, :n].transpose(-1, -2), -1)
+    return (w @ v[:, :, :n]).transpose(1, 2).contiguous()
+
+
+def _layer(cap):
+    kb = _new_buffer(torch.randn(1, 2, 1, 8), cap).normal_()
+    vb = _new_buffer(torch.randn(1, 2, 1, 8), cap).normal_()
+    return kb, vb
+
+
+def _ranges(n):
+    r = torch.zeros(6, 1, 1, 1, dtype=torch.int32)
+    r[1] = n
+    return r
+
+
+def test_capture_on_the_second_sight_then_replay(monkeypatch):
+    monkeypatch.setattr(dg, "_capture", _fake_capture)
+    slot = dg.GraphSlot()
+    kb, vb = _layer(32)
+    outs = []
+    for n in range(10, 15):
+        q = torch.randn(1, 2, 1, 8)
+        k, v, r = kb.narrow(2, 0, n), vb.narrow(2, 0, n), _ranges(n)
+        out = dg.run(slot, _body, q, k, v, r, settings=("dense",))
+        outs.append(out)
+        if out is not None:  # the graph's answer is the body's on this step's inputs
+            torch.testing.assert_close(out, _body(q, k, v, r))
+    assert outs[0] is None and all(o is not None for o in outs[1:])
+    assert slot.captures == 1 and slot.graph.graph.replays == 4
+
+
+def test_a_moved_buffer_drops_the_graph_and_captures_again(monkeypatch):
+    monkeypatch.setattr(dg, "_capture", _fake_capture)
+    slot = dg.GraphSlot()
+    q = torch.randn(1, 2, 1, 8)
+    kb, vb = _layer(32)
+    for _ in range(3):
+        dg.run(slot, _body, q, kb.narrow(2, 0, 10), vb.narrow(2, 0, 10), _ranges(10), ("d",))
+    assert slot.captures == 1
+    kb2, vb2 = _layer(64)  # the cache grew: new buffers
+    assert dg.run(slot, _body, q, kb2.narrow(2, 0, 33), vb2.narrow(2, 0, 33), _ranges(33),
+                  ("d",)) is None
+    assert slot.graph is None  # never replays a graph of the old buffers
+    assert dg.run(slot, _body, q, kb2.narrow(2, 0, 34), vb2.narrow(2, 0, 34), _ranges(34),
+                  ("d",)) is not None
+    assert slot.captures == 2
+    # other settings (a new k) are another graph, too
+    assert dg.run(slot, _body, q, kb2.narrow(2, 0, 35), vb2.narrow(2, 0, 35), _ranges(35),
+                  ("other",)) is None
+
+
+def test_settings_that_change_every_step_stop_being_captured(monkeypatch):
+    monkeypatch.setattr(dg, "_capture", _fake_capture)
+    slot = dg.GraphSlot()
+    q = torch.randn(1, 2, 1, 8)
+    kb, vb = _layer(64)
+    for step in range(4 * dg.MAX_CAPTURES):
+        settings = (step // 2,)  # the same for two steps, then new (like k_ratio's k)
+        dg.run(slot, _body, q, kb.narrow(2, 0, 10), vb.narrow(2, 0, 10), _ranges(10), settings)
+    assert slot.captures == dg.MAX_CAPTURES
+
+
+def test_a_cache_that_moves_every_step_is_never_captured(monkeypatch):
+    monkeypatch.setattr(dg, "_capture", _fake_capture)
+    slot = dg.GraphSlot()
+    q = torch.randn(1, 2, 1, 8)
+    for n in range(10, 16):  # transformers' concatenation: a new tensor of a new length
+        k, v = torch.randn(1, 2, n, 8), torch.randn(1, 2, n, 8)
+        assert dg.run(slot, _body, q, k, v, _ranges(n), ("d",)) is None
+    assert dg.stable_base(torch.randn(1, 2, 20, 8)[:, :, :10]) is None  # a plain slice
+    assert slot.captures == 0
+
+
+def test_shared_ranges_copies_only_a_new_tensor():
+    r = _ranges(7)
+    buf = dg._shared_ranges(r)
+    r[1] = 9  # the same tensor object is not copied again (one copy per forward) ...
+    assert int(dg._shared_ranges(r)[1, 0, 0, 0]) == 7
+    assert int(dg._shared_ranges(_ranges(11))[1, 0, 0, 0]) == 11  # ... a new one is
+    assert dg._shared_ranges(_ranges(3)) is buf
