@@ -205,7 +205,7 @@ def plot_accuracy(cells: list[Cell], ks: Iterable[str], path: Path, title: str =
         if i % ncol == 0:
             ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")  # where no point hides behind it (low presses)
     for i in range(len(tasks), nrow * ncol):
         axes[i // ncol][i % ncol].axis("off")
     if title:
