@@ -7,7 +7,8 @@
 # OUT (default runs/kvpress_accuracy) holds the run; a rerun resumes it. SUMMARY_DIR (default
 # docs/experiments/kvpress_cpu) gets the eval's own summary.json, table.md and accuracy.png,
 # plus paired.json / paired.md (accuracy with 95% Wilson intervals, paired McNemar counts,
-# accuracy by needle depth, kept KV) and rows.jsonl (one short line per sample and method).
+# accuracy by needle depth, kept KV, the wrong answers with fewer digits than the answer or a
+# prefix of it) and rows.jsonl (one short line per sample and method).
 # Settings from the environment: TASK (niah_multikey), LEN (2k), SAMPLES (100), K (256: exact
 # Top-k's k), PRESSES (snapkv,streaming_llm,tova), RATIO (the presses' compression ratio,
 # default 1 - K/2048 = 0.875), SHARDS (2).
@@ -52,6 +53,7 @@ cp "$RUN/summary.json" "$RUN/table.md" "$RUN/accuracy.png" "$SUMMARY/"
 """Accuracy (95% Wilson intervals), paired McNemar counts against exact Top-k and full
 attention, accuracy by needle depth, kept KV of the presses; compact per-row lines."""
 import json
+import re
 import sys
 from pathlib import Path
 from statistics import mean
@@ -85,6 +87,11 @@ for m, label in methods:
     c["n_tokens"] = {"mean": mean(by[m][s]["n_tokens"] for s in common),
                      "min": min(by[m][s]["n_tokens"] for s in common),
                      "max": max(by[m][s]["n_tokens"] for s in common)}
+    # the wrong answers: fewer digits than the answer, or a strict prefix of its digits
+    wrong = [by[m][s] for s in common if by[m][s]["score"] < 1]
+    digits = [("".join(re.findall(r"\d", r["prediction"])), r["answer"]) for r in wrong]
+    c["wrong"] = {"n": len(wrong), "short": sum(1 for d, a in digits if len(d) < len(a)),
+                  "prefix": sum(1 for d, a in digits if d and a.startswith(d) and d != a)}
     cells.append(c)
 
 # the same prompts under two methods: discordant pairs and the exact McNemar p-value
@@ -109,14 +116,15 @@ with open(dest / "rows.jsonl", "w") as f:
                                 if k in r}) + "\n")
 
 label = dict(methods)
-lines = ["| method | accuracy | 95% Wilson | n | mean kept KV at the first answer token |",
-         "|---|---:|---|---:|---:|"]
+lines = ["| method | accuracy | 95% Wilson | n | mean kept KV at the first answer token | "
+         "wrong: fewer digits / a prefix of the answer |", "|---|---:|---|---:|---:|---:|"]
 for c in cells:
     kv = (f"{c['kv_kept']['mean'] + 1:.1f}" if "kv_kept" in c
           else f"{K} of {c['n_tokens']['mean']:.0f}" if c["method"] == K
           else f"{c['n_tokens']['mean']:.0f}")
     lines.append(f"| {c['label']} | {c['accuracy']:.2f} | [{c['ci95'][0]:.2f}, "
-                 f"{c['ci95'][1]:.2f}] | {c['n']} | {kv} |")
+                 f"{c['ci95'][1]:.2f}] | {c['n']} | {kv} | {c['wrong']['short']} / "
+                 f"{c['wrong']['prefix']} of {c['wrong']['n']} |")
 lines += ["", "| a | b | n | a right, b wrong | b right, a wrong | exact McNemar p |",
           "|---|---|---:|---:|---:|---:|"]
 lines += [f"| {label[p['a']]} | {label[p['b']]} | {p['n']} | {p['a_only']} | {p['b_only']} | "
