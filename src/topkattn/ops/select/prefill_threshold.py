@@ -3,7 +3,7 @@
 scores. The attention kernels (`topkattn.ops.topk.triton_prefill`) then select by it.
 
 Per selection row the search stores the threshold key T (the k-th largest candidate key
-itself, key = ``_f32_key(score)``, the uint32 whose order is the fp32 order) and the tie cutoff
+itself, key = ``f32_key(score)``, the uint32 whose order is the fp32 order) and the tie cutoff
 position P: selected = key > T or (key == T and pos <= P); P = P_INF unless ties at T must be
 cut (lowest positions win, as in the reference). Rows with at most ``topk`` candidates store
 T = 0, P = P_INF (everything selected). Scores come from the helpers of
@@ -53,7 +53,7 @@ import triton.language as tl
 from topkattn.errors import InputError
 from topkattn.ops import testing
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.triton_select import _f32_key
+from topkattn.ops.select.triton_select import f32_key
 from topkattn.ops.topk.prefill_scores import (
     P_INF, _row_info, _sel_block, _sel_operands, _sel_scores, _tile_ranges, launch_options,
     prefill_tiles, seq_bounds,
@@ -434,7 +434,7 @@ def _finalize(BS, TB, PB, STAT, EA, EB, JS, CH, NBD, CK, row0, m0, bufoff, Lq, t
         okv = (v == v) & (_bin_idx(tl.where(v == v, v, 0.0), ea[:, None], eb[:, None], NMAX)
                           == js[:, None])
         bad += tl.sum((ent & ~okv).to(tl.int32), 1)
-        kc = tl.where(ent, _f32_key(v), 0)
+        kc = tl.where(ent, f32_key(v), 0)
         lo = tl.minimum(lo, tl.min(tl.where(ent, kc, 0xFFFFFFFF), 1))
         hi = tl.maximum(hi, tl.max(kc, 1))
         keys = keys + (kc,)
@@ -593,7 +593,7 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh,
                 s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP,
                                 BM, BN, IEEE, UPCAST)
                 pos = start + tl.arange(0, BN)
-                key = _f32_key(s)
+                key = f32_key(s)
                 cand = cut3[:, None] & (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
                 gt += tl.sum((cand & (key > Tt[:, None])).to(tl.int32), 1)
                 eq = (cand & (key == Tt[:, None])).to(tl.int32)
@@ -618,7 +618,7 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh,
                     s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale,
                                     GROUP, BM, BN, IEEE, UPCAST)
                     pos = start + tl.arange(0, BN)
-                    key = _f32_key(s)
+                    key = f32_key(s)
                     match = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
                     if SHIFT < 28:
                         match = match & ((key >> (SHIFT + 4)) == (want >> (SHIFT + 4))[:, None])
@@ -653,7 +653,7 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh,
                 s = _sel_scores(q, qg, kbase, start, skn, sqh, sqm, m, d, Lq, Lk, G, scale, GROUP,
                                 BM, BN, IEEE, UPCAST)
                 pos = start + tl.arange(0, BN)
-                key = _f32_key(s)
+                key = f32_key(s)
                 cand = (pos[None, :] >= c_lo[:, None]) & (pos[None, :] < c_hi[:, None])
                 inbin = cand & early[:, None] & ((key >> ush[:, None]) == (want >> ush)[:, None])
                 kmin = tl.minimum(kmin, tl.min(tl.where(inbin, key, 0xFFFFFFFF), 1))

@@ -15,7 +15,7 @@ def topk_select_mask_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
     """bool [R, n]: True at the ``k`` selected positions of each row (all when k >= n)."""
     from topkattn.ops.topk.naive import select_topk_mask
 
-    _check(scores, k)
+    check_select_args(scores, k)
     return select_topk_mask(scores, k, torch.ones((), dtype=torch.bool, device=scores.device))
 
 
@@ -29,7 +29,7 @@ def topk_select_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
     return key.sort(dim=-1).values[..., : min(k, n)].to(torch.int32)
 
 
-def _check(scores: torch.Tensor, k: int) -> None:
+def check_select_args(scores: torch.Tensor, k: int) -> None:
     if scores.dim() != 2:
         raise InputError(f"scores must be 2-D [rows, n]; got shape {tuple(scores.shape)}")
     if scores.dtype not in (torch.float32, torch.float16, torch.bfloat16):

@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover
 from topkattn.errors import InputError
 from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.reference import _check
+from topkattn.ops.select.reference import check_select_args
 from topkattn.ops import testing
 from topkattn.ops.topk.triton_env import INTERPRET, compute_major, num_sms
 from topkattn.ops.tuning import current
@@ -89,12 +89,12 @@ def _f32_skey(x):
 
 @triton.jit
 def _skey_to_key(s):
-    """`_f32_skey` -> its unsigned twin `_f32_key` (flip the top bit)."""
+    """`_f32_skey` -> its unsigned twin `f32_key` (flip the top bit)."""
     return (s ^ -2147483648).to(tl.uint32, bitcast=True)
 
 
 @triton.jit
-def _f32_key(x):
+def f32_key(x):
     """fp32 -> uint32 whose unsigned order is the float order (-0.0 folded into +0.0, NaN as
     +inf: `_f32_skey`)."""
     return _skey_to_key(_f32_skey(x))
@@ -102,13 +102,13 @@ def _f32_key(x):
 
 @triton.jit
 def _key_t(key):
-    """Sign flag, 8 exponent bits and the top mantissa bits of a `_f32_key` key (the bin unit)."""
+    """Sign flag, 8 exponent bits and the top mantissa bits of a `f32_key` key (the bin unit)."""
     return (key >> BIN_SHIFT).to(tl.int32)
 
 
 @triton.jit
 def _log_bin(key, u0):
-    """Monotone bin (int32 in [0, NBINS)) of a `_f32_key` key: bins BIN_HALF.. hold x >= 0 in
+    """Monotone bin (int32 in [0, NBINS)) of a `f32_key` key: bins BIN_HALF.. hold x >= 0 in
     equal steps of log2|x| over 16 octaves from 2^(u0 / 2^_MANT - 127), the bins below mirror
     them for x < 0; smaller and larger |x| share the bins at zero and at the ends."""
     t = _key_t(key)
@@ -122,7 +122,7 @@ def _log_bin(key, u0):
 def row_bin(x, c, u0):
     """`_log_bin` of fp32 scores x in a row's frame (c, u0) from `_row_frame`: monotone in x
     (x - c rounds monotonically), so a range of bins is a range of scores."""
-    return _log_bin(_f32_key(x - c), u0)
+    return _log_bin(f32_key(x - c), u0)
 
 
 @triton.jit
@@ -142,7 +142,7 @@ def _row_frame(srow, c_lo, c_hi):
     spread = tl.sum(tl.where(i == (3 * FRAME_SAMPLES) // 4, dev, 0.0), 0)
     spread = tl.where(spread > 0, spread, tl.max(dev, 0))
     ok = (spread < float("inf")) & (tl.abs(c) < float("inf"))  # False for NaN too
-    u_spread = _key_t(_f32_key(spread)) - BIN_SIGN
+    u_spread = _key_t(f32_key(spread)) - BIN_SIGN
     u0 = tl.maximum(u_spread + BIN_HEADROOM - (BIN_HALF - 1), 0)
     return tl.where(ok, c, 0.0), tl.where(ok, u0, BIN_U0)
 
@@ -187,7 +187,7 @@ def _pack(skey, pos):
 
 @triton.jit
 def _unpack(v):
-    """Inverse of `_pack`: (uint32 `_f32_key`, int32 position)."""
+    """Inverse of `_pack`: (uint32 `f32_key`, int32 position)."""
     return _skey_to_key((v >> 32).to(tl.int32)), (v & 0xFFFFFFFF).to(tl.int32)
 
 
@@ -201,7 +201,7 @@ def _load_src(srow, buf, use_buf, c_lo, n_src, i):
         key, pos = _unpack(tl.load(buf + i, mask=valid, other=0))
     else:
         pos = c_lo + i
-        key = _f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
+        key = f32_key(tl.load(srow + pos, mask=valid, other=0.0).to(tl.float32))
     return key, pos, valid
 
 
@@ -269,7 +269,7 @@ def _tie_cut(pos, tie, rem, lo, hi):
 
 
 @triton.jit
-def _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr):
+def row_range(LENS, STARTS, r, HSEL, n, HAS_LENS: tl.constexpr, HAS_STARTS: tl.constexpr):
     """Visible keys [vs, L) of row r (lengths / starts shared by HSEL consecutive rows;
     L = n and vs = 0 when not given)."""
     L = n + r * 0
@@ -368,7 +368,7 @@ def _hist_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, HIST, DONE,
     release_next(PDL and EARLY)
     r = tl.program_id(0)
     first = tl.program_id(1) * (BLOCK * ITERS * SAMPLE)
-    vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
+    vs, L = row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     c, u0 = _row_frame(S + r.to(tl.int64) * stride_s, c_lo, c_hi)
     if (first < c_hi) & (first + BLOCK * ITERS * SAMPLE > c_lo) & (c_hi - c_lo > k):
@@ -409,7 +409,7 @@ def _scan_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, K, INFO, CNT, 
     r = tl.program_id(0)
     pid = tl.program_id(1)
     r64 = r.to(tl.int64)
-    vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
+    vs, L = row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     mode, c, u0 = _frame(INFO, r64)
     b_lo = tl.load(INFO + r64 * 4 + 1)
@@ -536,7 +536,7 @@ def _finish_kernel(S, stride_s, LENS, STARTS, HSEL, n, sink, local, k, INFO, CNT
     srow = S + r64 * stride_s
     orow = OUT + r64 * stride_o
     buf = BUF + r64 * CAP
-    vs, L = _row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
+    vs, L = row_range(LENS, STARTS, r, HSEL, n, HAS_LENS, HAS_STARTS)
     c_lo, c_hi = _cand_range(vs, L, sink, local)
     ncand = c_hi - c_lo
     offs = tl.arange(0, BLOCK)
@@ -807,6 +807,6 @@ def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tenso
     Returns:
         int32 [R, min(k, n)] positions; the set equals `topk_select_reference`'s.
     """
-    _check(scores, k)
+    check_select_args(scores, k)
     out = select_rows(scores, min(k, scores.shape[1]))
     return out.sort(dim=-1).values if sort else out

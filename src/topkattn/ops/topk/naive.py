@@ -59,7 +59,7 @@ def check_indices_shape(indices: torch.Tensor, q: torch.Tensor, k: torch.Tensor)
         raise InputError(f"indices must be [B={B}, Hq={Hq} or Hkv={Hkv}, Lq={Lq}, n]; got {shape}")
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int | None) -> None:
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int | None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise InputError(
             f"q, k, v must be 4-D [B, H, L, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -277,7 +277,7 @@ def topk_attention_reference(
     Returns:
         out [B, Hq, Lq, D] in q's dtype (rows with no visible key are zero), and lse when asked.
     """
-    _check_inputs(q, k, v, topk)
+    check_inputs(q, k, v, topk)
     check_arguments(scale, sink, local)
     if indices is not None:
         check_indices_shape(indices, q, k)

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from topkattn.ops.launch import cached_launch
 from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
-from topkattn.ops.select.triton_select import _row_range, pdl_launch, select_rows, wait_prior, workspace
+from topkattn.ops.select.triton_select import row_range, pdl_launch, select_rows, wait_prior, workspace
 from topkattn.ops.topk.triton_env import num_sms
 from topkattn.ops.topk.triton_sparse import (
     INTERPRET, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
@@ -65,7 +65,7 @@ def _scores_kernel(
     b = bh // Hkv
     hkv = bh % Hkv
     b64 = b.to(tl.int64)
-    _, L = _row_range(LENS, LENS, bh, Hkv, n, HAS_LENS, False)  # sequence bh // Hkv = b
+    _, L = row_range(LENS, LENS, bh, Hkv, n, HAS_LENS, False)  # sequence bh // Hkv = b
     g = tl.arange(0, GP)
     gm = g < G
     d = tl.arange(0, D)

@@ -2,7 +2,7 @@
 
 Every query row attends to its own ``topk`` highest-scoring visible keys (plus sink/local)
 without materialising the n x n scores. Per selection row the threshold search stores the
-threshold key T (the k-th largest candidate key itself, key = ``_f32_key(score)``, the uint32
+threshold key T (the k-th largest candidate key itself, key = ``f32_key(score)``, the uint32
 whose order is the fp32 order) and the tie cutoff position P: selected = key > T or (key == T
 and pos <= P); P = P_INF unless ties at T must be cut (lowest positions win, as in the
 reference). Rows with at most ``topk`` candidates store T = 0, P = P_INF (everything selected).
@@ -61,7 +61,7 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # softmax in base 2: one
 
 @triton.jit
 def _key_f32(u):
-    """Inverse of ``_f32_key`` (uint32 key -> fp32)."""
+    """Inverse of ``f32_key`` (uint32 key -> fp32)."""
     b = tl.where((u >> 31) != 0, u & 0x7FFFFFFF, u ^ 0xFFFFFFFF)
     return b.to(tl.float32, bitcast=True)
 

@@ -187,9 +187,9 @@ def _combine_kernel(PM, PL, PACC, O, LSE, SPLITS, SP: tl.constexpr, D: tl.conste
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Shape / dtype checks shared by the kernels (ValueError naming the value)."""
-    from topkattn.ops.topk.naive import _check_inputs
+    from topkattn.ops.topk.naive import check_inputs
 
-    _check_inputs(q, k, v, None)
+    check_inputs(q, k, v, None)
     if q.dtype == torch.float64:
         raise InputError("Triton kernels support float32, float16 and bfloat16, not float64")
     D = q.shape[-1]
