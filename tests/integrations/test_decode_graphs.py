@@ -59,7 +59,22 @@ def test_capture_on_the_second_sight_then_replay(monkeypatch):
         if out is not None:  # the graph's answer is the body's on this step's inputs
             torch.testing.assert_close(out, _body(q, k, v, r))
     assert outs[0] is None and all(o is not None for o in outs[1:])
-    assert slot.captures == 1 and slot.graph.graph.replays == 4
+    assert slot.captures == 1 and slot.graph.graph.replays == slot.graph.replays == 4
+
+
+def test_graphs_that_pay_off_keep_a_layer_capturing(monkeypatch):
+    """A new cache per prompt (an evaluation) moves the buffers every few dozen steps: each
+    graph replays many times, so the layer never runs out of captures."""
+    monkeypatch.setattr(dg, "_capture", _fake_capture)
+    slot = dg.GraphSlot()
+    q = torch.randn(1, 2, 1, 8)
+    replayed = 0
+    for prompt in range(3 * dg.MAX_CAPTURES):
+        kb, vb = _layer(32)
+        for n in range(10, 10 + dg.PAYOFF_REPLAYS + 2):
+            out = dg.run(slot, _body, q, kb.narrow(2, 0, n), vb.narrow(2, 0, n), _ranges(n), ("d",))
+            replayed += out is not None
+    assert replayed == 3 * dg.MAX_CAPTURES * (dg.PAYOFF_REPLAYS + 1)
 
 
 def test_a_moved_buffer_drops_the_graph_and_captures_again(monkeypatch):

@@ -10,9 +10,11 @@ read on the device, keep the unfilled tail out) and replayed at every later step
 query and of the key ranges in, one replay, a copy of the output out.
 
 A graph is captured the second time a layer sees the same buffers, shapes and settings in a
-row (a cache that moves every step, transformers' own ``DynamicCache``, never is), at most
-`MAX_CAPTURES` times per layer (settings that change every step, such as ``k_ratio``, stop
-being captured), and never while `torch.compile` traces or another capture is running (a
+row (a cache that moves every step, transformers' own ``DynamicCache``, never is); after
+`MAX_CAPTURES` captures in a row whose graphs were dropped before `PAYOFF_REPLAYS` replays
+(settings that change every step or two) the layer stops capturing, while a graph that paid
+for itself resets the count (a new cache per prompt, as an evaluation makes, keeps its graphs);
+and never while `torch.compile` traces or another capture is running (a
 graph of the whole step, `topkattn bench`'s ``graph`` path). Each graph has its own memory
 pool (its scratch: one layer's scores, a few MB to tens of MB at 128k), freed with the graph
 when the buffer moves. (A pool shared by all graphs tripped an internal assertion of PyTorch's
@@ -29,7 +31,8 @@ import torch
 from topkattn.integrations.growing_cache import buffer_of
 from topkattn.ops.tuning import current
 
-MAX_CAPTURES = 8  # graphs captured per layer before it stays on the plain eager path
+MAX_CAPTURES = 8  # captures in a row that did not pay off before a layer stays on plain launches
+PAYOFF_REPLAYS = 4  # replays after which a graph has paid for its capture
 
 Body = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,11 +46,13 @@ class DecodeGraph:
     graph: torch.cuda.CUDAGraph
     q: torch.Tensor
     out: torch.Tensor
+    replays: int = 0
 
 
 @dataclass
 class GraphSlot:
-    """A layer's graph state: the current graph, the last signature seen, captures so far."""
+    """A layer's graph state: the current graph, the last signature seen, and the captures in
+    a row whose graphs did not pay off."""
 
     graph: DecodeGraph | None = None
     seen: tuple | None = None
@@ -70,8 +75,9 @@ def stable_base(t: torch.Tensor) -> torch.Tensor | None:
 
 def eligible(query: torch.Tensor) -> bool:
     """Whether this call may use a decode graph: a CUDA query, eager (not traced by
-    `torch.compile`), no capture running on the current stream."""
+    `torch.compile`), no gradient asked for, no capture running on the current stream."""
     return (query.is_cuda and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and query.requires_grad)
             and not torch.cuda.is_current_stream_capturing())
 
 
@@ -130,6 +136,8 @@ def run(slot: GraphSlot, body: Body, query: torch.Tensor, key: torch.Tensor,
                  tuple(ranges.shape), id(current()), settings)
     g = slot.graph
     if g is None or g.signature != signature:
+        if g is not None and g.replays >= PAYOFF_REPLAYS:
+            slot.captures = 0  # that graph paid for itself: keep capturing
         slot.graph = None  # never replay a graph of another buffer (it may be freed)
         if slot.seen != signature or slot.captures >= MAX_CAPTURES:
             slot.seen = signature
@@ -139,4 +147,5 @@ def run(slot: GraphSlot, body: Body, query: torch.Tensor, key: torch.Tensor,
     g.q.copy_(query)
     _shared_ranges(ranges)
     g.graph.replay()
+    g.replays += 1
     return g.out.clone()
