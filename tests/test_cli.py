@@ -30,6 +30,9 @@ def test_info_runs():
 def test_user_errors_become_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
     from topkattn.errors import InputError
 
+    # the two commands exist for this test only (other tests list the app's commands)
+    monkeypatch.setattr(cli.app, "registered_commands", list(cli.app.registered_commands))
+
     @cli.app.command("fail-for-test")
     def fail() -> None:
         raise InputError("k must be a positive integer, got k=0")
@@ -68,7 +71,7 @@ def test_bad_length_is_one_line(monkeypatch, capsys, command):
 #: the Top-k options each command takes (those that mean something for it)
 TOPK_FLAGS = {
     "eval": {"--k", "--sink", "--local", "--dense-layers", "--min-context", "--granularity",
-             "--selector", "--backend"},
+             "--selector", "--backend", "--decode-graphs"},
     "train": {"--k", "--sink", "--local", "--dense-layers", "--min-context", "--granularity",
               "--selector", "--backend"},
     "fidelity": {"--k", "--sink", "--local", "--dense-layers", "--min-context",
@@ -90,8 +93,8 @@ def _shared() -> dict[str, set[str]]:
     for name in T.__all__:
         alias = getattr(T, name)
         for meta in getattr(alias, "__metadata__", ()):
-            out.setdefault(meta.param_decls[0] if meta.param_decls else meta.default,
-                           set()).add(meta.help)
+            decl = meta.param_decls[0] if meta.param_decls else meta.default
+            out.setdefault(decl.split("/")[0], set()).add(meta.help)  # "--x/--no-x": "--x"
     return out
 
 

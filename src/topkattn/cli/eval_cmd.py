@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from topkattn.cli.topk_options import (BackendOpt, DenseLayersOpt, GranularityOpt, KListOpt,
+from topkattn.cli.topk_options import (BackendOpt, DecodeGraphsOpt, DenseLayersOpt, GranularityOpt, KListOpt,
                                        LocalOpt, MinContextOpt, SelectorOpt, SinkOpt, topk_sweep)
 from topkattn.integrations.kvpress_baseline import PRESSES
 
@@ -67,6 +67,7 @@ def eval_command(
     granularity: GranularityOpt = "query_head",
     selector: SelectorOpt = "exact",
     backend: BackendOpt = "auto",
+    decode_graphs: DecodeGraphsOpt = True,
 ) -> None:
     """Accuracy of Top-k decoding vs full attention: JSONL, summary, table and plot."""
     from rich.console import Console
@@ -81,7 +82,7 @@ def eval_command(
 
     topk, ks = topk_sweep(k, sink=sink, local=local, dense_layers=dense_layers,
                           min_context=min_context, granularity=granularity, selector=selector,
-                          backend=backend)
+                          backend=backend, decode_graphs=decode_graphs)
     from topkattn.integrations.kvpress_baseline import parse_press_list, require_kvpress
 
     presses = parse_press_list(press)  # names a bad --press, before anything else

@@ -59,6 +59,10 @@ MinContextOpt = Annotated[int, typer.Option(
 BackendOpt = Annotated[str, typer.Option(
     "--backend", rich_help_panel=PANEL,
     help="auto (Triton kernels on CUDA, reference elsewhere), reference or triton")]
+DecodeGraphsOpt = Annotated[bool, typer.Option(
+    "--decode-graphs/--no-decode-graphs", rich_help_panel=PANEL,
+    help="on CUDA, grow the DynamicCache into buffers with room and replay each layer's "
+    "decode attention as one CUDA graph (same outputs, less host time per step)")]
 PhasesOpt = Annotated[str, typer.Option(
     "--phases", rich_help_panel=PANEL,
     help="where Top-k applies: decode, prefill or decode,prefill")]
@@ -96,7 +100,7 @@ def parse_selector_option(spec: str | None):
 def topk_config(k: str = "full", *, sink: int = 0, local: int = 0,
                 granularity: str = "query_head", selector: Optional[str] = "exact",
                 dense_layers: str | tuple = "", min_context: int = 0, backend: str = "auto",
-                phases: str | tuple = "decode") -> TopKConfig:
+                phases: str | tuple = "decode", decode_graphs: bool = True) -> TopKConfig:
     """The `TopKConfig` of one k value and the other Top-k options (``--k full``: dense).
 
     Built once, here; every check is `TopKConfig`'s (and `parse_k`'s for k).
@@ -105,7 +109,8 @@ def topk_config(k: str = "full", *, sink: int = 0, local: int = 0,
     return TopKConfig(k=setting.k, k_ratio=setting.k_ratio, phases=parse_phases(phases),
                       sink=sink, local=local, dense_layers=parse_layers(dense_layers),
                       min_context=min_context, granularity=granularity,
-                      selector=parse_selector_option(selector), backend=backend)
+                      selector=parse_selector_option(selector), backend=backend,
+                      decode_graphs=decode_graphs)
 
 
 def topk_sweep(ks: str, **options) -> tuple[TopKConfig, tuple[str, ...]]:
@@ -117,6 +122,6 @@ def topk_sweep(ks: str, **options) -> tuple[TopKConfig, tuple[str, ...]]:
     return topk_config("full", **options), labels
 
 
-__all__ = ["BackendOpt", "DenseLayersOpt", "GranularityOpt", "KListOpt", "KOpt", "LocalOpt",
+__all__ = ["BackendOpt", "DecodeGraphsOpt", "DenseLayersOpt", "GranularityOpt", "KListOpt", "KOpt", "LocalOpt",
            "MinContextOpt", "PANEL", "PhasesOpt", "SelectorOpt", "SinkOpt", "parse_layers",
            "parse_phases", "parse_selector_option", "topk_config", "topk_sweep"]
