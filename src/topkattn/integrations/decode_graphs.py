@@ -7,7 +7,7 @@ Batch-1 decoding is bound by that host time. When a layer's keys and values stay
 address from step to step (a `growing_cache` buffer, or a `StaticCache`), its decode attention
 is captured once as a CUDA graph over the buffer's whole capacity (the per-sequence key ranges,
 read on the device, keep the unfilled tail out) and replayed at every later step: a copy of the
-query and of the key ranges in, one replay, a copy of the output out.
+query and of the key ranges in and one replay (the output is the graph's own buffer).
 
 A graph is captured the second time a layer sees the same buffers, shapes and settings in a
 row (a cache that moves every step, transformers' own ``DynamicCache``, never is); after
@@ -148,4 +148,6 @@ def run(slot: GraphSlot, body: Body, query: torch.Tensor, key: torch.Tensor,
     _shared_ranges(ranges)
     g.graph.replay()
     g.replays += 1
-    return g.out.clone()
+    # the graph's own output buffer, no copy: the layer's output projection reads it at once,
+    # and only this layer's next replay (after that read, in stream order) overwrites it
+    return g.out

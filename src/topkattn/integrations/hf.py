@@ -106,7 +106,6 @@ def _ranges_decode(state, query, key, value, ranges, scale):
     Top-k and full attention replay the layer's CUDA graph where `decode_graphs` allows.
     query [B, Hq, 1, D]; key, value [B, Hkv, n, D] -> [B, 1, Hq, D]."""
     n = key.shape[2]
-    lo, hi = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI)
     cfg = state.cfg if state is not None else None
     backend = cfg.backend if cfg is not None else "auto"
     kernel = use_kernels(query, backend)
@@ -114,7 +113,7 @@ def _ranges_decode(state, query, key, value, ranges, scale):
     if cfg is not None and not cfg.dense:
         context = n
         if cfg.k_ratio is not None or cfg.min_context:  # needs the visible length on the host
-            context = int((hi - lo).max())
+            context = int((kr.field(ranges, kr.HI) - kr.field(ranges, kr.LO)).max())
         sparse = cfg.applies_to(state.layer_idx, "decode", context)
         topk = cfg.k_for(context)
     _count(state, sparse)
