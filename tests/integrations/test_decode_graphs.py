@@ -126,3 +126,19 @@ def test_shared_ranges_copies_only_a_new_tensor():
     assert int(dg._shared_ranges(r)[1, 0, 0, 0]) == 7
     assert int(dg._shared_ranges(_ranges(11))[1, 0, 0, 0]) == 11  # ... a new one is
     assert dg._shared_ranges(_ranges(3)) is buf
+
+
+def test_a_static_layer_replays_and_a_new_tensor_is_not_mistaken_for_it(monkeypatch):
+    """A static cache's layer is its own storage: the step's fast check knows it by identity,
+    and another tensor of the same shape gets the full signature check (a new graph)."""
+    monkeypatch.setattr(dg, "_capture", _fake_capture)
+    slot = dg.GraphSlot()
+    q = torch.randn(1, 2, 1, 8)
+    k, v = torch.randn(1, 2, 32, 8), torch.randn(1, 2, 32, 8)
+    outs = [dg.run(slot, _body, q, k, v, _ranges(n), ("d",)) for n in (5, 6, 7)]
+    assert outs[0] is None and outs[1] is not None and outs[2] is not None
+    torch.testing.assert_close(outs[2], _body(q, k, v, _ranges(7)))
+    k2, v2 = torch.randn(1, 2, 32, 8), torch.randn(1, 2, 32, 8)
+    assert dg.run(slot, _body, q, k2, v2, _ranges(8), ("d",)) is None
+    out = dg.run(slot, _body, q, k2, v2, _ranges(9), ("d",))
+    torch.testing.assert_close(out, _body(q, k2, v2, _ranges(9)))
