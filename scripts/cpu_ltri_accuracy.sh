@@ -9,7 +9,8 @@
 # docs/experiments/ltri_accuracy_cpu) gets summary.json, table.md and accuracy.png.
 # Settings from the environment: LEN (2k), SAMPLES (100 per task), K (256: ltri and exact),
 # EXACT_KS (128,$K: exact Top-k's k), FID_SAMPLES (8) and FID_STEPS (8) of the fidelity runs
-# (one per task).
+# (one per task), DEVICE (cpu; cuda runs the same commands on a GPU), SUMMARY_ONLY (set: no
+# runs, only the summary of the runs already in OUT, e.g. runs made on another machine).
 # Three eval processes of one thread each run at once (exact Top-k, and ltri in two shards:
 # ltri prefills every sample twice, densely for the shared prefix and once more for its
 # span detection), all under `nice -n 15`.
@@ -23,8 +24,11 @@ SAMPLES=${SAMPLES:-100}
 K=${K:-256}
 EXACT_KS=${EXACT_KS:-128,$K}
 NICE=(nice -n 15)
-common=(--task passkey,niah_multikey --lengths "$LEN" --samples "$SAMPLES" --device cpu
+DEVICE=${DEVICE:-cpu}
+common=(--task passkey,niah_multikey --lengths "$LEN" --samples "$SAMPLES" --device "$DEVICE"
         --threads 1 --quiet)
+
+if [[ -z "${SUMMARY_ONLY:-}" ]]; then
 
 "${NICE[@]}" topkattn eval "${common[@]}" --k "$EXACT_KS,full" --out "$OUT/exact_$LEN" &
 for i in 0 1; do
@@ -35,9 +39,10 @@ wait
 for task in passkey niah_multikey; do
   "${NICE[@]}" topkattn fidelity --selector exact,ltri,quest,window --task "$task" \
       --length "$LEN" --samples "${FID_SAMPLES:-8}" --steps "${FID_STEPS:-8}" --k "$K" \
-      --out "$OUT/fidelity_${LEN}_$task" --device cpu --quiet &
+      --out "$OUT/fidelity_${LEN}_$task" --device "$DEVICE" --quiet &
 done
 wait
+fi
 
 "${NICE[@]}" python3 - "$OUT" "$LEN" "$K" "$SUMMARY" <<'EOF'
 """Table of accuracy (95% Wilson intervals), paired ltri / exact counts, fidelity, plot."""

@@ -3,7 +3,7 @@
 `topkattn bench --op generate`, with a cache of random keys and values (no prefill), and how
 many layer calls replayed a decode graph.
 
-    PYTHONPATH=src:. python scripts/device_eager_host.py [layers] [rounds] [contexts, e.g. 32768,131072]
+    PYTHONPATH=src:. python scripts/device_eager_host.py [layers] [rounds] [contexts, e.g. 32768,131072] [batches, e.g. 1,4]
 
 The modes run interleaved, ``rounds`` times over, because the host time of an eager step
 varies from run to run on the device (by up to 2x on the H200 machine, 2026-12-03).
@@ -35,16 +35,16 @@ def counted(*a, **kw):
 decode_graphs.run = counted
 
 
-def steps(model, ctx, ctxm, n=24):
+def steps(model, ctx, B, ctxm, n=24):
     cache = DynamicCache()
     for i in range(model.config.num_hidden_layers):
-        k = torch.randn(1, 8, ctx, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, 8, ctx, 128, device="cuda", dtype=torch.bfloat16)
         cache.update(k, torch.randn_like(k), i)
-    tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    tok = torch.zeros(B, 1, dtype=torch.long, device="cuda")
     host, wall = [], []
     with torch.no_grad(), ctxm:
         for i in range(n):
-            pos = torch.full((1, 1), ctx + i, device="cuda")
+            pos = torch.full((B, 1), ctx + i, device="cuda")
             torch.cuda.synchronize()
             t = time.perf_counter()
             out = model(input_ids=tok, past_key_values=cache, position_ids=pos)
@@ -60,16 +60,17 @@ def main():
     layers = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     ctxs = [int(c) for c in sys.argv[3].split(",")] if len(sys.argv) > 3 else [32768, 131072]
+    batches = [int(b) for b in sys.argv[4].split(",")] if len(sys.argv) > 4 else [1]
     model = llama3_8b_random(layers, max(ctxs) + 64)
-    for ctx in [c for _ in range(rounds) for c in ctxs]:
+    for ctx, B in [(c, b) for _ in range(rounds) for c in ctxs for b in batches]:
         for name, make in (("dense-flash", lambda: _sdpa_priority()),
                            ("dense-default", contextlib.nullcontext),
                            ("topk graphs", lambda: sparsify(model, TopKConfig(k=2048, granularity="kv_group"))),
                            ("topk plain", lambda: sparsify(model, TopKConfig(k=2048, granularity="kv_group", decode_graphs=False))),
                            ("ranges graphs", lambda: sparsify(model, TopKConfig(k=None)))):
             REPLAYS[0] = 0
-            h, w = steps(model, ctx, make())
-            print(f"ctx {ctx // 1024}k {name:14s} host {h:6.1f} ms  wall {w:6.1f} ms  replays {REPLAYS[0]}",
+            h, w = steps(model, ctx, B, make())
+            print(f"B{B} ctx {ctx // 1024}k {name:14s} host {h:6.1f} ms  wall {w:6.1f} ms  replays {REPLAYS[0]}",
                   flush=True)
             torch.cuda.empty_cache()
 
