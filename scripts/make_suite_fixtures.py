@@ -28,9 +28,12 @@ Writes under OUT:
 A fixture checks the pipeline on the official schemas (prompt, truncation, extraction,
 metric); it is not the benchmark's data and its accuracy is not the benchmark's.
 
-``--summarize RUN... [--longbench-file FILE]`` instead writes ``OUT/summary.json`` and
-``OUT/summary.md`` of ``topkattn eval`` run folders: accuracy per task, length and k with 95%
-Wilson intervals, and LongBench v2's breakdown by difficulty and length bucket.
+``--summarize RUN... [--longbench-file FILE] [--harness DIR...]`` instead writes
+``OUT/summary.json`` and ``OUT/summary.md`` of ``topkattn eval`` run folders: accuracy per
+task, length and k with 95% Wilson intervals, LongBench v2's breakdown (0-shot and CoT) by
+difficulty and length bucket with the answers extracted, and, with ``--harness``, the
+accuracy per task and k of lm-eval output folders of the ``topkattn`` model (as written by
+``scripts/harness_synthetic.sh``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import random
 import uuid
 from pathlib import Path
 
+from topkattn.errors import InputError
 from topkattn.tasks.synthetic import MultiKeyNiahTask, PasskeyTask, filler_sentence
 
 LENGTH_SENTENCES = {"short": 25, "medium": 42, "long": 60}  # about 15 tokens a sentence
@@ -189,41 +193,96 @@ def _fmt(a: dict) -> str:
             f"({a['correct']:g}/{a['n']})")
 
 
-def summarize(runs: list[Path], longbench: Path | None, out: Path) -> None:
-    """Accuracy per (task, length, k) with 95% Wilson intervals of eval run folders, the
-    LongBench v2 breakdown by difficulty and length bucket (`LongBenchV2Task.breakdown`, as
-    the task's file is ``longbench``), and the answers given; JSON + markdown to ``out``."""
-    from collections import Counter
+def _k_order(k: str) -> tuple:
+    """Sort key of k settings: numbers ascending (ratios as written), ``full`` last."""
+    try:
+        return (k == "full", float(k.rstrip("%")), k)
+    except ValueError:
+        return (k == "full", float("inf"), k)
 
-    from topkattn.tasks.longbench_v2 import LongBenchV2Task
+
+def _eval_rows(run: Path) -> list[dict]:
+    """Every result line of a ``topkattn eval`` folder (``results.jsonl`` and its shards)."""
+    files = sorted(run.glob("results*.jsonl"))
+    if not files:
+        raise InputError(f"{run}: no results*.jsonl; expected a topkattn eval --out folder")
+    return [json.loads(ln) for f in files for ln in f.read_text().splitlines() if ln.strip()]
+
+
+def _harness_cells(run: Path) -> list[dict]:
+    """Per (task, k) accuracy of an lm-eval output folder of the ``topkattn`` model: the
+    per-sample ``exact_match`` of ``samples_<task>_*.jsonl``, k from ``results_*.json``'s
+    ``config.model_args``; the task is named without its ``topk_`` prefix."""
     from topkattn.tasks.stats import accuracy
 
-    res: dict = {"cells": [], "longbench_v2": {}}
+    cells = []
+    for res_file in sorted(run.rglob("results_*.json")):
+        cfg = json.loads(res_file.read_text()).get("config", {})
+        args = cfg.get("model_args", "")
+        if isinstance(args, str):
+            args = dict(kv.split("=", 1) for kv in args.split(",") if "=" in kv)
+        k = str(args.get("k", "64")).strip('"')
+        stamp = res_file.stem.removeprefix("results_")
+        for sf in sorted(res_file.parent.glob(f"samples_*_{stamp}.jsonl")):
+            task = sf.stem.removeprefix("samples_").removesuffix(f"_{stamp}")
+            scores = [json.loads(ln)["exact_match"] for ln in sf.read_text().splitlines()
+                      if ln.strip()]
+            cells.append({"task": task.removeprefix("topk_"), "harness_task": task, "k": k,
+                          **accuracy(scores)})
+    if not cells:
+        raise InputError(f"{run}: no results_*.json with samples_*.jsonl; expected an "
+                         "lm-eval --output_path folder written with --log_samples")
+    return cells
+
+
+def summarize(runs: list[Path], longbench: Path | None, out: Path,
+              harness: list[Path] | None = None) -> dict:
+    """Accuracy per (task, length, k) with 95% Wilson intervals of eval run folders, the
+    LongBench v2 breakdown by difficulty and length bucket of each ``longbench_v2`` /
+    ``longbench_v2_cot`` run and k (`LongBenchV2Task.breakdown`, as the task's file is
+    ``longbench``) with the answers extracted (``None``: no answer), and, with ``harness``,
+    the lm-eval runs' accuracy per (task, k); JSON + markdown to ``out``, JSON returned."""
+    from collections import Counter
+
+    from topkattn.tasks.longbench_v2 import LongBenchV2Task, extract_answer
+    from topkattn.tasks.stats import accuracy
+
+    res: dict = {"cells": [], "longbench_v2": {}, "harness": []}
     md = ["| task | length | k | accuracy [95% CI] (correct/n) |", "|---|---:|---|---|"]
     for run in runs:
-        rows = [json.loads(ln) for ln in (run / "results.jsonl").read_text().splitlines() if ln]
         groups: dict[tuple, list[dict]] = {}
-        for r in rows:
-            groups.setdefault((r["task"], r["length"], r["k"]), []).append(r)
-        for (task, length, k), g in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1],
-                                                                         x[0][2] != "full")):
+        for r in _eval_rows(run):
+            groups.setdefault((r["task"], r["length"], str(r["k"])), []).append(r)
+        for (task, length, k), g in sorted(groups.items(),
+                                           key=lambda x: (x[0][0], x[0][1], _k_order(x[0][2]))):
             a = accuracy(r["score"] for r in g)
             res["cells"].append({"task": task, "length": length, "k": k, **a})
             md.append(f"| {task} | {length} | {k} | {_fmt(a)} |")
-            if task == "longbench_v2" and longbench is not None:
-                b = LongBenchV2Task(path=str(longbench)).breakdown(g)
-                b["letters"] = dict(Counter(r["prediction"].strip()[:1] for r in g))
-                res["longbench_v2"][k] = b
-    for k, b in res["longbench_v2"].items():
-        md += ["", f"LongBench v2 fixture, k={k}: answers given {b['letters']}", "",
-               "| group | accuracy [95% CI] (correct/n) |", "|---|---|",
-               f"| overall | {_fmt(b['overall'])} |"]
-        md += [f"| {name} | {_fmt(b[part][name])} |" for part in ("difficulty", "length")
-               for name in b[part]]
+            if task.startswith("longbench_v2") and longbench is not None:
+                lb = LongBenchV2Task(path=str(longbench), cot=task.endswith("_cot"))
+                b = lb.breakdown(g)
+                b["answers"] = dict(sorted(Counter(
+                    str(extract_answer(lb.prefix + r["prediction"])) for r in g).items()))
+                res["longbench_v2"].setdefault(task, {})[k] = b
+    for task, per_k in res["longbench_v2"].items():
+        for k, b in per_k.items():
+            md += ["", f"{task} fixture, k={k}: answers extracted {b['answers']}", "",
+                   "| group | accuracy [95% CI] (correct/n) |", "|---|---|",
+                   f"| overall | {_fmt(b['overall'])} |"]
+            md += [f"| {name} | {_fmt(b[part][name])} |" for part in ("difficulty", "length")
+                   for name in b[part]]
+    if harness:
+        md += ["", "lm-evaluation-harness, model `topkattn`:", "",
+               "| task | k | exact_match [95% CI] (correct/n) |", "|---|---|---|"]
+        for run in harness:
+            res["harness"] += _harness_cells(run)
+        res["harness"].sort(key=lambda c: (c["task"], _k_order(c["k"])))
+        md += [f"| {c['harness_task']} | {c['k']} | {_fmt(c)} |" for c in res["harness"]]
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+    return res
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,9 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summarize", nargs="+", type=Path, metavar="RUN",
                     help="instead: summarise these eval run folders into OUT")
     ap.add_argument("--longbench-file", type=Path, help="with --summarize: the LongBench v2 file")
+    ap.add_argument("--harness", nargs="+", type=Path, metavar="DIR", default=[],
+                    help="with --summarize: lm-eval output folders of the topkattn model too")
     a = ap.parse_args(argv)
     if a.summarize:
-        summarize(a.summarize, a.longbench_file, a.out)
+        try:
+            summarize(a.summarize, a.longbench_file, a.out, a.harness)
+        except InputError as e:
+            raise SystemExit(f"error: {e}") from None
         return
     lb = a.out / "longbench_v2" / "data.json"
     lb.parent.mkdir(parents=True, exist_ok=True)
