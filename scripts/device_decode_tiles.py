@@ -46,8 +46,8 @@ for bn, warps, stages, waves in itertools.product((64, 128), (4, 8), (2, 3), (2,
     try:
         with tuned(dense=DenseTuning(block_n=bn, warps=warps, stages=stages, waves=waves)):
             run(f"range bn{bn} w{warps} s{stages} waves{waves}",
-                lambda c: tdn.range_decode(inputs[c][0], inputs[c][1], inputs[c][2], starts[c],
-                                           ends[c]),
+                lambda c: tdn.range_decode(inputs[c][0], inputs[c][1], inputs[c][2],
+                                           starts=starts[c], ends=ends[c]),
                 lambda c: 2 * kbytes(c))
     except Exception as e:  # noqa: BLE001
         print(f"range bn{bn} w{warps} s{stages} waves{waves}: {type(e).__name__} {str(e)[:80]}")

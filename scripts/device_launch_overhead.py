@@ -62,7 +62,7 @@ print(f"select_rows:          {host_us(lambda: select_rows(SG.view(B * Hkv, n), 
 print(f"topk_decode kv_group: {host_us(lambda: topk_decode(q, K, V, k, 0.088, 0, 0, 'kv_group', seq_lens=hi, seq_starts=lo)):.1f} us")
 print(f"topk_decode op:       {host_us(lambda: torch.ops.topkattn.topk_decode(q, K, V, lo, hi, k, 0.088, 0, 0, True, True)):.1f} us")
 print(f"range_decode op:      {host_us(lambda: torch.ops.topkattn.range_decode(q, K, V, lo, hi, 0.088, True)):.1f} us")
-print(f"range_decode:         {host_us(lambda: range_decode(q, K, V, lo, hi, 0.088)):.1f} us")
+print(f"range_decode:         {host_us(lambda: range_decode(q, K, V, starts=lo, ends=hi, scale=0.088)):.1f} us")
 from torch.nn.attention import SDPBackend, sdpa_kernel
 with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
     print(f"sdpa flash:           {host_us(lambda: torch.nn.functional.scaled_dot_product_attention(q, K, V, enable_gqa=True)):.1f} us")

@@ -22,7 +22,7 @@ def test_range_decode_matches_reference(dtype, G):
     v = torch.randn(B, Hkv, n, D, generator=g).to(DEV, dtype)
     lo = torch.tensor([0, 37, 50], dtype=torch.int32, device=DEV)
     hi = torch.tensor([200, 150, 50], dtype=torch.int32, device=DEV)  # the last sees nothing
-    out, lse = range_decode(q, k, v, lo, hi, scale=0.2, return_lse=True)
+    out, lse = range_decode(q, k, v, starts=lo, ends=hi, scale=0.2, return_lse=True)
     want = dense_attention_reference(q, k, v, causal=False, scale=0.2, attn_mask=range_mask(lo, hi, n))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert torch.allclose(out.float(), want.float(), atol=tol, rtol=tol)
@@ -36,12 +36,12 @@ def test_range_decode_rejects_bad_ranges():
     q = torch.randn(2, 4, 1, 16, device=DEV)
     k = torch.randn(2, 2, 10, 16, device=DEV)
     with pytest.raises(ValueError, match="ends must be int32 \\[B=2\\]"):
-        range_decode(q, k, k, torch.zeros(2, dtype=torch.int32, device=DEV),
-                     torch.full((3,), 10, dtype=torch.int32, device=DEV))
+        range_decode(q, k, k, starts=torch.zeros(2, dtype=torch.int32, device=DEV),
+                     ends=torch.full((3,), 10, dtype=torch.int32, device=DEV))
     with pytest.raises(ValueError, match="Lq=1"):
         range_decode(torch.randn(2, 4, 2, 16, device=DEV), k, k,
-                     torch.zeros(2, dtype=torch.int32, device=DEV),
-                     torch.full((2,), 10, dtype=torch.int32, device=DEV))
+                     starts=torch.zeros(2, dtype=torch.int32, device=DEV),
+                     ends=torch.full((2,), 10, dtype=torch.int32, device=DEV))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "bnhd", "padded_rows"])
@@ -68,7 +68,7 @@ def test_decode_kernels_any_cache_strides(layout):
     hi = torch.tensor([96, 70], dtype=torch.int32, device=DEV)
     mask = range_mask(lo, hi, n)
     want = dense_attention_reference(q, k, v, causal=False, attn_mask=mask)
-    assert torch.allclose(range_decode(q, k, v, lo, hi), want, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(range_decode(q, k, v, starts=lo, ends=hi), want, atol=1e-4, rtol=1e-4)
     for gran in ("query_head", "kv_group"):
         out = topk_decode(q, k, v, 9, granularity=gran, seq_lens=hi, seq_starts=lo)
         ref = topk_attention_reference(q, k, v, 9, granularity=gran, attn_mask=mask)

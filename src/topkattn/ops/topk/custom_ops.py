@@ -69,7 +69,7 @@ def range_decode_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start
     if use_kernel and kernels_run_on(q):
         from topkattn.ops.topk.triton_dense import range_decode
 
-        return range_decode(q, k, v, starts, ends, scale)
+        return range_decode(q, k, v, starts=starts, ends=ends, scale=scale)
     mask = range_mask(starts, ends, k.shape[2])
     return topk_attention_reference(q, k, v, None, False, scale, attn_mask=mask)
 

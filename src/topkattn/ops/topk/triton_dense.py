@@ -99,6 +99,7 @@ def range_decode(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     starts: torch.Tensor,
     ends: torch.Tensor,
     scale: float | None = None,
