@@ -23,7 +23,7 @@ SAMPLES=${SAMPLES:-24}
 LEN=${LEN:-1024}
 BATCH=${BATCH:-1}
 PHASES=${PHASES:-decode}
-NICE=(nice -n 10)
+NICE=(nice -n 15)
 
 if [[ ! -f "$OUT/fix/harness/topk_passkey.yaml" ]]; then
   "${NICE[@]}" "$PY" scripts/make_suite_fixtures.py "$OUT/fix" --harness-samples "$SAMPLES" \
