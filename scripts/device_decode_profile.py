@@ -15,7 +15,7 @@ for B, n in [(1, 32768), (1, 131072), (8, 32768)]:
     v = torch.randn_like(kc)
     sd = time_graph_ms(lambda: F.scaled_dot_product_attention(q, kc, v, enable_gqa=True))
     for gran in ("kv_group", "query_head"):
-        fn = lambda: td.topk_decode(q, kc, v, 2048, granularity=gran)
+        fn = lambda: td.topk_decode(q, kc, v, topk=2048, granularity=gran)
         t = time_graph_ms(fn)
         for _ in range(3):
             fn()

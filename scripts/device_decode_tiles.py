@@ -38,8 +38,8 @@ for bn, tiles, warps, stages in itertools.product((64, 128, 256), (1, 2, 4), (4,
     try:
         with tuned(decode=knobs):
             run(f"scores bn{bn} t{tiles} w{warps} s{stages}",
-                lambda c: td.decode_scores(inputs[c][0], inputs[c][1], 0.088, ends[c], True,
-                                           block_n=bn, write_s=False), kbytes)
+                lambda c: td.decode_scores(inputs[c][0], inputs[c][1], scale=0.088, ends=ends[c],
+                                           group_sum=True, block_n=bn, write_s=False), kbytes)
     except Exception as e:  # noqa: BLE001
         print(f"scores bn{bn} t{tiles} w{warps} s{stages}: {type(e).__name__} {str(e)[:80]}")
 for bn, warps, stages, waves in itertools.product((64, 128), (4, 8), (2, 3), (2, 4)):

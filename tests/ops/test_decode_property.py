@@ -34,9 +34,9 @@ def test_topk_decode_matches_reference(B, Hkv, G, n, D, kfrac, sink, local, gran
         pos = torch.arange(n)
         mask = ((pos[None] >= st_[:, None]) & (pos[None] < en[:, None]))[:, None, None]
     d = dev()
-    out, lse = topk_decode(q.to(d), k.to(d), v.to(d), topk, sink=sink, local=local, granularity=gran,
-                           seq_lens=en.to(d) if en is not None else None,
-                           seq_starts=st_.to(d) if st_ is not None else None, return_lse=True)
+    out, lse = topk_decode(q.to(d), k.to(d), v.to(d), topk=topk, sink=sink, local=local, granularity=gran,
+                           ends=en.to(d) if en is not None else None,
+                           starts=st_.to(d) if st_ is not None else None, return_lse=True)
     ref, rlse = topk_attention_reference(q, k, v, topk, sink=sink, local=local, granularity=gran,
                                          attn_mask=mask, return_lse=True)
     assert rel_rms(out.cpu(), ref) < 1e-4

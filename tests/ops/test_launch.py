@@ -121,10 +121,10 @@ def test_direct_launches_match_triton_on_gpu():
         for length in (1, 16, 17, 2999, 3000, 17, 1):
             lo = torch.zeros(B, dtype=torch.int32, device="cuda")
             hi = torch.full((B,), length, dtype=torch.int32, device="cuda")
-            got = topk_decode(q, k, v, 64, None, 1, 2, "kv_group", seq_lens=hi, seq_starts=lo)
+            got = topk_decode(q, k, v, topk=64, sink=1, local=2, granularity="kv_group", starts=lo, ends=hi)
             dense = range_decode(q, k, v, starts=lo, ends=hi, scale=D ** -0.5)
             with inject(force_triton_launcher=True):
-                want = topk_decode(q, k, v, 64, None, 1, 2, "kv_group", seq_lens=hi, seq_starts=lo)
+                want = topk_decode(q, k, v, topk=64, sink=1, local=2, granularity="kv_group", starts=lo, ends=hi)
                 want_dense = range_decode(q, k, v, starts=lo, ends=hi, scale=D ** -0.5)
             torch.testing.assert_close(got, want, rtol=0, atol=0)
             torch.testing.assert_close(dense, want_dense, rtol=0, atol=0)

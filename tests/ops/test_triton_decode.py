@@ -28,7 +28,7 @@ def test_decode_matches_reference(case):
     v = torch.randn(B, Hkv, n, D, device=dev()).to(dt)
     sl = torch.tensor(lens, device=dev()) if lens else None
     mask = (torch.arange(n, device=dev())[None] < sl[:, None])[:, None, None] if lens else None
-    out, lse = topk_decode(q, k, v, kk, sink=sink, local=local, granularity=gran, seq_lens=sl,
+    out, lse = topk_decode(q, k, v, topk=kk, sink=sink, local=local, granularity=gran, ends=sl,
                            return_lse=True)
     ref, rlse = topk_attention_reference(q, k, v, kk, sink=sink, local=local, granularity=gran,
                                          attn_mask=mask, return_lse=True)
@@ -51,7 +51,7 @@ def test_decode_scores_tiles(knobs, tiles):
     pos = torch.arange(300, device=dev())
     mask = ((pos[None] >= ss[:, None]) & (pos[None] < sl[:, None]))[:, None, None]
     for gran in ("query_head", "kv_group"):
-        out = topk_decode(q, k, v, 20, sink=2, local=3, granularity=gran, seq_lens=sl, seq_starts=ss)
+        out = topk_decode(q, k, v, topk=20, sink=2, local=3, granularity=gran, starts=ss, ends=sl)
         ref = topk_attention_reference(q, k, v, 20, sink=2, local=3, granularity=gran, attn_mask=mask)
         assert rel_rms(out, ref) < 1e-5
 
@@ -81,11 +81,11 @@ def test_decode_bad_input():
     q = torch.randn(1, 2, 2, 16)
     k = v = torch.randn(1, 1, 8, 16)
     with pytest.raises(ValueError, match="Lq=1"):
-        topk_decode(q, k, v, 4)
+        topk_decode(q, k, v, topk=4)
     with pytest.raises(ValueError, match="granularity"):
-        topk_decode(q[:, :, :1], k, v, 4, granularity="bad")
+        topk_decode(q[:, :, :1], k, v, topk=4, granularity="bad")
     with pytest.raises(ValueError, match="topk"):
-        topk_decode(q[:, :, :1], k, v, 0)
+        topk_decode(q[:, :, :1], k, v, topk=0)
 
 
 @pytest.mark.gpu
@@ -98,7 +98,7 @@ def test_decode_gpu_llama_shape(gran):
     v = torch.randn(B, Hkv, n, D, device="cuda", dtype=torch.bfloat16)
     lens = torch.tensor([n, 20000], device="cuda")
     mask = (torch.arange(n, device="cuda")[None] < lens[:, None])[:, None, None]
-    out = topk_decode(q, k, v, 2048, sink=4, local=64, granularity=gran, seq_lens=lens)
+    out = topk_decode(q, k, v, topk=2048, sink=4, local=64, granularity=gran, ends=lens)
     ref = topk_attention_reference(q, k, v, 2048, sink=4, local=64, granularity=gran, attn_mask=mask)
     assert rel_rms(out, ref) < 2e-2
 
@@ -129,9 +129,9 @@ def test_decode_paged_cache_matches_contiguous(gran, page, sink, local):
     v = torch.randn(B, 2, n, 32, device=dev())
     sl = torch.tensor([256, 131], device=dev())
     kp, vp, bt = _paged(k, v, page)
-    kw = dict(sink=sink, local=local, granularity=gran, seq_lens=sl, return_lse=True)
-    out, lse = topk_decode(q, kp, vp, 12, block_table=bt, **kw)
-    ref, rlse = topk_decode(q, k, v, 12, **kw)
+    kw = dict(sink=sink, local=local, granularity=gran, ends=sl, return_lse=True)
+    out, lse = topk_decode(q, kp, vp, topk=12, block_table=bt, **kw)
+    ref, rlse = topk_decode(q, k, v, topk=12, **kw)
     assert rel_rms(out, ref) < 1e-6
     assert (lse - rlse).abs().max() < 1e-5
     mask = (torch.arange(n, device=dev())[None] < sl[:, None])[:, None, None]
@@ -144,11 +144,11 @@ def test_decode_paged_bad_input():
     q = torch.randn(1, 2, 1, 16)
     kp = torch.randn(4, 8, 1, 16)
     with pytest.raises(ValueError, match="block_table entries must lie in"):
-        topk_decode(q, kp, kp, 3, block_table=torch.tensor([[0, 4]]))
+        topk_decode(q, kp, kp, topk=3, block_table=torch.tensor([[0, 4]]))
     with pytest.raises(ValueError, match="block_table must be"):
-        topk_decode(q, kp, kp, 3, block_table=torch.tensor([0, 1]))
+        topk_decode(q, kp, kp, topk=3, block_table=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="paged cache"):
-        topk_decode(q, kp[..., :8], kp[..., :8], 3, block_table=torch.tensor([[0, 1]]))
+        topk_decode(q, kp[..., :8], kp[..., :8], topk=3, block_table=torch.tensor([[0, 1]]))
 
 
 @pytest.mark.gpu
@@ -161,8 +161,8 @@ def test_decode_paged_gpu_llama_shape():
     kp, vp, bt = _paged(k, v, 64)
     sl = torch.tensor([n, 5000], device="cuda")
     for gran in ("query_head", "kv_group"):
-        out = topk_decode(q, kp, vp, 256, granularity=gran, seq_lens=sl, block_table=bt)
-        ref = topk_decode(q, k, v, 256, granularity=gran, seq_lens=sl)
+        out = topk_decode(q, kp, vp, topk=256, granularity=gran, ends=sl, block_table=bt)
+        ref = topk_decode(q, k, v, topk=256, granularity=gran, ends=sl)
         # same selected set; the order of the index lists (atomic cursors) and so the bf16
         # rounding of the sums may differ between two runs: one bf16 ulp is 2^-8
         assert rel_rms(out, ref) < 1e-2
@@ -181,7 +181,7 @@ def test_decode_lengths_out_of_range_are_clamped_in_the_kernels():
     pos = torch.arange(n, device=dev())
     mask = ((pos[None] >= starts[:, None]) & (pos[None] < lens[:, None]))[:, None, None]
     for gran in ("query_head", "kv_group"):
-        out, lse = topk_decode(q, k, v, 10, granularity=gran, seq_lens=lens, seq_starts=starts,
+        out, lse = topk_decode(q, k, v, topk=10, granularity=gran, starts=starts, ends=lens,
                                return_lse=True)
         ref = topk_attention_reference(q, k, v, 10, granularity=gran, attn_mask=mask)
         assert rel_rms(out[0], ref[0]) < 1e-5

@@ -70,6 +70,6 @@ def test_decode_kernels_any_cache_strides(layout):
     want = dense_attention_reference(q, k, v, causal=False, attn_mask=mask)
     assert torch.allclose(range_decode(q, k, v, starts=lo, ends=hi), want, atol=1e-4, rtol=1e-4)
     for gran in ("query_head", "kv_group"):
-        out = topk_decode(q, k, v, 9, granularity=gran, seq_lens=hi, seq_starts=lo)
+        out = topk_decode(q, k, v, topk=9, granularity=gran, starts=lo, ends=hi)
         ref = topk_attention_reference(q, k, v, 9, granularity=gran, attn_mask=mask)
         assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4), gran

@@ -59,9 +59,9 @@ def test_decode_knobs_reach_the_scores_launch(monkeypatch):
     monkeypatch.setattr(td, "_scores_kernel", rec)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, L, 16, device=dev()) for L in (1, 70, 70))
-    td.topk_decode(q, k, v, 5)
+    td.topk_decode(q, k, v, topk=5)
     with tuned(decode=DecodeTuning(block_n=16, tiles=2, scores_warps=2, scores_stages=2)):
-        td.topk_decode(q, k, v, 5)
+        td.topk_decode(q, k, v, topk=5)
     (a, b) = rec.kwargs
     assert (a["BLOCK_N"], a["TILES"], a["num_warps"]) == (128, 4, 4)
     assert (b["BLOCK_N"], b["TILES"], b["num_warps"], b["num_stages"]) == (16, 2, 2, 2)

@@ -38,10 +38,10 @@ def run(ctxs: list[int], ks: list[int], batches: list[int], out_dir: str, naive:
             for kk in ks:
                 if kk > n:
                     continue
-                qh = time_ms(lambda: topk_decode(q, k, v, kk))
-                kg = time_ms(lambda: topk_decode(q, k, v, kk, granularity="kv_group"))
-                qh_g = time_graph_ms(lambda: topk_decode(q, k, v, kk))
-                kg_g = time_graph_ms(lambda: topk_decode(q, k, v, kk, granularity="kv_group"))
+                qh = time_ms(lambda: topk_decode(q, k, v, topk=kk))
+                kg = time_ms(lambda: topk_decode(q, k, v, topk=kk, granularity="kv_group"))
+                qh_g = time_graph_ms(lambda: topk_decode(q, k, v, topk=kk))
+                kg_g = time_graph_ms(lambda: topk_decode(q, k, v, topk=kk, granularity="kv_group"))
                 nv = time_ms(lambda: _naive(q, k, v, kk)) if naive and B * n <= 8 * 131072 else None
                 rows.append({"B": B, "ctx": n, "k": kk, "sdpa_ms": sdpa, "ours_qhead_ms": qh,
                              "ours_kvgroup_ms": kg, "naive_ms": nv,

@@ -45,11 +45,11 @@ def topk_decode_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts
     if use_kernel and kernels_run_on(q):
         from topkattn.ops.topk.triton_decode import topk_decode
 
-        return topk_decode(q, k, v, topk, scale, sink, local, granularity, seq_lens=ends,
-                           seq_starts=starts)
+        return topk_decode(q, k, v, topk=topk, scale=scale, sink=sink, local=local,
+                           granularity=granularity, starts=starts, ends=ends)
     mask = range_mask(starts, ends, k.shape[2])
-    return topk_attention_reference(q, k, v, topk, False, scale, sink, local, granularity,
-                                    attn_mask=mask)
+    return topk_attention_reference(q, k, v, topk, causal=False, scale=scale, sink=sink,
+                                    local=local, granularity=granularity, attn_mask=mask)
 
 
 topk_decode_op = torch.library.custom_op("topkattn::topk_decode", topk_decode_ranges,
@@ -71,7 +71,7 @@ def range_decode_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start
 
         return range_decode(q, k, v, starts=starts, ends=ends, scale=scale)
     mask = range_mask(starts, ends, k.shape[2])
-    return topk_attention_reference(q, k, v, None, False, scale, attn_mask=mask)
+    return topk_attention_reference(q, k, v, None, causal=False, scale=scale, attn_mask=mask)
 
 
 range_decode_op = torch.library.custom_op("topkattn::range_decode", range_decode_ranges,

@@ -108,8 +108,9 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
         from topkattn.ops.topk.triton_decode import topk_decode
 
         # causal or not, one query at the last position sees every (unpadded) key
-        return topk_decode(q, k, v, topk, scale, sink, local, granularity, lens, return_lse,
-                           seq_starts=starts)
+        return topk_decode(q, k, v, topk=topk, scale=scale, sink=sink, local=local,
+                           granularity=granularity, starts=starts, ends=lens,
+                           return_lse=return_lse)
     if granularity not in ("query_head", "kv_group"):
         return None
     starts = ends = None

@@ -36,7 +36,7 @@ from topkattn.ops.select import _interp  # noqa: F401  (interpreter shim)
 from topkattn.ops.select.triton_select import row_range, pdl_launch, select_rows, wait_prior, workspace
 from topkattn.ops.topk.triton_env import num_sms
 from topkattn.ops.topk.triton_sparse import (
-    INTERPRET, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
+    INTERPRET, check_bounds, check_cache, kv_rows, mm, row_unit_strides, scale_strides,
     sparse_attention, unit_stride,
 )
 from topkattn.errors import InputError
@@ -88,15 +88,16 @@ def _scores_kernel(
                 tl.store(SG + b64 * sgb + hkv.to(tl.int64) * sgh + pos, sg, mask=pm)
 
 
-def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torch.Tensor | None,
-                  group_sum: bool, block_n: int = 64, write_s: bool = True,
-                  block_table: torch.Tensor | None = None,
+def decode_scores(q: torch.Tensor, k: torch.Tensor, *, scale: float,
+                  ends: torch.Tensor | None = None, group_sum: bool = False, block_n: int = 64,
+                  write_s: bool = True, block_table: torch.Tensor | None = None,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """fp32 scores [B, Hq, n] (unless not ``write_s``) and the KV-group sum [B, Hkv, n] when
     ``group_sum``, for q [B, Hq, 1, D] against k [B, Hkv, n, D].
 
-    With ``block_table`` (int32 [B, pages]) k is a paged cache [num_pages, page_size, Hkv, D].
-    Positions at or past a sequence's length are left unwritten (never read later)."""
+    ``ends``: int32 [B] on q's device, one past the last key of each sequence (None: n);
+    positions at or past it are left unwritten (never read later). With ``block_table``
+    (int32 [B, pages]) k is a paged cache [num_pages, page_size, Hkv, D]."""
     B, Hq, _, D = q.shape
     if block_table is None:
         Hkv, n = k.shape[1], k.shape[2]
@@ -111,7 +112,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
     dummy = S if S is not None else SG if SG is not None else q
     s_arg = S if S is not None else dummy
     sg_arg = SG if SG is not None else dummy
-    lens = seq_lens if seq_lens is not None else dummy
+    lens = ends if ends is not None else dummy
     tune = current().decode
     _scores_kernel[(B * Hkv, triton.cdiv(n, block_n * tune.tiles))](
         q, k, s_arg, sg_arg, lens, bt if bt is not None else dummy,
@@ -120,7 +121,7 @@ def decode_scores(q: torch.Tensor, k: torch.Tensor, scale: float, seq_lens: torc
         SG.stride(0) if SG is not None else 0, SG.stride(1) if SG is not None else 0, sbt, ps,
         Hkv, n, G, scale,
         GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=block_n, TILES=tune.tiles,
-        HAS_LENS=seq_lens is not None, WRITE_S=write_s, WRITE_G=group_sum,
+        HAS_LENS=ends is not None, WRITE_S=write_s, WRITE_G=group_sum,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, SU=su,
         num_warps=tune.scores_warps, num_stages=tune.scores_stages, **pdl_launch(q.device),
     )
@@ -131,14 +132,15 @@ def topk_decode(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     topk: int,
     scale: float | None = None,
     sink: int = 0,
     local: int = 0,
     granularity: str = "query_head",
-    seq_lens: torch.Tensor | None = None,
+    starts: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,
     return_lse: bool = False,
-    seq_starts: torch.Tensor | None = None,
     block_table: torch.Tensor | None = None,
 ):
     """Exact Top-k attention for one new token per sequence.
@@ -150,19 +152,19 @@ def topk_decode(
         sink, local: first / most recent visible positions always kept.
         granularity: "query_head" or "kv_group" (one set per KV head from the summed scores
             of its query heads).
-        seq_lens: int [B] valid cache length of each sequence (None: all n).
+        starts, ends: int [B] first valid cache position (left padding; None: 0) and one
+            past the last (the valid length; None: n) of each sequence. Sequence b sees
+            positions [starts[b], ends[b]); one that sees none gives a zero output and
+            lse -inf.
         return_lse: also return fp32 [B, Hq, 1] log-sum-exp of the selected scores.
-        seq_starts: int [B] first valid cache position of each sequence (left padding;
-            None: 0). Sequence b sees positions [seq_starts[b], seq_lens[b]); one that sees
-            none gives a zero output and lse -inf.
         block_table: int [B, pages] for a paged KV cache (vLLM / FlashInfer style): k, v are
             then [num_pages, page_size, Hkv, D] and position p of sequence b is slot
             p % page_size of page block_table[b, p // page_size]; n = pages * page_size, and
-            ``seq_lens`` gives the filled length of each sequence.
+            ``ends`` gives the filled length of each sequence.
 
     Returns:
         out [B, Hq, 1, D] in q's dtype [, lse]; matches `topk_attention_reference` with the
-        padding mask of ``seq_starts`` / ``seq_lens``.
+        padding mask of ``starts`` / ``ends``.
     """
     Hkv, n = check_cache(q, k, v, block_table)
     B, Hq, Lq, D = q.shape
@@ -179,16 +181,7 @@ def topk_decode(
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q, k, v = unit_stride(q, k, v)
-    lens = None
-    if seq_lens is not None:
-        if seq_lens.shape != (B,):
-            raise InputError(f"seq_lens must be [B={B}]; got {tuple(seq_lens.shape)}")
-        lens = seq_lens.to(device=q.device, dtype=torch.int32).contiguous()  # kernels clamp
-    starts = None
-    if seq_starts is not None:
-        if seq_starts.shape != (B,):
-            raise InputError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
-        starts = seq_starts.to(device=q.device, dtype=torch.int32).contiguous()
+    starts, ends = check_bounds(B, q.device, starts=starts, ends=ends)  # kernels clamp
     group = granularity == "kv_group" and G > 1
     hsel = Hkv if group else Hq
     kk = min(topk, n)
@@ -198,14 +191,14 @@ def topk_decode(
     # rows (one gather per KV group, as cheap as the V gather) instead of writing and
     # gathering B*Hq*n fp32 scores.
     tune = current().decode
-    S, SG = decode_scores(q, k, scale, lens, group, block_n=tune.block_n, write_s=not group,
-                          block_table=block_table)
+    S, SG = decode_scores(q, k, scale=scale, ends=ends, group_sum=group, block_n=tune.block_n,
+                          write_s=not group, block_table=block_table)
     sel_scores = SG if group else S
-    idx = select_rows(sel_scores.view(R, n), kk, lens, hsel, sink, local, work=work, starts=starts)
+    idx = select_rows(sel_scores.view(R, n), kk, ends, hsel, sink, local, work=work, starts=starts)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(tune.sparse_waves * num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
-    return sparse_attention(q, k, v, idx, causal=True, scale=scale, seq_lens=lens,
+    return sparse_attention(q, k, v, idx, causal=True, scale=scale, seq_lens=ends,
                             return_lse=return_lse, assume_unique=True,
                             scores=None if group else S, splits=splits,
                             block_table=block_table)

@@ -240,6 +240,21 @@ def check_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return k.shape[2], check_paged(q, k, v, block_table)
 
 
+def check_bounds(B: int, device: torch.device, **bounds: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, ...]:
+    """Per-sequence key bounds (``starts=``, ``ends=``: int [B] or None) as int32 [B] on
+    ``device``, contiguous, in the order given; None stays None. InputError naming a bound of
+    another shape."""
+    out = []
+    for name, t in bounds.items():
+        if t is not None:
+            if t.shape != (B,):
+                raise InputError(f"{name} must be [B={B}]; got {tuple(t.shape)}")
+            t = t.to(device=device, dtype=torch.int32).contiguous()
+        out.append(t)
+    return tuple(out)
+
+
 def forced_indices(Lq: int, Lk: int, causal: bool, sink: int, local: int,
                    seq_lens: torch.Tensor | None, B: int, device: torch.device,
                    seq_starts: torch.Tensor | None = None) -> torch.Tensor:
