@@ -35,7 +35,7 @@ def test_sparse_matches_reference(case):
     assert (lse[fin] - rlse[fin]).abs().max() < 1e-4
 
 
-def test_sparse_seq_lens_and_empty_rows():
+def test_sparse_ends_and_empty_rows():
     torch.manual_seed(3)
     B, Hq, Hkv, Lk, D = 3, 2, 1, 40, 16
     q = torch.randn(B, Hq, 1, D, device=dev())
@@ -44,7 +44,7 @@ def test_sparse_seq_lens_and_empty_rows():
     idx = torch.randint(0, Lk, (B, Hq, 1, 8), device=dev())
     lens = torch.tensor([40, 11, 0], device=dev())
     mask = (torch.arange(Lk, device=dev())[None] < lens[:, None])[:, None, None]
-    out, lse = sparse_attention(q, k, v, idx, seq_lens=lens, return_lse=True)
+    out, lse = sparse_attention(q, k, v, idx, ends=lens, return_lse=True)
     ref, rlse = topk_attention_reference(q, k, v, None, indices=idx, attn_mask=mask, return_lse=True)
     assert rel_rms(out, ref) < 1e-5
     assert torch.isinf(lse[2]).all() and (out[2] == 0).all()

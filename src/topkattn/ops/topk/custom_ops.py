@@ -95,7 +95,7 @@ def sparse_decode_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indi
         from topkattn.ops.topk.triton_sparse import sparse_attention
 
         return sparse_attention(q, k, v, indices, causal=False, scale=scale, sink=sink,
-                                local=local, seq_lens=ends, seq_starts=starts,
+                                local=local, starts=starts, ends=ends,
                                 assume_unique=not (sink or local))
     mask = range_mask(starts, ends, k.shape[2])
     granularity = "kv_group" if indices.shape[1] != q.shape[1] else "query_head"

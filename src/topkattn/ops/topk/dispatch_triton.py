@@ -100,8 +100,8 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
             return None
         from topkattn.ops.topk.triton_sparse import sparse_attention
 
-        return sparse_attention(q, k, v, indices, causal, scale, sink, local, lens, return_lse,
-                                seq_starts=starts)
+        return sparse_attention(q, k, v, indices, causal=causal, scale=scale, sink=sink,
+                                local=local, starts=starts, ends=lens, return_lse=return_lse)
     if topk is None:
         return None
     if Lq == 1 and not needs_grad:

@@ -198,7 +198,7 @@ def topk_decode(
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(tune.sparse_waves * num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
-    return sparse_attention(q, k, v, idx, causal=True, scale=scale, seq_lens=ends,
+    return sparse_attention(q, k, v, idx, causal=True, scale=scale, ends=ends,
                             return_lse=return_lse, assume_unique=True,
                             scores=None if group else S, splits=splits,
                             block_table=block_table)

@@ -255,18 +255,19 @@ def check_bounds(B: int, device: torch.device, **bounds: torch.Tensor | None
     return tuple(out)
 
 
-def forced_indices(Lq: int, Lk: int, causal: bool, sink: int, local: int,
-                   seq_lens: torch.Tensor | None, B: int, device: torch.device,
-                   seq_starts: torch.Tensor | None = None) -> torch.Tensor:
-    """Sink / local positions of every query row as indices [B, 1, Lq, sink + local] (-1 = none);
-    with ``seq_starts`` [B], positions before a sequence's start are not visible."""
-    Lb = seq_lens.long().clamp(max=Lk).view(B, 1) if seq_lens is not None else torch.full(
+def forced_indices(Lq: int, Lk: int, B: int, device: torch.device, *, causal: bool, sink: int,
+                   local: int, starts: torch.Tensor | None = None,
+                   ends: torch.Tensor | None = None) -> torch.Tensor:
+    """Sink / local positions of every query row as indices [B, 1, Lq, sink + local] (-1 = none)
+    for keys [starts[b], ends[b]) of each sequence (int [B] or None: 0 and Lk); positions before
+    a sequence's start are not visible."""
+    Lb = ends.long().clamp(max=Lk).view(B, 1) if ends is not None else torch.full(
         (B, 1), Lk, device=device, dtype=torch.long)
     if causal:
         vis_end = torch.minimum(torch.arange(Lk - Lq + 1, Lk + 1, device=device).view(1, Lq), Lb)
     else:
         vis_end = Lb.expand(B, Lq)
-    st = (seq_starts.long().view(B, 1, 1).to(device) if seq_starts is not None
+    st = (starts.long().view(B, 1, 1).to(device) if starts is not None
           else torch.zeros(B, 1, 1, device=device, dtype=torch.long))
     parts = []
     if sink > 0:
@@ -292,17 +293,18 @@ def sparse_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     indices: torch.Tensor,
+    *,
     causal: bool = True,
     scale: float | None = None,
     sink: int = 0,
     local: int = 0,
-    seq_lens: torch.Tensor | None = None,
+    starts: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,
     return_lse: bool = False,
     assume_unique: bool = False,
     scores: torch.Tensor | None = None,
     block: int = 64,
     splits: int | None = None,
-    seq_starts: torch.Tensor | None = None,
     block_table: torch.Tensor | None = None,
 ):
     """Attention of each query row over the key rows named by ``indices`` (plus sink/local).
@@ -310,18 +312,18 @@ def sparse_attention(
     Args:
         q: [B, Hq, Lq, D]; k, v: [B, Hkv, Lk, D] (last dim contiguous).
         indices: int [B, Hq or Hkv, Lq, n]; entries < 0 are padding; positions the query may
-            not see (causality, ``seq_lens``) are dropped, as in the reference.
+            not see (causality, ``starts`` / ``ends``) are dropped, as in the reference.
         causal: query i sits at position Lk - Lq + i.
         scale: default 1/sqrt(D).
         sink, local: first / most recent visible positions always attended.
-        seq_lens: int [B] visible keys per sequence (a right-padding mask), or None.
+        starts, ends: int [B] first visible key (left padding) and one past the last (a
+            right-padding mask) of each sequence, or None (0, Lk): indices outside
+            [starts[b], ends[b]) are dropped.
         return_lse: also return fp32 [B, Hq, Lq] log-sum-exp of the selected scores.
         assume_unique: skip de-duplication (each row's indices already distinct and without
             the sink/local positions, e.g. from an exact selector).
         scores: optional precomputed fp32 scores [B, Hq, Lk] (decode, Lq == 1), read instead of
             gathering K rows.
-        seq_starts: int [B] first visible key of each sequence (left padding), or None:
-            indices before it are dropped.
         block_table: int [B, pages] for a paged KV cache (vLLM / FlashInfer style): then k, v
             are [num_pages, page_size, Hkv, D] and position p of sequence b lives in page
             ``block_table[b, p // page_size]``, slot ``p % page_size``; Lk = pages * page_size.
@@ -337,13 +339,12 @@ def sparse_attention(
     if indices.dtype not in (torch.int32, torch.int64):
         raise InputError(f"indices must be int32 or int64, got {indices.dtype}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if seq_starts is not None:
-        if seq_starts.shape != (B,):
-            raise InputError(f"seq_starts must be [B={B}]; got {tuple(seq_starts.shape)}")
-        st = seq_starts.to(device=q.device, dtype=indices.dtype).view(B, 1, 1, 1)
-        indices = torch.where(indices < st, -1, indices)
+    starts, ends = check_bounds(B, q.device, starts=starts, ends=ends)
+    if starts is not None:
+        indices = torch.where(indices < starts.to(indices.dtype).view(B, 1, 1, 1), -1, indices)
     if sink or local:
-        f = forced_indices(Lq, Lk, causal, sink, local, seq_lens, B, q.device, seq_starts)
+        f = forced_indices(Lq, Lk, B, q.device, causal=causal, sink=sink, local=local,
+                           starts=starts, ends=ends)
         indices = torch.cat([indices.long(), f.expand(B, indices.shape[1], Lq, -1)], -1)
         assume_unique = False
     if not assume_unique:
@@ -378,7 +379,7 @@ def sparse_attention(
         pacc = torch.empty(B * Hq * Lq * splits, D, dtype=torch.float32, device=q.device)
     else:
         pm = pl = pacc = lse
-    lens = seq_lens.to(device=q.device, dtype=torch.int32) if seq_lens is not None else lse
+    lens = ends if ends is not None else lse
     s_arg = scores if scores is not None else lse
     ss = (scores.stride(0), scores.stride(1)) if scores is not None else (0, 0)
     _sparse_fwd_kernel[(rows, splits)](
@@ -387,7 +388,7 @@ def sparse_attention(
         indices.stride(0), indices.stride(1), indices.stride(2), ss[0], ss[1], sbt, ps,
         Hq, Hi, Lq, Lk, nidx, G, chunk, scale,
         CAUSAL=causal, HEADS=heads, GP=gp, D=D, BLOCK=block, SPLITS=splits,
-        HAS_S=scores is not None, HAS_LENS=seq_lens is not None,
+        HAS_S=scores is not None, HAS_LENS=ends is not None,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, PAGED=bt is not None, SU=su, num_warps=4,
         **pdl_launch(q.device),
     )
