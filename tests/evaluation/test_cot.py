@@ -5,7 +5,6 @@ or Top-k), and turn 2's answer is what is scored."""
 import pytest
 
 from topkattn.evaluation import EvalConfig, read_results, run_eval
-from topkattn.evaluation import runner as R
 from topkattn.generation import Branch
 from topkattn.tasks import get_task
 from topkattn.tasks.longbench_v2 import LongBenchV2Task
@@ -48,19 +47,21 @@ def test_cot_runs_two_turns_on_a_tiny_model(tiny_lm, tokenizer, lb_file, tmp_pat
 
 
 def _fake_decoder(monkeypatch, calls):
-    """Decoding without a model: turn 1 reasons without an answer, turn 2 answers (A)."""
+    """Decoding without a model: turn 1 reasons without an answer, turn 2 (whose prompt holds
+    turn 1's text) answers (A)."""
+    import topkattn.evaluation.batch as B
+
     def decode_branches(model, tokenizer, prompt, settings, max_new, eos):
         for label, topk in settings:
-            calls.append(("turn1", label, topk))
-            yield Branch(label, [1], "Let me think about the doors.", 0.0, 0.0, 100)
+            if "Let me think about the doors." in prompt:
+                assert "omitted here" in prompt
+                calls.append(("turn2", label, topk))
+                yield Branch(label, [1], "The correct answer is (A)", 0.0, 0.0, 10)
+            else:
+                calls.append(("turn1", label, topk))
+                yield Branch(label, [1], "Let me think about the doors.", 0.0, 0.0, 100)
 
-    def decode_one(model, tokenizer, prompt, topk, max_new, eos, label=""):
-        assert "Let me think about the doors." in prompt and "omitted here" in prompt
-        calls.append(("turn2", label, topk))
-        return Branch(label, [1], "The correct answer is (A)", 0.0, 0.0, 10)
-
-    monkeypatch.setattr(R, "decode_branches", decode_branches)
-    monkeypatch.setattr(R, "decode_one", decode_one)
+    monkeypatch.setattr(B, "decode_branches", decode_branches)
 
 
 @pytest.mark.parametrize("cot", [True, False])

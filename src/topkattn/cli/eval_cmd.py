@@ -53,6 +53,12 @@ def eval_command(
         None, "--followup-max-new-tokens",
         help="answer tokens of a two-turn task's second turn (longbench_v2_cot; default: the "
         "task's own, 128)"),
+    batch_size: int = typer.Option(
+        1, "--batch-size",
+        help="samples of one task and length prefilled and decoded per forward (left padded; "
+        "the answers equal those of 1). On a GPU, where a step of a small model costs mostly "
+        "host time, 8 runs several times faster; settings that cannot batch (selectors other "
+        "than exact, Ltri, kvpress) fall back to 1 with a note. A rerun may change it"),
     press: list[str] = typer.Option(
         [], "--press",
         help="KV-cache compression baselines of NVIDIA kvpress, one more method each: "
@@ -92,6 +98,7 @@ def eval_command(
         lengths=tuple(x for x in lengths.split(",") if x.strip()),
         ks=ks, topk=topk, samples=samples, seed=seed, max_new_tokens=max_new_tokens, out=out,
         progress=not quiet, followup_max_new_tokens=followup_max_new_tokens,
+        batch_size=batch_size,
     )
     part = Shard.parse(shard)  # names a bad --shard or RANK/WORLD_SIZE
     from topkattn.devices import check_device

@@ -46,6 +46,7 @@ from topkattn.errors import InputError, MissingFileError
 from topkattn.evaluation.records import (RESULTS_FILE, key_of, read_folder, read_results,
                                          record_key, repair_tail, result_files)
 from topkattn.evaluation.report import Cell, Summary, write_reports  # noqa: F401  (Cell: re-exported)
+from topkattn.evaluation.batch import blocker, decode_rows, note
 from topkattn.evaluation.shard import Shard
 from topkattn.generation import decode_branches, decode_one, eos_token_ids  # noqa: F401
 from topkattn.integrations.kvpress_baseline import (PressSpec, check_press_model, decode_press,
@@ -115,6 +116,10 @@ class EvalConfig:
         out: output folder (``results.jsonl``, ``summary.json``, ``table.md``,
             ``accuracy.png``).
         progress: show a rich progress bar.
+        batch_size: samples of one task and length prefilled and decoded per forward
+            (left padded; `topkattn.evaluation.batch`); 1 evaluates one sample at a time.
+            Answers and scores equal those of 1; settings that cannot batch fall back to 1
+            with a one-line note. Results do not depend on it, so a rerun may change it.
     """
 
     tasks: tuple[str, ...] = ("passkey",)
@@ -127,6 +132,7 @@ class EvalConfig:
     out: str | Path = "runs/eval"
     progress: bool = True
     followup_max_new_tokens: int | None = None
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         from topkattn.tasks import get_task
@@ -152,7 +158,7 @@ class EvalConfig:
                    + tuple(p.label for p in parse_press_list(press)))  # names a bad press
         if not isinstance(self.topk, TopKConfig):
             raise InputError(f"topk must be a TopKConfig, got {self.topk!r}")
-        for name in ("samples",):
+        for name in ("samples", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
@@ -342,6 +348,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, *, shard: "Shard | str | None" =
                                + (f" (shard {shard.label})" if shard.sharded else ""))
                     samples = task.samples(tokenizer, length, cfg.samples, cfg.seed,
                                            max_length=max_len)
+                    pending: list[tuple[Any, tuple]] = []  # (sample, settings still to do)
                     for s in samples:
                         keys = [record_key(label, length, s.id, k) for k, _ in settings]
                         expected.update(keys)
@@ -350,11 +357,21 @@ def run_eval(model, tokenizer, cfg: EvalConfig, *, shard: "Shard | str | None" =
                         if not owned:
                             continue
                         mine.update(keys)
-                        todo = [(k, c) for (k, c), key in zip(settings, keys) if key not in done]
-                        if todo:
-                            _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f,
-                                         done, follow_new)
-                        bar.advance(prog)
+                        todo = tuple((k, c) for (k, c), key in zip(settings, keys)
+                                     if key not in done)
+                        if not todo:
+                            bar.advance(prog)
+                            continue
+                        pending.append((s, todo))
+                        if len(pending) == cfg.batch_size:
+                            _eval_pending(model, tokenizer, task, label, pending, max_new, eos,
+                                          f, done, follow_new)
+                            bar.advance(prog, len(pending))
+                            pending = []
+                    if pending:
+                        _eval_pending(model, tokenizer, task, label, pending, max_new, eos, f,
+                                      done, follow_new)
+                        bar.advance(prog, len(pending))
     except KeyboardInterrupt as e:
         if isinstance(e, EvalInterrupted):
             raise
@@ -423,51 +440,88 @@ def report_only(cfg: EvalConfig) -> Summary:
     return write_reports(cfg, rows, out)
 
 
-def _eval_sample(model, tokenizer, task, label, s, todo, max_new, eos, f, done,
-                 followup_max_new: int = 128) -> int:
-    """Prefill one sample once, then decode its answer for each (k, TopKConfig) in ``todo``;
-    a two-turn task's second turn is decoded under the same setting. Returns lines written."""
+def _eval_pending(model, tokenizer, task, label, pending, max_new, eos, f, done,
+                  followup_max_new: int = 128) -> int:
+    """`_eval_batch` for each run of samples in ``pending`` ((sample, todo) pairs of one task
+    and length) that share the same settings still to do. Returns lines written."""
+    groups: dict[tuple, list] = {}
+    for s, todo in pending:
+        groups.setdefault(tuple(k for k, _ in todo), []).append((s, todo))
+    return sum(_eval_batch(model, tokenizer, task, label, [s for s, _ in g], list(g[0][1]),
+                           max_new, eos, f, done, followup_max_new)
+               for g in groups.values())
+
+
+def _eval_batch(model, tokenizer, task, label, samples, todo, max_new, eos, f, done,
+                followup_max_new: int = 128) -> int:
+    """Prefill the samples (one task and length) together, then decode each one's answer for
+    each (k, TopKConfig) in ``todo`` (`topkattn.evaluation.batch.decode_rows`; one sample:
+    the batch-1 protocol); a two-turn task's second turn is decoded under the same setting,
+    the rows of a piece together. Each line is written as its piece of rows finishes. Returns
+    lines written."""
     configs = dict(todo)
     follow = getattr(task, "followup", None)
     n = 0
-    for br in _branches(model, tokenizer, s.prompt, todo, max_new, eos):
-        topk = configs[br.label]
+    for k, piece in _branches(model, tokenizer, [s.prompt for s in samples], todo, max_new,
+                              eos):
+        topk = configs[k]
         press = topk if isinstance(topk, PressSpec) else None
-        second = follow(tokenizer, s, br.text) if follow is not None else None
-        rec = {
-            "task": label, "length": s.length, "n_tokens": br.n_tokens,
-            "depth": s.depth, "sample_id": s.id, "k": br.label,
-            "k_value": topk.k if topk and not press else None,
-            "k_ratio": topk.k_ratio if topk and not press else None,
-            "prediction": br.text, "answer": s.answer, "answers": list(s.answers),
-            "score": 0.0, "new_tokens": len(br.token_ids),
-            "seconds": round(br.seconds, 4), "prefill_seconds": round(br.prefill_seconds, 4),
-        }
-        if press is not None:
-            rec.update(press=press.name, compression_ratio=press.compression_ratio,
-                       kv_kept=round(br.kv_kept, 2))
-        if second is not None:  # two turns: score the answer to the follow-up prompt
-            br2 = (decode_press(model, tokenizer, second, press, followup_max_new, eos)
-                   if press is not None else
-                   decode_one(model, tokenizer, second, topk, followup_max_new, eos,
-                              label=br.label))
-            rec.update(prediction=br2.text, reasoning=br.text, followup_n_tokens=br2.n_tokens,
-                       followup_new_tokens=len(br2.token_ids),
-                       followup_seconds=round(br2.seconds + br2.prefill_seconds, 4))
-        rec["score"] = float(task.score(rec["prediction"], s))
-        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        done.add(record_key(label, s.length, s.id, br.label))
-        n += 1
+        recs = [_record(label, samples[r], br, topk, press, len(samples)) for r, br in piece]
+        if follow is not None:
+            seconds = [follow(tokenizer, samples[r], br.text) for r, br in piece]
+            asked = [i for i, p in enumerate(seconds) if p is not None]
+            for i, br2 in _second_turn(model, tokenizer, [seconds[i] for i in asked], k, topk,
+                                       followup_max_new, eos):
+                rec = recs[asked[i]]
+                rec.update(prediction=br2.text, reasoning=rec["prediction"],
+                           followup_n_tokens=br2.n_tokens,
+                           followup_new_tokens=len(br2.token_ids),
+                           followup_seconds=round(br2.seconds + br2.prefill_seconds, 4))
+        for (r, _), rec in zip(piece, recs):
+            rec["score"] = float(task.score(rec["prediction"], samples[r]))
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            done.add(record_key(label, rec["length"], rec["sample_id"], k))
+            n += 1
     return n
 
 
-def _branches(model, tokenizer, prompt, todo, max_new, eos):
-    """`decode_branches` for the k settings of ``todo`` (one dense prefill), then one
-    `decode_press` per kvpress baseline (a compressed prefill each)."""
+def _record(label: str, s, br, topk, press, batch: int) -> dict:
+    """The result line of sample ``s`` answered by ``br`` under ``topk`` (score set later);
+    ``batch``: samples decoded together (recorded when above 1)."""
+    rec = {
+        "task": label, "length": s.length, "n_tokens": br.n_tokens,
+        "depth": s.depth, "sample_id": s.id, "k": br.label,
+        "k_value": topk.k if topk and not press else None,
+        "k_ratio": topk.k_ratio if topk and not press else None,
+        "prediction": br.text, "answer": s.answer, "answers": list(s.answers),
+        "score": 0.0, "new_tokens": len(br.token_ids),
+        "seconds": round(br.seconds, 4), "prefill_seconds": round(br.prefill_seconds, 4),
+    }
+    if press is not None:
+        rec.update(press=press.name, compression_ratio=press.compression_ratio,
+                   kv_kept=round(br.kv_kept, 2))
+    if batch > 1:
+        rec["batch"] = batch
+    return rec
+
+
+def _second_turn(model, tokenizer, prompts, label, topk, max_new, eos):
+    """(index into ``prompts``, Branch) of the second turn of each prompt under ``topk``."""
+    for _, piece in _branches(model, tokenizer, prompts, [(label, topk)], max_new, eos):
+        yield from piece
+
+
+def _branches(model, tokenizer, prompts, todo, max_new, eos):
+    """`decode_rows` for the k settings of ``todo`` (one dense prefill of the prompts), then
+    one `decode_press` per kvpress baseline and prompt (a compressed prefill each). Yields
+    (k label, [(row, Branch), ...])."""
     dense = [(k, c) for k, c in todo if not isinstance(c, PressSpec)]
     if dense:
-        yield from decode_branches(model, tokenizer, prompt, dense, max_new, eos)
+        yield from decode_rows(model, tokenizer, prompts, dense, max_new, eos)
     for k, c in todo:
         if isinstance(c, PressSpec):
-            yield decode_press(model, tokenizer, prompt, c, max_new, eos, label=k)
+            if len(prompts) > 1:
+                note(f"{k}: {blocker(c)}")
+            for r, prompt in enumerate(prompts):
+                yield k, [(r, decode_press(model, tokenizer, prompt, c, max_new, eos, label=k))]
