@@ -41,6 +41,10 @@ def study_command(
     train_seeds: Optional[str] = typer.Option(None, "--train-seeds", help="override claim "
                                               "2's training seeds, e.g. 0,1,2"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="samples per forward "
+                                             "of the claim 1 and 2 evaluations (results do "
+                                             "not depend on it; default: 8 on CUDA, 1 on a "
+                                             "CPU)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
     report_only: bool = typer.Option(False, "--report-only", help="only rewrite the report "
                                      "from the finished stages in --out (no model is loaded)"),
@@ -58,7 +62,8 @@ def study_command(
     cfg = StudyConfig.build(model=model, out=out, claims=claims, budget=budget, seed=seed,
                             device=device, lengths=lengths, samples=samples, tasks=tasks,
                             file_tasks=file_tasks, max_new_tokens=max_new_tokens,
-                            steps=steps, seeds=train_seeds, progress=not quiet)
+                            steps=steps, seeds=train_seeds, progress=not quiet,
+                            batch_size=batch_size)
     command = "topkattn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     con = Console(quiet=quiet)
     if report_only:

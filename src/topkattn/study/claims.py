@@ -160,10 +160,11 @@ def _eval(cfg: StudyConfig, models: Models, name: str, folder: Path, tasks, leng
     from topkattn.config import TopKConfig
     from topkattn.evaluation import EvalConfig, run_eval
 
+    model, tok = models.get(name)
     ecfg = EvalConfig(tasks=tuple(tasks), lengths=tuple(lengths), ks=tuple(ks),
                       topk=TopKConfig(k=None), samples=samples, seed=cfg.seed,
-                      max_new_tokens=max_new_tokens, out=folder, progress=cfg.progress)
-    model, tok = models.get(name)
+                      max_new_tokens=max_new_tokens, out=folder, progress=cfg.progress,
+                      batch_size=cfg.eval_batch_size(next(model.parameters()).device))
     run_eval(model, tok, ecfg)
     want = set(ecfg.ks)
     rows = [r for r in read_eval_rows(folder) if r[3] in want and r[1] in ecfg.lengths]

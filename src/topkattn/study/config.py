@@ -232,6 +232,9 @@ class StudyConfig:
         device: "cpu", "cuda", "cuda:N" or None (CUDA when available).
         file_tasks: LongBench v2 / HELMET task specs added to claim 1 (``longbench_v2:PATH``).
         progress: rich progress bars.
+        batch_size: samples per forward of the evaluations (claims 1 and 2,
+            `topkattn.evaluation.EvalConfig.batch_size`); None: `EVAL_BATCH_CUDA` on a CUDA
+            device, 1 elsewhere. Results do not depend on it (no stage key holds it).
     """
 
     model: str = "default"
@@ -242,6 +245,7 @@ class StudyConfig:
     device: str | None = None
     file_tasks: tuple[str, ...] = ()
     progress: bool = True
+    batch_size: int | None = None
 
     @classmethod
     def build(cls, model: str = "default", out: str | Path = "runs/study",
@@ -250,12 +254,13 @@ class StudyConfig:
               samples: int | None = None, tasks: str | None = None,
               file_tasks: str | tuple = (), max_new_tokens: int | None = None,
               steps: int | None = None, seeds: str | None = None,
-              progress: bool = True) -> "StudyConfig":
+              progress: bool = True, batch_size: int | None = None) -> "StudyConfig":
         """Validate the options and apply the overrides to the named budget.
 
         ``lengths`` replaces claim 1's and claim 3's lengths; ``samples`` every sample count
         (claim 4's prompts too); ``tasks`` claim 1's tasks; ``max_new_tokens`` every answer
-        budget; ``steps`` and ``seeds`` claim 2's recipe. Raises `InputError` (one line,
+        budget; ``steps`` and ``seeds`` claim 2's recipe; ``batch_size`` the evaluations'
+        samples per forward (None: `eval_batch_size`'s choice). Raises `InputError` (one line,
         naming the value) before any work.
         """
         from topkattn.devices import check_device
@@ -278,7 +283,7 @@ class StudyConfig:
                 raise InputError(f"--lengths {lengths!r}: claim 3 needs two lengths or more")
             c1, c3 = replace(c1, lengths=ls), replace(c3, lengths=ls)
         for name, v, lo in (("--samples", samples, 1), ("--max-new-tokens", max_new_tokens, 1),
-                            ("--steps", steps, 1)):
+                            ("--steps", steps, 1), ("--batch-size", batch_size, 1)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
                 raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
         if samples is not None:
@@ -318,7 +323,7 @@ class StudyConfig:
                 raise InputError(f"--file-tasks: {str(path)!r} of {spec!r} does not exist")
         cfg = cls(model=model.strip(), out=Path(out), claims=parse_claims(claims),
                   budget=replace(b, claim1=c1, claim2=c2, claim3=c3, claim4=c4), seed=seed,
-                  device=device, file_tasks=ft, progress=progress)
+                  device=device, file_tasks=ft, progress=progress, batch_size=batch_size)
         cfg.check()
         return cfg
 
@@ -332,6 +337,13 @@ class StudyConfig:
         for r in self.budget.claim1.ratios + c2.eval_ratios + (c2.train_rho, c3.rho):
             if not 0 < r <= 1:
                 raise InputError(f"k ratios must lie in (0, 1], got {r!r}")
+
+    def eval_batch_size(self, device) -> int:
+        """Samples per forward of an evaluation on ``device`` (a torch.device): `batch_size`,
+        or when None `EVAL_BATCH_CUDA` on CUDA and 1 elsewhere (a CPU gains nothing)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return EVAL_BATCH_CUDA if getattr(device, "type", str(device)) == "cuda" else 1
 
     @property
     def claim1_tasks(self) -> tuple[str, ...]:
@@ -367,6 +379,9 @@ class StudyConfig:
         return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: samples per forward of the evaluations on a CUDA device when ``--batch-size`` is not given
+EVAL_BATCH_CUDA = 8
+
 #: the fields of `Claim2Budget` that make a fine-tune (its seed is the stage's own)
 TRAIN_FIELDS = ("train_tasks", "train_length", "train_samples", "train_rho", "steps",
                 "batch_size", "grad_accum", "lr", "warmup_steps")
@@ -379,5 +394,5 @@ def ratio_label(rho: float) -> str:
 
 
 __all__ = ["BUDGETS", "Budget", "CLAIMS", "Claim1Budget", "Claim2Budget", "Claim3Budget",
-           "Claim4Budget", "FULL", "QUICK", "Rules", "StudyConfig", "parse_claims",
+           "Claim4Budget", "EVAL_BATCH_CUDA", "FULL", "QUICK", "Rules", "StudyConfig", "parse_claims",
            "ratio_label"]
