@@ -57,8 +57,9 @@ def eval_command(
         1, "--batch-size",
         help="samples of one task and length prefilled and decoded per forward (left padded; "
         "the answers equal those of 1). On a GPU, where a step of a small model costs mostly "
-        "host time, 8 runs several times faster; settings that cannot batch (selectors other "
-        "than exact, Ltri, kvpress) fall back to 1 with a note. A rerun may change it"),
+        "host time, 8 is expected to run close to 8 times faster; settings that cannot batch "
+        "(selectors other than exact, Ltri, kvpress) fall back to 1 with a note. A rerun may "
+        "change it"),
     press: list[str] = typer.Option(
         [], "--press",
         help="KV-cache compression baselines of NVIDIA kvpress, one more method each: "
