@@ -44,17 +44,23 @@ def one_at_a_time(tiny, tokenizer, tmp_path_factory):
     return read_results(out / "results.jsonl")
 
 
-def test_batched_equals_one_at_a_time(tiny, tokenizer, tmp_path, one_at_a_time, monkeypatch,
-                                      capsys):
-    splits = []
+@pytest.fixture
+def splits(monkeypatch):
+    """The number of parts of each `batch._split` of the test (1: no split)."""
+    seen = []
     real_split = B._split
 
     def split(*a):
         parts = real_split(*a)
-        splits.append(len(parts))
+        seen.append(len(parts))
         return parts
 
     monkeypatch.setattr(B, "_split", split)
+    return seen
+
+
+def test_batched_equals_one_at_a_time(tiny, tokenizer, tmp_path, one_at_a_time, splits,
+                                      capsys):
     run_eval(tiny, tokenizer, _cfg(tmp_path, batch_size=3))
     rows = read_results(tmp_path / "results.jsonl")
     assert _stable(rows) == _stable(one_at_a_time)
@@ -64,12 +70,26 @@ def test_batched_equals_one_at_a_time(tiny, tokenizer, tmp_path, one_at_a_time, 
     assert "note:" not in capsys.readouterr().err  # nothing fell back to batch 1
 
 
+def test_min_context_splits_and_equals_one_at_a_time(tiny, tokenizer, tmp_path, splits):
+    # the prompts have 244 and 254 tokens: the shorter rows decode densely for two steps
+    topk = TopKConfig(k=None, min_context=246)
+    runs = []
+    for bs in (1, 3):
+        cfg = _cfg(tmp_path / str(bs), ks=("4",), topk=topk, batch_size=bs)
+        run_eval(tiny, tokenizer, cfg)
+        runs.append(_stable(read_results(cfg.out / "results.jsonl")))
+    assert runs[0] == runs[1] and max(splits) == 2
+
+
 def test_row_groups_keep_each_rows_decisions():
     lengths = [250, 243, 256, 236]
     assert B.row_groups(None, lengths, 4) == [[0, 1, 2, 3]]
     assert B.row_groups(TopKConfig(k=4), lengths, 4) == [[0, 1, 2, 3]]  # sparse everywhere
     assert B.row_groups(TopKConfig(k=240), lengths, 4) == [[0, 1, 2], [3]]  # 236: dense
+    # k_ratio and min_context decide from the rows: one batch, split while decoding
     assert B.row_groups(TopKConfig(k=None, k_ratio=0.5), lengths, 4) == [[0, 1, 2, 3]]
+    assert B.decides_by_rows(TopKConfig(k=4, min_context=240))
+    assert not B.decides_by_rows(TopKConfig(k=4)) and not B.decides_by_rows(None)
     # sink without the kernels: rows of one length only (the reference counts from slot 0)
     assert B.row_groups(TopKConfig(k=4, sink=2), [250, 243, 250], 4, kernels=False) == \
         [[0, 2], [1]]

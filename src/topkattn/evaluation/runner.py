@@ -20,6 +20,12 @@ token under the press, then decodes greedily over the compressed cache
 (`topkattn.integrations.kvpress_baseline.decode_press`); their lines carry ``press``,
 ``compression_ratio`` and ``kv_kept`` (mean cache length per layer after compression).
 
+Batches (`EvalConfig.batch_size` > 1, `topkattn.evaluation.batch`): up to that many samples of
+one task and length are left padded, prefilled together and decoded together per setting,
+each row stopping on its own; their lines are written as each setting's rows finish and carry
+``batch`` (samples evaluated together), with ``seconds`` and ``prefill_seconds`` the shared wall
+times divided by the rows. Settings that cannot batch fall back to one sample at a time.
+
 Results: ``results.jsonl`` gets one line per (sample, k), flushed at once; a rerun with the same
 output folder skips finished (task, length, sample, k) keys, so an interrupted run resumes
 (`topkattn.evaluation.records`: a torn last line is cut off first, with a warning). With a
@@ -118,8 +124,9 @@ class EvalConfig:
         progress: show a rich progress bar.
         batch_size: samples of one task and length prefilled and decoded per forward
             (left padded; `topkattn.evaluation.batch`); 1 evaluates one sample at a time.
-            Answers and scores equal those of 1; settings that cannot batch fall back to 1
-            with a one-line note. Results do not depend on it, so a rerun may change it.
+            Answers and scores equal those of 1 (in fp32; bf16 kernels may round a near tie
+            otherwise); settings that cannot batch fall back to 1 with a one-line note. Not a
+            resume setting: a rerun into the same folder may change it.
     """
 
     tasks: tuple[str, ...] = ("passkey",)
