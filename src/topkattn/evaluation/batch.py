@@ -26,10 +26,13 @@ import inspect
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from topkattn.config import TopKConfig
 from topkattn.generation import Branch, _sparsify, decode_branches, decode_one
+
+if TYPE_CHECKING:
+    import torch
 
 _noted: set[str] = set()
 
@@ -51,8 +54,8 @@ class PaddedPrompts:
         lengths: each row's own token count.
     """
 
-    ids: "object"
-    mask: "object"
+    ids: "torch.Tensor"
+    mask: "torch.Tensor"
     lengths: list[int]
 
     @property
@@ -62,11 +65,15 @@ class PaddedPrompts:
         return pos.masked_fill(self.mask == 0, 1)
 
 
-def pad_left(tokenizer, prompts: list[str], device) -> PaddedPrompts:
-    """Tokenize ``prompts`` (no special tokens, as the batch-1 path) and left pad them."""
+def tokenize(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt, without special tokens (as the batch-1 path)."""
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def pad_left(tokenizer, rows: list[list[int]], device) -> PaddedPrompts:
+    """Left pad token id ``rows`` (`tokenize`) with the tokenizer's pad (else EOS) token."""
     import torch
 
-    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     P = max(len(r) for r in rows)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if pad is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
@@ -99,9 +106,9 @@ class _Part:
 
     rows: list[int]
     cache: object
-    tok: "object"
-    mask: "object"
-    pos: "object"
+    tok: "torch.Tensor"
+    mask: "torch.Tensor"
+    pos: "torch.Tensor"
 
     def select(self, rows: list[int], copy_cache: bool) -> "_Part":
         """The part of ``rows`` (a subset of ``self.rows``): its cache rows
@@ -256,16 +263,18 @@ def decode_rows(model, tokenizer, prompts: list[str], settings, max_new_tokens: 
             yield br.label, [(0, br)]
         return
     device = next(model.parameters()).device
+    token_rows = tokenize(tokenizer, prompts)
     prefixes: dict[tuple[int, ...], tuple[PaddedPrompts, object, float]] = {}
 
     def prefix(rows: tuple[int, ...]):
+        """(padded rows, their dense prefill, its seconds), once per group of rows."""
         if rows not in prefixes:
-            batch = pad_left(tokenizer, [prompts[r] for r in rows], device)
+            batch = pad_left(tokenizer, [token_rows[r] for r in rows], device)
             t0 = time.perf_counter()
             prefixes[rows] = (batch, prefill_rows(model, batch), time.perf_counter() - t0)
         return prefixes[rows]
 
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    lengths = [len(r) for r in token_rows]
     alone = []
     for label, topk in settings:
         why = blocker(topk)
@@ -317,5 +326,5 @@ def _decode_group(model, tokenizer, rows: list[int], prefilled, topk, label: str
             for r, g, n in zip(rows, gen, batch.lengths)]
 
 
-__all__ = ["PaddedPrompts", "blocker", "decides_by_rows", "decode_rows", "greedy_decode_rows", "note", "pad_left",
-           "prefill_rows", "row_groups"]
+__all__ = ["PaddedPrompts", "blocker", "decides_by_rows", "decode_rows", "greedy_decode_rows",
+           "note", "pad_left", "prefill_rows", "row_groups", "tokenize"]
