@@ -13,5 +13,5 @@ import topkattn.ops.select.triton_select as ts
 
 s = torch.randn(32, 131072, device="cuda")
 for _ in range(4):
-    ts.select_rows(s, 2048)
+    ts.select_rows(s, k=2048)
 torch.cuda.synchronize()

@@ -43,7 +43,7 @@ def test_select_slow_path_when_bin_overflows_buffer():
     # all scores in one 12-bit bin and a tiny buffer: refinement re-reads the row
     torch.manual_seed(1)
     s = 1.0 + torch.rand(2, 3000, device=device()) * 1e-3
-    out = select_rows(s, 50, cap=16)
+    out = select_rows(s, k=50, cap=16)
     ref = topk_select_reference(s, 50)
     assert torch.equal(out.sort(-1).values, ref)
 
@@ -75,7 +75,7 @@ def test_select_finish_paths(knobs, dist, block, cap, bits, first, tiers):
     g = torch.Generator().manual_seed(11)
     s = SCALES[dist](g).to(device())
     for k in (1, 16, 37, 256, 700):
-        out = select_rows(s, k, block=block, cap=cap)
+        out = select_rows(s, k=k, block=block, cap=cap)
         assert torch.equal(out.sort(-1).values, topk_select_reference(s, k)), (dist, k)
 
 
@@ -94,7 +94,7 @@ def test_select_sampled_window_and_fallback(knobs, sample, shift):
 
     pos = torch.arange(4000, device=device())
     for k in (1, 150):
-        out = select_rows(s, k, lens, rows_per_len=2, sink=2, local=1, starts=starts)
+        out = select_rows(s, k=k, starts=starts, ends=lens, rows_per_seq=2, sink=2, local=1)
         for r in range(4):
             vis = (pos >= starts[r // 2]) & (pos < lens[r // 2])
             ref = select_topk_mask(s[r], k, vis, forced_mask(vis[None], 2, 1)[0]).nonzero().flatten()
@@ -121,21 +121,21 @@ def test_select_workspace_is_left_zeroed_and_reused():
     for shift in (0, 5):
         with inject(window_shift=shift):
             for k, R in ((50, 4), (600, 2), (600, 4)):
-                out = select_rows(s[:R], k, lens[: R // 2], rows_per_len=2, sink=1, local=2, work=w)
+                out = select_rows(s[:R], k=k, ends=lens[: R // 2], rows_per_seq=2, sink=1, local=2, work=w)
                 check_zero()
                 for r in range(R):
                     vis = torch.arange(3000, device=device()) < lens[r // 2]
                     ref = select_topk_mask(s[r], k, vis, forced_mask(vis[None], 1, 2)[0]).nonzero().flatten()
                     assert torch.equal(out[r][out[r] >= 0].long().sort().values, ref), (shift, k, r)
     with pytest.raises(ValueError, match="holds 7 rows"):
-        select_rows(torch.randn(8, 100, device=device()), 5, work=w)
+        select_rows(torch.randn(8, 100, device=device()), k=5, work=w)
 
 
 def test_select_rows_lengths_sink_local():
     torch.manual_seed(2)
     s = torch.randn(4, 300, device=device())
     lens = torch.tensor([300, 120], dtype=torch.int32, device=device())
-    out = select_rows(s, 10, lens, rows_per_len=2, sink=3, local=4)
+    out = select_rows(s, k=10, ends=lens, rows_per_seq=2, sink=3, local=4)
     from topkattn.ops.topk.naive import forced_mask, select_topk_mask
 
     for r in range(4):
@@ -152,7 +152,7 @@ def test_select_rows_left_padding():
     s = torch.randn(4, 500, device=device())
     lens = torch.tensor([500, 400], dtype=torch.int32, device=device())
     starts = torch.tensor([130, 395], dtype=torch.int32, device=device())
-    out = select_rows(s, 12, lens, rows_per_len=2, sink=2, local=3, starts=starts)
+    out = select_rows(s, k=12, starts=starts, ends=lens, rows_per_seq=2, sink=2, local=3)
     from topkattn.ops.topk.naive import forced_mask, select_topk_mask
 
     pos = torch.arange(500, device=device())
@@ -173,9 +173,9 @@ def test_select_several_blocks_per_program(knobs):
     lens = torch.tensor([19000], dtype=torch.int32, device=device())
     starts = torch.tensor([777], dtype=torch.int32, device=device())
     assert ts._iters(40, torch.device(device()), DEFAULT.select.iters) > 1 or device() == "cuda"
-    a = select_rows(s, 300, lens, rows_per_len=2, sink=1, local=2, starts=starts)
+    a = select_rows(s, k=300, starts=starts, ends=lens, rows_per_seq=2, sink=1, local=2)
     knobs.tune("select", iters=1)
-    b = select_rows(s, 300, lens, rows_per_len=2, sink=1, local=2, starts=starts)
+    b = select_rows(s, k=300, starts=starts, ends=lens, rows_per_seq=2, sink=1, local=2)
     assert torch.equal(a.sort(-1).values, b.sort(-1).values)
     assert torch.equal(topk_select(s, 300, sort=True), topk_select_reference(s, 300))
 
@@ -236,4 +236,4 @@ def test_select_window_holds_kth_score_at_any_scale(dist):
     assert ((above < k) & (above + inside >= k)).all(), (dist, above, inside)
     # the window is a thin slice of the row, not the whole of it (that would be a re-read)
     assert (inside < s.shape[1] // 4).all(), (dist, inside)
-    assert torch.equal(select_rows(s, k).sort(-1).values, topk_select_reference(s, k))
+    assert torch.equal(select_rows(s, k=k).sort(-1).values, topk_select_reference(s, k))

@@ -64,7 +64,7 @@ def test_select_rows_matches_reference(R2, n, kfrac, dist, sink, local, use_lens
         lens = torch.randint(0, n + 1, (R2,), generator=g, dtype=torch.int32) if use_lens else None
         starts = torch.randint(0, n + 1, (R2,), generator=g, dtype=torch.int32) if use_starts else None
         dev = _device()
-        out = ts.select_rows(s.to(dev), k, lens.to(dev) if lens is not None else None, rows_per_len=2,
+        out = ts.select_rows(s.to(dev), k=k, ends=lens.to(dev) if lens is not None else None, rows_per_seq=2,
                              sink=sink, local=local, work=WORK, block=block,
                              starts=starts.to(dev) if starts is not None else None).cpu()
         v = ts.workspace_views(WORK)

@@ -630,24 +630,28 @@ def _iters(programs: int, device: torch.device, max_iters: int) -> int:
 
 def select_rows(
     scores: torch.Tensor,
+    *,
     k: int,
-    lens: torch.Tensor | None = None,
-    rows_per_len: int = 1,
+    starts: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,
+    rows_per_seq: int = 1,
     sink: int = 0,
     local: int = 0,
     block: int | None = None,
     num_warps: int | None = None,
     cap: int | None = None,
     work: torch.Tensor | None = None,
-    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Top-k positions of each row plus forced positions; the building block of the kernels.
 
     Args:
         scores: [R, n] (last dim contiguous; fp32/fp16/bf16).
         k: positions selected among each row's candidates.
-        lens: int32 [R // rows_per_len] visible length of each group of rows (None: n).
-        rows_per_len: consecutive rows sharing one length (e.g. the query heads of a sequence).
+        starts, ends: int32 [R // rows_per_seq] first visible position (left padding; None: 0)
+            and one past the last (the visible length; None: n) of each group of rows: row r
+            sees positions [starts[r // rows_per_seq], ends[r // rows_per_seq]).
+        rows_per_seq: consecutive rows sharing one pair of bounds (e.g. the query heads of a
+            sequence).
         sink, local: forced first / last visible positions of each row (appended after the
             top-k; they are not candidates).
         block, num_warps: entries per block and warps of the finish (default ``finish_block``,
@@ -655,8 +659,6 @@ def select_rows(
         cap: scratch entries per row for the candidates of the threshold window (default
             max(16384, 2k, n/16)); a larger window falls back to re-reading the row.
         work: zeroed scratch from `select_workspace` (default: the device's `workspace`).
-        starts: int32 [R // rows_per_len] first visible position of each group of rows (left
-            padding; None: 0). Row r sees positions [starts, lens).
 
     Returns:
         int32 [R, k + sink + local]: the selected positions (order: unspecified within the
@@ -666,23 +668,23 @@ def select_rows(
     if scores.stride(-1) != 1:
         scores = scores.contiguous()
     dev = scores.device
-    has_lens, has_starts = lens is not None, starts is not None
-    if not has_lens and not has_starts:
-        rows_per_len = 1
-    lens = lens if has_lens else scores  # never read when absent
+    has_ends, has_starts = ends is not None, starts is not None
+    if not has_ends and not has_starts:
+        rows_per_seq = 1
+    ends = ends if has_ends else scores  # never read when absent
     starts = starts if has_starts else scores
     kout = k + sink + local
     if work is None:
         work = workspace(R, dev)
     try:
-        return _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_len, sink,
+        return _launch(scores, k, kout, work, ends, starts, has_ends, has_starts, rows_per_seq, sink,
                        local, block, num_warps, cap)
     except BaseException:
         work.zero_()  # a launch that did not happen leaves counts behind; clean for the next call
         raise
 
 
-def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_len, sink, local,
+def _launch(scores, k, kout, work, ends, starts, has_ends, has_starts, rows_per_seq, sink, local,
             block, num_warps, cap, finish: bool = True):
     """The three kernels of `select_rows` (arguments as there, checked); without ``finish``
     only the histogram and the scan (the cursors are then left in the workspace)."""
@@ -700,23 +702,23 @@ def _launch(scores, k, kout, work, lens, starts, has_lens, has_starts, rows_per_
     hblock = 4096 if R * triton.cdiv(ns, 4096) >= 1024 else (2048 if R * triton.cdiv(ns, 2048) >= 512 else 1024)
     hiters = _iters(R * triton.cdiv(ns, hblock), dev, tune.iters)
     _hist_kernel[(R, triton.cdiv(ns, hblock * hiters))](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.hist,
-        ws.done, ws.info, testing.active().window_shift, HAS_LENS=has_lens, HAS_STARTS=has_starts,
+        scores, scores.stride(0), ends, starts, rows_per_seq, n, sink, local, k, ws.hist,
+        ws.done, ws.info, testing.active().window_shift, HAS_LENS=has_ends, HAS_STARTS=has_starts,
         BLOCK=hblock, ITERS=hiters, SAMPLE=smp, RUN=tune.sample_run, num_warps=8, **pdl,
     )
     sblock = tune.scan_block or 512
     siters = min(tune.scan_iters, _iters(R * triton.cdiv(n, sblock), dev, tune.iters))
     _scan_kernel[(R, triton.cdiv(n, sblock * siters))](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt,
-        out, out.stride(0), buf, cap, 0, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=sblock,
-        ITERS=siters, FULL=not (has_lens or has_starts or sink or local),
+        scores, scores.stride(0), ends, starts, rows_per_seq, n, sink, local, k, ws.info, ws.cnt,
+        out, out.stride(0), buf, cap, 0, HAS_LENS=has_ends, HAS_STARTS=has_starts, BLOCK=sblock,
+        ITERS=siters, FULL=not (has_ends or has_starts or sink or local),
         num_warps=tune.scan_warps or max(1, sblock // 128), **pdl_launch(dev),  # None: 4 per thread
     )
     if not finish:
         return out
     _finish_kernel[(R,)](
-        scores, scores.stride(0), lens, starts, rows_per_len, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
-        kout, buf, cap, HAS_LENS=has_lens, HAS_STARTS=has_starts, BLOCK=block or tune.finish_block,
+        scores, scores.stride(0), ends, starts, rows_per_seq, n, sink, local, k, ws.info, ws.cnt, out, out.stride(0),
+        kout, buf, cap, HAS_LENS=has_ends, HAS_STARTS=has_starts, BLOCK=block or tune.finish_block,
         DB=tune.finish_digit_bits, DB0=tune.finish_first_digit_bits or tune.finish_digit_bits,
         TIERS=tune.finish_tiers and 2 * k > (block or tune.finish_block),  # big windows only
         num_warps=num_warps or tune.finish_warps, **pdl,
@@ -808,5 +810,5 @@ def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tenso
         int32 [R, min(k, n)] positions; the set equals `topk_select_reference`'s.
     """
     check_select_args(scores, k)
-    out = select_rows(scores, min(k, scores.shape[1]))
+    out = select_rows(scores, k=min(k, scores.shape[1]))
     return out.sort(dim=-1).values if sort else out

@@ -128,7 +128,7 @@ def index_topk_ranges(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, star
         from topkattn.ops.select.triton_select import select_rows
 
         scores = index_scores(q, w, keys, starts, ends)  # written inside the ranges only
-        return select_rows(scores, kk, ends, 1, starts=starts)
+        return select_rows(scores, k=kk, starts=starts, ends=ends)
     scores = index_scores_reference(q, w, keys)
     pos = torch.arange(cap, device=keys.device)
     vis = (pos >= starts[:, None]) & (pos < ends[:, None])

@@ -194,7 +194,8 @@ def topk_decode(
     S, SG = decode_scores(q, k, scale=scale, ends=ends, group_sum=group, block_n=tune.block_n,
                           write_s=not group, block_table=block_table)
     sel_scores = SG if group else S
-    idx = select_rows(sel_scores.view(R, n), kk, ends, hsel, sink, local, work=work, starts=starts)
+    idx = select_rows(sel_scores.view(R, n), k=kk, starts=starts, ends=ends, rows_per_seq=hsel,
+                      sink=sink, local=local, work=work)
     nidx = idx.shape[-1]
     idx = idx.view(B, hsel, 1, nidx)
     splits = max(1, min(tune.sparse_waves * num_sms(q.device) // R, triton.cdiv(nidx, 64), 64))
