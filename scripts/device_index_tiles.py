@@ -20,9 +20,9 @@ for B in (1, 4):
     for block in (64, 128, 256, 512):
         for warps in (2, 4, 8):
             try:
-                got = index_scores(q, w, keys, lo, hi, block=block, warps=warps)
+                got = index_scores(q, w, keys, starts=lo, ends=hi, block=block, warps=warps)
                 err = (got - want).abs().max().item()
-                ms = time_graph_ms(lambda: index_scores(q, w, keys, lo, hi, block=block, warps=warps))
+                ms = time_graph_ms(lambda: index_scores(q, w, keys, starts=lo, ends=hi, block=block, warps=warps))
                 gbs = keys.numel() * 4 / (ms * 1e-3) / 1e9
                 print(f"B{B} block={block:3d} warps={warps}: {ms * 1e3:6.1f} us "
                       f"{gbs:5.0f} GB/s ({gbs / bw:4.0%} of copy) max err {err:.1e}", flush=True)

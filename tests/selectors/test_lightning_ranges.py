@@ -23,7 +23,7 @@ def test_index_scores_kernel_matches_reference_inside_the_ranges(block):
     q, w, keys = torch.randn(B, H, d), torch.randn(B, H), torch.randn(B, cap, d)
     lo = torch.tensor([0, 17, 250], dtype=torch.int32)
     hi = torch.tensor([300, 129, 251], dtype=torch.int32)
-    got = index_scores(q, w, keys, lo, hi, block=block)
+    got = index_scores(q, w, keys, starts=lo, ends=hi, block=block)
     want = index_scores_reference(q, w, keys)
     for b in range(B):
         torch.testing.assert_close(got[b, lo[b]:hi[b]], want[b, lo[b]:hi[b]], rtol=1e-5, atol=1e-5)
@@ -32,7 +32,7 @@ def test_index_scores_kernel_matches_reference_inside_the_ranges(block):
 def test_index_scores_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"q \[B=2"):
         index_scores(torch.randn(2, 4, 32), torch.randn(2, 4), torch.randn(2, 10, 64),
-                     torch.zeros(2, dtype=torch.int32), torch.ones(2, dtype=torch.int32))
+                     starts=torch.zeros(2, dtype=torch.int32), ends=torch.ones(2, dtype=torch.int32))
 
 
 def test_range_indices_are_the_top_k_of_the_indexer_scores_in_range():

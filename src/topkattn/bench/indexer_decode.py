@@ -60,7 +60,7 @@ def index_scores_torch(qi: torch.Tensor, w: torch.Tensor, ki: torch.Tensor) -> t
     return torch.bmm(torch.relu(s.float()), w.float().unsqueeze(-1)).squeeze(-1)
 
 
-def index_scores(qi: torch.Tensor, w: torch.Tensor, ki: torch.Tensor,
+def index_scores(qi: torch.Tensor, w: torch.Tensor, ki: torch.Tensor, *,
                  block: int = 128) -> torch.Tensor:
     """Fused index scores (Triton on CUDA or under TRITON_INTERPRET; torch otherwise)."""
     from topkattn.ops.topk.triton_env import kernels_run_on

@@ -127,7 +127,7 @@ def index_topk_ranges(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, star
     if use_kernel and kernels_run_on(keys):
         from topkattn.ops.select.triton_select import select_rows
 
-        scores = index_scores(q, w, keys, starts, ends)  # written inside the ranges only
+        scores = index_scores(q, w, keys, starts=starts, ends=ends)  # written inside the ranges only
         return select_rows(scores, k=kk, starts=starts, ends=ends)
     scores = index_scores_reference(q, w, keys)
     pos = torch.arange(cap, device=keys.device)

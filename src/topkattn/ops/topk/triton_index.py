@@ -60,7 +60,7 @@ def index_scores_reference(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor)
     return torch.einsum("bh,bhl->bl", w.float(), s)
 
 
-def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, starts: torch.Tensor,
+def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, *, starts: torch.Tensor,
                  ends: torch.Tensor, block: int | None = None,
                  warps: int | None = None) -> torch.Tensor:
     """Index scores fp32 [B, cap] of q [B, H, d], w [B, H] over keys [B, cap, d] (last dim
