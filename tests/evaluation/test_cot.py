@@ -84,3 +84,17 @@ def test_the_second_turn_is_scored(tiny_lm, tokenizer, lb_file, tmp_path, monkey
     else:  # one turn: the reasoning-like first output is scored, and finds no answer
         assert all(c[0] == "turn1" for c in calls) and "reasoning" not in rows[0]
         assert s.accuracy(label, 256, "full") == 0.0
+
+
+def test_batched_two_turns_equal_one_at_a_time(tiny_lm, tokenizer, lb_file, tmp_path):
+    """Both turns of a batch of 2 (turn 2's prompts decoded together) give the lines of one
+    sample at a time, wall times and the batch size aside."""
+    task = f"longbench_v2_cot:{lb_file}"
+    volatile = ("seconds", "prefill_seconds", "followup_seconds", "batch")
+    runs = []
+    for bs in (1, 2):
+        run_eval(tiny_lm, tokenizer, _cfg(tmp_path / str(bs), task, batch_size=bs))
+        runs.append(sorted(({k: v for k, v in r.items() if k not in volatile} for r in
+                            read_results(tmp_path / str(bs) / "results.jsonl")),
+                           key=lambda r: (r["sample_id"], r["k"])))
+    assert runs[0] == runs[1] and all("reasoning" in r for r in runs[1])
