@@ -449,8 +449,9 @@ def report_only(cfg: EvalConfig) -> Summary:
 
 def _eval_pending(model, tokenizer, task, label, pending, max_new, eos, f, done,
                   followup_max_new: int = 128) -> int:
-    """`_eval_batch` for each run of samples in ``pending`` ((sample, todo) pairs of one task
-    and length) that share the same settings still to do. Returns lines written."""
+    """`_eval_batch` for each group of the samples in ``pending`` ((sample, todo) pairs of one
+    task and length) that have the same settings still to do (all of them, but after an
+    interrupted run). Returns lines written."""
     groups: dict[tuple, list] = {}
     for s, todo in pending:
         groups.setdefault(tuple(k for k, _ in todo), []).append((s, todo))
@@ -475,9 +476,9 @@ def _eval_batch(model, tokenizer, task, label, samples, todo, max_new, eos, f, d
         press = topk if isinstance(topk, PressSpec) else None
         recs = [_record(label, samples[r], br, topk, press, len(samples)) for r, br in piece]
         if follow is not None:
-            seconds = [follow(tokenizer, samples[r], br.text) for r, br in piece]
-            asked = [i for i, p in enumerate(seconds) if p is not None]
-            for i, br2 in _second_turn(model, tokenizer, [seconds[i] for i in asked], k, topk,
+            turn2 = [follow(tokenizer, samples[r], br.text) for r, br in piece]
+            asked = [i for i, p in enumerate(turn2) if p is not None]
+            for i, br2 in _second_turn(model, tokenizer, [turn2[i] for i in asked], k, topk,
                                        followup_max_new, eos):
                 rec = recs[asked[i]]
                 rec.update(prediction=br2.text, reasoning=rec["prediction"],
