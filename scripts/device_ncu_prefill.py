@@ -17,5 +17,5 @@ torch.manual_seed(0)
 q = torch.randn(1, 32, L, 128, device="cuda", dtype=torch.bfloat16)
 k = torch.randn(1, 8, L, 128, device="cuda", dtype=torch.bfloat16)
 for _ in range(3):
-    tp.prefill_thresholds(q, k, 2048, True, 1 / math.sqrt(128), 0, 0, False)
+    tp.prefill_thresholds(q, k, topk=2048, causal=True, scale=1 / math.sqrt(128))
 torch.cuda.synchronize()

@@ -25,7 +25,7 @@ SCALE = 1 / math.sqrt(D)
 
 
 def scores(q, k, group, bm, bn, nw):
-    return tp.selection_scores(q, k, SCALE, group, tp.PrefillTile(bm, bn, nw))
+    return tp.selection_scores(q, k, scale=SCALE, group=group, tile=tp.PrefillTile(bm, bn, nw))
 
 
 def bench(fn):
@@ -53,8 +53,8 @@ def main():
     for gran in ("query_head", "kv_group"):
         group = gran == "kv_group"
         G = HQ // HKV
-        st, en = tp.seq_bounds(None, None, B, L, q.device)
-        TB, PB = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, group)
+        st, en = tp.seq_bounds(None, None, B=B, Lk=L, device=q.device)
+        TB, PB = tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE, group=group)
         strides = tp.qkv_strides(q, k, v)
         o0 = torch.empty_like(q)
         lse = torch.empty(B, HQ, L, dtype=torch.float32, device=q.device)
@@ -132,7 +132,7 @@ def search_and_whole(L=8192):
     v = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
     do = torch.randn_like(q)
     base = DEFAULT.prefill.tiles_query_head
-    T0, P0 = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False)
+    T0, P0 = tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE)
     print(f"== threshold search, {L // 1024}k query_head (ms)")
     for t, waves in [((64, 64, 4, None), 2), ((64, 64, 4, None), 1), ((64, 64, 4, None), 3),
                      ((64, 64, 4, None), 4), ((128, 64, 8, None), 2), ((128, 64, 8, None), 1),
@@ -142,10 +142,10 @@ def search_and_whole(L=8192):
                         tiles_query_head=replace(base, search=tp.PrefillTile(*t)))
         try:
             with tuned(prefill=knobs):
-                T, P, st = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False,
+                T, P, st = tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE,
                                                  return_status=True)
                 same = torch.equal(T, T0) and torch.equal(P, P0)
-                ms = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False))
+                ms = bench(lambda: tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE))
             print(f"  search {t} waves {waves}: {ms:.3f} ms, T/P same: {same}, fallback rows "
                   f"{int((st == 2).sum())}", flush=True)
         except Exception as e:  # noqa: BLE001
@@ -153,7 +153,7 @@ def search_and_whole(L=8192):
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
     def fb():
-        tp.topk_prefill(qg, kg, vg, KK).backward(do)
+        tp.topk_prefill(qg, kg, vg, topk=KK).backward(do)
 
     for name, tiles in [("per-kernel tiles", base), ("uniform 64x64", tp.uniform_tiles(64, bwd_stages=2))]:
         with tuned(prefill=replace(DEFAULT.prefill, tiles_query_head=tiles)):

@@ -52,8 +52,8 @@ def check_thresholds(q, k, gran, tag):
     qs, ks = q[:, : nkv * (HQ // HKV)].contiguous(), k[:, :nkv].contiguous()
     if not group:
         qs = q[:, :4].contiguous()
-    T1, P1, st = tp.prefill_thresholds(qs, ks, KK, True, SCALE, 0, 0, group, return_status=True)
-    T2, P2 = tp.prefill_thresholds(qs, ks, KK, True, SCALE, 0, 0, group, method="radix")
+    T1, P1, st = tp.prefill_thresholds(qs, ks, topk=KK, causal=True, scale=SCALE, group=group, return_status=True)
+    T2, P2 = tp.prefill_thresholds(qs, ks, topk=KK, causal=True, scale=SCALE, group=group, method="radix")
     bad = (T1 != T2) | (P1 != P2)
     n = int(bad.sum())
     print(f"  [{tag}] T/P bcc vs radix on {T1.numel()} rows: {n} mismatches; status "
@@ -67,7 +67,7 @@ def check_reference(q, k, v, gran):
     """Output on the last 512 query rows of 2 heads vs the dense reference."""
     G = HQ // HKV
     qs, ks, vs = q[:, : 2 * G, -512:], k[:, :2], v[:, :2]
-    out = tp.topk_prefill(qs, ks, vs, KK, granularity=gran)
+    out = tp.topk_prefill(qs, ks, vs, topk=KK, granularity=gran)
     ref = topk_attention_reference(qs, ks, vs, KK, granularity=gran)
     return rel_rms(out, ref)
 
@@ -83,21 +83,21 @@ def run_case(L, gran, res):
     check_thresholds(q, k, gran, tag)
     print(f"  [{tag}] out vs reference (last 512 rows, 2 KV heads): rel rms "
           f"{check_reference(q, k, v, gran):.2e}", flush=True)
-    _, _, st = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, group, return_status=True)
+    _, _, st = tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE, group=group, return_status=True)
     cnt = torch.bincount(st.flatten(), minlength=3).tolist()
     print(f"  [{tag}] rows: {cnt[0]} inactive, {cnt[1]} band path, {cnt[2]} fallback "
           f"({cnt[2] / max(1, cnt[1] + cnt[2]):.2e} of active)")
-    t_th = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, group))
+    t_th = bench(lambda: tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE, group=group))
     t_rx = float("nan")
     if L <= 8192:  # the former path, for reference
-        t_rx = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, group,
+        t_rx = bench(lambda: tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE, group=group,
                                                    method="radix"))
-    t_f = bench(lambda: tp.topk_prefill(q, k, v, KK, granularity=gran))
+    t_f = bench(lambda: tp.topk_prefill(q, k, v, topk=KK, granularity=gran))
     sd_f = bench(lambda: sdpa(q, k, v))
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
     def fb():
-        tp.topk_prefill(qg, kg, vg, KK, granularity=gran).backward(do)
+        tp.topk_prefill(qg, kg, vg, topk=KK, granularity=gran).backward(do)
 
     def sfb():
         sdpa(qg, kg, vg).backward(do)
@@ -113,7 +113,7 @@ def run_case(L, gran, res):
 
 def profile_fb(q, k, v, do, gran):
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-    fn = lambda: tp.topk_prefill(qg, kg, vg, KK, granularity=gran).backward(do)
+    fn = lambda: tp.topk_prefill(qg, kg, vg, topk=KK, granularity=gran).backward(do)
     for _ in range(2):
         fn()
     torch.cuda.synchronize()
@@ -129,8 +129,8 @@ def attn_kernel_times(q, k, v, do, gran, bm, bn, nw, stages):
     group = gran == "kv_group"
     Hq, Lq, Hkv, Lk = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
     G = Hq // Hkv
-    st, en = tp.seq_bounds(None, None, B, Lk, q.device)
-    TB, PB = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, group)
+    st, en = tp.seq_bounds(None, None, B=B, Lk=Lk, device=q.device)
+    TB, PB = tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE, group=group)
     o = torch.empty_like(q)
     lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
     ck = dict(CAUSAL=True, GROUP=group, BM=bm, BN=bn, D=D, IEEE=False, UPCAST=False, num_warps=nw)
@@ -196,9 +196,9 @@ def main():
         if time.time() - T0 > 170:
             break
         with tuned(prefill=replace(DEFAULT.prefill, cap=cap, bin_words=words, band_frac=frac)):
-            _, _, st = tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False,
+            _, _, st = tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE,
                                              return_status=True)
-            t = bench(lambda: tp.prefill_thresholds(q, k, KK, True, SCALE, 0, 0, False))
+            t = bench(lambda: tp.prefill_thresholds(q, k, topk=KK, causal=True, scale=SCALE))
         print(f"  CAP {cap} words {words} band frac {frac}: {t:.2f} ms, fallback rows "
               f"{int((st == 2).sum())}", flush=True)
     print(f"done in {time.time() - T0:.0f}s")

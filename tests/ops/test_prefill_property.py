@@ -28,7 +28,7 @@ def test_topk_prefill_matches_reference(Hkv, G, Lq, extra, D, kfrac, sink, local
     v = torch.randn(1, Hkv, Lk, D, generator=g).to(dev()).requires_grad_()
     topk = max(1, int(kfrac * Lk))
     kw = dict(causal=causal, sink=sink, local=local, granularity=gran, return_lse=True)
-    out, lse = topk_prefill(q, k, v, topk, **kw)
+    out, lse = topk_prefill(q, k, v, topk=topk, **kw)
     ref, rlse = topk_attention_reference(q, k, v, topk, **kw)
     assert rel_rms(out, ref, floor=1e-6) < 1e-4
     fin = torch.isfinite(rlse)

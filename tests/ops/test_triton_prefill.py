@@ -50,7 +50,7 @@ def test_prefill_forward_and_grads(case):
     q = torch.randn(B, Hq, Lq, D, device=dev()).to(dt).requires_grad_()
     k = torch.randn(B, Hkv, Lk, D, device=dev()).to(dt).requires_grad_()
     v = torch.randn(B, Hkv, Lk, D, device=dev()).to(dt).requires_grad_()
-    out, lse = topk_prefill(q, k, v, kk, causal=causal, sink=sink, local=local, return_lse=True)
+    out, lse = topk_prefill(q, k, v, topk=kk, causal=causal, sink=sink, local=local, return_lse=True)
     ref, rlse = topk_attention_reference(q, k, v, kk, causal=causal, sink=sink, local=local,
                                          return_lse=True)
     assert rel_rms(out, ref) < TOL[dt]
@@ -82,7 +82,7 @@ def test_prefill_kernels_on_their_own_tiles(gran, sink, local):
     kw = dict(granularity=gran, sink=sink, local=local)
     with prefill_tuned(MIXED_TILES):
         assert tp.prefill_tiles(q, gran == "kv_group") == MIXED_TILES
-        out, lse = topk_prefill(q, k, v, 9, return_lse=True, **kw)
+        out, lse = topk_prefill(q, k, v, topk=9, return_lse=True, **kw)
         ref, rlse = topk_attention_reference(q, k, v, 9, return_lse=True, **kw)
         assert rel_rms(out, ref) < TOL[torch.float32]
         assert (lse - rlse).abs().max() < 1e-4
@@ -98,13 +98,13 @@ def test_scores_bitwise_tile_independent(dt, group):
     torch.manual_seed(3)
     q = torch.randn(1, 8, 1000, 128, device="cuda").to(dt)
     k = torch.randn(1, 2, 1000, 128, device="cuda").to(dt)
-    ref = tp.selection_scores(q, k, 0.088, group, PrefillTile(64, 64, 4))
+    ref = tp.selection_scores(q, k, scale=0.088, group=group, tile=PrefillTile(64, 64, 4))
     tiles = {getattr(DEFAULT.prefill.tiles(g), f) for g in ("query_head", "kv_group")
              for f in ("search", "fwd", "dq", "dkdv")}
     tiles |= {PrefillTile(*t) for t in [(128, 64, 8), (64, 128, 8), (32, 64, 4), (64, 32, 4),
                                            (128, 32, 8), (32, 32, 4)]}
     for t in tiles:
-        s = tp.selection_scores(q, k, 0.088, group, t)
+        s = tp.selection_scores(q, k, scale=0.088, group=group, tile=t)
         assert torch.equal(s.view(torch.int32), ref.view(torch.int32)), t
 
 
@@ -115,7 +115,7 @@ def test_prefill_ties_keep_lowest_positions(seed, Hq, kw):
     q = torch.randint(-1, 2, (1, Hq, 30, 16), device=dev()).float()
     k = torch.randint(-1, 2, (1, 1, 30, 16), device=dev()).float()
     v = torch.randn(1, 1, 30, 16, device=dev())
-    out = topk_prefill(q, k, v, 4, **kw)
+    out = topk_prefill(q, k, v, topk=4, **kw)
     assert rel_rms(out, topk_attention_reference(q, k, v, 4, **kw)) < 1e-6
 
 
@@ -135,7 +135,7 @@ def test_prefill_gpu_grads():
     B, Hq, Hkv, L, D = 1, 4, 2, 1024, 128
     mk = lambda H: torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16).requires_grad_()
     q, k, v = mk(Hq), mk(Hkv), mk(Hkv)
-    out = topk_prefill(q, k, v, 64, sink=4, local=16)
+    out = topk_prefill(q, k, v, topk=64, sink=4, local=16)
     ref = topk_attention_reference(q, k, v, 64, sink=4, local=16)
     assert rel_rms(out, ref) < 2e-2
     do = torch.randn_like(out)
@@ -273,9 +273,10 @@ def test_thresholds_bcc_and_radix_exact(case):
     rT, rP = _ref_thresholds(q, k, kk, causal, sink, local, group, starts, ends)
     st = None if starts is None else torch.tensor(starts, dtype=torch.int32, device=dev())
     en = None if ends is None else torch.tensor(ends, dtype=torch.int32, device=dev())
-    args = (q, k, kk, causal, 0.25, sink, local, group, st, en)
-    T, P, stat = prefill_thresholds(*args, return_status=True)
-    T2, P2 = prefill_thresholds(*args, method="radix")
+    kw = dict(topk=kk, causal=causal, scale=0.25, sink=sink, local=local, group=group, starts=st,
+              ends=en)
+    T, P, stat = prefill_thresholds(q, k, return_status=True, **kw)
+    T2, P2 = prefill_thresholds(q, k, method="radix", **kw)
     assert (stat == 1).sum() > 0  # the band path ran (status 2 rows: fallback)
     if ints:  # ties at T: the band path found T, one more pass cut the ties (status 3)
         assert (stat == 3).sum() > 0
@@ -299,10 +300,11 @@ def _fallback_paths_exact(mode):
     q = torch.randn(1, Hq, 26, 16, device=dev(), requires_grad=True)
     k = torch.randn(1, 2, 26, 16, device=dev(), requires_grad=True)
     v = torch.randn(1, 2, 26, 16, device=dev(), requires_grad=True)
-    _, _, stat = pt.prefill_thresholds(q, k, 5, True, 0.25, 1, 0, gran == "kv_group",
+    _, _, stat = pt.prefill_thresholds(q, k, topk=5, causal=True, scale=0.25, sink=1,
+                                       group=gran == "kv_group",
                                        return_status=True)
     assert (stat == 2).sum() > 0 and (stat == 1).sum() > 0
-    out = topk_prefill(q, k, v, 5, sink=1, granularity=gran)
+    out = topk_prefill(q, k, v, topk=5, sink=1, granularity=gran)
     ref = topk_attention_reference(q, k, v, 5, sink=1, granularity=gran)
     assert rel_rms(out, ref) < TOL[torch.float32]
     do = torch.randn_like(out)
@@ -337,7 +339,8 @@ def _thresholds_exact_under_hazards(tile, mode, group):
         mk = lambda *s: torch.randint(-2, 3, s).float()  # noqa: E731
     q, k = mk(B, Hq, L, 16).to(dev()), mk(B, Hkv, L, 16).to(dev())
     rT, rP = _ref_thresholds(q, k, kk, True, 1, 1, group)
-    T, P, stat = pt.prefill_thresholds(q, k, kk, True, 0.25, 1, 1, group, return_status=True)
+    T, P, stat = pt.prefill_thresholds(q, k, topk=kk, causal=True, scale=0.25, sink=1, local=1, group=group,
+                                       return_status=True)
     assert torch.equal(T.cpu().long() & 0xFFFFFFFF, rT) and torch.equal(P.cpu().long(), rP)
     if mode in ("poison", "far", "one_bin"):
         assert (stat == 1).sum() > 0  # the band path ran
@@ -360,7 +363,7 @@ def _gpu_tile_exact_under_hazards(mode):
     q = torch.randn(1, 2, 37, 16, device=dev(), requires_grad=True)
     k = torch.randn(1, 1, 37, 16, device=dev(), requires_grad=True)
     v = torch.randn(1, 1, 37, 16, device=dev(), requires_grad=True)
-    out, lse = topk_prefill(q, k, v, 5, return_lse=True)
+    out, lse = topk_prefill(q, k, v, topk=5, return_lse=True)
     ref, rlse = topk_attention_reference(q, k, v, 5, return_lse=True)
     assert rel_rms(out, ref) < TOL[torch.float32]
     assert (lse - rlse).abs().max() < 1e-4
@@ -440,10 +443,10 @@ def test_thresholds_on_poisoned_group_scores(cap):
     q, k = torch.randn(1, 4, 40, 16, device=dev()), torch.randn(1, 2, 40, 16, device=dev())
     q[0, 1, 30, 2] = float("nan")  # KV head 0, row 30: every group score NaN
     k[0, 1, 6, 0] = float("inf")  # KV head 1: +inf, -inf or NaN group scores at key 6
-    args = (q, k, 5, True, 0.25, 0, 0, True)
+    kw = dict(topk=5, causal=True, scale=0.25, group=True)
     with prefill_tuned(**({} if cap is None else {"cap": cap})):
-        T, P, stat = pt.prefill_thresholds(*args, return_status=True)
-    T2, P2 = pt.prefill_thresholds(*args, method="radix")
+        T, P, stat = pt.prefill_thresholds(q, k, return_status=True, **kw)
+    T2, P2 = pt.prefill_thresholds(q, k, method="radix", **kw)
     assert (stat == 1).any() if cap is None else (stat == 2).any()
     assert torch.equal(T, T2) and torch.equal(P, P2)
     inf_key = torch.tensor(0xFF800000 - 2**32, dtype=torch.int32)  # key(+inf) as int32

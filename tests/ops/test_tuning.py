@@ -75,6 +75,6 @@ def test_prefill_faults_and_knobs_reach_the_search(monkeypatch):
     torch.manual_seed(0)
     q, k = torch.randn(1, 2, 20, 16, device=dev()), torch.randn(1, 1, 20, 16, device=dev())
     with testing.inject(estimate_mode=2), tuned(prefill=replace(DEFAULT.prefill, cap=16)):
-        pt.prefill_thresholds(q, k, 4, True, 0.25, 0, 0)
-    pt.prefill_thresholds(q, k, 4, True, 0.25, 0, 0)
+        pt.prefill_thresholds(q, k, topk=4, causal=True, scale=0.25)
+    pt.prefill_thresholds(q, k, topk=4, causal=True, scale=0.25)
     assert [(kw["ESTM"], kw["CAP"]) for kw in rec.kwargs] == [(2, 16), (0, 512)]

@@ -51,7 +51,7 @@ def run(ctxs: list[int], ks: list[int], batches: list[int], out_dir: str) -> lis
             for kk in ks:
                 if kk > L:
                     continue
-                ours = lambda q, k, v: topk_prefill(q, k, v, kk)
+                ours = lambda q, k, v: topk_prefill(q, k, v, topk=kk)
                 with torch.no_grad():
                     f = time_ms(lambda: ours(q, k, v))
                 torch.cuda.reset_peak_memory_stats()

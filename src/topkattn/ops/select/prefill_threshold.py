@@ -671,7 +671,7 @@ def _thresh_kernel(Q, K, TB, PB, ST, EN, STAT, JS, NBD, sqb, sqh, sqm, skb, skh,
     tl.store(PB + row, P, mask=wm)
 
 
-def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, starts=None,
+def prefill_thresholds(q, k, *, topk, causal, scale, sink=0, local=0, group=False, starts=None,
                        ends=None, method="bcc", return_status=False):
     """Per selection row, threshold key T (int32 bit pattern of the uint32 key: the k-th largest
     candidate key) and tie cutoff P, both [B*Hq, Lq] ([B*Hkv, Lq] with ``group``: one set per KV
@@ -687,7 +687,7 @@ def prefill_thresholds(q, k, topk, causal, scale, sink, local, group=False, star
     tile = prefill_tiles(q, group, tune).search
     BM, BN = tile.bm, tile.bn
     assert BN <= 128, "8-bit count fields need BN <= 128"
-    st, en = seq_bounds(starts, ends, B, Lk, q.device)
+    st, en = seq_bounds(starts, ends, B=B, Lk=Lk, device=q.device)
     Hr = Hkv if group else Hq
     R = B * Hr
     n_rb = triton.cdiv(Lq, BM)

@@ -153,7 +153,8 @@ def prefill_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: to
     `triton_prefill.prefill_forward`."""
     from topkattn.ops.topk.triton_prefill import prefill_forward
 
-    return prefill_forward(q, k, v, topk, causal, scale, sink, local, kv_group, starts, ends)
+    return prefill_forward(q, k, v, starts=starts, ends=ends, topk=topk, causal=causal,
+                           scale=scale, sink=sink, local=local, group=kv_group)
 
 
 @prefill_fwd_op.register_fake
@@ -174,8 +175,8 @@ def prefill_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     """Gradients (dq, dk, dv) of ``topkattn::prefill_fwd``."""
     from topkattn.ops.topk.triton_prefill import prefill_backward
 
-    return prefill_backward(do, q, k, v, o, lse, tb, pb, starts, ends, causal, scale, sink,
-                            local, kv_group)
+    return prefill_backward(do, q, k, v, o, lse, tb, pb, starts=starts, ends=ends,
+                            causal=causal, scale=scale, sink=sink, local=local, group=kv_group)
 
 
 @prefill_bwd_op.register_fake

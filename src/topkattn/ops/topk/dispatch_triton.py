@@ -123,8 +123,8 @@ def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_ma
         from topkattn.ops.topk.triton_prefill import topk_prefill
     except ImportError:
         return None
-    res = topk_prefill(q, k, v, topk, causal, scale, sink, local, return_lse, granularity,
-                       starts, ends)
+    res = topk_prefill(q, k, v, topk=topk, causal=causal, scale=scale, sink=sink, local=local,
+                       granularity=granularity, starts=starts, ends=ends, return_lse=return_lse)
     bad = _nan_rows(q, k, causal, starts, ends)[..., None]  # the NaN policy, see _nan_rows
     if return_lse:
         return res[0].masked_fill(bad, float("nan")), res[1].masked_fill(bad[..., 0], float("nan"))

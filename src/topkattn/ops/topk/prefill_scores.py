@@ -164,14 +164,14 @@ def qkv_strides(q, k, v):
             v.stride(0), v.stride(1), v.stride(2))
 
 
-def seq_bounds(starts, ends, B, Lk, device):
+def seq_bounds(starts, ends, *, B, Lk, device):
     """Per-sequence visible key range [start, end) as two int32 [B] (whole range when None)."""
     st = torch.zeros(B, dtype=torch.int32, device=device) if starts is None else starts
     en = torch.full((B,), Lk, dtype=torch.int32, device=device) if ends is None else ends
     return tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in (st, en))
 
 
-def selection_scores(q: torch.Tensor, k: torch.Tensor, scale: float, group: bool = False,
+def selection_scores(q: torch.Tensor, k: torch.Tensor, *, scale: float, group: bool = False,
                      tile: PrefillTile | None = None) -> torch.Tensor:
     """The scores the prefill kernels select on, computed with ``tile``: fp32 [B*Hq, Lq, Lk]
     (per query head), or [B*Hkv, Lq, Lk] with ``group`` (summed over each KV head's query

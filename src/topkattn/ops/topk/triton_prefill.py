@@ -395,14 +395,15 @@ def _bwd_dkdv_kernel(Q, K, V, TB, PB, ST, EN, DO, LSE, DELTA, DK, DV, sqb, sqh, 
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=pos[:, None] < Lk)
 
 
-def prefill_forward(q, k, v, topk, causal, scale, sink, local, group, st, en):
-    """Forward of `topk_prefill` on checked, unit-stride inputs (st, en int32 [B]).
+def prefill_forward(q, k, v, *, starts, ends, topk, causal, scale, sink, local, group):
+    """Forward of `topk_prefill` on checked, unit-stride inputs (starts, ends int32 [B]).
     Returns (o [B, Hq, Lq, D], lse fp32 [B, Hq, Lq], TB, PB int32 [rows, Lq]): TB, PB are the
     per-row thresholds the backward needs."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     t = prefill_tiles(q, group).fwd
-    TB, PB = prefill_thresholds(q, k, topk, causal, scale, sink, local, group, st, en,
+    TB, PB = prefill_thresholds(q, k, topk=topk, causal=causal, scale=scale, sink=sink,
+                                local=local, group=group, starts=starts, ends=ends,
                                 method=current().prefill.method)
     o = torch.empty(B, Hq, Lq, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
@@ -410,14 +411,15 @@ def prefill_forward(q, k, v, topk, causal, scale, sink, local, group, st, en):
     # sum that overflows only sends that head down the exact slow path)
     vbad = (~torch.isfinite(v.sum((2, 3), dtype=torch.float32))).to(torch.int32)
     _fwd_kernel[(B * Hq, triton.cdiv(Lq, t.bm))](
-        q, k, v, TB, PB, st, en, vbad, o, lse, *qkv_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
+        q, k, v, TB, PB, starts, ends, vbad, o, lse, *qkv_strides(q, k, v), Hq, Hq // Hkv, Lq, Lk, sink,
         local, scale, CAUSAL=causal, GROUP=group, BM=t.bm, BN=t.bn, D=D,
         IEEE=q.dtype == torch.float32, UPCAST=INTERPRET, **launch_options(t),
     )
     return o, lse, TB, PB
 
 
-def prefill_backward(do, q, k, v, o, lse, TB, PB, st, en, causal, scale, sink, local, group):
+def prefill_backward(do, q, k, v, o, lse, TB, PB, *, starts, ends, causal, scale, sink, local,
+                     group):
     """Gradients (dq, dk, dv) of `prefill_forward` for the output gradient ``do``.
 
     Non-finite values and outputs are handled as the reference's backward does (device-side
@@ -439,12 +441,12 @@ def prefill_backward(do, q, k, v, o, lse, TB, PB, st, en, causal, scale, sink, l
     dv = torch.empty(B, Hkv, Lk, D, dtype=v.dtype, device=v.device)
     ieee = q.dtype == torch.float32
     _bwd_dq_kernel[(B * Hq, triton.cdiv(Lq, tq.bm))](
-        q, k, v, TB, PB, st, en, do, lse, delta, dq, *qkv_strides(q, k, v), Hq, G, Lq, Lk,
+        q, k, v, TB, PB, starts, ends, do, lse, delta, dq, *qkv_strides(q, k, v), Hq, G, Lq, Lk,
         sink, local, scale, CAUSAL=causal, GROUP=group, BM=tq.bm, BN=tq.bn, D=D, IEEE=ieee,
         UPCAST=INTERPRET, **launch_options(tq),
     )
     _bwd_dkdv_kernel[(B * Hkv, triton.cdiv(Lk, tkv.bn))](
-        q, k, v, TB, PB, st, en, do, lse, delta, dk, dv, *qkv_strides(q, k, v), Hq, Hkv, G, Lq,
+        q, k, v, TB, PB, starts, ends, do, lse, delta, dk, dv, *qkv_strides(q, k, v), Hq, Hkv, G, Lq,
         Lk, sink, local, scale, CAUSAL=causal, GROUP=group, BM=tkv.bm, BN=tkv.bn, D=D,
         IEEE=ieee, UPCAST=INTERPRET, **launch_options(tkv),
     )
@@ -455,15 +457,16 @@ def topk_prefill(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     topk: int,
     causal: bool = True,
     scale: float | None = None,
     sink: int = 0,
     local: int = 0,
-    return_lse: bool = False,
     granularity: str = "query_head",
     starts: torch.Tensor | None = None,
     ends: torch.Tensor | None = None,
+    return_lse: bool = False,
 ):
     """Exact Top-k attention for every query row (prefill / training), differentiable.
 
@@ -499,8 +502,8 @@ def topk_prefill(
     q, k, v = unit_stride(q, k, v)
     topk = min(topk, Lk)
     group = granularity == "kv_group" and Hq != Hkv
-    st, en = seq_bounds(starts, ends, B, Lk, q.device)
+    starts, ends = seq_bounds(starts, ends, B=B, Lk=Lk, device=q.device)
     from topkattn.ops.topk.custom_ops import prefill_op
 
-    out, lse = prefill_op(q, k, v, st, en, topk, causal, scale, sink, local, group)
+    out, lse = prefill_op(q, k, v, starts, ends, topk, causal, scale, sink, local, group)
     return (out, lse) if return_lse else out
