@@ -63,8 +63,8 @@ def test_full_budget_equals_dense_attention():
     q = [torch.randn(1, 4, 1, D) for _ in range(3)]
     for layer, idx in enumerate(_run_layers(sel, q, k, L, stores)):
         assert sorted(idx[0, 0, 0].tolist()) == list(range(L))
-        got = topk_attention_reference(q[layer], k[layer], v[layer], None, False, 0.25, 0, 0,
-                                       "query_head", indices=idx)
+        got = topk_attention_reference(q[layer], k[layer], v[layer], None, causal=False,
+                                       scale=0.25, indices=idx)
         dense = torch.nn.functional.scaled_dot_product_attention(
             q[layer], k[layer].repeat_interleave(2, 1), v[layer].repeat_interleave(2, 1),
             scale=0.25)

@@ -77,15 +77,14 @@ def use_kernels(q: torch.Tensor, backend: str = "auto") -> bool:
     return kernels_run_on(q) and (backend == "triton" or q.is_cuda)
 
 
-def _kernel_dispatch(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse):
-    """Run the Triton kernel that fits, or return None when none does."""
+def _kernel_dispatch(q, k, v, **kw):
+    """Run the Triton kernel that fits, or return None when none does (``kw``: the keyword
+    arguments of `dispatch_triton.run`)."""
     try:
         from topkattn.ops.topk import dispatch_triton
     except ImportError:
         return None
-    return dispatch_triton.run(
-        q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse
-    )
+    return dispatch_triton.run(q, k, v, **kw)
 
 
 def topk_attention(
@@ -93,6 +92,7 @@ def topk_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     topk: int | None = 64,
+    *,
     causal: bool = True,
     scale: float | None = None,
     sink: int = 0,
@@ -125,9 +125,10 @@ def topk_attention(
             check_indices_shape(indices, q, k)
             check_indices(indices, k.shape[2])
     backend = resolve_backend(backend)
-    args = (q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse)
+    kw = dict(topk=topk, causal=causal, scale=scale, sink=sink, local=local,
+              granularity=granularity, indices=indices, attn_mask=attn_mask, return_lse=return_lse)
     if backend == "triton" or (backend == "auto" and q.is_cuda):
-        out = _kernel_dispatch(*args)
+        out = _kernel_dispatch(q, k, v, **kw)
         if out is not None:
             return out
         if backend == "auto":
@@ -146,7 +147,7 @@ def topk_attention(
                 "backend='triton' but no Triton kernel fits these inputs "
                 f"(device={q.device}, dtype={q.dtype}, q {tuple(q.shape)}, k {tuple(k.shape)})"
             )
-    return topk_attention_reference(*args)
+    return topk_attention_reference(q, k, v, **kw)
 
 
 __all__ = ["topk_attention", "topk_attention_reference", "BACKENDS", "use_kernels", "resolve_backend",

@@ -99,7 +99,8 @@ def sparse_decode_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indi
                                 assume_unique=not (sink or local))
     mask = range_mask(starts, ends, k.shape[2])
     granularity = "kv_group" if indices.shape[1] != q.shape[1] else "query_head"
-    return topk_attention_reference(q, k, v, None, False, scale, sink, local, granularity,
+    return topk_attention_reference(q, k, v, None, causal=False, scale=scale, sink=sink,
+                                    local=local, granularity=granularity,
                                     indices=indices.long(), attn_mask=mask)
 
 

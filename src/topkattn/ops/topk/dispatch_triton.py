@@ -71,7 +71,7 @@ def _padding_bounds(attn_mask, B, Lq, Lk, causal, chunk=1024):
     return None
 
 
-def run(q, k, v, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse):
+def run(q, k, v, *, topk, causal, scale, sink, local, granularity, indices, attn_mask, return_lse):
     """Run the kernel that fits these inputs; None when none does (see module docstring)."""
     if not kernels_run_on(q):
         return None

@@ -189,6 +189,7 @@ def topk_selection_mask(
     q: torch.Tensor,
     k: torch.Tensor,
     topk: int | None,
+    *,
     causal: bool = True,
     scale: float | None = None,
     sink: int = 0,
@@ -249,6 +250,7 @@ def topk_attention_reference(
     k: torch.Tensor,
     v: torch.Tensor,
     topk: int | None,
+    *,
     causal: bool = True,
     scale: float | None = None,
     sink: int = 0,
@@ -296,7 +298,8 @@ def topk_attention_reference(
         if attn_mask is not None:
             mc = attn_mask[..., start:stop, :kv_end] if attn_mask.shape[-2] > 1 else attn_mask[..., :kv_end]
         ic = indices[:, :, start:stop] if indices is not None else None
-        sel = topk_selection_mask(qc, kc, topk, causal, scale, sink, local, granularity, ic, mc)
+        sel = topk_selection_mask(qc, kc, topk, causal=causal, scale=scale, sink=sink, local=local,
+                                  granularity=granularity, indices=ic, attn_mask=mc)
         s = _scores(qc, kc, scale).masked_fill(~sel, float("-inf"))
         lse = torch.logsumexp(s, dim=-1)  # [B, Hq, lq]; -inf where nothing selected
         # NaN / +inf lse (a selected NaN or +inf score) stays: those rows come out NaN
@@ -329,9 +332,10 @@ def dense_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
     causal: bool = True,
     scale: float | None = None,
     attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense (masked) attention in fp32, out [B, Hq, Lq, D] in q's dtype: the k >= n oracle."""
-    return topk_attention_reference(q, k, v, None, causal, scale, attn_mask=attn_mask)
+    return topk_attention_reference(q, k, v, None, causal=causal, scale=scale, attn_mask=attn_mask)
