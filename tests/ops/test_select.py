@@ -232,7 +232,7 @@ def test_select_window_holds_kth_score_at_any_scale(dist):
     g = torch.Generator().manual_seed(23)
     s = WINDOW_ROWS[dist](g).to(device())
     k = 128
-    above, inside = window_counts(s, k)
+    above, inside = window_counts(s, k=k)
     assert ((above < k) & (above + inside >= k)).all(), (dist, above, inside)
     # the window is a thin slice of the row, not the whole of it (that would be a re-read)
     assert (inside < s.shape[1] // 4).all(), (dist, inside)

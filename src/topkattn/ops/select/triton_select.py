@@ -726,7 +726,7 @@ def _launch(scores, k, kout, work, ends, starts, has_ends, has_starts, rows_per_
     return out
 
 
-def window_counts(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_counts(scores: torch.Tensor, *, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Diagnostics of the sampled window for rows of ``scores`` [R, n] (every position a
     candidate): int64 [R] counts of candidates above the window and in it. The fast finish
     needs above < k <= above + in_window and in_window small (it holds up to ``finish_block``
@@ -798,7 +798,7 @@ def workspace_views(work: torch.Tensor, R: int | None = None) -> SelectWorkspace
                            work[cap * 258: cap * 259], work[cap * 259: cap * 263])
 
 
-def topk_select(scores: torch.Tensor, k: int, sort: bool = False) -> torch.Tensor:
+def topk_select(scores: torch.Tensor, k: int, *, sort: bool = False) -> torch.Tensor:
     """Indices of the ``k`` largest scores of each row (exact; ties: lowest position wins).
 
     Args:
