@@ -1,7 +1,7 @@
 """Fused exact Top-k decode in Triton (Top-k Decoding, arXiv 2512.03494).
 
 A batch of single-token queries q [B, Hq, 1, D] against a contiguous KV cache k, v
-[B, Hkv, n, D] with optional per-sequence lengths. Three stages:
+[B, Hkv, n, D] with optional per-sequence key bounds [starts, ends). Three stages:
 
 1. ``_scores_kernel`` (grid B*Hkv x key blocks): each program reads one K tile once and scores
    it against all G query heads of its KV head (one tl.dot). ``query_head`` writes fp32 scores
