@@ -414,7 +414,7 @@ def _forced_logits(model, x, cfg, forced, policy=None):
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [TopKConfig(k=256, granularity="kv_group"), TopKConfig(k=256),
                                  TopKConfig(k=None)], ids=["kv_group", "query_head", "dense"])
-def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg):
+def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg, monkeypatch):
     """Eager decoding with a layer's attention replayed as a CUDA graph over a growing
     buffer gives the logits of the plain launches over transformers' concatenated cache, also
     across regrowths of the buffer (a new graph each time); fp32, teacher-forced."""
@@ -422,12 +422,23 @@ def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg):
 
     from topkattn.integrations.growing_cache import GrowthPolicy
 
+    from topkattn.integrations import decode_graphs
+
+    captured = []
+    capture = decode_graphs._capture
+
+    def counted(*args):
+        captured.append(args[2].shape)
+        return capture(*args)
+
+    monkeypatch.setattr(decode_graphs, "_capture", counted)
     model = _gpu_model().float()
     x = torch.randint(0, 1000, (2, 3000), device="cuda")
     forced = torch.randint(0, 1000, (2, 40), device="cuda")
     plain, _ = _forced_logits(model, x, replace(cfg, decode_graphs=False), forced)
     graphs, states = _forced_logits(model, x, cfg, forced,
                                     GrowthPolicy(room=0.0, min_room=16, align=16))
-    slot = states[0].graphs
-    assert slot.graph is not None and 2 <= slot.captures <= 3, slot.captures  # regrown twice
+    assert states[0].graphs.graph is not None
+    layers = model.config.num_hidden_layers
+    assert 2 * layers <= len(captured) <= 3 * layers, len(captured)  # regrown once or twice
     torch.testing.assert_close(graphs, plain, rtol=1e-4, atol=1e-4)
