@@ -115,10 +115,10 @@ def _anchor(t: torch.Tensor) -> torch.Tensor:
     return t._base if t._base is not None else t
 
 
-def _same_inputs(g: DecodeGraph, query, key, value, ranges, rest: tuple) -> bool:
+def _same_inputs(g: DecodeGraph, query, key, value, rest: tuple) -> bool:
     """Whether this step gives graph ``g`` the very key and value tensors it was captured on
-    (by identity: a tensor object keeps its address and shape), a query and key ranges of the
-    same shape and the same settings. The cheap check of every step; when it fails, `run`
+    (by identity: a tensor object keeps its address and shape), a query of the same shape and
+    dtype, and the same ``rest`` (key-range shape, tuning, settings). The cheap check of every step; when it fails, `run`
     compares the full signature."""
     ka, va = g.anchors
     return (ka() is _anchor(key) and va() is _anchor(value) and query.shape == g.q.shape
@@ -154,7 +154,7 @@ def run(slot: GraphSlot, body: Body, query: torch.Tensor, key: torch.Tensor,
     buffers (their capacity, not n)."""
     rest = (tuple(ranges.shape), id(current()), settings)
     g = slot.graph
-    if g is not None and g.anchors and _same_inputs(g, query, key, value, ranges, rest):
+    if g is not None and g.anchors and _same_inputs(g, query, key, value, rest):
         return _replay(g, query, ranges)
     kb, vb = stable_base(key), stable_base(value)
     if kb is None or vb is None:

@@ -90,15 +90,15 @@ def _buffered(layer: DynamicLayer, t: torch.Tensor, new: torch.Tensor, policy: G
             or buf.shape[3] != new.shape[3] or buf.dtype != new.dtype or buf.device != new.device):
         grown = _new_buffer(new, policy.capacity(needed))
         if n:
-            grown[:, :, :n].copy_(t)
+            _span(grown, 0, n).copy_(t)
         buf = grown
-    buf.narrow(2, n, new.shape[2]).copy_(new)
-    return buf.narrow(2, 0, needed)
+    _span(buf, n, new.shape[2]).copy_(new)
+    return _span(buf, 0, needed)
 
 
 def _span(buf: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """``buf.narrow(2, start, length)`` for a growth buffer [B, H, capacity, D], built with
-    ``as_strided`` (half of narrow's host time; this runs twice per layer and step)."""
+    ``as_strided`` (half of narrow's host time; a decode step makes four per layer)."""
     B, H, _, D = buf.shape
     return buf.as_strided((B, H, length, D), buf.stride(),
                           buf.storage_offset() + start * buf.stride(2))
@@ -120,11 +120,10 @@ def _update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, *
     if (getattr(self, "_topkattn_views", None) == (id(keys), id(values)) and kb is not None
             and vb is not None and getattr(kb, "_topkattn_growth", False)
             and getattr(vb, "_topkattn_growth", False)):
-        n = keys.shape[2]
-        needed = n + key_states.shape[2]
+        n, L = keys.shape[2], key_states.shape[2]
+        needed = n + L
         if (needed <= kb.shape[2] and key_states.dtype == kb.dtype
                 and key_states.shape[:2] == kb.shape[:2]):
-            L = key_states.shape[2]
             _span(kb, n, L).copy_(key_states)
             _span(vb, n, L).copy_(value_states)
             self.keys, self.values = _span(kb, 0, needed), _span(vb, 0, needed)
