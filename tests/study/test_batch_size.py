@@ -24,7 +24,12 @@ def test_evaluations_get_the_batch_size(tmp_path, monkeypatch):
     import topkattn.evaluation as E
 
     seen = []
-    monkeypatch.setattr(E, "run_eval", lambda model, tok, ecfg: seen.append(ecfg))
+
+    def fake_run_eval(model, tok, ecfg, shard=None):
+        seen.append(ecfg)
+        return E.Summary(config=ecfg, cells=[], out=tmp_path, complete=True)
+
+    monkeypatch.setattr(E, "run_eval", fake_run_eval)
     cfg = StudyConfig.build(out=tmp_path, budget="quick", batch_size=3)
     models = C.Models(cfg)
     monkeypatch.setattr(models, "get", lambda name: (torch.nn.Linear(1, 1), None))

@@ -45,6 +45,14 @@ def study_command(
                                              "of the claim 1 and 2 evaluations (results do "
                                              "not depend on it; default: 8 on CUDA, 1 on a "
                                              "CPU)"),
+    stages: Optional[str] = typer.Option(None, "--stages", help="run only these stages "
+                                         "(comma-separated shell patterns, e.g. 'claim3-*' "
+                                         "or '*-topk-s0'); the others are reused or left "
+                                         "pending, so several processes can share --out"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process evaluates "
+                                        "every n-th sample from the i-th of claims 1-3 "
+                                        "(processes with 0/n ... n-1/n share --out; the "
+                                        "last to finish a stage writes it)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
     report_only: bool = typer.Option(False, "--report-only", help="only rewrite the report "
                                      "from the finished stages in --out (no model is loaded)"),
@@ -63,7 +71,7 @@ def study_command(
                             device=device, lengths=lengths, samples=samples, tasks=tasks,
                             file_tasks=file_tasks, max_new_tokens=max_new_tokens,
                             steps=steps, seeds=train_seeds, progress=not quiet,
-                            batch_size=batch_size)
+                            batch_size=batch_size, shard=shard)
     command = "topkattn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     con = Console(quiet=quiet)
     if report_only:
@@ -79,7 +87,8 @@ def study_command(
         torch.set_num_threads(threads)
     con.print(f"[bold]study[/] model {cfg.model}, budget {cfg.budget.name}, claims "
               f"{','.join(map(str, cfg.claims))}, out {cfg.out}")
-    res = run_study(cfg, log=lambda text: con.print(f"[bold]study[/] {text}"), command=command)
+    res = run_study(cfg, log=lambda text: con.print(f"[bold]study[/] {text}"), command=command,
+                    stages=stages)
     _show(con, res)
 
 
@@ -88,6 +97,9 @@ def _show(con, res) -> None:
         con.print(f"claim {v.claim} ({v.text}): [bold]{v.outcome}[/] - {v.reason}")
     con.print(f"report: {res.files['md']} (+ {res.files['json'].name}, "
               + ", ".join(p.name for k, p in res.files.items() if k.startswith("claim")) + ")")
+    if res.pending:
+        con.print(f"pending stages (the report leaves them out): {', '.join(res.pending)}; "
+                  "rerun when they have finished, or --report-only")
 
 
 def register(app: typer.Typer) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from topkattn.errors import InputError
 from topkattn.study import stats as S
 from topkattn.study.config import StudyConfig, ratio_label
-from topkattn.study.stages import Stage
+from topkattn.study.stages import Stage, StageIncomplete
 
 ARMS = ("dense", "topk")
 
@@ -165,7 +165,9 @@ def _eval(cfg: StudyConfig, models: Models, name: str, folder: Path, tasks, leng
                       topk=TopKConfig(k=None), samples=samples, seed=cfg.seed,
                       max_new_tokens=max_new_tokens, out=folder, progress=cfg.progress,
                       batch_size=cfg.eval_batch_size(next(model.parameters()).device))
-    run_eval(model, tok, ecfg)
+    summary = run_eval(model, tok, ecfg, shard=cfg.shard)
+    if not summary.complete:  # other shards' results are not all in the folder yet
+        raise StageIncomplete(f"{summary.missing} results of other shards missing")
     want = set(ecfg.ks)
     rows = [r for r in read_eval_rows(folder) if r[3] in want and r[1] in ecfg.lengths]
     return {"model": name, "folder": str(folder), "ks": list(ecfg.ks), "rows": rows}
@@ -263,18 +265,24 @@ def run_claim3(cfg: StudyConfig, models: Models, length: int) -> dict:
     c = cfg.budget.claim3
     specs = claim3_specs(cfg)
     topk = TopKConfig(k=None, k_ratio=c.rho)
-    path = Path(cfg.out) / "claim3" / f"samples-{length}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["sample_id"]: r for r in _read_jsonl(path)}
+    folder = Path(cfg.out) / "claim3"
+    folder.mkdir(parents=True, exist_ok=True)
+    part = cfg.shard
+    name = (f"samples-{length}.jsonl" if not part.sharded else
+            f"samples-{length}.shard-{part.index}-of-{part.count}.jsonl")
+    path = folder / name
+    done = {r["sample_id"]: r for f in claim3_files(folder, length) for r in _read_jsonl(f)}
     model, tok = models.get("base")
     task = get_task(c.task)
     samples = task.samples(tok, length, c.samples, cfg.seed,
                            max_length=getattr(model.config, "max_position_embeddings", None))
+    mine = [s for i, s in enumerate(samples) if part.owns(i)]
     with path.open("a", encoding="utf-8") as f, \
             Progress(disable=not cfg.progress) as bar:
-        job = bar.add_task(f"claim 3 fidelity + accuracy, {length} tokens", total=len(samples),
-                           completed=sum(1 for s in samples if s.id in done))
-        for s in samples:
+        label = f" (shard {part.label})" if part.sharded else ""
+        job = bar.add_task(f"claim 3 fidelity + accuracy, {length} tokens{label}",
+                           total=len(mine), completed=sum(1 for s in mine if s.id in done))
+        for s in mine:
             if s.id in done:
                 continue
             fid = measure_fidelity(model, tok, [s.prompt], topk, specs,
@@ -291,8 +299,21 @@ def run_claim3(cfg: StudyConfig, models: Models, length: int) -> dict:
             done[s.id] = rec
             bar.advance(job)
     want = [s.id for s in samples]
+    if part.sharded:  # the other shards' lines written since this one started
+        done.update({r["sample_id"]: r for f in claim3_files(folder, length)
+                     for r in _read_jsonl(f)})
+        missing = sum(1 for i in want if i not in done)
+        if missing:
+            raise StageIncomplete(f"{missing} samples of other shards missing")
     return {"length": length, "task": c.task, "rho": c.rho, "specs": specs,
             "samples": [done[i] for i in want if i in done]}
+
+
+def claim3_files(folder: Path, length: int) -> list[Path]:
+    """Claim 3's per-sample files at ``length`` in ``folder``: the unsharded one and every
+    shard's (``samples-<length>.shard-<i>-of-<n>.jsonl``)."""
+    return sorted(folder.glob(f"samples-{length}.jsonl")) + sorted(
+        folder.glob(f"samples-{length}.shard-*-of-*.jsonl"))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -381,14 +402,16 @@ def plan(cfg: StudyConfig, models: Models) -> list[Stage]:
     st: list[Stage] = []
     if 1 in cfg.claims:
         st.append(Stage("claim1-eval", cfg.key("claim1"), lambda: run_claim1(cfg, models),
-                        ("base",)))
+                        ("base",), shardable=True))
     if 3 in cfg.claims:
         for L in cfg.budget.claim3.lengths:
             st.append(Stage(f"claim3-L{L}", cfg.key("claim3"),
-                            lambda L=L: run_claim3(cfg, models, L), ("base",)))
+                            lambda L=L: run_claim3(cfg, models, L), ("base",),
+                            shardable=True))
     if 2 in cfg.claims:
         st.append(Stage("claim2-eval-base", cfg.key("eval"),
-                        lambda: run_claim2_eval(cfg, models, "base"), ("base",)))
+                        lambda: run_claim2_eval(cfg, models, "base"), ("base",),
+                        shardable=True))
     if 4 in cfg.claims:
         st.append(Stage("claim4-base", cfg.key("claim4"),
                         lambda: run_claim4(cfg, models, "base"), ("base",)))
@@ -400,7 +423,8 @@ def plan(cfg: StudyConfig, models: Models) -> list[Stage]:
                                 lambda a=arm, s=seed: run_claim2_train(cfg, models, a, s)))
                 if 2 in cfg.claims:
                     st.append(Stage(f"claim2-eval-{name}", cfg.key("train", "eval"),
-                                    lambda n=name: run_claim2_eval(cfg, models, n), (name,)))
+                                    lambda n=name: run_claim2_eval(cfg, models, n), (name,),
+                                    shardable=True))
                 if 4 in cfg.claims:
                     st.append(Stage(f"claim4-{name}", cfg.key("train", "claim4"),
                                     lambda n=name: run_claim4(cfg, models, n), (name,)))

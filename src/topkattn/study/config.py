@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from topkattn.errors import InputError
+from topkattn.evaluation.shard import Shard
 
 CLAIMS: tuple[int, ...] = (1, 2, 3, 4)
 BUDGETS: tuple[str, ...] = ("quick", "full")
@@ -235,6 +236,9 @@ class StudyConfig:
         batch_size: samples per forward of the evaluations (claims 1 and 2,
             `topkattn.evaluation.EvalConfig.batch_size`); None: `EVAL_BATCH_CUDA` on a CUDA
             device, 1 elsewhere. Results do not depend on it (no stage key holds it).
+        shard: this process's part of the samples of every evaluation stage (claims 1 to 3),
+            for several processes sharing ``out`` (`topkattn.evaluation.shard`); no stage key
+            holds it either.
     """
 
     model: str = "default"
@@ -246,6 +250,7 @@ class StudyConfig:
     file_tasks: tuple[str, ...] = ()
     progress: bool = True
     batch_size: int | None = None
+    shard: Shard = field(default_factory=Shard)
 
     @classmethod
     def build(cls, model: str = "default", out: str | Path = "runs/study",
@@ -254,13 +259,15 @@ class StudyConfig:
               samples: int | None = None, tasks: str | None = None,
               file_tasks: str | tuple = (), max_new_tokens: int | None = None,
               steps: int | None = None, seeds: str | None = None,
-              progress: bool = True, batch_size: int | None = None) -> "StudyConfig":
+              progress: bool = True, batch_size: int | None = None,
+              shard: "str | Shard | None" = None) -> "StudyConfig":
         """Validate the options and apply the overrides to the named budget.
 
         ``lengths`` replaces claim 1's and claim 3's lengths; ``samples`` every sample count
         (claim 4's prompts too); ``tasks`` claim 1's tasks; ``max_new_tokens`` every answer
         budget; ``steps`` and ``seeds`` claim 2's recipe; ``batch_size`` the evaluations'
-        samples per forward (None: `eval_batch_size`'s choice). Raises `InputError` (one line,
+        samples per forward (None: `eval_batch_size`'s choice); ``shard`` ``"i/n"`` this
+        process's part of the evaluations (None: all of it). Raises `InputError` (one line,
         naming the value) before any work.
         """
         from topkattn.devices import check_device
@@ -321,9 +328,11 @@ class StudyConfig:
             path = getattr(task, "path", None)
             if path is not None and not Path(path).exists():
                 raise InputError(f"--file-tasks: {str(path)!r} of {spec!r} does not exist")
+        part = Shard() if shard is None or shard == "" else Shard.parse(shard)
         cfg = cls(model=model.strip(), out=Path(out), claims=parse_claims(claims),
                   budget=replace(b, claim1=c1, claim2=c2, claim3=c3, claim4=c4), seed=seed,
-                  device=device, file_tasks=ft, progress=progress, batch_size=batch_size)
+                  device=device, file_tasks=ft, progress=progress, batch_size=batch_size,
+                  shard=part)
         cfg.check()
         return cfg
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from topkattn.study.claims import Models, analyze, plan
 from topkattn.study.config import StudyConfig
-from topkattn.study.stages import StageRunner, write_json_atomic
+from topkattn.study.stages import Stage, StageRunner, write_json_atomic
 from topkattn.study.verdict import Verdict, decide
 
 CONFIG_FILE = "study_config.json"
@@ -25,15 +25,57 @@ class StudyResult:
     files: dict[str, Path]
     ran: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    #: stages not finished: not selected, or waiting on other shards
+    pending: list[str] = field(default_factory=list)
+
+
+def select_stages(stages: list[Stage], patterns: tuple[str, ...] | list[str] | str,
+                  shard=None, finished: set[str] | None = None) -> set[str]:
+    """The names of ``stages`` that match any of the shell patterns (``claim3-*``), checked:
+    `InputError` for a pattern that matches no stage, for a stage that needs a fine-tune whose
+    training stage is neither finished nor selected, and, when ``shard`` splits the work, for
+    a selected unfinished stage that cannot be split (training, entropy)."""
+    import fnmatch
+
+    from topkattn.errors import InputError
+
+    pats = ([p.strip() for p in patterns.split(",")] if isinstance(patterns, str)
+            else [str(p).strip() for p in patterns])
+    pats = [p for p in pats if p]
+    names = [s.name for s in stages]
+    if not pats:
+        raise InputError(f"--stages names no stage; this study's stages: {', '.join(names)}")
+    for p in pats:
+        if not fnmatch.filter(names, p):
+            raise InputError(f"--stages: {p!r} matches no stage of this study; its stages: "
+                             f"{', '.join(names)}")
+    chosen = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)}
+    done = finished or set()
+    for s in stages:
+        if s.name not in chosen or s.name in done:
+            continue
+        for need in s.needs:
+            train = f"claim2-train-{need}"
+            if need != "base" and train not in chosen and train not in done:
+                raise InputError(f"--stages: {s.name!r} needs the fine-tune of stage {train!r}, "
+                                 "which has not finished; finish it first or select it too")
+        if shard is not None and shard.sharded and not s.shardable:
+            raise InputError(f"--shard {shard.label}: stage {s.name!r} cannot be split between "
+                             f"processes; run it in one process (--stages {s.name}, no --shard)")
+    return chosen
 
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
-              on_start: Callable[[str], None] | None = None, command: str = "") -> StudyResult:
+              on_start: Callable[[str], None] | None = None, command: str = "",
+              stages: tuple[str, ...] | str | None = None) -> StudyResult:
     """Run (or resume) the study of ``cfg``; returns the verdicts and report paths.
 
     ``log`` gets one progress line per stage; ``on_start(stage name)`` is called before each
     stage that runs (a test hook). Finished stages of an earlier run with the same settings
     are reused; a folder holding another study's stages raises `InputError` before any work.
+    ``stages``: shell patterns of the stages to run (`select_stages`; None: all). Several
+    processes can share ``cfg.out``, each with its own stages or ``cfg.shard``; the report
+    covers every stage finished in the folder, the others are listed in ``pending``.
     """
     from topkattn.study.claims import precheck_lengths
 
@@ -42,14 +84,23 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     models = Models(cfg, log)
-    stages = plan(cfg, models)
+    plan_ = plan(cfg, models)
     runner = StageRunner(out, log=log, on_start=on_start)
-    runner.check(stages)
+    runner.check(plan_)
+    finished = {s.name for s in plan_ if runner.load(s) is not None}
+    if stages is not None:
+        selected = select_stages(plan_, stages, cfg.shard, finished)
+    else:
+        selected = None
+        if cfg.shard.sharded:
+            select_stages(plan_, "*", cfg.shard, finished)  # refuses unsplittable stages
     write_json_atomic(out / CONFIG_FILE, cfg.to_json())
     try:
-        records = runner.run(stages)
+        records = runner.run(plan_, selected)
     finally:
         models.release()
+    if runner.skipped or runner.waiting:  # other processes may have finished stages meanwhile
+        records = {**load_stages(cfg), **records}
     analyses = analyze(cfg, records)
     rules = cfg.budget.rules
     verdicts = [decide(c, analyses[c] if c in cfg.claims else None, rules)
@@ -57,7 +108,8 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
     from topkattn.study.report import write_report
 
     files = write_report(cfg, verdicts, analyses, records, command=command)
-    return StudyResult(cfg, verdicts, analyses, files, runner.ran, runner.reused)
+    pending = [s.name for s in plan_ if s.name not in records]
+    return StudyResult(cfg, verdicts, analyses, files, runner.ran, runner.reused, pending)
 
 
 def load_stages(cfg: StudyConfig) -> dict[str, dict]:
@@ -86,7 +138,8 @@ def report_only(cfg: StudyConfig, command: str = "") -> StudyResult:
     from topkattn.study.report import write_report
 
     files = write_report(cfg, verdicts, analyses, records, command=command)
-    return StudyResult(cfg, verdicts, analyses, files, [], list(records))
+    pending = [s.name for s in plan(cfg, Models(cfg)) if s.name not in records]
+    return StudyResult(cfg, verdicts, analyses, files, [], list(records), pending)
 
 
 def read_study(out: str | Path) -> dict:
@@ -97,4 +150,4 @@ def read_study(out: str | Path) -> dict:
 
 
 __all__ = ["CONFIG_FILE", "StudyResult", "load_stages", "read_study", "report_only",
-           "run_study"]
+           "run_study", "select_stages"]

@@ -8,6 +8,11 @@ key stops the run before any work (`InputError`: the folder holds another study)
 written atomically (temporary file, then rename), so a kill leaves either no file or a whole
 one; work inside a stage (evaluation JSONL lines, training checkpoints, per-sample lines)
 resumes through the existing APIs.
+
+Several processes may share one output folder (``topkattn study --stages`` / ``--shard``):
+`StageRunner.run` runs only the selected stages, and a sharded stage (``shardable``) whose
+process has finished its own part while other shards' parts are missing raises
+`StageIncomplete`: its file is written by the shard that completes it (or by a rerun).
 """
 
 from __future__ import annotations
@@ -34,12 +39,19 @@ class Stage:
         key: settings hash; a finished file with another key is another study's.
         run: computes the result (a JSON-ready dict).
         needs: model names the stage loads (for the up-front checks and the summary).
+        shardable: whether ``--shard i/n`` splits the stage's samples between processes
+            (evaluations); training and entropy stages run whole in one process.
     """
 
     name: str
     key: str
     run: Callable[[], dict]
     needs: tuple[str, ...] = ()
+    shardable: bool = False
+
+
+class StageIncomplete(Exception):
+    """A sharded stage's own part is done, other shards' parts are not yet in the folder."""
 
 
 def clean(obj):
@@ -74,6 +86,8 @@ class StageRunner:
         self.on_start = on_start
         self.ran: list[str] = []
         self.reused: list[str] = []
+        self.skipped: list[str] = []   # not selected and not finished
+        self.waiting: list[str] = []   # this shard's part done, other shards' parts missing
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -106,9 +120,10 @@ class StageRunner:
     def pending(self, stages: list[Stage]) -> list[Stage]:
         return [s for s in stages if self.load(s) is None]
 
-    def run(self, stages: list[Stage]) -> dict[str, dict]:
-        """Run or reuse every stage; returns ``{name: record}`` (record: name, key, seconds,
-        finished, result)."""
+    def run(self, stages: list[Stage], selected: set[str] | None = None) -> dict[str, dict]:
+        """Run or reuse every stage (only those named in ``selected`` run, when given; the
+        others are reused if finished, else skipped); returns ``{name: record}`` of the
+        finished ones (record: name, key, seconds, finished, result)."""
         self.check(stages)
         out: dict[str, dict] = {}
         n = len(stages)
@@ -119,11 +134,21 @@ class StageRunner:
                 self.log(f"[{i}/{n}] {s.name}: finished before, reused")
                 out[s.name] = rec
                 continue
+            if selected is not None and s.name not in selected:
+                self.skipped.append(s.name)
+                self.log(f"[{i}/{n}] {s.name}: not selected, not run")
+                continue
             if self.on_start is not None:
                 self.on_start(s.name)
             self.log(f"[{i}/{n}] {s.name} ...")
             t0 = time.perf_counter()
-            result = s.run()
+            try:
+                result = s.run()
+            except StageIncomplete as e:
+                self.waiting.append(s.name)
+                self.log(f"[{i}/{n}] {s.name}: this shard's part is done in "
+                         f"{time.perf_counter() - t0:.0f} s; waiting on other shards ({e})")
+                continue
             rec = {"name": s.name, "key": s.key, "seconds": round(time.perf_counter() - t0, 2),
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "result": result}
@@ -134,4 +159,4 @@ class StageRunner:
         return out
 
 
-__all__ = ["STAGES_DIR", "Stage", "StageRunner", "write_json_atomic"]
+__all__ = ["STAGES_DIR", "Stage", "StageIncomplete", "StageRunner", "write_json_atomic"]
