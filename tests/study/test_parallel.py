@@ -74,8 +74,9 @@ def test_bad_selections_are_refused_before_any_work(tmp_path, model_dir):  # noq
                                                   "claim4-topk-s1"}
     sharded = _cfg(model_dir, tmp_path / "s", claims="2,4", steps=1, samples=1, shard="1/3")
     with pytest.raises(InputError, match="cannot be split"):
-        select_stages(stages, "claim4-base", sharded.shard)
-    assert select_stages(stages, "claim2-eval-base", sharded.shard) == {"claim2-eval-base"}
+        select_stages(stages, "claim2-train-dense-s0", sharded.shard)
+    assert select_stages(stages, "claim*-base", sharded.shard) == {"claim2-eval-base",
+                                                                   "claim4-base"}
     with pytest.raises(InputError, match="cannot be split"):  # the whole plan, sharded
         run_study(sharded)
     assert not (tmp_path / "s").exists() or not list((tmp_path / "s").rglob("*.json"))
@@ -103,3 +104,63 @@ def test_cli_names_the_pending_stages(monkeypatch, capsys, tmp_path, model_dir):
     text = " ".join(out.split())  # rich wraps long lines
     assert "waiting on other shards" in text and "pending stages" in text
     assert "claim1-eval" in text
+
+
+def test_claim4_shards_and_resumes_per_prompt(tmp_path, model_dir):  # noqa: F811
+    one, shared = tmp_path / "one", tmp_path / "shared"
+    run_study(_cfg(model_dir, one, claims="4"), stages="claim4-base")
+    res = run_study(_cfg(model_dir, shared, claims="4", shard="1/2"), stages="claim4-base")
+    assert res.pending[0] == "claim4-base"
+    lines = (shared / "claim4" / "base.shard-1-of-2.jsonl").read_text().splitlines()
+    assert [json.loads(x)["sample_id"] for x in lines] == [
+        r["sample_id"] for r in _result(one, "claim4-base")["prompts"]][1::2]
+    run_study(_cfg(model_dir, shared, claims="4", shard="0/2"), stages="claim4-base")
+    assert _result(shared, "claim4-base") == _result(one, "claim4-base")
+
+
+def test_per_sample_keeps_finished_lines_after_a_kill(tmp_path):
+    from types import SimpleNamespace
+
+    from topkattn.study.claims import per_sample
+    from topkattn.study.stages import StageIncomplete
+
+    samples = [SimpleNamespace(id=f"s{i}") for i in range(5)]
+    calls = []
+
+    def work(s):
+        if len(calls) == 2 and "kill" in calls:
+            raise KeyboardInterrupt
+        calls.append(s.id)
+        return {"sample_id": s.id, "v": int(s.id[1:])}
+
+    cfg = StudyConfig.build(out=tmp_path, budget="quick", progress=False)
+    calls.append("kill")
+    with pytest.raises(KeyboardInterrupt):
+        per_sample(cfg, tmp_path / "c", "x", samples, work, "test")
+    assert len((tmp_path / "c" / "x.jsonl").read_text().splitlines()) == 1
+    calls.clear()
+    assert [r["v"] for r in per_sample(cfg, tmp_path / "c", "x", samples, work, "t")] == [
+        0, 1, 2, 3, 4]
+    assert calls == ["s1", "s2", "s3", "s4"]  # s0 was kept
+    # a shard that finishes first waits on the others; the union completes the stage
+    part = StudyConfig.build(out=tmp_path, budget="quick", progress=False, shard="0/2")
+    with pytest.raises(StageIncomplete, match="2 samples of other shards"):
+        per_sample(part, tmp_path / "d", "x", samples, work, "t")
+    other = StudyConfig.build(out=tmp_path, budget="quick", progress=False, shard="1/2")
+    assert len(per_sample(other, tmp_path / "d", "x", samples, work, "t")) == 5
+
+
+def test_report_marks_partial_claims_and_names_where_stages_ran(tmp_path, model_dir):  # noqa: F811
+    out = tmp_path / "p"
+    res = run_study(_cfg(model_dir, out, claims="1,3"), stages="claim3-L256")
+    v3 = res.verdicts[2]
+    assert "provisional: claim3-L512 not finished yet" in v3.reason
+    assert "have not finished" in res.verdicts[0].reason  # claim 1 has nothing yet
+    md = (out / "study.md").read_text()
+    assert "Pending stages (not finished, left out of every analysis): claim1-eval, " \
+           "claim3-L512" in md
+    rec = json.loads((out / "stages" / "claim3-L256.json").read_text())
+    assert rec["device"].startswith("CPU") and "commit" in rec
+    assert "stages run on CPU" in md
+    study = json.loads((out / "study.json").read_text())
+    assert study["stages"]["claim3-L256"]["device"] == rec["device"]

@@ -50,7 +50,8 @@ def study_command(
                                          "or '*-topk-s0'); the others are reused or left "
                                          "pending, so several processes can share --out"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process evaluates "
-                                        "every n-th sample from the i-th of claims 1-3 "
+                                        "every n-th sample from the i-th (all but the "
+                                        "training stages)"
                                         "(processes with 0/n ... n-1/n share --out; the "
                                         "last to finish a stage writes it)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),

@@ -9,7 +9,8 @@ Stages (`plan`), in an order that loads each model once:
   trajectory) and `run_downstream` (its accuracy under Top-k decoding); one JSONL line per
   sample (resume inside).
 - ``claim2-eval-base`` / ``claim4-base``: the base model under full attention and Top-k
-  decoding at claim 2's ratios; its per-prompt, per-step attention entropy.
+  decoding at claim 2's ratios; its per-prompt, per-step attention entropy (one JSONL line
+  per prompt, resume inside).
 - per fine-tune (``dense-s<seed>``, ``topk-s<seed>``): ``claim2-train-<name>``
   (`topkattn.train.sft.train`, same data, recipe and seed, dense vs Top-k at rho; checkpoint
   resume inside), ``claim2-eval-<name>``, ``claim4-<name>``.
@@ -255,9 +256,8 @@ def claim3_specs(cfg: StudyConfig) -> list[str]:
 
 
 def run_claim3(cfg: StudyConfig, models: Models, length: int) -> dict:
-    """Fidelity and downstream accuracy of every setting, per sample (JSONL, resumable)."""
-    from rich.progress import Progress
-
+    """Fidelity and downstream accuracy of every setting, per sample (`per_sample`: JSONL,
+    resumable, shardable)."""
     from topkattn.analysis.fidelity import measure_fidelity, run_downstream
     from topkattn.config import TopKConfig
     from topkattn.tasks import get_task
@@ -265,55 +265,68 @@ def run_claim3(cfg: StudyConfig, models: Models, length: int) -> dict:
     c = cfg.budget.claim3
     specs = claim3_specs(cfg)
     topk = TopKConfig(k=None, k_ratio=c.rho)
-    folder = Path(cfg.out) / "claim3"
-    folder.mkdir(parents=True, exist_ok=True)
-    part = cfg.shard
-    name = (f"samples-{length}.jsonl" if not part.sharded else
-            f"samples-{length}.shard-{part.index}-of-{part.count}.jsonl")
-    path = folder / name
-    done = {r["sample_id"]: r for f in claim3_files(folder, length) for r in _read_jsonl(f)}
     model, tok = models.get("base")
     task = get_task(c.task)
     samples = task.samples(tok, length, c.samples, cfg.seed,
                            max_length=getattr(model.config, "max_position_embeddings", None))
+
+    def one(s) -> dict:
+        fid = measure_fidelity(model, tok, [s.prompt], topk, specs,
+                               max_new_tokens=c.fidelity_steps, progress=False)
+        rows = run_downstream(model, tok, task, [s], topk, specs,
+                              max_new_tokens=c.max_new_tokens, progress=False)
+        return {"sample_id": s.id, "length": length,
+                "fidelity": {lab: {"precision": fid[lab]["precision"],
+                                   "mass_recall": fid[lab]["mass_recall"],
+                                   "out_err": fid[lab]["out_err"]} for lab in specs},
+                "scores": {r.selector: r.accuracy for r in rows}}
+
+    recs = per_sample(cfg, Path(cfg.out) / "claim3", f"samples-{length}", samples, one,
+                      f"claim 3 fidelity + accuracy, {length} tokens")
+    return {"length": length, "task": c.task, "rho": c.rho, "specs": specs, "samples": recs}
+
+
+def sample_files(folder: Path, stem: str) -> list[Path]:
+    """The per-sample files of one stage in ``folder``: ``<stem>.jsonl`` and every shard's
+    ``<stem>.shard-<i>-of-<n>.jsonl``."""
+    return sorted(folder.glob(f"{stem}.jsonl")) + sorted(folder.glob(f"{stem}.shard-*-of-*.jsonl"))
+
+
+def per_sample(cfg: StudyConfig, folder: Path, stem: str, samples, work: Callable[[object], dict],
+               what: str) -> list[dict]:
+    """``work(sample)`` (a JSON-ready dict with ``sample_id``) for each of ``samples`` that
+    ``cfg.shard`` owns and no file of the stage holds yet, one line each, flushed, in
+    ``folder/<stem>.jsonl`` (sharded: ``<stem>.shard-<i>-of-<n>.jsonl``). Returns every
+    sample's record in sample order; raises `StageIncomplete` when other shards' samples are
+    still missing. A kill loses at most the sample in progress."""
+    from rich.progress import Progress
+
+    folder.mkdir(parents=True, exist_ok=True)
+    part = cfg.shard
+    path = folder / (f"{stem}.jsonl" if not part.sharded else
+                     f"{stem}.shard-{part.index}-of-{part.count}.jsonl")
+    done = {r["sample_id"]: r for f in sample_files(folder, stem) for r in _read_jsonl(f)}
     mine = [s for i, s in enumerate(samples) if part.owns(i)]
-    with path.open("a", encoding="utf-8") as f, \
-            Progress(disable=not cfg.progress) as bar:
-        label = f" (shard {part.label})" if part.sharded else ""
-        job = bar.add_task(f"claim 3 fidelity + accuracy, {length} tokens{label}",
-                           total=len(mine), completed=sum(1 for s in mine if s.id in done))
+    label = f" (shard {part.label})" if part.sharded else ""
+    with path.open("a", encoding="utf-8") as f, Progress(disable=not cfg.progress) as bar:
+        job = bar.add_task(what + label, total=len(mine),
+                           completed=sum(1 for s in mine if s.id in done))
         for s in mine:
             if s.id in done:
                 continue
-            fid = measure_fidelity(model, tok, [s.prompt], topk, specs,
-                                   max_new_tokens=c.fidelity_steps, progress=False)
-            rows = run_downstream(model, tok, task, [s], topk, specs,
-                                  max_new_tokens=c.max_new_tokens, progress=False)
-            rec = {"sample_id": s.id, "length": length,
-                   "fidelity": {lab: {"precision": fid[lab]["precision"],
-                                      "mass_recall": fid[lab]["mass_recall"],
-                                      "out_err": fid[lab]["out_err"]} for lab in specs},
-                   "scores": {r.selector: r.accuracy for r in rows}}
+            rec = work(s)
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done[s.id] = rec
             bar.advance(job)
     want = [s.id for s in samples]
     if part.sharded:  # the other shards' lines written since this one started
-        done.update({r["sample_id"]: r for f in claim3_files(folder, length)
+        done.update({r["sample_id"]: r for f in sample_files(folder, stem)
                      for r in _read_jsonl(f)})
         missing = sum(1 for i in want if i not in done)
         if missing:
             raise StageIncomplete(f"{missing} samples of other shards missing")
-    return {"length": length, "task": c.task, "rho": c.rho, "specs": specs,
-            "samples": [done[i] for i in want if i in done]}
-
-
-def claim3_files(folder: Path, length: int) -> list[Path]:
-    """Claim 3's per-sample files at ``length`` in ``folder``: the unsharded one and every
-    shard's (``samples-<length>.shard-<i>-of-<n>.jsonl``)."""
-    return sorted(folder.glob(f"samples-{length}.jsonl")) + sorted(
-        folder.glob(f"samples-{length}.shard-*-of-*.jsonl"))
+    return [done[i] for i in want if i in done]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -328,9 +341,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def run_claim4(cfg: StudyConfig, models: Models, name: str) -> dict:
-    """Per prompt and decode step: per-layer dense entropy, top-k entropy and mass."""
+    """Per prompt and decode step: per-layer dense entropy, top-k entropy and mass
+    (`per_sample`: one JSONL line per prompt, resumable, shardable)."""
     import torch
-    from rich.progress import Progress
 
     from topkattn.analysis.entropy import capture_entropy
     from topkattn.tasks import get_task
@@ -341,31 +354,34 @@ def run_claim4(cfg: StudyConfig, models: Models, name: str) -> dict:
     samples = task.samples(tok, c.length, c.prompts, cfg.seed,
                            max_length=getattr(model.config, "max_position_embeddings", None))
     dev = next(model.parameters()).device
-    prompts = []
+
+    def one(s) -> dict:
+        with capture_entropy(model, list(c.ks)) as acc:
+            ids = tok(s.prompt, return_tensors="pt", add_special_tokens=False)
+            ids = {k: v.to(dev) for k, v in ids.items()}
+            out = model(**ids, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            mask = ids["attention_mask"]
+            steps, prev = [], _snapshot(acc)
+            for _ in range(c.decode_steps):
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                out = model(input_ids=nxt, attention_mask=mask, past_key_values=past,
+                            use_cache=True)
+                past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                now = _snapshot(acc)
+                steps.append(_delta(prev, now, c.ks))
+                prev = now
+        return {"sample_id": s.id, "steps": steps}
+
     was_training = model.training
     model.eval()
-    with torch.no_grad(), Progress(disable=not cfg.progress) as bar:
-        job = bar.add_task(f"claim 4 entropy {name}", total=len(samples))
-        for s in samples:
-            with capture_entropy(model, list(c.ks)) as acc:
-                ids = tok(s.prompt, return_tensors="pt", add_special_tokens=False)
-                ids = {k: v.to(dev) for k, v in ids.items()}
-                out = model(**ids, use_cache=True)
-                past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-                mask = ids["attention_mask"]
-                steps, prev = [], _snapshot(acc)
-                for _ in range(c.decode_steps):
-                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-                    out = model(input_ids=nxt, attention_mask=mask, past_key_values=past,
-                                use_cache=True)
-                    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-                    now = _snapshot(acc)
-                    steps.append(_delta(prev, now, c.ks))
-                    prev = now
-            prompts.append({"sample_id": s.id, "steps": steps})
-            bar.advance(job)
-    if was_training:
-        model.train()
+    try:
+        with torch.no_grad():
+            prompts = per_sample(cfg, Path(cfg.out) / "claim4", name, samples, one,
+                                 f"claim 4 entropy {name}")
+    finally:
+        if was_training:
+            model.train()
     return {"model": name, "task": c.task, "length": c.length, "ks": list(c.ks),
             "prompts": prompts}
 
@@ -414,7 +430,8 @@ def plan(cfg: StudyConfig, models: Models) -> list[Stage]:
                         shardable=True))
     if 4 in cfg.claims:
         st.append(Stage("claim4-base", cfg.key("claim4"),
-                        lambda: run_claim4(cfg, models, "base"), ("base",)))
+                        lambda: run_claim4(cfg, models, "base"), ("base",),
+                        shardable=True))
     if cfg.needs_finetunes:
         for seed in cfg.budget.claim2.seeds:
             for arm in ARMS:
@@ -427,7 +444,8 @@ def plan(cfg: StudyConfig, models: Models) -> list[Stage]:
                                     shardable=True))
                 if 4 in cfg.claims:
                     st.append(Stage(f"claim4-{name}", cfg.key("train", "claim4"),
-                                    lambda n=name: run_claim4(cfg, models, n), (name,)))
+                                    lambda n=name: run_claim4(cfg, models, n), (name,),
+                                    shardable=True))
     return st
 
 
@@ -795,4 +813,4 @@ def analyze(cfg: StudyConfig, stages: dict[str, dict]) -> dict[int, dict | None]
 __all__ = ["ARMS", "Models", "analyze", "analyze_claim1", "analyze_claim2", "analyze_claim3",
            "analyze_claim4", "check_lengths", "claim1_ks", "claim3_specs", "finetune_names",
            "plan", "read_eval_rows", "run_claim1", "run_claim2_eval", "run_claim2_train",
-           "run_claim3", "run_claim4"]
+           "per_sample", "run_claim3", "run_claim4", "sample_files"]

@@ -61,6 +61,22 @@ def _device(cfg: StudyConfig) -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
+def provenance(cfg: StudyConfig) -> dict:
+    """Where a stage runs: ``{"device": ..., "commit": ...}`` (stamped into its record)."""
+    return {"device": _device(cfg), "commit": _commit()}
+
+
+def _where(stages: dict[str, dict], key: str, fallback: str) -> str:
+    """``"NVIDIA H100 80GB HBM3 (15 stages), CPU (x86_64) (2 stages)"``: the ``key`` field of
+    the stage records, counted (``fallback`` for records made before stages were stamped)."""
+    from collections import Counter
+
+    counts = Counter(r.get(key) or fallback for r in stages.values())
+    if len(counts) <= 1:
+        return next(iter(counts), fallback)
+    return ", ".join(f"{v} ({n} stages)" for v, n in counts.most_common())
+
+
 # ---------------------------------------------------------------------------------------------
 # Markdown
 
@@ -197,10 +213,13 @@ _TITLE = {1: "Claim 1: exact Top-k decoding vs full attention",
 def markdown(cfg: StudyConfig, verdicts: list[Verdict], analyses: dict, plots: dict,
              meta: dict) -> str:
     lines = ["# Study: the four claims of arXiv 2512.03494", "",
-             f"Model `{cfg.model}`, budget `{cfg.budget.name}`, device {meta['device']}, "
-             f"{meta['date']}, commit {meta['commit'] or '-'}; {meta['seconds']:.0f} s of "
-             "stage time.", "", f"Command: `{meta['command']}`", "",
-             "| claim | outcome | what decided it |", "|---|---|---|"]
+             f"Model `{cfg.model}`, budget `{cfg.budget.name}`; stages run on {meta['device']}, "
+             f"commit {meta['commit'] or '-'}; {meta['seconds']:.0f} s of stage time; report "
+             f"written {meta['date']}.", "", f"Command: `{meta['command']}`", ""]
+    if meta.get("pending"):
+        lines += [f"Pending stages (not finished, left out of every analysis): "
+                  f"{', '.join(meta['pending'])}. Rerun the command to resume them.", ""]
+    lines += ["| claim | outcome | what decided it |", "|---|---|---|"]
     for v in verdicts:
         lines.append(f"| {v.claim}. {v.text} | **{v.outcome}** | {v.reason} |")
     for v in verdicts:
@@ -346,7 +365,8 @@ _PLOTS = {1: plot_claim1, 2: plot_claim2, 3: plot_claim3, 4: plot_claim4}
 
 
 def write_report(cfg: StudyConfig, verdicts: list[Verdict], analyses: dict,
-                 stages: dict[str, dict], command: str = "") -> dict[str, Path]:
+                 stages: dict[str, dict], command: str = "",
+                 pending: list[str] = ()) -> dict[str, Path]:
     """Write study.json, study.md and the plots under ``cfg.out``; returns their paths."""
     out = Path(cfg.out)
     plots: dict[int, Path] = {}
@@ -357,14 +377,19 @@ def write_report(cfg: StudyConfig, verdicts: list[Verdict], analyses: dict,
                 plots[v.claim] = _PLOTS[v.claim](a, out / f"claim{v.claim}.png")
             except (KeyError, ValueError, IndexError, TypeError) as e:  # a plot never stops
                 print(f"warning: claim {v.claim} plot skipped ({type(e).__name__}: {e})")
-    meta = {"device": _device(cfg), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "commit": _commit(), "command": command or "topkattn study",
-            "seconds": sum(r.get("seconds", 0) for r in stages.values())}
+    here = provenance(cfg)
+    meta = {"device": _where(stages, "device", here["device"]),
+            "commit": _where(stages, "commit", here["commit"]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": command or "topkattn study",
+            "seconds": sum(r.get("seconds", 0) for r in stages.values()),
+            "pending": list(pending)}
     files = {"json": write_json_atomic(out / JSON_FILE, {
         "config": cfg.to_json(), "meta": meta,
         "verdicts": [v.to_json() for v in verdicts],
         "analyses": {str(c): a for c, a in analyses.items() if a is not None},
-        "stages": {n: {"seconds": r.get("seconds"), "finished": r.get("finished")}
+        "stages": {n: {"seconds": r.get("seconds"), "finished": r.get("finished"),
+                       "device": r.get("device"), "commit": r.get("commit")}
                    for n, r in stages.items()}})}
     md = out / MD_FILE
     md.write_text(markdown(cfg, verdicts, analyses, plots, meta))

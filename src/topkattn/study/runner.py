@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +34,7 @@ def select_stages(stages: list[Stage], patterns: tuple[str, ...] | list[str] | s
     """The names of ``stages`` that match any of the shell patterns (``claim3-*``), checked:
     `InputError` for a pattern that matches no stage, for a stage that needs a fine-tune whose
     training stage is neither finished nor selected, and, when ``shard`` splits the work, for
-    a selected unfinished stage that cannot be split (training, entropy)."""
+    a selected unfinished stage that cannot be split (training)."""
     import fnmatch
 
     from topkattn.errors import InputError
@@ -85,7 +85,9 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     models = Models(cfg, log)
     plan_ = plan(cfg, models)
-    runner = StageRunner(out, log=log, on_start=on_start)
+    from topkattn.study.report import provenance
+
+    runner = StageRunner(out, log=log, on_start=on_start, stamp=provenance(cfg))
     runner.check(plan_)
     finished = {s.name for s in plan_ if runner.load(s) is not None}
     if stages is not None:
@@ -101,15 +103,39 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
         models.release()
     if runner.skipped or runner.waiting:  # other processes may have finished stages meanwhile
         records = {**load_stages(cfg), **records}
-    analyses = analyze(cfg, records)
-    rules = cfg.budget.rules
-    verdicts = [decide(c, analyses[c] if c in cfg.claims else None, rules)
-                for c in (1, 2, 3, 4)]
+    return _conclude(cfg, plan_, records, command, runner.ran, runner.reused)
+
+
+def _conclude(cfg: StudyConfig, plan_: list[Stage], records: dict[str, dict], command: str,
+              ran: list[str], reused: list[str]) -> StudyResult:
+    """Analyse the finished ``records``, decide each claim (marking as provisional a claim
+    whose stages are not all finished) and write the report."""
     from topkattn.study.report import write_report
 
-    files = write_report(cfg, verdicts, analyses, records, command=command)
+    analyses = analyze(cfg, records)
     pending = [s.name for s in plan_ if s.name not in records]
-    return StudyResult(cfg, verdicts, analyses, files, runner.ran, runner.reused, pending)
+    verdicts = [provisional(decide(c, analyses[c] if c in cfg.claims else None,
+                                   cfg.budget.rules), pending) for c in (1, 2, 3, 4)]
+    files = write_report(cfg, verdicts, analyses, records, command=command, pending=pending)
+    return StudyResult(cfg, verdicts, analyses, files, ran, reused, pending)
+
+
+def stage_claims(name: str) -> set[int]:
+    """The claims a stage feeds: ``claim3-L2048`` -> {3}; a fine-tune's training -> {2, 4}."""
+    if name.startswith("claim2-train-"):
+        return {2, 4}
+    head = name.split("-", 1)[0]
+    return {int(head[5:])} if head[5:].isdigit() else set()
+
+
+def provisional(verdict: Verdict, pending: list[str]) -> Verdict:
+    """``verdict`` with its reason saying which of its claim's stages are still pending (its
+    outcome stands on the finished ones alone); unchanged when none is."""
+    mine = [n for n in pending if verdict.claim in stage_claims(n)]
+    if not mine or "have not finished" in verdict.reason:
+        return verdict
+    return replace(verdict, reason=f"{verdict.reason} (provisional: {', '.join(mine)} not "
+                                   "finished yet)")
 
 
 def load_stages(cfg: StudyConfig) -> dict[str, dict]:
@@ -132,14 +158,7 @@ def report_only(cfg: StudyConfig, command: str = "") -> StudyResult:
         from topkattn.errors import MissingFileError
 
         raise MissingFileError(f"no finished stage of this study in {str(cfg.out)!r}")
-    analyses = analyze(cfg, records)
-    verdicts = [decide(c, analyses[c] if c in cfg.claims else None, cfg.budget.rules)
-                for c in (1, 2, 3, 4)]
-    from topkattn.study.report import write_report
-
-    files = write_report(cfg, verdicts, analyses, records, command=command)
-    pending = [s.name for s in plan(cfg, Models(cfg)) if s.name not in records]
-    return StudyResult(cfg, verdicts, analyses, files, [], list(records), pending)
+    return _conclude(cfg, plan(cfg, Models(cfg)), records, command, [], list(records))
 
 
 def read_study(out: str | Path) -> dict:

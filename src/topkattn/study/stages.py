@@ -40,7 +40,7 @@ class Stage:
         run: computes the result (a JSON-ready dict).
         needs: model names the stage loads (for the up-front checks and the summary).
         shardable: whether ``--shard i/n`` splits the stage's samples between processes
-            (evaluations); training and entropy stages run whole in one process.
+            (evaluations, fidelity, entropy); a training stage runs whole in one process.
     """
 
     name: str
@@ -80,8 +80,9 @@ class StageRunner:
     runs (tests use it to simulate a kill), ``log(text)`` prints progress lines."""
 
     def __init__(self, out: str | Path, log: Callable[[str], None] | None = None,
-                 on_start: Callable[[str], None] | None = None):
+                 on_start: Callable[[str], None] | None = None, stamp: dict | None = None):
         self.dir = Path(out) / STAGES_DIR
+        self.stamp = dict(stamp or {})  # written into every record (device, commit)
         self.log = log or (lambda text: None)
         self.on_start = on_start
         self.ran: list[str] = []
@@ -123,7 +124,7 @@ class StageRunner:
     def run(self, stages: list[Stage], selected: set[str] | None = None) -> dict[str, dict]:
         """Run or reuse every stage (only those named in ``selected`` run, when given; the
         others are reused if finished, else skipped); returns ``{name: record}`` of the
-        finished ones (record: name, key, seconds, finished, result)."""
+        finished ones (record: name, key, seconds, finished, the ``stamp`` fields, result)."""
         self.check(stages)
         out: dict[str, dict] = {}
         n = len(stages)
@@ -151,7 +152,7 @@ class StageRunner:
                 continue
             rec = {"name": s.name, "key": s.key, "seconds": round(time.perf_counter() - t0, 2),
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "result": result}
+                   **self.stamp, "result": result}
             write_json_atomic(self.path(s.name), rec)
             self.ran.append(s.name)
             self.log(f"[{i}/{n}] {s.name}: done in {rec['seconds']:.0f} s")
