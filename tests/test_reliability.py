@@ -245,6 +245,9 @@ CASES = [
                  id="compat-gemma2-softcap"),
     pytest.param(lambda c: _sparsify(_gemma2()), InputError, "attn_logit_softcapping=50.0",
                  id="sparsify-gemma2-softcap"),
+    pytest.param(lambda c: _check(_tf().FalconForCausalLM(_tf().FalconConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=4, vocab_size=97, alibi=True))),
+                 InputError, "ALiBi position biases", id="compat-falcon-alibi"),
     pytest.param(lambda c: _check(_tf().GptOssForCausalLM(_gpt_oss_config())), InputError,
                  "'gpt_oss'", id="compat-gpt-oss-sinks"),
     pytest.param(lambda c: _check(_tf().T5ForConditionalGeneration(_t5_config())), InputError,

@@ -77,7 +77,7 @@ def _calls_attention_interface(mod: torch.nn.Module) -> bool:
 
 def check_config(config) -> None:
     """Refuse from the config alone (before weights load): encoder-decoder, attention-free,
-    softcapped or sink attention, and model types without a causal-LM class."""
+    softcapped, ALiBi-biased or sink attention, and model types without a causal-LM class."""
     model_type = getattr(config, "model_type", None) or type(config).__name__
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModelError(
@@ -94,6 +94,12 @@ def check_config(config) -> None:
                 f"model type {model_type!r} caps its attention logits (attn_logit_softcapping="
                 f"{cap}); Top-k attention computes softmax(q.k * scale) without a cap, so it "
                 "would silently change the model")
+    for c in _configs(config):
+        if getattr(c, "alibi", False) is True:
+            raise UnsupportedModelError(
+                f"model type {model_type!r} adds ALiBi position biases to its attention scores "
+                "(alibi=True); Top-k attention selects and weighs keys by q.k * scale alone, so "
+                "it would silently change the model")
     if model_type in ATTENTION_SINKS:
         raise UnsupportedModelError(
             f"model type {model_type!r} adds learned attention-sink logits to every softmax; "
