@@ -22,4 +22,26 @@ class MissingFileError(TopkattnError, FileNotFoundError):
     """A file or folder named by the user does not exist."""
 
 
-__all__ = ["InputError", "MissingFileError", "TopkattnError"]
+#: the messages `warn_once` and `note_once` have given in this process
+_SAID: set[str] = set()
+
+
+def warn_once(msg: str, stacklevel: int = 2) -> None:
+    """``warnings.warn(msg)`` the first time this process sees ``msg``."""
+    if msg not in _SAID:
+        import warnings
+
+        _SAID.add(msg)
+        warnings.warn(msg, stacklevel=stacklevel + 1)
+
+
+def note_once(text: str) -> None:
+    """Print ``note: <text>`` on stderr the first time this process sees ``text``."""
+    if text not in _SAID:
+        import sys
+
+        _SAID.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
+__all__ = ["InputError", "MissingFileError", "TopkattnError", "note_once", "warn_once"]

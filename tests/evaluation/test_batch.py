@@ -99,7 +99,9 @@ def test_row_groups_keep_each_rows_decisions():
 def test_settings_that_cannot_batch_fall_back(tiny, tokenizer, tmp_path, capsys, monkeypatch):
     from topkattn.selectors import parse_selector
 
-    monkeypatch.setattr(B, "_noted", set())  # notes are printed once per process
+    import topkattn.errors as E
+
+    monkeypatch.setattr(E, "_SAID", set())  # notes are printed once per process
 
     def one(out, **kw):
         cfg = _cfg(out, ks=("4",), samples=2, max_new_tokens=2, **kw)

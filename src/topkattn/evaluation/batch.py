@@ -23,26 +23,16 @@ from __future__ import annotations
 
 import copy
 import inspect
-import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from topkattn.config import TopKConfig
+from topkattn.errors import note_once as note
 from topkattn.generation import Branch, _sparsify, decode_branches, decode_one
 
 if TYPE_CHECKING:
     import torch
-
-_noted: set[str] = set()
-
-
-def note(text: str) -> None:
-    """Print ``note: <text>`` on stderr, once per distinct text in a process."""
-    if text not in _noted:
-        _noted.add(text)
-        print(f"note: {text}", file=sys.stderr)
-
 
 @dataclass
 class PaddedPrompts:

@@ -22,7 +22,6 @@ ranges on the host once per layer (it slices a static cache to its filled prefix
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -38,7 +37,7 @@ from topkattn.ops.topk import topk_attention, use_kernels
 from topkattn.ops.topk.custom_ops import decode_ops, sparse_decode
 from topkattn.selectors import ExactSelector, SelectionContext, Selector
 from topkattn.compat import UnsupportedModelError, attention_modules, check_supported  # noqa: F401
-from topkattn.errors import InputError
+from topkattn.errors import InputError, warn_once
 
 ATTENTION_NAME = "topk"
 _STATE_ATTR = "_topkattn_state"
@@ -63,15 +62,6 @@ def _to_bool_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None or attention_mask.dtype == torch.bool:
         return attention_mask
     return attention_mask > torch.finfo(attention_mask.dtype).min / 2
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(msg: str) -> None:
-    if msg not in _warned:
-        _warned.add(msg)
-        warnings.warn(msg, stacklevel=3)
 
 
 def _count(state, sparse: bool) -> None:
@@ -245,7 +235,7 @@ def topk_attention_forward(
     """
     state: LayerState | None = getattr(module, _STATE_ATTR, None)
     if state is not None and dropout and module.training:
-        _warn_once("topk attention ignores attention dropout")
+        warn_once("topk attention ignores attention dropout", stacklevel=2)
     if query.dtype != value.dtype or key.dtype != value.dtype:
         # under autocast RoPE may leave q/k in fp32 while v is bf16 (SDPA casts alike)
         query, key = query.to(value.dtype), key.to(value.dtype)

@@ -14,15 +14,13 @@ follow the reference's policy (`topkattn.ops.topk.naive` module docstring).
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 
 from topkattn.ops.topk.naive import check_arguments, check_indices_shape, topk_attention_reference
-from topkattn.errors import InputError
+from topkattn.errors import InputError, warn_once
 
 BACKENDS = ("auto", "reference", "triton")
-_warned: set[str] = set()
 
 
 def env_backend() -> str | None:
@@ -139,9 +137,7 @@ def topk_attention(
                    f"{'given' if indices is not None else 'none'}, gradients "
                    f"{torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)}); running "
                    "the slow pure-PyTorch reference")
-            if msg not in _warned:
-                _warned.add(msg)
-                warnings.warn(msg, stacklevel=2)
+            warn_once(msg, stacklevel=2)
         if backend == "triton":
             raise InputError(
                 "backend='triton' but no Triton kernel fits these inputs "
