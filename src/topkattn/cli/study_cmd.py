@@ -51,8 +51,8 @@ def study_command(
                                          "pending, so several processes can share --out"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process evaluates "
                                         "every n-th sample from the i-th (all but the "
-                                        "training stages)"
-                                        "(processes with 0/n ... n-1/n share --out; the "
+                                        "training stages; "
+                                        "processes with 0/n ... n-1/n share --out; the "
                                         "last to finish a stage writes it)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
     report_only: bool = typer.Option(False, "--report-only", help="only rewrite the report "

@@ -236,7 +236,7 @@ class StudyConfig:
         batch_size: samples per forward of the evaluations (claims 1 and 2,
             `topkattn.evaluation.EvalConfig.batch_size`); None: `EVAL_BATCH_CUDA` on a CUDA
             device, 1 elsewhere. Results do not depend on it (no stage key holds it).
-        shard: this process's part of the samples of every evaluation stage (claims 1 to 3),
+        shard: this process's part of the samples of every stage but training (claims 1 to 4),
             for several processes sharing ``out`` (`topkattn.evaluation.shard`); no stage key
             holds it either.
     """

@@ -88,8 +88,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None,
     from topkattn.study.report import provenance
 
     runner = StageRunner(out, log=log, on_start=on_start, stamp=provenance(cfg))
-    runner.check(plan_)
-    finished = {s.name for s in plan_ if runner.load(s) is not None}
+    finished = runner.check(plan_)
     if stages is not None:
         selected = select_stages(plan_, stages, cfg.shard, finished)
     else:
@@ -114,8 +113,11 @@ def _conclude(cfg: StudyConfig, plan_: list[Stage], records: dict[str, dict], co
 
     analyses = analyze(cfg, records)
     pending = [s.name for s in plan_ if s.name not in records]
-    verdicts = [provisional(decide(c, analyses[c] if c in cfg.claims else None,
-                                   cfg.budget.rules), pending) for c in (1, 2, 3, 4)]
+    verdicts = []
+    for c in (1, 2, 3, 4):
+        a = analyses[c] if c in cfg.claims else None
+        v = decide(c, a, cfg.budget.rules)
+        verdicts.append(v if a is None or a.get("missing") else provisional(v, pending))
     files = write_report(cfg, verdicts, analyses, records, command=command, pending=pending)
     return StudyResult(cfg, verdicts, analyses, files, ran, reused, pending)
 
@@ -129,10 +131,10 @@ def stage_claims(name: str) -> set[int]:
 
 
 def provisional(verdict: Verdict, pending: list[str]) -> Verdict:
-    """``verdict`` with its reason saying which of its claim's stages are still pending (its
-    outcome stands on the finished ones alone); unchanged when none is."""
+    """``verdict`` (decided from some finished stages) with its reason saying which of its
+    claim's stages are still pending; unchanged when none is."""
     mine = [n for n in pending if verdict.claim in stage_claims(n)]
-    if not mine or "have not finished" in verdict.reason:
+    if not mine:
         return verdict
     return replace(verdict, reason=f"{verdict.reason} (provisional: {', '.join(mine)} not "
                                    "finished yet)")

@@ -104,12 +104,14 @@ class StageRunner:
             return None
         return rec if isinstance(rec, dict) and "result" in rec else None
 
-    def check(self, stages: list[Stage]) -> None:
-        """Raise `InputError` when a finished stage file was made with other settings."""
+    def check(self, stages: list[Stage]) -> set[str]:
+        """The names of the finished ``stages``; raises `InputError` when a finished stage file
+        was made with other settings."""
         names = [s.name for s in stages]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"stage names must be unique, got {sorted(dup)}")
+        finished = set()
         for s in stages:
             rec = self.load(s)
             if rec is not None and rec.get("key") != s.key:
@@ -117,6 +119,9 @@ class StageRunner:
                     f"{str(self.path(s.name))!r} holds stage {s.name!r} of a study with other "
                     "settings; rerun with the same model, budget and options, or use another "
                     "--out")
+            if rec is not None:
+                finished.add(s.name)
+        return finished
 
     def pending(self, stages: list[Stage]) -> list[Stage]:
         return [s for s in stages if self.load(s) is None]
