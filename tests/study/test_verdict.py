@@ -203,3 +203,34 @@ def test_claim4_outcomes(tmp_path):
     cfg = _cfg(tmp_path / "c", claims="4")
     _claim4_files(cfg, drop=0.0, noise=0.5)  # no drop, measured noisily
     assert report_only(cfg).verdicts[3].outcome == INCONCLUSIVE
+
+
+_CLAIM1_PROGRAM = """
+import json, sys
+from topkattn.study.claims import analyze_claim1
+from topkattn.study.config import Rules
+result = json.load(open(sys.argv[1]))
+out = analyze_claim1(result, Rules(n_boot=300), seed=0)
+print(json.dumps(out["pooled"], sort_keys=True))
+"""
+
+
+def test_claim1_intervals_do_not_depend_on_the_string_hash_seed(tmp_path):
+    """The pooled bootstrap draws follow the order of the samples: two processes with other
+    hash seeds (so other set orders of the (task, length) cells) give the same intervals."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg = _cfg(tmp_path, claims="1", samples=30)
+    path = tmp_path / "claim1.json"
+    path.write_text(json.dumps(_claim1_rows(cfg, {"1%": 0.3, "10%": 0.1}, 30)))
+    outs = []
+    for hash_seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        run = subprocess.run([sys.executable, "-c", _CLAIM1_PROGRAM, str(path)], env=env,
+                             capture_output=True, text=True, check=True)
+        outs.append(json.loads(run.stdout))
+    assert outs[0]["1%"]["ci"] != [outs[0]["1%"]["diff"]] * 2  # a real interval
+    assert outs[0] == outs[1] == outs[2]

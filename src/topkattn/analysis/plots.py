@@ -29,7 +29,7 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")  # figure-level legends and titles too
     pyplot().close(fig)
     return path
 

@@ -505,7 +505,9 @@ def analyze_claim1(result: dict, cfg_rules, seed: int = 0) -> dict:
     pooled = {}
     for k in ks:
         rho, kabs = _k_info(k)
-        keys = [s for cell in informative for s in cells_of[cell]
+        # cells in a fixed order: a set's order follows string hashes, which differ between
+        # processes, and the stratified bootstrap's draws follow the order of the samples
+        keys = [s for cell in sorted(informative) for s in cells_of[cell]
                 if k in idx[s] and "full" in idx[s]]
         x = [idx[s][k] for s in keys]
         y = [idx[s]["full"] for s in keys]

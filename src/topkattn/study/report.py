@@ -305,7 +305,9 @@ def plot_claim2(a: dict, path: Path) -> Path:
         ax.grid(alpha=0.3, axis="y")
         if i == 0:
             ax.set_ylabel("accuracy (95% Wilson)")
-        ax.legend(fontsize=8)
+    # one legend above the panels: inside one it covers the bars
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(groups),
+               bbox_to_anchor=(0.5, 0.98), fontsize=8, frameon=False)
     return save_figure(fig, path)
 
 
@@ -316,6 +318,7 @@ def plot_claim3(a: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     markers = "osD^v"
     for ax, m in zip(axes, ("precision", "mass_recall")):
+        labels: list[tuple[str, tuple[float, float]]] = []
         for li, L in enumerate(a.get("lengths", [])):
             for st in L["settings"]:
                 spec = st["spec"]
@@ -323,9 +326,8 @@ def plot_claim3(a: dict, path: Path) -> Path:
                     if spec.startswith("precision") else "tab:green"
                 ax.scatter([st[m]], [st["accuracy"]], color=col, marker=markers[li % 5], s=28)
                 if li == 0:
-                    ax.annotate(spec.replace("precision:", "p=").replace(",protect=", "+prot"),
-                                (st[m], st["accuracy"]), fontsize=6, xytext=(3, 3),
-                                textcoords="offset points")
+                    labels.append((spec.replace("precision:", "p=").replace(",protect=", "+prot"),
+                                   (st[m], st["accuracy"])))
         c = a.get("correlation", {})
         sp, pe = c.get(f"spearman_{m}", {}), c.get(f"pearson_{m}", {})
         ax.set_title(f"accuracy vs {m.replace('_', ' ')}: Spearman {_f(sp.get('value'), '+.2f')}"
@@ -335,10 +337,29 @@ def plot_claim3(a: dict, path: Path) -> Path:
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
+        _annotate_apart(ax, labels, fontsize=6)
     fig.suptitle("blue: precision:p, red: with protect, green: selectors; marker = length "
                  + ", ".join(f"{markers[i % 5]}={L['length']}"
                              for i, L in enumerate(a.get("lengths", []))), fontsize=9)
     return save_figure(fig, path)
+
+
+def _annotate_apart(ax, labels: list[tuple[str, tuple[float, float]]], fontsize: float) -> None:
+    """Write each (text, (x, y)) label just above and right of its point, raised line by line
+    until its box (estimated from the text's length, in points) clears every label already
+    written: close points' labels stack instead of printing over each other."""
+    ax.figure.canvas.draw()  # settle the layout and limits, so data -> points is final
+    to_pt = 72.0 / ax.figure.dpi
+    line, char = fontsize * 1.25, fontsize * 0.6
+    boxes: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 in points
+    for text, xy in sorted(labels, key=lambda t: (t[1][1], t[1][0])):
+        px, py = (v * to_pt for v in ax.transData.transform(xy))
+        w, dy = char * len(text), 3.0
+        while any(px + 3 < x1 and x0 < px + 3 + w and py + dy < y1 and y0 < py + dy + line
+                  for x0, y0, x1, y1 in boxes):
+            dy += line
+        boxes.append((px + 3, py + dy, px + 3 + w, py + dy + line))
+        ax.annotate(text, xy, fontsize=fontsize, xytext=(3, dy), textcoords="offset points")
 
 
 def plot_claim4(a: dict, path: Path) -> Path:
