@@ -64,7 +64,9 @@ class TopKConfig:
         k_ratio: keys kept as a share of the visible context, in (0, 1].
         phases: where top-k applies: ``"decode"`` (one new query per step against the cache),
             ``"prefill"`` (every query row of a prompt or training sequence), or both.
-        sink: the first ``sink`` positions are always kept (attention sinks).
+        sink: key slots 0 .. sink-1 are always kept where visible (attention sinks). In a
+            left-padded row those slots are padding, so `sparsify` refuses a left-padded
+            batch when sink > 0 (batched evaluation groups rows of one length instead).
         local: the ``local`` most recent visible positions (the query's own included) are
             always kept.
         dense_layers: layer indices left dense.

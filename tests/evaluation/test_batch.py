@@ -90,10 +90,23 @@ def test_row_groups_keep_each_rows_decisions():
     assert B.row_groups(TopKConfig(k=None, k_ratio=0.5), lengths, 4) == [[0, 1, 2, 3]]
     assert B.decides_by_rows(TopKConfig(k=4, min_context=240))
     assert not B.decides_by_rows(TopKConfig(k=4)) and not B.decides_by_rows(None)
-    # sink without the kernels: rows of one length only (the reference counts from slot 0)
-    assert B.row_groups(TopKConfig(k=4, sink=2), [250, 243, 250], 4, kernels=False) == \
+    # sink: rows of one length only (sink positions are key slots 0.., padding in a padded row)
+    assert B.row_groups(TopKConfig(k=4, sink=2), [250, 243, 250], 4) == [[0, 2], [1]]
+    assert B.row_groups(TopKConfig(k=None, k_ratio=0.5, sink=2), [250, 243, 250], 4) == \
         [[0, 2], [1]]
-    assert B.row_groups(TopKConfig(k=4, sink=2), [250, 243, 250], 4) == [[0, 1, 2]]
+
+
+def test_sink_batches_equal_one_at_a_time(tiny, tokenizer, tmp_path, capsys):
+    # three prompts of two lengths: the two of equal length share a batch, the other decodes
+    # alone; a shared left-padded batch would have lost the padded rows' sink
+    topk = TopKConfig(k=None, sink=2)
+    runs = []
+    for bs in (1, 3):
+        cfg = _cfg(tmp_path / str(bs), ks=("4",), topk=topk, batch_size=bs)
+        run_eval(tiny, tokenizer, cfg)
+        runs.append(_stable(read_results(cfg.out / "results.jsonl")))
+    assert runs[0] == runs[1]
+    assert "note:" not in capsys.readouterr().err  # no batch was refused and retried alone
 
 
 def test_settings_that_cannot_batch_fall_back(tiny, tokenizer, tmp_path, capsys, monkeypatch):

@@ -85,6 +85,22 @@ def test_padded_batch_matches_unpadded(monkeypatch):
     assert torch.allclose(both[0, 4:], alone[0], atol=1e-4)
 
 
+def test_sink_with_left_padding_is_refused():
+    # sink positions are key slots 0..sink-1: in the left-padded row they would be padding
+    model = tiny_causal_lm("llama")
+    batch = torch.randint(3, 97, (2, 16))
+    mask = torch.ones_like(batch)
+    mask[0, :4] = 0
+    cfg = TopKConfig(k=3, sink=2, phases=("decode",))
+    with torch.no_grad(), sparsify(model, cfg):
+        with pytest.raises(hf.InputError, match=r"sink=2.*rows 0 \(first key at slot 4\)"):
+            model(batch, attention_mask=mask)
+        model(batch, attention_mask=torch.ones_like(batch))  # no padding: fine
+        model(batch, attention_mask=torch.ones_like(batch).index_fill_(1, torch.tensor([15]), 0))
+    with torch.no_grad(), sparsify(model, TopKConfig(k=None, sink=2)):
+        model(batch, attention_mask=mask)  # full attention keeps every key: no sink to lose
+
+
 def test_nested_blocks_restore_outer_config():
     model = tiny_causal_lm("llama")
     x = torch.randint(3, 97, (1, 20))

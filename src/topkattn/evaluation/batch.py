@@ -198,18 +198,17 @@ def decides_by_rows(topk: TopKConfig | None) -> bool:
                                                      or bool(topk.min_context))
 
 
-def row_groups(topk: TopKConfig | None, lengths: list[int], steps: int,
-               kernels: bool = True) -> list[list[int]]:
+def row_groups(topk: TopKConfig | None, lengths: list[int], steps: int) -> list[list[int]]:
     """Rows (indices into ``lengths``, the prompts' token counts) prefilled and decoded
     together, each group left padded to its own longest row.
 
     Row b's step i sees ``lengths[b] + i`` keys. An absolute k decides from the cache length,
     the group's longest row: rows whose decisions (`_decision`) agree at every one of
     ``steps`` steps form one group. Settings that decide from the rows (`decides_by_rows`)
-    take every row and split while decoding (`greedy_decode_rows`). With ``sink`` and no
-    Triton kernels (``kernels`` False) only rows of equal length go together: the reference
-    operator counts sink positions from slot 0, not from a left-padded row's first key.
-    Groups come in the order of their first row.
+    take every row and split while decoding (`greedy_decode_rows`). With ``sink`` only rows
+    of equal length go together (no padding): the operator, kernels and reference alike,
+    counts sink positions from key slot 0, which in a left-padded row is padding (and
+    `sparsify` refuses such a batch). Groups come in the order of their first row.
     """
     if topk is None or topk.dense:
         return [list(range(len(lengths)))]
@@ -217,19 +216,10 @@ def row_groups(topk: TopKConfig | None, lengths: list[int], steps: int,
     for b, n in enumerate(lengths):
         key: tuple = (() if decides_by_rows(topk) else
                       tuple(_decision(topk, n + i) for i in range(steps)))
-        if topk.sink and not kernels:
+        if topk.sink:
             key = (n, key)
         groups.setdefault(key, []).append(b)
     return list(groups.values())
-
-
-def _kernels(model, topk: TopKConfig | None) -> bool:
-    import torch
-
-    from topkattn.ops.topk import use_kernels
-
-    device = next(model.parameters()).device
-    return use_kernels(torch.empty(0, device=device), topk.backend if topk else "auto")
 
 
 #: a piece of `decode_rows`' output: (row index, its answer) for some of the rows
@@ -272,7 +262,7 @@ def decode_rows(model, tokenizer, prompts: list[str], settings, max_new_tokens: 
             note(f"{label}: {why}")
             alone.append((label, topk))
             continue
-        for rows in row_groups(topk, lengths, max_new_tokens, _kernels(model, topk)):
+        for rows in row_groups(topk, lengths, max_new_tokens):
             single = len(rows) == 1
             if not single:
                 try:

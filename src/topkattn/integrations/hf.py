@@ -166,6 +166,8 @@ def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kw
     if end > key.shape[2] or q_first < 0:
         raise InputError(f"queries at key slots [{q_first}, {end}) do not fit the {key.shape[2]} "
                          "cached keys")
+    if state is not None and state.cfg.sink and not state.cfg.dense:
+        _refuse_padded_sink(state.cfg.sink, vals[kr.LO])
     if state is not None and q_first == 0:
         state.store.clear()  # a new sequence starts: selectors' per-sequence state is stale
     if state is not None and state.selector is not None:
@@ -178,6 +180,20 @@ def _ranges_prefill(module, state, query, key, value, ranges, dropout, scale, kw
     # the store was cleared above for a new sequence (and may hold the prefill just observed)
     return _general(module, state, query, key, value, mask, dropout, scale, kwargs,
                     new_sequence_clears=False)
+
+
+def _refuse_padded_sink(sink: int, firsts: list[int]) -> None:
+    """Sink positions are key slots 0 .. sink-1 (kernels and reference alike): in a row whose
+    first key sits later (left padding) they are padding, and its sink would silently be
+    empty. ``firsts``: each row's first key slot."""
+    padded = [b for b, lo in enumerate(firsts) if lo > 0]
+    if padded:
+        rows = ", ".join(f"{b} (first key at slot {firsts[b]})" for b in padded[:4])
+        more = f" and {len(padded) - 4} more" if len(padded) > 4 else ""
+        raise InputError(
+            f"TopKConfig(sink={sink}) keeps key slots 0..{sink - 1}, but rows {rows}{more} are "
+            "left padded, so their sink would be padding; batch rows of one length only, run "
+            "such rows one at a time, or use sink=0")
 
 
 def _selection_context(state, topk, scale, phase):

@@ -268,7 +268,8 @@ def topk_attention_reference(
         topk: keys kept per query besides sink/local; None (or >= visible keys) = dense.
         causal: query i (at position Lk - Lq + i) sees keys <= its position.
         scale: score scale, default 1/sqrt(D).
-        sink, local: always-kept first / most recent visible positions.
+        sink, local: always kept: key slots 0 .. sink-1 where visible, and the ``local``
+            most recent visible positions.
         granularity: "query_head" or "kv_group" (one set per KV head, summed group scores).
         indices: [B, Hq or Hkv, Lq, n] selected positions (< 0 = padding) replacing exact
             selection, e.g. from an approximate selector.

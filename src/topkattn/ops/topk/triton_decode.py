@@ -149,7 +149,8 @@ def topk_decode(
         q: [B, Hq, 1, D]; k, v: [B, Hkv, n, D] (KV cache, last dim contiguous).
         topk: keys selected per query head (or per KV group) besides sink/local.
         scale: default 1/sqrt(D).
-        sink, local: first / most recent visible positions always kept.
+        sink, local: always kept: key slots 0 .. sink-1 inside [starts, ends), and the
+            ``local`` last positions of the range.
         granularity: "query_head" or "kv_group" (one set per KV head from the summed scores
             of its query heads).
         starts, ends: int [B] first valid cache position (left padding; None: 0) and one
