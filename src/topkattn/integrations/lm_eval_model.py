@@ -11,7 +11,8 @@ arguments build one `topkattn.TopKConfig` with the command line's own parsers
 ``selector``       selector spec, e.g. ``quest`` or ``quest:page_size=16`` (default ``exact``)
 ``phases``         ``decode``, ``prefill`` or ``decode,prefill`` (default: both, see below)
 ``granularity``    ``query_head`` or ``kv_group``
-``sink, local``    first / most recent positions always kept, in addition to k
+``sink, local``    first / most recent positions always kept, in addition to k (sink > 0
+                   refuses lm-eval's left-padded ``generate_until`` batches: batch_size=1)
 ``dense_layers``   layer indices left dense: ``0;1`` or ``[0,1]``
 ``min_context``    below this many visible keys a query attends densely
 ``topk_backend``   ``auto``, ``reference`` or ``triton``
