@@ -70,14 +70,19 @@ def test_batched_equals_one_at_a_time(tiny, tokenizer, tmp_path, one_at_a_time, 
     assert "note:" not in capsys.readouterr().err  # nothing fell back to batch 1
 
 
-def test_min_context_splits_and_equals_one_at_a_time(tiny, tokenizer, tmp_path, splits):
-    # the prompts have 244 and 254 tokens: the shorter rows decode densely for two steps
-    topk = TopKConfig(k=None, min_context=246)
+def _batch_1_and_3(model, tokenizer, tmp_path, topk):
+    """The stable result lines of k=4 under ``topk``, at batch size 1 and at 3."""
     runs = []
     for bs in (1, 3):
         cfg = _cfg(tmp_path / str(bs), ks=("4",), topk=topk, batch_size=bs)
-        run_eval(tiny, tokenizer, cfg)
+        run_eval(model, tokenizer, cfg)
         runs.append(_stable(read_results(cfg.out / "results.jsonl")))
+    return runs
+
+
+def test_min_context_splits_and_equals_one_at_a_time(tiny, tokenizer, tmp_path, splits):
+    # the prompts have 244 and 254 tokens: the shorter rows decode densely for two steps
+    runs = _batch_1_and_3(tiny, tokenizer, tmp_path, TopKConfig(k=None, min_context=246))
     assert runs[0] == runs[1] and max(splits) == 2
 
 
@@ -99,12 +104,7 @@ def test_row_groups_keep_each_rows_decisions():
 def test_sink_batches_equal_one_at_a_time(tiny, tokenizer, tmp_path, capsys):
     # three prompts of two lengths: the two of equal length share a batch, the other decodes
     # alone; a shared left-padded batch would have lost the padded rows' sink
-    topk = TopKConfig(k=None, sink=2)
-    runs = []
-    for bs in (1, 3):
-        cfg = _cfg(tmp_path / str(bs), ks=("4",), topk=topk, batch_size=bs)
-        run_eval(tiny, tokenizer, cfg)
-        runs.append(_stable(read_results(cfg.out / "results.jsonl")))
+    runs = _batch_1_and_3(tiny, tokenizer, tmp_path, TopKConfig(k=None, sink=2))
     assert runs[0] == runs[1]
     assert "note:" not in capsys.readouterr().err  # no batch was refused and retried alone
 
