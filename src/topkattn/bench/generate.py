@@ -252,6 +252,8 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
     mode_list = mode_table(k, modes, paths)  # bad names fail before the model is built
     model = llama3_8b_random(layers, max(ctxs) + 64)
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    meta = env_info() | {"k": k, "layers": layers, "weights_gb": weights_gb,
+                         "warmup_steps": WARMUP_STEPS, "steps": STEPS}
     rows = []
     for ctx in ctxs:
         kv, prefill_s = _prefill(model, ctx)
@@ -297,9 +299,11 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
                     r["speedup_vs_default"] = default / r["step_ms"]
                 r["case"] = f"{r['mode']} {r['path']} B{B} {ctx // 1024}k"
             rows += cell
+            _write(rows, out_dir, meta)  # after every cell: a run cut off keeps what it finished
         del kv
-    meta = env_info() | {"k": k, "layers": layers, "weights_gb": weights_gb,
-                         "warmup_steps": WARMUP_STEPS, "steps": STEPS}
+
+
+def _write(rows: list[dict], out_dir, meta: dict) -> None:
     write_results("generate", rows, ["ctx", "B", "mode", "path", "prefill_s", "first_step_ms", "step_ms", "tokens_per_s",
                                      "peak_gb", "attention_share", "vs_best_dense",
                                      "speedup_vs_default", "note"],
