@@ -65,3 +65,27 @@ def run_main(monkeypatch, capsys, *args):
         code = e.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+class FakeGraph:
+    """Stands in for a captured CUDA graph on CPU: replay runs the body again on the static
+    inputs it was "captured" on (the data flow of a graph; not its frozen host decisions)."""
+
+    def __init__(self, body, q, k, v, r, extra=()):
+        self.replays = 0
+        self._run = lambda: body(q, k, v, r, *extra)
+        self.out = self._run()
+
+    def replay(self):
+        self.replays += 1
+        self.out.copy_(self._run())
+
+
+def fake_capture(signature, body, query, key, value, ranges, extra=()):
+    """`decode_graphs._capture` with a `FakeGraph` (monkeypatch it in)."""
+    from topkattn.integrations import decode_graphs as dg
+
+    q = query.clone()
+    xs = tuple(t.clone() for t in extra)
+    g = FakeGraph(body, q, key, value, dg._shared_ranges(ranges), xs)
+    return dg.DecodeGraph(signature, g, q, g.out, xs)

@@ -4,27 +4,9 @@ test_fast_generate.py)."""
 
 import torch
 
+from tests.helpers import fake_capture as _fake_capture
 from topkattn.integrations import decode_graphs as dg
 from topkattn.integrations.growing_cache import _new_buffer
-
-
-class FakeGraph:
-    """Stands in for a captured graph: replay runs the body on the static inputs."""
-
-    def __init__(self, body, q, k, v, r):
-        self.replays = 0
-        self._run = lambda: body(q, k, v, r)
-        self.out = self._run()
-
-    def replay(self):
-        self.replays += 1
-        self.out.copy_(self._run())
-
-
-def _fake_capture(signature, body, query, key, value, ranges):
-    q = query.clone()
-    g = FakeGraph(body, q, key, value, dg._shared_ranges(ranges))
-    return dg.DecodeGraph(signature, g, q, g.out)
 
 
 def _body(q, k, v, r):
@@ -142,3 +124,45 @@ def test_a_static_layer_replays_and_a_new_tensor_is_not_mistaken_for_it(monkeypa
     assert dg.run(slot, _body, q, k2, v2, _ranges(8), ("d",)) is None
     out = dg.run(slot, _body, q, k2, v2, _ranges(9), ("d",))
     torch.testing.assert_close(out, _body(q, k2, v2, _ranges(9)))
+
+
+def test_extra_inputs_are_copied_in_at_every_replay(monkeypatch):
+    """An extra input (a selector's hidden states) is a new tensor every step: the graph
+    reads its own copy, refreshed before each replay, and a new shape is a new graph."""
+    monkeypatch.setattr(dg, "_capture", _fake_capture)
+    slot = dg.GraphSlot()
+    kb, vb = _layer(32)
+
+    def body(q, k, v, r, h):
+        return _body(q * h, k, v, r)
+
+    for n in range(10, 14):
+        q, h = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+        k, v, r = kb.narrow(2, 0, n), vb.narrow(2, 0, n), _ranges(n)
+        out = dg.run(slot, body, q, k, v, r, ("d",), (h,))
+        if n > 10:
+            torch.testing.assert_close(out, body(q, k, v, r, h))
+    assert slot.captures == 1
+    q, h = torch.randn(1, 2, 1, 8), torch.randn(2, 2, 1, 8)
+    assert dg.run(slot, body, q, kb.narrow(2, 0, 14), vb.narrow(2, 0, 14), _ranges(14), ("d",),
+                  (h,)) is None
+
+
+def test_a_failed_capture_warns_once_and_leaves_the_layer_on_plain_launches(monkeypatch):
+    import warnings
+
+    def failing(*args):
+        raise dg.CaptureFailed("RuntimeError: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(dg, "_capture", failing)
+    slot = dg.GraphSlot()
+    kb, vb = _layer(32)
+    q = torch.randn(1, 2, 1, 8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        outs = [dg.run(slot, _body, q, kb.narrow(2, 0, n), vb.narrow(2, 0, n), _ranges(n), ("d",))
+                for n in range(10, 20)]
+    assert outs == [None] * 10
+    assert slot.captures == dg.MAX_CAPTURES
+    msgs = [str(w.message) for w in seen if "could not be captured" in str(w.message)]
+    assert len(msgs) == 1 and "not permitted" in msgs[0]

@@ -413,11 +413,17 @@ def _forced_logits(model, x, cfg, forced, policy=None):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [TopKConfig(k=256, granularity="kv_group"), TopKConfig(k=256),
-                                 TopKConfig(k=None)], ids=["kv_group", "query_head", "dense"])
+                                 TopKConfig(k=None), "lightning"],
+                         ids=["kv_group", "query_head", "dense", "lightning"])
 def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg, monkeypatch):
     """Eager decoding with a layer's attention replayed as a CUDA graph over a growing
     buffer gives the logits of the plain launches over transformers' concatenated cache, also
-    across regrowths of the buffer (a new graph each time); fp32, teacher-forced."""
+    across regrowths of the buffer (a new graph each time); fp32, teacher-forced. The
+    Lightning Indexer's graph holds its selection too."""
+    if cfg == "lightning":
+        from topkattn.selectors.lightning import LightningSelector
+
+        cfg = TopKConfig(k=256, selector=LightningSelector())
     from dataclasses import replace
 
     from topkattn.integrations.growing_cache import GrowthPolicy
@@ -440,5 +446,45 @@ def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg, monkeypatch):
                                     GrowthPolicy(room=0.0, min_room=16, align=16))
     assert states[0].graphs.graph is not None
     layers = model.config.num_hidden_layers
+    assert 2 * layers <= len(captured) <= 3 * layers, len(captured)  # regrown once or twice
+    torch.testing.assert_close(graphs, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["kv_group", "dense", "lightning"])
+def test_eager_decode_graphs_match_plain_launches_cpu(kind, monkeypatch):
+    """The data flow of the eager decode graphs on CPU (kernels under the Triton interpreter,
+    the CUDA capture replaced by `tests.helpers.FakeGraph`, which replays the body on the
+    graph's own inputs): teacher-forced logits equal those of plain launches over
+    transformers' concatenated cache, across a regrowth of the buffer. For the Lightning
+    Indexer the graph also holds its selection: the hidden states are copied in at every
+    replay, and its key cache is grown to the buffer's capacity before the capture."""
+    from dataclasses import replace
+
+    from tests.helpers import fake_capture
+    from topkattn.integrations import decode_graphs
+    from topkattn.integrations.growing_cache import GrowthPolicy
+    from topkattn.selectors.lightning import LightningSelector
+
+    captured = []
+
+    def counted(*args):
+        captured.append(args[2].shape)
+        return fake_capture(*args)
+
+    monkeypatch.setattr(decode_graphs, "_capture", counted)
+    monkeypatch.setattr(decode_graphs, "eligible", lambda q: not torch.compiler.is_compiling())
+    cfg = {"kv_group": TopKConfig(k=8, granularity="kv_group", backend="triton"),
+           "dense": TopKConfig(k=None, backend="triton"),
+           "lightning": TopKConfig(k=8, selector=LightningSelector(), backend="triton")}[kind]
+    model = tiny_causal_lm("llama", seed=3)
+    x = torch.randint(3, 97, (1, 30), generator=torch.Generator().manual_seed(4))
+    forced = torch.randint(3, 97, (1, 8), generator=torch.Generator().manual_seed(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain, _ = _forced_logits(model, x, replace(cfg, decode_graphs=False), forced)
+        graphs, states = _forced_logits(model, x, cfg, forced,
+                                        GrowthPolicy(room=0.0, min_room=4, align=4))
+    layers = model.config.num_hidden_layers
+    assert states[0].graphs.graph is not None
     assert 2 * layers <= len(captured) <= 3 * layers, len(captured)  # regrown once or twice
     torch.testing.assert_close(graphs, plain, rtol=1e-4, atol=1e-4)

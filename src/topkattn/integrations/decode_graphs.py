@@ -7,7 +7,10 @@ Batch-1 decoding is bound by that host time. When a layer's keys and values stay
 address from step to step (a `growing_cache` buffer, or a `StaticCache`), its decode attention
 is captured once as a CUDA graph over the buffer's whole capacity (the per-sequence key ranges,
 read on the device, keep the unfilled tail out) and replayed at every later step: a copy of the
-query and of the key ranges in and one replay (the output is the graph's own buffer).
+query, of the key ranges and of any extra inputs (a selector's hidden states) in and one replay
+(the output is the graph's own buffer). A selector with a graph-safe range path (the Lightning
+Indexer) is captured with its selection: its per-sequence state is made ready for the buffer's
+capacity before, and identified in the graph's signature.
 
 A graph is captured the second time a layer sees the same buffers, shapes and settings in a
 row (a cache that moves every step, transformers' own ``DynamicCache``, never is); after
@@ -18,7 +21,8 @@ and never while `torch.compile` traces or another capture is running (a
 graph of the whole step, `topkattn bench`'s ``graph`` path). Each graph has its own memory
 pool (its scratch: one layer's scores, a few MB to tens of MB at 128k), freed with the graph
 when the buffer moves. (A pool shared by all graphs tripped an internal assertion of PyTorch's
-caching allocator in capture_begin: torch 2.11, H200, 2026-12-03.)
+caching allocator in capture_begin: torch 2.11, H200, 2026-12-03.) A capture that fails (an
+operation CUDA graphs cannot hold) warns once and leaves the layer on plain launches.
 """
 
 from __future__ import annotations
@@ -29,24 +33,28 @@ from typing import Callable
 
 import torch
 
+from topkattn.errors import warn_once
 from topkattn.integrations.growing_cache import buffer_of
 from topkattn.ops.tuning import current
 
 MAX_CAPTURES = 8  # captures in a row that did not pay off before a layer stays on plain launches
 PAYOFF_REPLAYS = 4  # replays after which a graph has paid for its capture
 
-Body = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# body(query, keys, values, ranges, *extra) -> out
+Body = Callable[..., torch.Tensor]
 
 
 @dataclass
 class DecodeGraph:
-    """A captured decode attention: replay after copying the query into ``q`` (and the key
-    ranges into the shared buffer); the result is in ``out``."""
+    """A captured decode attention: replay after copying the query into ``q``, the extra
+    inputs into ``extra`` (and the key ranges into the shared buffer); the result is in
+    ``out``."""
 
     signature: tuple
     graph: torch.cuda.CUDAGraph
     q: torch.Tensor
     out: torch.Tensor
+    extra: tuple = ()
     replays: int = 0
     # the step's fast check (`_same_inputs`): weak references to the key and value tensors
     # the graph reads, and what else the signature holds besides their addresses and shapes
@@ -125,37 +133,50 @@ def _same_inputs(g: DecodeGraph, query, key, value, rest: tuple) -> bool:
             and query.dtype == g.q.dtype and rest == g.rest)
 
 
+class CaptureFailed(RuntimeError):
+    """The body ran eagerly but could not be captured as a CUDA graph."""
+
+
 def _capture(signature: tuple, body: Body, query: torch.Tensor, key: torch.Tensor,
-             value: torch.Tensor, ranges: torch.Tensor) -> DecodeGraph:
+             value: torch.Tensor, ranges: torch.Tensor, extra: tuple = ()) -> DecodeGraph:
     q = query.clone()
+    xs = tuple(t.clone() for t in extra)
     r = _shared_ranges(ranges)
-    body(q, key, value, r)  # compiles every kernel variant before the capture
+    body(q, key, value, r, *xs)  # compiles every kernel variant before the capture
     graph = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream(device=query.device)
     side.wait_stream(torch.cuda.current_stream(query.device))
-    with torch.cuda.stream(side):
-        graph.capture_begin()
-        try:
-            out = body(q, key, value, r)
-        finally:
-            graph.capture_end()
-    torch.cuda.current_stream(query.device).wait_stream(side)
-    return DecodeGraph(signature, graph, q, out)
+    try:
+        with torch.cuda.stream(side):
+            graph.capture_begin()
+            try:
+                out = body(q, key, value, r, *xs)
+            finally:
+                graph.capture_end()
+    except RuntimeError as e:  # an eager run that worked, but not under capture
+        raise CaptureFailed(f"{type(e).__name__}: {str(e)[:200]}") from e
+    finally:
+        torch.cuda.current_stream(query.device).wait_stream(side)
+    return DecodeGraph(signature, graph, q, out, xs)
 
 
 def run(slot: GraphSlot, body: Body, query: torch.Tensor, key: torch.Tensor,
-        value: torch.Tensor, ranges: torch.Tensor, settings: tuple) -> torch.Tensor | None:
-    """``body(query, key_base, value_base, ranges)`` through the layer's graph, or None when
-    this call should run the plain eager path (see the module docstring).
+        value: torch.Tensor, ranges: torch.Tensor, settings: tuple,
+        extra: tuple[torch.Tensor, ...] = ()) -> torch.Tensor | None:
+    """``body(query, key_base, value_base, ranges, *extra)`` through the layer's graph, or None
+    when this call should run the plain eager path (see the module docstring).
 
     query [B, Hq, 1, D]; key, value [B, Hkv, n, D] (the layer's cache); ranges: the step's
     key ranges (`key_ranges.topk_mask`); ``settings``: everything else ``body`` depends on
-    (hashable). ``body`` must read keys only inside the ranges, since it is given the whole
-    buffers (their capacity, not n)."""
-    rest = (tuple(ranges.shape), id(current()), settings)
+    (hashable: device state it reads or writes is identified there by address and shape);
+    ``extra``: further inputs that change every step (copied in like the query). ``body``
+    must read keys only inside the ranges, since it is given the whole buffers (their
+    capacity, not n)."""
+    rest = (tuple(ranges.shape), id(current()), settings,
+            tuple((tuple(t.shape), t.dtype) for t in extra))
     g = slot.graph
     if g is not None and g.anchors and _same_inputs(g, query, key, value, rest):
-        return _replay(g, query, ranges)
+        return _replay(g, query, ranges, extra)
     kb, vb = stable_base(key), stable_base(value)
     if kb is None or vb is None:
         slot.graph = slot.seen = None
@@ -170,14 +191,23 @@ def run(slot: GraphSlot, body: Body, query: torch.Tensor, key: torch.Tensor,
             slot.seen = signature
             return None
         slot.captures += 1
-        g = slot.graph = _capture(signature, body, query, kb, vb, ranges)
+        try:
+            g = slot.graph = _capture(signature, body, query, kb, vb, ranges, extra)
+        except CaptureFailed as e:
+            slot.captures = MAX_CAPTURES  # this layer stays on plain launches
+            warn_once(f"a decode step could not be captured as a CUDA graph ({e}); such layers "
+                      "launch their kernels from Python (slower, same results)", stacklevel=4)
+            return None
         g.rest = rest
     g.anchors = (weakref.ref(_anchor(key)), weakref.ref(_anchor(value)))
-    return _replay(g, query, ranges)
+    return _replay(g, query, ranges, extra)
 
 
-def _replay(g: DecodeGraph, query: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
+def _replay(g: DecodeGraph, query: torch.Tensor, ranges: torch.Tensor,
+            extra: tuple = ()) -> torch.Tensor:
     g.q.copy_(query)
+    for buf, t in zip(g.extra, extra):
+        buf.copy_(t)
     _shared_ranges(ranges)
     g.graph.replay()
     g.replays += 1

@@ -22,7 +22,7 @@ ranges on the host once per layer (it slices a static cache to its filled prefix
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -139,20 +139,41 @@ def _poisoned(out, ranges):
 
 def _selector_decode(state, query, key, value, ranges, scale, topk, kernel):
     """A selector's decode step over key ranges: its own graph-safe range path where it has
-    one, else its selection and `topk_attention` over the ranges' mask. -> [B, 1, Hq, D]."""
+    one (replayed as the layer's CUDA graph where `decode_graphs` allows), else its selection
+    and `topk_attention` over the ranges' mask. -> [B, 1, Hq, D]."""
     cfg, n = state.cfg, key.shape[2]
-    lo, hi = kr.field(ranges, kr.LO), kr.field(ranges, kr.HI)
     sel = _selection_context(state, topk, scale, "decode")
-    indices = state.selector.range_indices(query, key, lo, hi, sel)
-    if indices is not None:  # the selector's own graph-safe path
-        out = sparse_decode()(query, key, value, indices, lo, hi, scale, cfg.sink, cfg.local,
-                              kernel)
-    else:
-        mask = kr.ranges_to_bool_mask(ranges, 1, n)
-        indices = state.selector.select(query, key, sel)
-        out = topk_attention(query, key, value, topk=topk, causal=False, scale=scale,
-                             sink=cfg.sink, local=cfg.local, granularity=cfg.granularity,
-                             indices=indices, attn_mask=mask, backend=cfg.backend)
+    selector = state.selector
+
+    def body(q, k, v, r, *hidden):
+        lo, hi = kr.field(r, kr.LO), kr.field(r, kr.HI)
+        ctx = replace(sel, hidden_states=hidden[0]) if hidden else sel
+        indices = selector.range_indices(q, k, lo, hi, ctx)
+        if indices is None:
+            return None
+        out = sparse_decode()(q, k, v, indices, lo, hi, scale, cfg.sink, cfg.local, kernel)
+        return _poisoned(out, r)
+
+    if (kernel and cfg.decode_graphs and selector.has_range_path
+            and decode_graphs.eligible(query)):
+        base = decode_graphs.stable_base(key)
+        if base is not None and decode_graphs.stable_base(value) is not None:
+            token = selector.prepare_range_graph(query, base, sel)
+            hidden = ((sel.hidden_states,) if selector.needs_hidden_states
+                      and sel.hidden_states is not None else ())
+            out = decode_graphs.run(state.graphs, body, query, key, value, ranges,
+                                    (True, topk, scale, cfg.sink, cfg.local, "selector", token),
+                                    hidden)
+            if out is not None:
+                return out
+    out = body(query, key, value, ranges)
+    if out is not None:  # the selector's own graph-safe path, launched from Python
+        return out
+    mask = kr.ranges_to_bool_mask(ranges, 1, n)
+    indices = selector.select(query, key, sel)
+    out = topk_attention(query, key, value, topk=topk, causal=False, scale=scale,
+                         sink=cfg.sink, local=cfg.local, granularity=cfg.granularity,
+                         indices=indices, attn_mask=mask, backend=cfg.backend)
     return _poisoned(out, ranges)
 
 

@@ -87,6 +87,21 @@ class Selector(abc.ABC):
         traces. None (the default): the integration uses `select` with a mask instead."""
         return None
 
+    @property
+    def has_range_path(self) -> bool:
+        """Whether `range_indices` is overridden (a graph-safe decode path)."""
+        return type(self).range_indices is not Selector.range_indices
+
+    def prepare_range_graph(self, q: torch.Tensor, k: torch.Tensor,
+                            ctx: SelectionContext) -> tuple:
+        """Called outside any capture before a decode step whose `range_indices` may be
+        captured as a CUDA graph over a whole cache buffer k [B, Hkv, cap, D] or replayed
+        (`integrations.decode_graphs`): make the per-sequence state that `range_indices`
+        reads and writes ready for cap positions, so that the captured call changes nothing
+        on the host, and return what identifies that state's device tensors (addresses,
+        shapes): a graph is replayed only while it is the same. Default: nothing to prepare."""
+        return ()
+
     def observe_prefill(self, q: torch.Tensor, k: torch.Tensor, end: int,
                         ctx: SelectionContext) -> None:
         """Called by the integration at every prefill over key ranges, outside any graph: the

@@ -297,6 +297,18 @@ class LightningSelector(ScoreSelector):
         with torch.no_grad():
             self._key_cache(self._layer(q, k, ctx), k, end, ctx.store)
 
+    def prepare_range_graph(self, q: torch.Tensor, k: torch.Tensor,
+                            ctx: SelectionContext) -> tuple:
+        """The indexer key cache grown to the buffer's capacity k.shape[2] (and, without a
+        prefill seen, every slot before the last indexed, as `range_indices` would), so a
+        captured `range_indices` only writes its own slot; identified by its address, shape
+        and the indexer layer."""
+        with torch.no_grad():
+            layer = self._layer(q, k, ctx)
+            seen = "lightning_ranges" in ctx.store
+            kc = self._key_cache(layer, k, 0 if seen else k.shape[2] - 1, ctx.store)
+        return (kc.keys.data_ptr(), tuple(kc.keys.shape), id(layer))
+
     @torch.no_grad()
     def range_indices(self, q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
                       ends: torch.Tensor, ctx: SelectionContext) -> torch.Tensor | None:
