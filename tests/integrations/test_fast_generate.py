@@ -242,9 +242,15 @@ def _uninstall_hook() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [TopKConfig(k=256, granularity="kv_group"), TopKConfig(k=256),
-                                 TopKConfig(k=None)], ids=["kv_group", "query_head", "dense"])
+                                 TopKConfig(k=None), "lightning"],
+                         ids=["kv_group", "query_head", "dense", "lightning"])
 def test_decode_steps_make_no_host_sync_and_no_recompile(cfg):
     from transformers import DynamicCache
+
+    if cfg == "lightning":
+        from topkattn.selectors.lightning import LightningSelector
+
+        cfg = TopKConfig(k=256, selector=LightningSelector())
 
     model = _gpu_model()
     x = torch.randint(0, 1000, (2, 3000), device="cuda")
