@@ -117,3 +117,24 @@ def test_generate_plot_has_one_bar_per_mode_and_cell(tmp_path):
     rgb = img[..., :3]
     coloured = (rgb.max(-1) - rgb.min(-1)) > 0.3
     assert coloured.mean() > 0.01
+
+
+def test_generate_plot_says_why_a_bar_is_missing(tmp_path, monkeypatch):
+    """A mode that ran out of GPU memory (or failed) leaves no bar: the plot writes why in its
+    place, and a cell with no bar at all keeps its place on the axis."""
+    from matplotlib.axes import Axes
+
+    from topkattn.bench.generate import plot_generate
+
+    said = []
+    text = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **kw: (said.append((x, s)),
+                                                                        text(self, x, y, s, *a, **kw))[1])
+    rows = [dict(B=1, ctx=8192, mode="dense-ranges", path="graph", step_ms=9.0),
+            dict(B=1, ctx=8192, mode="topk-kv_group", path="graph", step_ms=8.0),
+            dict(B=4, ctx=131072, mode="dense-ranges", path="graph", note="out of GPU memory"),
+            dict(B=4, ctx=131072, mode="topk-kv_group", path="graph", note="RuntimeError: x")]
+    plot_generate(rows, {"layers": 2, "k": 64}, tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 0
+    assert [s for _, s in said] == ["out of memory", "failed"]
+    assert all(x > 0.5 for x, _ in said)  # in the second cell

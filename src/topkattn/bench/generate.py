@@ -328,10 +328,19 @@ def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
         ax.bar([i + (j - (len(modes) - 1) / 2) * width for i in range(len(cells))], ys, width, label=m)
     ax.set_xticks(range(len(cells)))
     ax.set_xticklabels([f"B{b} {c // 1024}k" for b, c in cells])
+    ax.set_xlim(-0.5, len(cells) - 0.5)  # a last cell without bars keeps its place
     timed = [r["step_ms"] for r in rows if r.get("step_ms")]
     log = bool(timed) and max(timed) > 20 * min(timed)  # e.g. transformers' static default
     if log:
         ax.set_yscale("log")
+    for j, m in enumerate(modes):  # a missing bar says why (out of GPU memory, an error)
+        for i, c in enumerate(cells):
+            r = next((r for r in rows if (r["B"], r["ctx"]) == c
+                      and f"{r['mode']} {r['path']}" == m), None)
+            if r is not None and not r.get("step_ms"):
+                why = "out of memory" if "memory" in str(r.get("note")) else "failed"
+                ax.text(i + (j - (len(modes) - 1) / 2) * width, 0.02, why, rotation=90,
+                        ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
     ax.set_ylabel("ms per decode step (lower is better" + (", log scale)" if log else ")"))
     ax.set_title(f"generate, random Llama-3-8B shape, {meta.get('layers')} layers, k={meta.get('k')}\n"
                  f"{meta.get('device')}, torch {meta.get('torch')}, {meta.get('date')}", fontsize=10)

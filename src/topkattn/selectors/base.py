@@ -84,7 +84,9 @@ class Selector(abc.ABC):
         sequence b sees positions [starts[b], ends[b]), int32 [B] on the device): int32
         indices [B, Hkv, 1, n], each row distinct and inside its range (-1: padding), computed
         with no host synchronisation while a CUDA graph is captured or `torch.compile`
-        traces. None (the default): the integration uses `select` with a mask instead."""
+        traces. A captured call's host-side work runs once, at the capture: per-step state
+        kept on the host belongs in `prepare_range_graph`, which runs before every step.
+        None (the default): the integration uses `select` with a mask instead."""
         return None
 
     @property
