@@ -94,3 +94,15 @@ def test_to_json_and_labels():
     assert cfg.k_label == "0.25" and TopKConfig(k=7).k_label == "7"
     assert TopKConfig(k=None).k_label == "full" and TopKConfig().to_json()["selector"] == "exact"
     assert selector_spec(parse_selector("precision:0.5,protect=1")) == "precision:p=0.5,protect=1"
+
+
+def test_decode_decision_names_what_a_step_does():
+    from topkattn import TopKConfig
+
+    cfg = TopKConfig(k=8, min_context=20, dense_layers=(1,))
+    assert cfg.decode_decision(19) == (False,)  # below min_context
+    assert cfg.decode_decision(20) == (True, 8)
+    assert cfg.decode_decision(20, layer_idx=1) == (False,)  # a dense layer
+    assert cfg.decode_decision(8) == (False,)
+    assert TopKConfig(k=None, k_ratio=0.25).decode_decision(400) == (True, 100)
+    assert TopKConfig(k=None).decode_decision(400) == (False,)

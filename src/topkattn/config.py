@@ -155,6 +155,14 @@ class TopKConfig:
             return False
         return self.k_for(context) + self.sink + self.local < context
 
+    def decode_decision(self, context: int, layer_idx: int | None = None) -> tuple:
+        """What a decode step of layer ``layer_idx`` that sees ``context`` keys does:
+        ``(False,)`` dense, ``(True, k)`` sparse with k keys. Steps with equal decisions run
+        the same computation (batched evaluation groups rows by it)."""
+        if not self.applies_to(layer_idx, "decode", context):
+            return (False,)
+        return (True, self.k_for(context))
+
     def with_(self, **changes) -> "TopKConfig":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)

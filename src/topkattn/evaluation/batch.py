@@ -119,11 +119,11 @@ def greedy_decode_rows(model, batch: PaddedPrompts, cache, max_new_tokens: int,
     ones per step and each row's position by one. A row ends at its first EOS token (not
     returned) or after ``max_new_tokens``; decoding stops when every row has ended.
 
-    ``decide``: the decision of a step that sees a given number of keys (`_decision`), where
-    the batch decides from its longest row's visible keys (k_ratio, min_context). Before a step
-    whose rows would decide differently, the rows split into parts of equal decisions (each
-    with its own rows of the cache; rows already ended are dropped), so every row decodes as
-    it would alone. None: one part throughout.
+    ``decide``: the decision of a step that sees a given number of keys
+    (`TopKConfig.decode_decision`), where the batch decides from its longest row's visible
+    keys (k_ratio, min_context). Before a step whose rows would decide differently, the rows
+    split into parts of equal decisions (each with its own rows of the cache; rows already
+    ended are dropped), so every row decodes as it would alone. None: one part throughout.
 
     Returns the generated token ids of each row.
     """
@@ -183,14 +183,6 @@ def blocker(topk) -> str | None:
     return None
 
 
-def _decision(cfg: TopKConfig, context: int) -> tuple:
-    """What a decode step with ``context`` visible keys does under ``cfg``: (False,) dense,
-    (True, k) sparse with k keys."""
-    if not cfg.applies_to(None, "decode", context):
-        return (False,)
-    return (True, cfg.k_for(context))
-
-
 def decides_by_rows(topk: TopKConfig | None) -> bool:
     """Whether a batch step of ``topk`` decides from its longest row's visible keys (k_ratio
     or min_context) rather than from the cache length (an absolute k)."""
@@ -203,9 +195,9 @@ def row_groups(topk: TopKConfig | None, lengths: list[int], steps: int) -> list[
     together, each group left padded to its own longest row.
 
     Row b's step i sees ``lengths[b] + i`` keys. An absolute k decides from the cache length,
-    the group's longest row: rows whose decisions (`_decision`) agree at every one of
-    ``steps`` steps form one group. Settings that decide from the rows (`decides_by_rows`)
-    take every row and split while decoding (`greedy_decode_rows`). With ``sink`` only rows
+    the group's longest row: rows whose decisions (`TopKConfig.decode_decision`) agree at
+    every one of ``steps`` steps form one group. Settings that decide from the rows
+    (`decides_by_rows`) take every row and split while decoding (`greedy_decode_rows`). With ``sink`` only rows
     of equal length go together (no padding): the operator, kernels and reference alike,
     counts sink positions from key slot 0, which in a left-padded row is padding (and
     `sparsify` refuses such a batch). Groups come in the order of their first row.
@@ -215,7 +207,7 @@ def row_groups(topk: TopKConfig | None, lengths: list[int], steps: int) -> list[
     groups: dict[tuple, list[int]] = {}
     for b, n in enumerate(lengths):
         key: tuple = (() if decides_by_rows(topk) else
-                      tuple(_decision(topk, n + i) for i in range(steps)))
+                      tuple(topk.decode_decision(n + i) for i in range(steps)))
         if topk.sink:
             key = (n, key)
         groups.setdefault(key, []).append(b)
@@ -296,7 +288,7 @@ def _decode_group(model, tokenizer, rows: list[int], prefilled, topk, label: str
     batch, cache, prefill_s = prefilled
     cache = copy.deepcopy(cache)
     t0 = time.perf_counter()
-    decide = (lambda n: _decision(topk, n)) if decides_by_rows(topk) else None
+    decide = topk.decode_decision if decides_by_rows(topk) else None
     with torch.no_grad(), _sparsify(model, topk):
         gen = greedy_decode_rows(model, batch, cache, max_new_tokens, eos, decide)
     secs = (time.perf_counter() - t0) / len(rows)

@@ -104,8 +104,8 @@ def _ranges_decode(state, query, key, value, ranges, scale):
         context = n
         if cfg.k_ratio is not None or cfg.min_context:  # needs the visible length on the host
             context = int((kr.field(ranges, kr.HI) - kr.field(ranges, kr.LO)).max())
-        sparse = cfg.applies_to(state.layer_idx, "decode", context)
-        topk = cfg.k_for(context)
+        decision = cfg.decode_decision(context, state.layer_idx)
+        sparse, topk = decision[0], (decision[1] if decision[0] else None)
     _count(state, sparse)
     if sparse and state.selector is not None:
         return _selector_decode(state, query, key, value, ranges, scale, topk, kernel)
