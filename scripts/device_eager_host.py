@@ -91,7 +91,7 @@ def block(model, cache, ctx, B, ctxm, steps, warmup, gc_mode):
                 wall.append((w - t) * 1e3)
         gc.callbacks.remove(timer)
         gc.enable()
-    cache.crop(ctx)
+    cache.crop(ctx - cache.get_seq_length())  # drop the decoded tokens (a negative count)
     return (statistics.median(host), statistics.median(wall), timer.seconds * 1e3 / steps,
             timer.collections / steps)
 
