@@ -109,6 +109,26 @@ def test_sink_batches_equal_one_at_a_time(tiny, tokenizer, tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err  # no batch was refused and retried alone
 
 
+@pytest.mark.parametrize("spec", ["window:2", "lightning"])
+def test_selectors_with_a_range_path_batch_and_equal_one_at_a_time(tiny, tokenizer, tmp_path,
+                                                                   capsys, spec):
+    """Window and Lightning select within each row's own keys at decode (their key-range
+    path), so left-padded batches give the answers of batch 1; with Top-k in the prefill too
+    they decode one sample at a time."""
+    import warnings
+
+    from topkattn.selectors import parse_selector
+
+    topk = TopKConfig(k=None, selector=parse_selector(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untrained Lightning Indexer says so
+        runs = _batch_1_and_3(tiny, tokenizer, tmp_path, topk)
+    assert runs[0] == runs[1]
+    assert "note:" not in capsys.readouterr().err
+    assert B.blocker(topk) is None
+    assert "one sample at a time" in B.blocker(topk.with_(phases=("prefill", "decode")))
+
+
 def test_settings_that_cannot_batch_fall_back(tiny, tokenizer, tmp_path, capsys, monkeypatch):
     from topkattn.selectors import parse_selector
 

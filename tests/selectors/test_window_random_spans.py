@@ -27,6 +27,25 @@ def test_window_is_sink_plus_recent():
     assert (indices_to_mask(idx, 20)[0, 0, 3].sum() == 4)
 
 
+@pytest.mark.parametrize("topk,sink", [(16, 4), (8, 8), (40, 4), (1, 4), (5, 0)])
+def test_window_range_path_is_its_selection_within_each_rows_range(topk, sink):
+    """`range_indices` over a padded batch (row b sees [lo_b, hi_b) of a cache with room) is
+    `select` on the row alone, shifted by lo_b: its sink counts from its own first key."""
+    sel = WindowSelector(sink=sink)
+    ctx = SelectionContext(topk=topk)
+    lo, hi = torch.tensor([0, 7, 30], dtype=torch.int32), torch.tensor([100, 60, 33], dtype=torch.int32)
+    q, k = torch.randn(3, 4, 1, 16), torch.randn(3, 2, 128, 16)
+    idx = sel.range_indices(q, k, lo, hi, ctx)
+    assert idx.dtype == torch.int32 and idx.shape[:3] == (3, 2, 1)
+    for b in range(3):
+        n = int(hi[b] - lo[b])
+        alone = sel.select(q[b:b + 1], k[b:b + 1, :, :n], ctx)[0, 0, 0]
+        want = {int(p) + int(lo[b]) for p in alone if p >= 0}
+        got = [int(p) for p in idx[b, 0, 0] if p >= 0]
+        assert len(got) == len(set(got)) and set(got) == want, (b, got, want)
+        assert torch.equal(idx[b, 0], idx[b, 1])  # one set shared by the KV heads
+
+
 def test_random_visible_seeded_and_chance_level():
     q, k = _qk(Lq=10, Lk=60)
     a = RandomSelector(seed=1).select(q, k, SelectionContext(topk=8))

@@ -13,10 +13,12 @@ A step decides sparse or dense, and k, once for the whole batch: from the cache 
 absolute k, from the longest row's visible keys for k_ratio and min_context. So that each row
 decodes as it would alone, rows whose decisions would differ never share a step: an absolute
 k groups the rows up front (`row_groups`, each group prefilled with its own padding), k_ratio
-and min_context split a batch into parts while decoding (`greedy_decode_rows`). A setting that
-cannot batch at all (a selector other than exact Top-k, Ltri, a kvpress baseline) or that
-raises on a batch decodes one row at a time, with a one-line note on stderr (`note`). Answers
-therefore equal those of batch 1, up to floating-point rounding.
+and min_context split a batch into parts while decoding (`greedy_decode_rows`). A selector
+with a key-range path (`Selector.range_indices`: window, Lightning) selects within each row's
+own keys, so it batches when the prefill stays dense. A setting that cannot batch at all (any
+other selector, Ltri, a kvpress baseline) or that raises on a batch decodes one row at a
+time, with a one-line note on stderr (`note`). Answers therefore equal those of batch 1, up
+to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -177,10 +179,12 @@ def blocker(topk) -> str | None:
     if not isinstance(topk, TopKConfig):
         return "kvpress baselines compress and decode one sample at a time"
     sel = topk.selector
-    if sel is not None and type(sel).__name__ != "ExactSelector":
-        return (f"selector {type(sel).__name__} decodes one sample at a time (its selection "
-                "does not know the other rows' padding)")
-    return None
+    if sel is None or type(sel).__name__ == "ExactSelector":
+        return None
+    if getattr(sel, "has_range_path", False) and "prefill" not in topk.phases:
+        return None  # its decode selection runs over each row's own key range
+    return (f"selector {type(sel).__name__} decodes one sample at a time (its selection "
+            "does not know the other rows' padding)")
 
 
 def decides_by_rows(topk: TopKConfig | None) -> bool:

@@ -42,5 +42,24 @@ class WindowSelector(Selector):
         idx = torch.cat([snk, rec.clamp(min=-1)], dim=-1)  # [Lq, n]
         return idx[None, None].expand(B, Hkv, Lq, n).long()
 
+    def range_indices(self, q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
+                      ends: torch.Tensor, ctx: SelectionContext) -> torch.Tensor | None:
+        """int32 [B, Hkv, 1, n]: per sequence the first ``sink`` keys of its range [starts,
+        ends) and the most recent ones before ends (-1: padding), on the device. The sink
+        counts from each row's first visible key, so a left-padded row keeps its own."""
+        if q.shape[2] != 1:
+            return None
+        B, Hkv, cap = k.shape[0], k.shape[1], k.shape[2]
+        n = max(1, min(ctx.topk, cap))
+        sink = min(self.sink, n)
+        recent = n - sink
+        lo, hi = starts.long().view(B, 1), ends.long().view(B, 1)
+        rec = hi - 1 - torch.arange(recent, device=k.device)  # [B, recent]
+        snk = lo + torch.arange(sink, device=k.device)  # [B, sink]
+        snk = torch.where(snk < hi - recent, snk, -1)  # not in the recent window, nor past it
+        rec = torch.where(rec >= lo, rec, -1)
+        idx = torch.cat([snk, rec], dim=-1).to(torch.int32)
+        return idx.view(B, 1, 1, n).expand(B, Hkv, 1, n)
+
 
 __all__ = ["WindowSelector"]
