@@ -62,17 +62,21 @@ def test_same_tokens_dynamic_static_and_compiled(granularity):
     assert torch.equal(dyn, comp)
 
 
-def test_lightning_same_tokens_dynamic_static_and_generate_compiled():
-    """The Lightning Indexer's range path with a dense prefill: the prompt indexed at prefill
-    survives into the decode steps that transformers compiles for a static cache (they may not
-    grow the indexer's key cache), and all three paths give the same tokens."""
+@pytest.mark.parametrize("selector", ["lightning", "window"])
+def test_range_selectors_same_tokens_dynamic_static_and_generate_compiled(selector):
+    """A selector's key-range path with a dense prefill (Lightning: the prompt indexed at
+    prefill survives into the decode steps that transformers compiles for a static cache,
+    which may not grow the indexer's key cache; window: sink and recent keys of each row's
+    range): dynamic, static and compiled static generate give the same tokens."""
     from transformers.generation.configuration_utils import CompileConfig
 
     from topkattn.selectors.lightning import LightningSelector
+    from topkattn.selectors.window import WindowSelector
 
     model = tiny_causal_lm("llama", seed=3)
     x = torch.randint(3, 97, (1, 40), generator=torch.Generator().manual_seed(2))
-    cfg = TopKConfig(k=8, phases=("decode",), selector=LightningSelector())
+    sel = LightningSelector() if selector == "lightning" else WindowSelector(sink=2)
+    cfg = TopKConfig(k=8, phases=("decode",), selector=sel)
     kw = dict(KW, max_new_tokens=6, min_new_tokens=6)
     compile_cfg = CompileConfig(backend="aot_eager", fullgraph=False)
     compile_cfg._compile_all_devices = True  # transformers compiles on CUDA only by default
@@ -83,7 +87,7 @@ def test_lightning_same_tokens_dynamic_static_and_generate_compiled():
         torch._dynamo.reset()
         comp = model.generate(x, cache_implementation="static", compile_config=compile_cfg, **kw)
     torch._dynamo.reset()
-    assert "lightning_ranges" in st[0].store
+    assert selector != "lightning" or "lightning_ranges" in st[0].store
     assert st[0].calls["sparse"] > 0
     assert torch.equal(dyn, stat)
     assert torch.equal(dyn, comp)
@@ -456,7 +460,7 @@ def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg, monkeypatch):
     torch.testing.assert_close(graphs, plain, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["kv_group", "dense", "lightning"])
+@pytest.mark.parametrize("kind", ["kv_group", "dense", "lightning", "window"])
 def test_eager_decode_graphs_match_plain_launches_cpu(kind, monkeypatch):
     """The data flow of the eager decode graphs on CPU (kernels under the Triton interpreter,
     the CUDA capture replaced by `tests.helpers.FakeGraph`, which replays the body on the
@@ -470,6 +474,7 @@ def test_eager_decode_graphs_match_plain_launches_cpu(kind, monkeypatch):
     from topkattn.integrations import decode_graphs
     from topkattn.integrations.growing_cache import GrowthPolicy
     from topkattn.selectors.lightning import LightningSelector
+    from topkattn.selectors.window import WindowSelector
 
     captured = []
 
@@ -481,7 +486,8 @@ def test_eager_decode_graphs_match_plain_launches_cpu(kind, monkeypatch):
     monkeypatch.setattr(decode_graphs, "eligible", lambda q: not torch.compiler.is_compiling())
     cfg = {"kv_group": TopKConfig(k=8, granularity="kv_group", backend="triton"),
            "dense": TopKConfig(k=None, backend="triton"),
-           "lightning": TopKConfig(k=8, selector=LightningSelector(), backend="triton")}[kind]
+           "lightning": TopKConfig(k=8, selector=LightningSelector(), backend="triton"),
+           "window": TopKConfig(k=8, selector=WindowSelector(sink=2), backend="triton")}[kind]
     model = tiny_causal_lm("llama", seed=3)
     x = torch.randint(3, 97, (1, 30), generator=torch.Generator().manual_seed(4))
     forced = torch.randint(3, 97, (1, 8), generator=torch.Generator().manual_seed(5))
