@@ -138,3 +138,39 @@ def test_generate_plot_says_why_a_bar_is_missing(tmp_path, monkeypatch):
     assert (tmp_path / "g.png").stat().st_size > 0
     assert [s for _, s in said] == ["out of memory", "failed"]
     assert all(x > 0.5 for x, _ in said)  # in the second cell
+
+
+def test_a_cell_that_does_not_fit_runs_again_with_half_the_layers():
+    from topkattn.bench.generate import OUT_OF_MEMORY, fitted_cell
+
+    tried = []
+
+    def cell_at(n):  # two modes; the graph mode fits from 8 layers on, the eager one from 4
+        tried.append(n)
+        return [{"mode": "a", "layers": n, **({"step_ms": 1.0} if n <= 8 else {"note": OUT_OF_MEMORY})},
+                {"mode": "b", "layers": n, **({"step_ms": 2.0} if n <= 4 else {"note": OUT_OF_MEMORY})}]
+
+    cell = fitted_cell(cell_at, 32)
+    assert tried == [32, 16, 8, 4]
+    assert [r["layers"] for r in cell] == [4, 4] and all(r.get("step_ms") for r in cell)
+    assert cell[0]["note"] == "4 of 32 layers (32 do not fit in GPU memory)"
+    assert fitted_cell(lambda n: [{"mode": "a", "step_ms": 1.0}], 32) == [{"mode": "a", "step_ms": 1.0}]
+    # a mode that fits nowhere stops at one layer, its note kept
+    cell = fitted_cell(lambda n: [{"mode": "a", "note": OUT_OF_MEMORY}], 4)
+    assert cell[0]["note"] == "1 of 4 layers (4 do not fit in GPU memory); " + OUT_OF_MEMORY
+
+
+def test_first_layers_runs_the_model_on_its_first_layers_and_restores_it():
+    from tests.helpers import tiny_causal_lm
+    from topkattn.bench.generate import first_layers
+
+    model = tiny_causal_lm("llama", layers=3)
+    x = torch.randint(3, 97, (1, 12))
+    with torch.no_grad():
+        full = model(x).logits
+        with first_layers(model, 1) as m:
+            assert len(m.model.layers) == 1 and m.config.num_hidden_layers == 1
+            cut = model(x, output_hidden_states=True)
+        assert len(cut.hidden_states) == 2  # embeddings + one layer
+        assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3
+        assert torch.equal(model(x).logits, full)

@@ -33,10 +33,12 @@ and to ``dense-default`` (what a user gets today).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -241,13 +243,6 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
         paths: tuple[str, ...] | None = None) -> None:
     """The generate benchmark (module docstring); ``modes`` / ``paths``: only the modes and
     paths of these names (default all)."""
-    import contextlib
-
-    from transformers import DynamicCache, StaticCache
-
-    from topkattn import sparsify
-    from topkattn.integrations.hf import _sdpa_priority
-
     k = ks[0] if ks else 2048
     mode_list = mode_table(k, modes, paths)  # bad names fail before the model is built
     model = llama3_8b_random(layers, max(ctxs) + 64)
@@ -258,36 +253,11 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
     for ctx in ctxs:
         kv, prefill_s = _prefill(model, ctx)
         for B in batches:
-            cell = []
-            for name, cfg, path, flash in mode_list:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                row = {"ctx": ctx, "B": B, "layers": layers, "mode": name,
-                       "cache": "dynamic" if path.startswith("eager") else "static", "path": path,
-                       "k": None if cfg is None or cfg.dense else k, "prefill_s": prefill_s}
-                try:
-                    if path.startswith("eager"):
-                        cache = DynamicCache()
-                    else:
-                        cache = StaticCache(config=model.config, max_cache_len=ctx + 64)
-                    with torch.no_grad():
-                        _fill(cache, kv, B)
-                        ctxm = sparsify(model, cfg) if cfg is not None else contextlib.nullcontext()
-                        with ctxm, (_sdpa_priority() if flash else contextlib.nullcontext()):
-                            steps = {"eager": _eager_steps, "eager-plain": _eager_steps, "graph": _graph_steps,
-                                     "compiled": _compiled_steps}[path](model, cache, B, ctx)
-                    ms = statistics.median(steps[-STEPS:])
-                    row.update(step_ms=ms, tokens_per_s=B * 1e3 / ms, first_step_ms=steps[0],
-                               peak_gb=torch.cuda.max_memory_allocated() / 1e9)
-                    att = _attention_ms(name, B, ctx, k)
-                    row["attention_share"] = None if att is None else min(1.0, att * layers / ms)
-                except torch.OutOfMemoryError:
-                    row["note"] = "out of GPU memory"
-                except Exception as e:  # noqa: BLE001 - one failing mode must not end the run
-                    row["note"] = f"{type(e).__name__}: {str(e)[:120]}"
-                cache = None
-                cell.append(row)
-                print(row, flush=True)
+            def cell_at(n: int) -> list[dict]:
+                with first_layers(model, n):
+                    return _run_cell(model, kv[:n], ctx, B, mode_list, k, prefill_s)
+
+            cell = fitted_cell(cell_at, layers)
             timed = [r for r in cell if r.get("step_ms")]
             dense = [r["step_ms"] for r in timed if r["mode"].startswith("dense")]
             best = min(dense) if dense else None
@@ -303,8 +273,94 @@ def run(ctxs, ks, batches, out_dir, layers: int = 32, modes: tuple[str, ...] | N
         del kv
 
 
+OUT_OF_MEMORY = "out of GPU memory"
+
+
+def fitted_cell(cell_at: Callable[[int], list[dict]], layers: int) -> list[dict]:
+    """The rows of one (context, batch) cell, ``cell_at(n)`` running every mode with the
+    model's first n layers: at ``layers``, and while any mode runs out of GPU memory, the
+    whole cell again at half the layers (so that its ratios compare like with like), down
+    to one. Rows of a cell that needed fewer layers say so in ``note``."""
+    n = layers
+    cell = cell_at(n)
+    while n > 1 and any(r.get("note") == OUT_OF_MEMORY for r in cell):
+        n = max(1, n // 2)
+        torch.cuda.empty_cache()
+        cell = cell_at(n)
+    if n < layers:
+        for r in cell:
+            why = f"{n} of {layers} layers ({layers} do not fit in GPU memory)"
+            r["note"] = why if not r.get("note") else f"{why}; {r['note']}"
+    return cell
+
+
+@contextlib.contextmanager
+def first_layers(model, n: int):
+    """The model with only its first ``n`` decoder layers inside the block (the others stay
+    allocated but unused; config and layer list restored on exit)."""
+    inner, cfg = model.model, model.config
+    layers, count = inner.layers, cfg.num_hidden_layers
+    types = getattr(cfg, "layer_types", None)
+    if n == len(layers):
+        yield model
+        return
+    inner.layers = torch.nn.ModuleList(list(layers)[:n])
+    cfg.num_hidden_layers = n
+    if isinstance(types, list):
+        cfg.layer_types = types[:n]
+    try:
+        yield model
+    finally:
+        inner.layers, cfg.num_hidden_layers = layers, count
+        if isinstance(types, list):
+            cfg.layer_types = types
+
+
+def _run_cell(model, kv, ctx: int, B: int, mode_list, k: int, prefill_s: float) -> list[dict]:
+    """One row per mode of one (context, batch) cell on ``model`` (all its current layers),
+    each starting from a copy of the prefill ``kv`` repeated over the batch."""
+    from transformers import DynamicCache, StaticCache
+
+    from topkattn import sparsify
+    from topkattn.integrations.hf import _sdpa_priority
+
+    layers = model.config.num_hidden_layers
+    cell = []
+    for name, cfg, path, flash in mode_list:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        row = {"ctx": ctx, "B": B, "layers": layers, "mode": name,
+               "cache": "dynamic" if path.startswith("eager") else "static", "path": path,
+               "k": None if cfg is None or cfg.dense else k, "prefill_s": prefill_s}
+        cache = None
+        try:
+            if path.startswith("eager"):
+                cache = DynamicCache()
+            else:
+                cache = StaticCache(config=model.config, max_cache_len=ctx + 64)
+            with torch.no_grad():
+                _fill(cache, kv, B)
+                ctxm = sparsify(model, cfg) if cfg is not None else contextlib.nullcontext()
+                with ctxm, (_sdpa_priority() if flash else contextlib.nullcontext()):
+                    steps = {"eager": _eager_steps, "eager-plain": _eager_steps, "graph": _graph_steps,
+                             "compiled": _compiled_steps}[path](model, cache, B, ctx)
+            ms = statistics.median(steps[-STEPS:])
+            row.update(step_ms=ms, tokens_per_s=B * 1e3 / ms, first_step_ms=steps[0],
+                       peak_gb=torch.cuda.max_memory_allocated() / 1e9)
+            att = _attention_ms(name, B, ctx, k)
+            row["attention_share"] = None if att is None else min(1.0, att * layers / ms)
+        except torch.OutOfMemoryError:
+            row["note"] = OUT_OF_MEMORY
+        except Exception as e:  # noqa: BLE001 - one failing mode must not end the run
+            row["note"] = f"{type(e).__name__}: {str(e)[:120]}"
+        cache = None
+        cell.append(row)
+        print(row, flush=True)
+    return cell
+
+
 def _write(rows: list[dict], out_dir, meta: dict) -> None:
-    write_results("generate", rows, ["ctx", "B", "mode", "path", "prefill_s", "first_step_ms", "step_ms", "tokens_per_s",
+    write_results("generate", rows, ["ctx", "B", "layers", "mode", "path", "prefill_s", "first_step_ms", "step_ms", "tokens_per_s",
                                      "peak_gb", "attention_share", "vs_best_dense",
                                      "speedup_vs_default", "note"],
                   out_dir, meta)
@@ -327,7 +383,10 @@ def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
                     and f"{r['mode']} {r['path']}" == m), None) or float("nan") for c in cells]
         ax.bar([i + (j - (len(modes) - 1) / 2) * width for i in range(len(cells))], ys, width, label=m)
     ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels([f"B{b} {c // 1024}k" for b, c in cells])
+    cut = {c: r["layers"] for r in rows for c in [(r["B"], r["ctx"])]
+           if r.get("layers") not in (None, meta.get("layers"))}
+    ax.set_xticklabels([f"B{b} {c // 1024}k" + (f"\n({cut[(b, c)]} layers)" if (b, c) in cut else "")
+                        for b, c in cells])
     ax.set_xlim(-0.5, len(cells) - 0.5)  # a last cell without bars keeps its place
     timed = [r["step_ms"] for r in rows if r.get("step_ms")]
     log = bool(timed) and max(timed) > 20 * min(timed)  # e.g. transformers' static default
