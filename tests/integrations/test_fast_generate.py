@@ -460,7 +460,7 @@ def test_eager_decode_graphs_match_plain_launches_on_gpu(cfg, monkeypatch):
     torch.testing.assert_close(graphs, plain, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["kv_group", "dense", "lightning", "window"])
+@pytest.mark.parametrize("kind", ["kv_group", "lightning", "window"])  # dense: on the GPU
 def test_eager_decode_graphs_match_plain_launches_cpu(kind, monkeypatch):
     """The data flow of the eager decode graphs on CPU (kernels under the Triton interpreter,
     the CUDA capture replaced by `tests.helpers.FakeGraph`, which replays the body on the
@@ -485,7 +485,6 @@ def test_eager_decode_graphs_match_plain_launches_cpu(kind, monkeypatch):
     monkeypatch.setattr(decode_graphs, "_capture", counted)
     monkeypatch.setattr(decode_graphs, "eligible", lambda q: not torch.compiler.is_compiling())
     cfg = {"kv_group": TopKConfig(k=8, granularity="kv_group", backend="triton"),
-           "dense": TopKConfig(k=None, backend="triton"),
            "lightning": TopKConfig(k=8, selector=LightningSelector(), backend="triton"),
            "window": TopKConfig(k=8, selector=WindowSelector(sink=2), backend="triton")}[kind]
     model = tiny_causal_lm("llama", seed=3)
