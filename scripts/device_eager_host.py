@@ -30,6 +30,7 @@ from topkattn import TopKConfig, sparsify
 from topkattn.bench.generate import llama3_8b_random
 from topkattn.integrations import decode_graphs
 from topkattn.integrations.hf import _sdpa_priority
+from topkattn.selectors.lightning import LightningSelector
 
 REPLAYS = [0]
 _run = decode_graphs.run
@@ -104,6 +105,9 @@ def modes(model):
         "topk plain": lambda: sparsify(model, TopKConfig(k=2048, granularity="kv_group",
                                                          decode_graphs=False)),
         "ranges graphs": lambda: sparsify(model, TopKConfig(k=None)),
+        "lightning graphs": lambda: sparsify(model, TopKConfig(k=2048, selector=LightningSelector())),
+        "lightning plain": lambda: sparsify(model, TopKConfig(k=2048, selector=LightningSelector(),
+                                                              decode_graphs=False)),
     }
 
 
@@ -116,17 +120,22 @@ def main():
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--gc", default="on", help="comma list of on, off")
-    p.add_argument("--modes", default="dense-flash,dense-default,topk graphs,ranges graphs")
+    p.add_argument("--modes", default="dense-flash,dense-default,topk graphs,ranges graphs",
+                   help="comma list of " + ", ".join(modes(None)))
     p.add_argument("--out", default=None)
     a = p.parse_args()
     ctxs = [int(c) for c in a.ctx.split(",")]
     batches = [int(b) for b in a.batch.split(",")]
-    model = llama3_8b_random(a.layers, max(ctxs) + a.warmup + a.steps + 64)
-    table = modes(model)
     names = a.modes.split(",")
+    table = modes(None)  # names only; rebuilt on the model below
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        p.error(f"unknown modes {unknown}; allowed: {', '.join(table)}")
     gcs = a.gc.split(",")
     if not set(gcs) <= {"on", "off"}:
         p.error(f"--gc takes on and off, got {a.gc!r}")
+    model = llama3_8b_random(a.layers, max(ctxs) + a.warmup + a.steps + 64)
+    table = modes(model)
     rows = []
     for ctx in ctxs:
         for B in batches:
