@@ -133,10 +133,12 @@ def test_generate_plot_says_why_a_bar_is_missing(tmp_path, monkeypatch):
     rows = [dict(B=1, ctx=8192, mode="dense-ranges", path="graph", step_ms=9.0),
             dict(B=1, ctx=8192, mode="topk-kv_group", path="graph", step_ms=8.0),
             dict(B=4, ctx=131072, mode="dense-ranges", path="graph", note="out of GPU memory"),
-            dict(B=4, ctx=131072, mode="topk-kv_group", path="graph", note="RuntimeError: x")]
+            dict(B=4, ctx=131072, mode="topk-kv_group", path="graph", note="RuntimeError: x"),
+            dict(B=4, ctx=131072, mode="topk-lightning", path="graph",
+                 note="1 of 2 layers (2 do not fit in GPU memory); RuntimeError: y")]
     plot_generate(rows, {"layers": 2, "k": 64}, tmp_path / "g.png")
     assert (tmp_path / "g.png").stat().st_size > 0
-    assert [s for _, s in said] == ["out of memory", "failed"]
+    assert [s for _, s in said] == ["out of memory", "failed", "failed"]
     assert all(x > 0.5 for x, _ in said)  # in the second cell
 
 

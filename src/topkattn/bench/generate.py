@@ -376,15 +376,21 @@ def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
 
     cells = list(dict.fromkeys((r["B"], r["ctx"]) for r in rows))
     modes = list(dict.fromkeys(f"{r['mode']} {r['path']}" for r in rows))
+    by = {}  # (cell, mode) -> its row (the first one)
+    for r in rows:
+        by.setdefault(((r["B"], r["ctx"]), f"{r['mode']} {r['path']}"), r)
     fig, ax = plt.subplots(figsize=(10, 5.4))
     width = 0.8 / max(len(modes), 1)
+
+    def x(i: int, j: int) -> float:  # bar j of cell i
+        return i + (j - (len(modes) - 1) / 2) * width
+
     for j, m in enumerate(modes):
-        ys = [next((r.get("step_ms") for r in rows if (r["B"], r["ctx"]) == c
-                    and f"{r['mode']} {r['path']}" == m), None) or float("nan") for c in cells]
-        ax.bar([i + (j - (len(modes) - 1) / 2) * width for i in range(len(cells))], ys, width, label=m)
+        ys = [by.get((c, m), {}).get("step_ms") or float("nan") for c in cells]
+        ax.bar([x(i, j) for i in range(len(cells))], ys, width, label=m)
     ax.set_xticks(range(len(cells)))
-    cut = {c: r["layers"] for r in rows for c in [(r["B"], r["ctx"])]
-           if r.get("layers") not in (None, meta.get("layers"))}
+    cut = {(r["B"], r["ctx"]): r["layers"] for r in rows
+           if r.get("layers") not in (None, meta.get("layers"))}  # cells run with fewer layers
     ax.set_xticklabels([f"B{b} {c // 1024}k" + (f"\n({cut[(b, c)]} layers)" if (b, c) in cut else "")
                         for b, c in cells])
     ax.set_xlim(-0.5, len(cells) - 0.5)  # a last cell without bars keeps its place
@@ -394,12 +400,11 @@ def plot_generate(rows: list[dict], meta: dict, path: Path) -> None:
         ax.set_yscale("log")
     for j, m in enumerate(modes):  # a missing bar says why (out of GPU memory, an error)
         for i, c in enumerate(cells):
-            r = next((r for r in rows if (r["B"], r["ctx"]) == c
-                      and f"{r['mode']} {r['path']}" == m), None)
+            r = by.get((c, m))
             if r is not None and not r.get("step_ms"):
-                why = "out of memory" if "memory" in str(r.get("note")) else "failed"
-                ax.text(i + (j - (len(modes) - 1) / 2) * width, 0.02, why, rotation=90,
-                        ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
+                why = "out of memory" if OUT_OF_MEMORY in str(r.get("note")) else "failed"
+                ax.text(x(i, j), 0.02, why, rotation=90, ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())
     ax.set_ylabel("ms per decode step (lower is better" + (", log scale)" if log else ")"))
     ax.set_title(f"generate, random Llama-3-8B shape, {meta.get('layers')} layers, k={meta.get('k')}\n"
                  f"{meta.get('device')}, torch {meta.get('torch')}, {meta.get('date')}", fontsize=10)

@@ -201,10 +201,11 @@ def row_groups(topk: TopKConfig | None, lengths: list[int], steps: int) -> list[
     Row b's step i sees ``lengths[b] + i`` keys. An absolute k decides from the cache length,
     the group's longest row: rows whose decisions (`TopKConfig.decode_decision`) agree at
     every one of ``steps`` steps form one group. Settings that decide from the rows
-    (`decides_by_rows`) take every row and split while decoding (`greedy_decode_rows`). With ``sink`` only rows
-    of equal length go together (no padding): the operator, kernels and reference alike,
-    counts sink positions from key slot 0, which in a left-padded row is padding (and
-    `sparsify` refuses such a batch). Groups come in the order of their first row.
+    (`decides_by_rows`) take every row and split while decoding (`greedy_decode_rows`). With
+    ``sink`` only rows of equal length go together (no padding): the operator, kernels and
+    reference alike, counts sink positions from key slot 0, which in a left-padded row is
+    padding (and `sparsify` refuses such a batch). Groups come in the order of their first
+    row.
     """
     if topk is None or topk.dense:
         return [list(range(len(lengths)))]

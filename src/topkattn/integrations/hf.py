@@ -156,8 +156,8 @@ def _selector_decode(state, query, key, value, ranges, scale, topk, kernel):
 
     if (kernel and cfg.decode_graphs and selector.has_range_path
             and decode_graphs.eligible(query)):
-        base = decode_graphs.stable_base(key)
-        if base is not None and decode_graphs.stable_base(value) is not None:
+        base = decode_graphs.stable_base(key)  # `run` checks the values' buffer itself
+        if base is not None:
             token = selector.prepare_range_graph(query, base, sel)
             hidden = ((sel.hidden_states,) if selector.needs_hidden_states
                       and sel.hidden_states is not None else ())

@@ -305,9 +305,16 @@ class LightningSelector(ScoreSelector):
         and the indexer layer."""
         with torch.no_grad():
             layer = self._layer(q, k, ctx)
-            seen = "lightning_ranges" in ctx.store
-            kc = self._key_cache(layer, k, 0 if seen else k.shape[2] - 1, ctx.store)
+            kc = self._decode_key_cache(layer, k, ctx.store)
         return (kc.keys.data_ptr(), tuple(kc.keys.shape), id(layer))
+
+    def _decode_key_cache(self, layer: IndexerLayer, k: torch.Tensor, store: dict
+                          ) -> RangeKeyCache:
+        """The key cache a decode step over k [B, Hkv, cap, D] reads: a prefill seen through
+        `observe_prefill` indexed the prompt, and every decode step writes its own slot;
+        without one, every position before the new one is indexed now."""
+        seen = "lightning_ranges" in store
+        return self._key_cache(layer, k, 0 if seen else k.shape[2] - 1, store)
 
     @torch.no_grad()
     def range_indices(self, q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
@@ -325,10 +332,7 @@ class LightningSelector(ScoreSelector):
 
         B, Hkv, cap, D = k.shape
         layer = self._layer(q, k, ctx)
-        # a prefill seen through `observe_prefill` indexed the prompt, and every decode step
-        # writes its own slot; without one, index every position before the new one now
-        seen = "lightning_ranges" in ctx.store
-        kc = self._key_cache(layer, k, 0 if seen else cap - 1, ctx.store)
+        kc = self._decode_key_cache(layer, k, ctx.store)
         slot = (ends.long() - 1).clamp(0, cap - 1)  # [B]: the new token's key slot
         new = k.gather(2, slot.view(B, 1, 1, 1).expand(B, Hkv, 1, D))
         kc.keys[torch.arange(B, device=k.device), slot] = layer.keys(new)[:, 0]
